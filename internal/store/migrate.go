@@ -1,0 +1,141 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Migrations live in migrations/<dialect>/NNNN_name.sql; both dialects have
+// the same file names. They run in name order, each in its own transaction,
+// exactly once; applied names are kept in schema_migrations.
+//
+// Number ranges by domain (keeps parallel work from colliding):
+//
+//	0001-0009 core     0010-0019 residents, cards, auth
+//	0020-0029 keys, trust     0030-0039 ledger
+//	0040-0049 catalogue, terminals, scans     0050-0059 federation
+//	0060-0069 web, disputes, audit
+//
+//go:embed migrations
+var migrationFS embed.FS
+
+// Migration is one embedded migration.
+type Migration struct {
+	Name string
+	SQL  string
+}
+
+// Migrations returns the embedded migrations for dialect d, in order.
+func Migrations(d Dialect) ([]Migration, error) {
+	dir := "migrations/" + d.String()
+	entries, err := fs.ReadDir(migrationFS, dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []Migration
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".sql") {
+			continue
+		}
+		b, err := fs.ReadFile(migrationFS, dir+"/"+e.Name())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Migration{Name: strings.TrimSuffix(e.Name(), ".sql"), SQL: string(b)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+func (db *DB) migrate(ctx context.Context) error {
+	ms, err := Migrations(db.Dialect)
+	if err != nil {
+		return err
+	}
+	conn, err := db.W.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if db.Dialect == Postgres {
+		// Several node processes may start at once: one migrates, the others wait.
+		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock(7271001)`); err != nil {
+			return err
+		}
+		defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(7271001)`)
+	}
+	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+		return err
+	}
+	applied := map[string]bool{}
+	rows, err := conn.QueryContext(ctx, `SELECT name FROM schema_migrations`)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return err
+		}
+		applied[n] = true
+	}
+	rows.Close()
+	for _, m := range ms {
+		if applied[m.Name] {
+			continue
+		}
+		if err := runMigration(ctx, conn, m); err != nil {
+			return fmt.Errorf("migration %s: %w", m.Name, err)
+		}
+	}
+	return nil
+}
+
+func runMigration(ctx context.Context, conn *sql.Conn, m Migration) error {
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, stmt := range splitStatements(m.SQL) {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("%w\n%s", err, stmt)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(name, applied_at) VALUES ($1, $2)`, m.Name, time.Now().UnixMilli()); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// splitStatements splits a migration on lines that end with ";". Keep
+// statements free of semicolons inside strings or bodies at line ends.
+func splitStatements(src string) []string {
+	var out []string
+	var cur strings.Builder
+	for _, line := range strings.Split(src, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if strings.HasPrefix(trimmed, "--") {
+			continue
+		}
+		cur.WriteString(line)
+		cur.WriteString("\n")
+		if strings.HasSuffix(trimmed, ";") {
+			if s := strings.TrimSpace(cur.String()); s != ";" {
+				out = append(out, s)
+			}
+			cur.Reset()
+		}
+	}
+	if s := strings.TrimSpace(cur.String()); s != "" {
+		out = append(out, s)
+	}
+	return out
+}

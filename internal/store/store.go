@@ -1,0 +1,284 @@
+// Package store opens yikatong's database — SQLite (embedded default, pure Go,
+// WAL, synchronous=FULL) or PostgreSQL (pgx) — and runs the embedded,
+// ordered migrations at start.
+//
+// Domain packages write plain SQL against *DB. The SQL is shared by both
+// backends: placeholders are $1, $2 …; times are BIGINT Unix milliseconds
+// (UTC); money is BIGINT fen; booleans are INTEGER 0/1; binary data is
+// declared BLOB in SQLite and BYTEA in PostgreSQL (migrations only).
+// Where the dialects must differ, branch on DB.Dialect.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Dialect names a backend.
+type Dialect int
+
+const (
+	SQLite Dialect = iota + 1
+	Postgres
+)
+
+func (d Dialect) String() string {
+	switch d {
+	case SQLite:
+		return "sqlite"
+	case Postgres:
+		return "postgres"
+	}
+	return "unknown"
+}
+
+// DB is an open database. W is the writer pool and R the reader pool: on
+// SQLite W has exactly one connection (SQLite has one writer; queuing in Go is
+// cheaper than SQLITE_BUSY) and R several; on PostgreSQL both are one pool.
+type DB struct {
+	Dialect Dialect
+	W       *sql.DB
+	R       *sql.DB
+	// Where is a human description without secrets (file path or host/db).
+	Where string
+}
+
+// Options tune Open.
+type Options struct {
+	// MaxConns caps the PostgreSQL pool (default 32) or the SQLite reader pool (default 8).
+	MaxConns int
+	// StatementTimeout bounds every PostgreSQL statement (default 5s).
+	StatementTimeout time.Duration
+}
+
+// Open opens the database named by dsn: "postgres://…" or "postgresql://…"
+// selects PostgreSQL; "sqlite:PATH", "file:PATH" or a bare path selects SQLite.
+// It checks the connection and runs migrations before returning; errors
+// explain what is wrong in plain words (never a stack trace, never a password).
+func Open(ctx context.Context, dsn string, opt Options) (*DB, error) {
+	var db *DB
+	var err error
+	switch {
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		db, err = openPostgres(ctx, dsn, opt)
+	default:
+		path := strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite:"), "file:")
+		db, err = openSQLite(ctx, path, opt)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := db.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrating %s database %s: %w", db.Dialect, db.Where, err)
+	}
+	return db, nil
+}
+
+func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
+	if path == "" {
+		return nil, errors.New("empty SQLite path")
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating database directory: %w", err)
+		}
+	}
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(ON)", "cache_size(-65536)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	dsn := "file:" + path + "?" + q.Encode()
+	w, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening SQLite database %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	if err := w.PingContext(ctx); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("opening SQLite database %s: %w", path, err)
+	}
+	r, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	n := opt.MaxConns
+	if n <= 0 {
+		n = 8
+	}
+	r.SetMaxOpenConns(n)
+	r.SetMaxIdleConns(n)
+	r.SetConnMaxIdleTime(0)
+	if err := os.Chmod(path, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+		w.Close()
+		r.Close()
+		return nil, err
+	}
+	return &DB{Dialect: SQLite, W: w, R: r, Where: path}, nil
+}
+
+func openPostgres(ctx context.Context, dsn string, opt Options) (*DB, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("the PostgreSQL URL is not valid: %s", redactErr(err, dsn))
+	}
+	where := fmt.Sprintf("%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
+	st := opt.StatementTimeout
+	if st <= 0 {
+		st = 5 * time.Second
+	}
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	if _, ok := cfg.RuntimeParams["statement_timeout"]; !ok {
+		cfg.RuntimeParams["statement_timeout"] = fmt.Sprint(st.Milliseconds())
+	}
+	cfg.RuntimeParams["timezone"] = "UTC"
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	db := stdlib.OpenDB(*cfg)
+	n := opt.MaxConns
+	if n <= 0 {
+		n = 32
+	}
+	db.SetMaxOpenConns(n)
+	db.SetMaxIdleConns(n)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("cannot connect to PostgreSQL %s: %s", where, redactErr(err, dsn))
+	}
+	return &DB{Dialect: Postgres, W: db, R: db, Where: where}, nil
+}
+
+// redactErr returns err's text with any password from dsn removed.
+func redactErr(err error, dsn string) string {
+	msg := err.Error()
+	if u, perr := url.Parse(dsn); perr == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "***")
+		}
+	}
+	return msg
+}
+
+// Close closes both pools.
+func (db *DB) Close() error {
+	if db == nil {
+		return nil
+	}
+	err := db.W.Close()
+	if db.R != db.W {
+		if e := db.R.Close(); err == nil {
+			err = e
+		}
+	}
+	return err
+}
+
+// Tx runs fn in a write transaction and commits it, or rolls back if fn
+// returns an error (or panics). On SQLite it takes the write lock at BEGIN.
+func (db *DB) Tx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
+	tx, err := db.W.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			tx.Rollback()
+			panic(p)
+		}
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	if err = fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// Querier is what *sql.DB, *sql.Tx and *sql.Conn have in common.
+type Querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// IsUniqueViolation reports whether err is a unique-constraint violation.
+func IsUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code == "23505"
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		c := se.Code()
+		return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+	}
+	return false
+}
+
+// IsRetryable reports whether err is a transient database failure after
+// which the same request may be retried: a lost or refused connection, a
+// server shutting down, a serialization failure or deadlock, a busy SQLite.
+func IsRetryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch {
+		case pe.Code == "40001", pe.Code == "40P01": // serialization failure, deadlock
+			return true
+		case strings.HasPrefix(pe.Code, "08"): // connection exception
+			return true
+		case pe.Code == "57P01", pe.Code == "57P02", pe.Code == "57P03": // admin shutdown, crash shutdown, cannot connect now
+			return true
+		case pe.Code == "57014": // statement timeout / cancel
+			return true
+		case pe.Code == "53300": // too many connections
+			return true
+		}
+		return false
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		c := se.Code() & 0xff
+		return c == sqlite3.SQLITE_BUSY || c == sqlite3.SQLITE_LOCKED || c == sqlite3.SQLITE_IOERR
+	}
+	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
+		return true
+	}
+	if errors.Is(err, sql.ErrConnDone) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	msg := err.Error()
+	for _, s := range []string{"connection refused", "connection reset", "broken pipe", "EOF", "driver: bad connection", "conn closed", "closed network connection", "failed to connect"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
