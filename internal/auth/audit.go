@@ -1,0 +1,53 @@
+package auth
+
+import (
+	"context"
+	"time"
+)
+
+// AuditEntry is one line of the audit log.
+type AuditEntry struct {
+	ID        int64     `json:"id"`
+	At        time.Time `json:"at"`
+	Actor     string    `json:"actor"`
+	ActorRole Role      `json:"actor_role"`
+	Action    string    `json:"action"`
+	Subject   string    `json:"subject"`
+	Detail    string    `json:"detail"`
+}
+
+// Audit appends to the audit log. Callers must not put full ID numbers in
+// subject or detail: name the resident by id or card number.
+func (s *Service) Audit(ctx context.Context, p Principal, action, subject, detail string) error {
+	_, err := s.db.W.ExecContext(ctx, `INSERT INTO audit_log(at, actor, actor_role, action, subject, detail) VALUES ($1,$2,$3,$4,$5,$6)`,
+		s.now().UnixMilli(), p.Subject, string(p.Role), action, subject, detail)
+	return storeErr(err)
+}
+
+// AuditLog returns entries newest first, optionally only for one subject.
+func (s *Service) AuditLog(ctx context.Context, subject string, beforeID int64, limit int) ([]AuditEntry, error) {
+	if limit <= 0 || limit > 500 {
+		limit = 100
+	}
+	if beforeID <= 0 {
+		beforeID = 1 << 62
+	}
+	q := `SELECT id, at, actor, actor_role, action, subject, detail FROM audit_log WHERE id < $1 AND ($2 = '' OR subject = $2) ORDER BY id DESC LIMIT $3`
+	rows, err := s.db.R.QueryContext(ctx, q, beforeID, subject, limit)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	defer rows.Close()
+	var out []AuditEntry
+	for rows.Next() {
+		var e AuditEntry
+		var at int64
+		var role string
+		if err := rows.Scan(&e.ID, &at, &e.Actor, &role, &e.Action, &e.Subject, &e.Detail); err != nil {
+			return nil, storeErr(err)
+		}
+		e.At, e.ActorRole = time.UnixMilli(at).UTC(), Role(role)
+		out = append(out, e)
+	}
+	return out, storeErr(rows.Err())
+}

@@ -1,0 +1,361 @@
+// Package auth knows who is calling: staff users (hr_admin, finance,
+// operator, provider) with hashed passwords, and opaque bearer tokens for
+// staff, residents and terminals. It also keeps the audit log of staff
+// reads of personal data and of sensitive actions.
+//
+// Tokens are 32 random bytes (base64url, prefixed "yk_"); only their SHA-256
+// is stored, so a database dump does not hand out sessions. Passwords are
+// hashed with PBKDF2-HMAC-SM3 and a per-user salt; the iteration count is kept
+// with the hash so it can be raised later.
+//
+// Token look-ups are cached in memory for a short time (CacheTTL) because
+// every terminal scan authenticates; revoking a token clears it from this
+// process's cache at once and from other processes' caches within CacheTTL.
+package auth
+
+import (
+	"context"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"database/sql"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emmansun/gmsm/sm3"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/store"
+)
+
+// Role is what a principal may do (DESIGN.md "Roles").
+type Role string
+
+const (
+	RoleHRAdmin  Role = "hr_admin"
+	RoleFinance  Role = "finance"
+	RoleOperator Role = "operator"
+	RoleProvider Role = "provider"
+	RoleTerminal Role = "terminal"
+	RoleResident Role = "resident"
+	RolePeer     Role = "peer"
+)
+
+// StaffRoles are the roles a staff user may have.
+var StaffRoles = []Role{RoleHRAdmin, RoleFinance, RoleOperator, RoleProvider}
+
+// Kind is the kind of principal a token belongs to.
+type Kind string
+
+const (
+	KindStaff    Kind = "staff"
+	KindResident Kind = "resident"
+	KindTerminal Kind = "terminal"
+)
+
+// Principal is an authenticated caller.
+type Principal struct {
+	Kind Kind
+	// Subject is the staff user id, the resident's card number or the terminal id.
+	Subject string
+	Role    Role
+	// ProviderID is set for provider staff and terminals.
+	ProviderID string
+	ExpiresAt  time.Time
+}
+
+// Has reports whether p has one of roles.
+func (p Principal) Has(roles ...Role) bool {
+	for _, r := range roles {
+		if p.Role == r {
+			return true
+		}
+	}
+	return false
+}
+
+// String is a log-safe description.
+func (p Principal) String() string { return string(p.Role) + ":" + p.Subject }
+
+// StaffUser is a staff account.
+type StaffUser struct {
+	ID          string `json:"id"`
+	Username    string `json:"username"`
+	DisplayName string `json:"display_name"`
+	Role        Role   `json:"role"`
+	ProviderID  string `json:"provider_id,omitempty"`
+	Disabled    bool   `json:"disabled"`
+	CreatedAt   time.Time
+}
+
+// Service manages staff users, tokens and the audit log.
+type Service struct {
+	db  *store.DB
+	now func() time.Time
+
+	// PasswordIterations for new password hashes.
+	PasswordIterations int
+	// CacheTTL bounds how long a token look-up is trusted without the database.
+	CacheTTL time.Duration
+
+	mu    sync.Mutex
+	cache map[string]cached
+}
+
+type cached struct {
+	p     Principal
+	until time.Time
+}
+
+// New returns a Service.
+func New(db *store.DB, now func() time.Time) *Service {
+	if now == nil {
+		now = time.Now
+	}
+	return &Service{db: db, now: now, PasswordIterations: 100_000, CacheTTL: 2 * time.Second, cache: map[string]cached{}}
+}
+
+// RandomID returns a random identifier with prefix, e.g. "usr_…".
+func RandomID(prefix string) string {
+	var b [12]byte
+	rand.Read(b[:])
+	return prefix + "_" + strings.ToLower(base32NoPad(b[:]))
+}
+
+func base32NoPad(b []byte) string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+	var sb strings.Builder
+	var acc uint64
+	bits := 0
+	for _, c := range b {
+		acc = acc<<8 | uint64(c)
+		bits += 8
+		for bits >= 5 {
+			bits -= 5
+			sb.WriteByte(alphabet[(acc>>uint(bits))&31])
+		}
+	}
+	if bits > 0 {
+		sb.WriteByte(alphabet[(acc<<uint(5-bits))&31])
+	}
+	return sb.String()
+}
+
+// HashPassword returns "pbkdf2-sm3$ITER$SALT$HASH" (hex).
+func HashPassword(password string, iterations int) string {
+	salt := make([]byte, 16)
+	rand.Read(salt)
+	key, _ := pbkdf2.Key(sm3.New, password, salt, iterations, 32)
+	return "pbkdf2-sm3$" + strconv.Itoa(iterations) + "$" + hex.EncodeToString(salt) + "$" + hex.EncodeToString(key)
+}
+
+// CheckPassword reports whether password matches hash, in constant time.
+func CheckPassword(hash, password string) bool {
+	parts := strings.Split(hash, "$")
+	if len(parts) != 4 || parts[0] != "pbkdf2-sm3" {
+		return false
+	}
+	iter, err := strconv.Atoi(parts[1])
+	if err != nil || iter < 1 || iter > 10_000_000 {
+		return false
+	}
+	salt, err1 := hex.DecodeString(parts[2])
+	want, err2 := hex.DecodeString(parts[3])
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	got, err := pbkdf2.Key(sm3.New, password, salt, iter, len(want))
+	if err != nil {
+		return false
+	}
+	return subtle.ConstantTimeCompare(got, want) == 1
+}
+
+// CreateStaff creates a staff user. Usernames are unique (already_exists).
+func (s *Service) CreateStaff(ctx context.Context, username, displayName string, role Role, password, providerID string) (StaffUser, error) {
+	username = strings.TrimSpace(username)
+	if username == "" || len(username) > 64 {
+		return StaffUser{}, apperr.Invalid("username", "username must be 1-64 characters", "用户名须为1-64个字符")
+	}
+	if !validStaffRole(role) {
+		return StaffUser{}, apperr.Invalid("role", "role must be hr_admin, finance, operator or provider", "角色须为 hr_admin、finance、operator 或 provider")
+	}
+	if role == RoleProvider && providerID == "" {
+		return StaffUser{}, apperr.Invalid("provider_id", "provider staff need a provider", "服务商用户须指定服务商")
+	}
+	if len(password) < 8 {
+		return StaffUser{}, apperr.Invalid("password", "password must have at least 8 characters", "密码至少8个字符")
+	}
+	u := StaffUser{ID: RandomID("usr"), Username: username, DisplayName: displayName, Role: role, ProviderID: providerID, CreatedAt: s.now().UTC()}
+	_, err := s.db.W.ExecContext(ctx, `INSERT INTO staff_users(id, username, display_name, role, password_hash, provider_id, disabled, created_at) VALUES ($1,$2,$3,$4,$5,$6,0,$7)`,
+		u.ID, u.Username, u.DisplayName, string(u.Role), HashPassword(password, s.PasswordIterations), u.ProviderID, u.CreatedAt.UnixMilli())
+	if store.IsUniqueViolation(err) {
+		return StaffUser{}, apperr.Newf(apperr.AlreadyExists, "a staff user with this username exists", "该用户名已存在")
+	}
+	if err != nil {
+		return StaffUser{}, storeErr(err)
+	}
+	return u, nil
+}
+
+func validStaffRole(r Role) bool {
+	for _, x := range StaffRoles {
+		if r == x {
+			return true
+		}
+	}
+	return false
+}
+
+// StaffByUsername returns a staff user.
+func (s *Service) StaffByUsername(ctx context.Context, username string) (StaffUser, string, error) {
+	var u StaffUser
+	var role, hash string
+	var disabled int
+	var created int64
+	err := s.db.R.QueryRowContext(ctx, `SELECT id, username, display_name, role, password_hash, provider_id, disabled, created_at FROM staff_users WHERE username = $1`, username).
+		Scan(&u.ID, &u.Username, &u.DisplayName, &role, &hash, &u.ProviderID, &disabled, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return StaffUser{}, "", apperr.New(apperr.NotFound)
+	}
+	if err != nil {
+		return StaffUser{}, "", storeErr(err)
+	}
+	u.Role, u.Disabled, u.CreatedAt = Role(role), disabled != 0, time.UnixMilli(created).UTC()
+	return u, hash, nil
+}
+
+// LoginStaff checks a password and returns a new staff token.
+func (s *Service) LoginStaff(ctx context.Context, username, password string, ttl time.Duration) (token string, p Principal, err error) {
+	u, hash, err := s.StaffByUsername(ctx, strings.TrimSpace(username))
+	if err != nil {
+		if apperr.CodeOf(err) == apperr.NotFound {
+			// Spend the same time as a real check so usernames cannot be probed.
+			CheckPassword("pbkdf2-sm3$"+strconv.Itoa(s.PasswordIterations)+"$00$00", password)
+			return "", Principal{}, apperr.Newf(apperr.Unauthorized, "wrong username or password", "用户名或密码错误")
+		}
+		return "", Principal{}, err
+	}
+	if !CheckPassword(hash, password) || u.Disabled {
+		return "", Principal{}, apperr.Newf(apperr.Unauthorized, "wrong username or password", "用户名或密码错误")
+	}
+	p = Principal{Kind: KindStaff, Subject: u.ID, Role: u.Role, ProviderID: u.ProviderID}
+	token, p, err = s.IssueToken(ctx, p, ttl)
+	return token, p, err
+}
+
+// IssueToken creates a bearer token for p valid for ttl.
+func (s *Service) IssueToken(ctx context.Context, p Principal, ttl time.Duration) (string, Principal, error) {
+	var b [32]byte
+	rand.Read(b[:])
+	token := "yk_" + base64.RawURLEncoding.EncodeToString(b[:])
+	now := s.now().UTC()
+	p.ExpiresAt = now.Add(ttl).Truncate(time.Millisecond)
+	_, err := s.db.W.ExecContext(ctx, `INSERT INTO auth_tokens(hash, kind, subject, role, provider_id, created_at, expires_at, revoked) VALUES ($1,$2,$3,$4,$5,$6,$7,0)`,
+		tokenHash(token), string(p.Kind), p.Subject, string(p.Role), p.ProviderID, now.UnixMilli(), p.ExpiresAt.UnixMilli())
+	if err != nil {
+		return "", Principal{}, storeErr(err)
+	}
+	return token, p, nil
+}
+
+func tokenHash(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
+}
+
+// Authenticate resolves a bearer token. Unknown, expired or revoked tokens
+// are unauthorized.
+func (s *Service) Authenticate(ctx context.Context, token string) (Principal, error) {
+	if !strings.HasPrefix(token, "yk_") || len(token) > 100 {
+		return Principal{}, apperr.New(apperr.Unauthorized)
+	}
+	h := tokenHash(token)
+	now := s.now()
+	s.mu.Lock()
+	c, ok := s.cache[h]
+	s.mu.Unlock()
+	if ok && now.Before(c.until) {
+		if now.After(c.p.ExpiresAt) {
+			return Principal{}, apperr.Newf(apperr.Unauthorized, "the session has expired; sign in again", "会话已过期，请重新登录")
+		}
+		return c.p, nil
+	}
+	var p Principal
+	var kind, role string
+	var exp int64
+	var revoked int
+	err := s.db.R.QueryRowContext(ctx, `SELECT kind, subject, role, provider_id, expires_at, revoked FROM auth_tokens WHERE hash = $1`, h).
+		Scan(&kind, &p.Subject, &role, &p.ProviderID, &exp, &revoked)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Principal{}, apperr.New(apperr.Unauthorized)
+	}
+	if err != nil {
+		return Principal{}, storeErr(err)
+	}
+	p.Kind, p.Role, p.ExpiresAt = Kind(kind), Role(role), time.UnixMilli(exp).UTC()
+	if revoked != 0 {
+		return Principal{}, apperr.New(apperr.Unauthorized)
+	}
+	if now.After(p.ExpiresAt) {
+		return Principal{}, apperr.Newf(apperr.Unauthorized, "the session has expired; sign in again", "会话已过期，请重新登录")
+	}
+	s.mu.Lock()
+	if len(s.cache) > 100_000 {
+		s.cache = map[string]cached{}
+	}
+	s.cache[h] = cached{p: p, until: now.Add(s.CacheTTL)}
+	s.mu.Unlock()
+	return p, nil
+}
+
+// RevokeToken revokes one token.
+func (s *Service) RevokeToken(ctx context.Context, token string) error {
+	h := tokenHash(token)
+	if _, err := s.db.W.ExecContext(ctx, `UPDATE auth_tokens SET revoked = 1 WHERE hash = $1`, h); err != nil {
+		return storeErr(err)
+	}
+	s.mu.Lock()
+	delete(s.cache, h)
+	s.mu.Unlock()
+	return nil
+}
+
+// RevokeSubject revokes every token of a subject (a lost card's resident
+// sessions, a disabled terminal, a disabled staff user).
+func (s *Service) RevokeSubject(ctx context.Context, kind Kind, subject string) error {
+	if _, err := s.db.W.ExecContext(ctx, `UPDATE auth_tokens SET revoked = 1 WHERE kind = $1 AND subject = $2 AND revoked = 0`, string(kind), subject); err != nil {
+		return storeErr(err)
+	}
+	s.mu.Lock()
+	for h, c := range s.cache {
+		if c.p.Kind == kind && c.p.Subject == subject {
+			delete(s.cache, h)
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// PurgeExpired deletes tokens that expired before the given time.
+func (s *Service) PurgeExpired(ctx context.Context, before time.Time) error {
+	_, err := s.db.W.ExecContext(ctx, `DELETE FROM auth_tokens WHERE expires_at < $1`, before.UnixMilli())
+	return storeErr(err)
+}
+
+func storeErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if store.IsRetryable(err) {
+		return apperr.Wrap(apperr.Unavailable, err)
+	}
+	return apperr.Wrap(apperr.Internal, fmt.Errorf("auth store: %w", err))
+}
