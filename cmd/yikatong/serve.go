@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/node"
+)
+
+func init() {
+	register("serve", "run a city node (--demo creates a demo city on an empty node)", cmdServe)
+}
+
+func cmdServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
+	data := fs.String("data", "./yikatong-data", "data directory (keys, master key, SQLite database)")
+	db := fs.String("db", "", "database URL (default: SQLite in the data directory; postgres://… selects PostgreSQL)")
+	demo := fs.Bool("demo", false, "on an empty node, create a demo city and write DATA/demo.json")
+	city := fs.String("city", "", "city node id on first start (default "+node.DefaultCity+")")
+	maxConns := fs.Int("max-conns", 0, "database connection pool size (PostgreSQL default 32)")
+	stmtTimeout := fs.Duration("statement-timeout", 5*time.Second, "PostgreSQL statement timeout")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "serve: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "serve: bad --log-level %q\n", *logLevel)
+		return 2
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "serve: cannot listen on %s: %v\n", *addr, err)
+		return 1
+	}
+	defer ln.Close()
+	baseURL := "http://" + ln.Addr().String()
+
+	n, err := node.Open(ctx, node.Config{DataDir: *data, DB: *db, City: *city, MaxConns: *maxConns, StatementTimeout: *stmtTimeout, Logger: logger})
+	if err != nil {
+		fmt.Fprintf(stderr, "serve: %v\n", err)
+		return 1
+	}
+	defer n.Close()
+	if *demo {
+		path := filepath.Join(*data, "demo.json")
+		if err := n.EnsureDemo(ctx, baseURL, path); err != nil {
+			fmt.Fprintf(stderr, "serve: creating the demo city: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stderr, "yikatong: demo city %s — sign-in details in %s\n", n.City, path)
+	}
+	fmt.Fprintf(stderr, "yikatong: city %s serving on %s (data %s, database %s %s)\n", n.City, baseURL, *data, n.DB.Dialect, n.DB.Where)
+	if err := n.Serve(ctx, ln); err != nil {
+		fmt.Fprintf(stderr, "serve: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stderr, "yikatong: stopped")
+	return 0
+}
