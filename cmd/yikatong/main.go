@@ -55,3 +55,9 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nRun 'yikatong COMMAND -h' for a command's flags.")
 }
+
+func init() {
+	register("id", "check an ID number: yikatong id check NUMBER", func(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+		return cmdID(args, stdout, stderr)
+	})
+}

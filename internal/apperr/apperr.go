@@ -29,6 +29,9 @@ const (
 	NotYetValid       Code = "not_yet_valid"
 	Revoked           Code = "revoked"
 	TrustExpired      Code = "trust_expired"
+	// BadTrustBundle: a trust bundle that does not parse or whose node
+	// signature does not verify.
+	BadTrustBundle Code = "bad_trust_bundle"
 
 	// ID numbers
 	BadLength      Code = "bad_length"
@@ -57,6 +60,7 @@ const (
 	CardLocked    Code = "card_locked"
 	BadPIN        Code = "bad_pin"
 	BadTransition Code = "bad_transition"
+	PINNotSet     Code = "pin_not_set"
 
 	// ledger
 	InsufficientFunds Code = "insufficient_funds"
@@ -70,6 +74,10 @@ const (
 
 	// scans
 	Replayed Code = "replayed"
+
+	// service catalogue
+	NotEligible      Code = "not_eligible"
+	ScenarioDisabled Code = "scenario_disabled"
 )
 
 type entry struct {
@@ -87,6 +95,7 @@ var catalogue = map[Code]entry{
 	NotYetValid:       {400, "the code is not yet valid", "码尚未生效"},
 	Revoked:           {400, "the card has been reported lost or cancelled", "卡已挂失或注销"},
 	TrustExpired:      {400, "the trust bundle has expired; refresh it before accepting codes", "信任列表已过期，请更新后再受理"},
+	BadTrustBundle:    {400, "the trust bundle is malformed or its signature is not valid", "信任列表格式错误或签名无效"},
 
 	BadLength:      {400, "the ID number has the wrong length", "证件号码长度错误"},
 	BadFormat:      {400, "the ID number contains invalid characters", "证件号码含有非法字符"},
@@ -112,6 +121,7 @@ var catalogue = map[Code]entry{
 	CardLocked:    {423, "the card is locked after too many wrong PINs; ask staff to unlock it", "密码错误次数过多，卡片已锁定，请联系工作人员解锁"},
 	BadPIN:        {401, "wrong card number or PIN", "卡号或密码错误"},
 	BadTransition: {409, "the card cannot go to that status from its current one", "卡片当前状态不允许此操作"},
+	PINNotSet:     {409, "no PIN has been set for this card yet; ask staff to set one", "该卡尚未设置密码，请联系工作人员设置"},
 
 	InsufficientFunds: {409, "insufficient funds", "余额不足"},
 	InvalidAmount:     {422, "the amount must be a positive whole number of fen", "金额必须为正整数（分）"},
@@ -123,6 +133,9 @@ var catalogue = map[Code]entry{
 	Overflow:          {422, "the amount would overflow", "金额溢出"},
 
 	Replayed: {409, "this code has already been used", "此码已被使用"},
+
+	NotEligible:      {403, "the holder is not eligible for this service", "持卡人不符合该服务的使用条件"},
+	ScenarioDisabled: {409, "this service is currently disabled", "该服务场景已停用"},
 }
 
 // Error is a client-visible error with a stable code.
