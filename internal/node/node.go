@@ -55,6 +55,7 @@ type Node struct {
 	Auth   *auth.Service
 	API    *httpapi.Server
 	Log    *slog.Logger
+	services
 	Now    func() time.Time
 
 	// DemoResidents is how many residents EnsureDemo enrols (default 1000).
