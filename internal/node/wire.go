@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/yikatong/yikatong/internal/catalog"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/vault"
 )
@@ -13,6 +14,7 @@ import (
 type services struct {
 	Vault     *vault.Vault
 	Residents *resident.Service
+	Catalog   *catalog.Catalog
 }
 
 // wire creates the domain services and registers the API routes.
@@ -23,9 +25,19 @@ func (n *Node) wire(ctx context.Context) error {
 	}
 	n.Vault = v
 	n.Residents = resident.New(n.DB, v, n.Now)
+	if n.Catalog, err = catalog.Open(ctx, n.DB); err != nil {
+		return fmt.Errorf("opening the service catalogue: %w", err)
+	}
 
 	n.staffRoutes()
 	n.residentRoutes()
+	n.catalogRoutes()
+	if err := n.wireScans(ctx); err != nil {
+		return err
+	}
+	if err := n.wireWeb(ctx); err != nil {
+		return err
+	}
 	return nil
 }
 
