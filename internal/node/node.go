@@ -56,7 +56,7 @@ type Node struct {
 	API    *httpapi.Server
 	Log    *slog.Logger
 	services
-	Now    func() time.Time
+	Now func() time.Time
 
 	// DemoResidents is how many residents EnsureDemo enrols (default 1000).
 	DemoResidents int
