@@ -1,0 +1,449 @@
+// Package keys manages a city node's signing keys: the issuer keys that sign
+// e-codes and the long-lived node key that signs trust bundles (and later
+// federation messages).
+//
+// # Storage
+//
+// Private keys are files in DATA/keys/ (directory 0700, files 0600), each a
+// PEM "PRIVATE KEY" block holding PKCS #8 (see ecode.MarshalPrivateKey):
+// issuer keys are issuer-<kid>.key, the node key is node.key. Files are
+// written to a temporary name, fsynced and hard-linked into place, so a key
+// file is never seen half-written and never overwritten.
+//
+// The database holds the registry every process of the node shares:
+// issuer_keys (kid, seq, alg, public key, created_at, retired_at, not_after)
+// and node_keys (one row per purpose, "node"). Public keys, not files, feed
+// the trust bundle, so any process can publish every key.
+//
+// # Rotation
+//
+// Exactly one issuer key is active (retired_at NULL): the one with the
+// highest seq. Rotate inserts a new key with seq+1 and, in the same
+// transaction, retires the others with not_after = now + RetireGrace (the
+// 60 s code lifetime plus a margin for clock skew and for other processes to
+// notice the rotation). A retired key never signs again in a process that
+// has refreshed, keeps verifying until not_after, and then leaves
+// PublicKeys (and so the bundle).
+//
+// # Several processes, one data directory
+//
+// Processes of one city share the database and the data directory. seq is
+// UNIQUE, so when two processes race to create the first key (or to rotate)
+// exactly one insert wins; the loser deletes its file and reloads. Refresh
+// re-reads the registry and loads key files this process has not loaded yet;
+// RefreshLoop runs it periodically (every RefreshEvery). A process that
+// finds a key in the registry whose file is missing reports it: processes
+// sharing a database must share the data directory.
+package keys
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/store"
+)
+
+// RetireGrace is how long a rotated-out key keeps verifying: one code
+// lifetime plus 60 s for clock skew and for peer processes to refresh.
+const RetireGrace = ecode.CodeLifetime + 60*time.Second
+
+// RefreshEvery is the recommended RefreshLoop interval; it must stay well
+// under the 60 s margin in RetireGrace.
+const RefreshEvery = 15 * time.Second
+
+// Manager holds this process's view of the node's keys. It is safe for
+// concurrent use.
+type Manager struct {
+	dir string
+	db  *store.DB
+	alg ecode.Alg
+
+	mu         sync.RWMutex
+	current    ecode.Signer
+	currentSeq int64
+	loaded     map[string]ecode.Signer // active issuer keys by kid string
+	node       ecode.Signer
+}
+
+// Open loads (or, on first start, creates) the node key and the current
+// issuer key. alg is the algorithm of newly created issuer keys (AlgSM2 by
+// default; an existing key of another algorithm stays current until Rotate).
+func Open(ctx context.Context, dataDir string, db *store.DB, alg ecode.Alg) (*Manager, error) {
+	if alg == 0 {
+		alg = ecode.AlgSM2
+	}
+	if alg != ecode.AlgSM2 && alg != ecode.AlgEdDSA {
+		return nil, fmt.Errorf("keys: unsupported algorithm %v", alg)
+	}
+	dir := filepath.Join(dataDir, "keys")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("keys: creating %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("keys: %w", err)
+	}
+	m := &Manager{dir: dir, db: db, alg: alg, loaded: map[string]ecode.Signer{}}
+	if err := m.ensureNodeKey(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	if m.Current() == nil {
+		// Another process starting at the same time may win the race to
+		// create the first key (errLostRace): then we load its key.
+		if _, err := m.createIssuerKey(ctx, true); err != nil && !errors.Is(err, errLostRace) {
+			return nil, err
+		}
+		if err := m.Refresh(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if m.Current() == nil {
+		return nil, errors.New("keys: no active issuer key after creating one")
+	}
+	return m, nil
+}
+
+// Current returns the issuer key that signs new codes.
+func (m *Manager) Current() ecode.Signer {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.current
+}
+
+// NodeSigner returns the node key (SM2) that signs trust bundles.
+func (m *Manager) NodeSigner() ecode.Signer {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.node
+}
+
+// PublicKeys returns every issuer key that may still verify now (active, or
+// retired with not_after in the future), oldest first, with NotAfter set on
+// retired keys.
+func (m *Manager) PublicKeys(ctx context.Context) ([]ecode.PublicKey, error) {
+	return m.PublicKeysAt(ctx, time.Now())
+}
+
+// PublicKeysAt is PublicKeys as of at.
+func (m *Manager) PublicKeysAt(ctx context.Context, at time.Time) ([]ecode.PublicKey, error) {
+	rows, err := m.db.R.QueryContext(ctx,
+		`SELECT kid, alg, public_key, not_after FROM issuer_keys WHERE not_after IS NULL OR not_after > $1 ORDER BY seq`,
+		at.UnixMilli())
+	if err != nil {
+		return nil, fmt.Errorf("keys: listing issuer keys: %w", err)
+	}
+	defer rows.Close()
+	var out []ecode.PublicKey
+	for rows.Next() {
+		var kid, algName string
+		var pub []byte
+		var notAfter sql.NullInt64
+		if err := rows.Scan(&kid, &algName, &pub, &notAfter); err != nil {
+			return nil, err
+		}
+		alg, err := ecode.ParseAlg(algName)
+		if err != nil {
+			return nil, fmt.Errorf("keys: key %s: %w", kid, err)
+		}
+		k, err := ecode.ParsePublicKey(alg, pub)
+		if err != nil || k.KidString() != kid {
+			return nil, fmt.Errorf("keys: registry entry %s does not hold a valid key", kid)
+		}
+		if notAfter.Valid {
+			k.NotAfter = time.UnixMilli(notAfter.Int64).UTC()
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// Rotate creates a new issuer key, makes it current and retires the old one
+// (it keeps verifying until now + RetireGrace). It returns the new kid.
+func (m *Manager) Rotate(ctx context.Context) (string, error) {
+	var kid string
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		kid, err = m.createIssuerKey(ctx, false)
+		if !errors.Is(err, errLostRace) {
+			break
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := m.Refresh(ctx); err != nil {
+		return "", err
+	}
+	return kid, nil
+}
+
+// RefreshLoop calls Refresh every interval until ctx ends; errors are
+// logged and the previous keys stay in use.
+func (m *Manager) RefreshLoop(ctx context.Context, every time.Duration) {
+	if every <= 0 {
+		every = RefreshEvery
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := m.Refresh(ctx); err != nil && ctx.Err() == nil {
+				slog.WarnContext(ctx, "refreshing signing keys", "err", err)
+			}
+		}
+	}
+}
+
+// Refresh re-reads the key registry: a key rotated in by another process
+// becomes current here, and a retired key stops signing.
+func (m *Manager) Refresh(ctx context.Context) error {
+	type row struct {
+		kid string
+		seq int64
+	}
+	var active []row
+	rows, err := m.db.R.QueryContext(ctx, `SELECT kid, seq FROM issuer_keys WHERE retired_at IS NULL ORDER BY seq`)
+	if err != nil {
+		return fmt.Errorf("keys: reading issuer keys: %w", err)
+	}
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(&r.kid, &r.seq); err != nil {
+			rows.Close()
+			return err
+		}
+		active = append(active, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(active) == 0 {
+		m.mu.Lock()
+		m.current, m.currentSeq = nil, 0
+		m.loaded = map[string]ecode.Signer{}
+		m.mu.Unlock()
+		return nil
+	}
+	newest := active[len(active)-1]
+	m.mu.RLock()
+	s := m.loaded[newest.kid]
+	m.mu.RUnlock()
+	if s == nil {
+		s, err = m.loadIssuerKey(newest.kid)
+		if err != nil {
+			return err
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.current, m.currentSeq = s, newest.seq
+	m.loaded = map[string]ecode.Signer{newest.kid: s}
+	return nil
+}
+
+func (m *Manager) issuerPath(kid string) string {
+	return filepath.Join(m.dir, "issuer-"+kid+".key")
+}
+
+func (m *Manager) loadIssuerKey(kid string) (ecode.Signer, error) {
+	s, err := readKeyFile(m.issuerPath(kid))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("keys: issuer key %s is registered in the database but %s is missing: processes sharing a database must share the data directory", kid, m.issuerPath(kid))
+		}
+		return nil, err
+	}
+	if s.Public().KidString() != kid {
+		return nil, fmt.Errorf("keys: %s does not hold key %s", m.issuerPath(kid), kid)
+	}
+	return s, nil
+}
+
+var errLostRace = errors.New("keys: another process created the key first")
+
+// createIssuerKey writes a new key file and registers it. With first set it
+// registers only into an empty registry; otherwise it becomes seq max+1 and
+// retires the active key. errLostRace means another process won.
+func (m *Manager) createIssuerKey(ctx context.Context, first bool) (string, error) {
+	s, err := ecode.Generate(m.alg)
+	if err != nil {
+		return "", err
+	}
+	pemBytes, err := ecode.MarshalPrivateKey(s)
+	if err != nil {
+		return "", err
+	}
+	pub := s.Public()
+	kid := pub.KidString()
+	path := m.issuerPath(kid)
+	if err := writeKeyFile(path, pemBytes); err != nil {
+		return "", err
+	}
+	now := time.Now()
+	err = m.db.Tx(ctx, func(tx *sql.Tx) error {
+		var maxSeq int64
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM issuer_keys`).Scan(&maxSeq); err != nil {
+			return err
+		}
+		if first && maxSeq != 0 {
+			return errLostRace
+		}
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO issuer_keys(kid, seq, alg, public_key, created_at) VALUES ($1, $2, $3, $4, $5)`,
+			kid, maxSeq+1, pub.Alg.String(), pub.Bytes(), now.UnixMilli()); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx,
+			`UPDATE issuer_keys SET retired_at = $1, not_after = $2 WHERE retired_at IS NULL AND kid <> $3`,
+			now.UnixMilli(), now.Add(RetireGrace).UnixMilli(), kid)
+		return err
+	})
+	if err != nil {
+		os.Remove(path)
+		if errors.Is(err, errLostRace) || store.IsUniqueViolation(err) {
+			return "", errLostRace
+		}
+		return "", fmt.Errorf("keys: registering issuer key: %w", err)
+	}
+	return kid, nil
+}
+
+const nodePurpose = "node"
+
+// ensureNodeKey loads DATA/keys/node.key, creating it on first start, and
+// makes sure the database records the same public key.
+func (m *Manager) ensureNodeKey(ctx context.Context) error {
+	path := filepath.Join(m.dir, "node.key")
+	s, err := m.nodeKeyFile(ctx, path)
+	if err != nil {
+		return err
+	}
+	pub := s.Public()
+	kid := pub.KidString()
+	for attempt := 0; attempt < 2; attempt++ {
+		var dbKid string
+		err := m.db.R.QueryRowContext(ctx, `SELECT kid FROM node_keys WHERE purpose = $1`, nodePurpose).Scan(&dbKid)
+		if err == nil {
+			if dbKid != kid {
+				return fmt.Errorf("keys: %s holds node key %s but the database records %s: processes sharing a database must share the data directory", path, kid, dbKid)
+			}
+			m.node = s
+			return nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("keys: reading node key: %w", err)
+		}
+		_, err = m.db.W.ExecContext(ctx,
+			`INSERT INTO node_keys(purpose, kid, alg, public_key, created_at) VALUES ($1, $2, $3, $4, $5)`,
+			nodePurpose, kid, pub.Alg.String(), pub.Bytes(), time.Now().UnixMilli())
+		if err != nil && !store.IsUniqueViolation(err) {
+			return fmt.Errorf("keys: registering node key: %w", err)
+		}
+	}
+	return errors.New("keys: could not register the node key")
+}
+
+// nodeKeyFile reads node.key, creating it when neither it nor a database
+// record exists. Creation is race-safe: the file is hard-linked into place
+// (never replaced) and only then registered.
+func (m *Manager) nodeKeyFile(ctx context.Context, path string) (ecode.Signer, error) {
+	s, err := readKeyFile(path)
+	if !errors.Is(err, os.ErrNotExist) {
+		return s, err
+	}
+	var dbKid string
+	qerr := m.db.R.QueryRowContext(ctx, `SELECT kid FROM node_keys WHERE purpose = $1`, nodePurpose).Scan(&dbKid)
+	if qerr == nil {
+		// A process sharing our directory may have placed and registered
+		// the key since we looked.
+		if s, err := readKeyFile(path); err == nil {
+			return s, nil
+		}
+		return nil, fmt.Errorf("keys: the database records node key %s but %s is missing: processes sharing a database must share the data directory", dbKid, path)
+	}
+	if !errors.Is(qerr, sql.ErrNoRows) {
+		return nil, fmt.Errorf("keys: reading node key: %w", qerr)
+	}
+	gen, err := ecode.GenerateSM2()
+	if err != nil {
+		return nil, err
+	}
+	pemBytes, err := ecode.MarshalPrivateKey(gen)
+	if err != nil {
+		return nil, err
+	}
+	switch err := writeKeyFile(path, pemBytes); {
+	case err == nil:
+		return gen, nil
+	case errors.Is(err, os.ErrExist): // another process was quicker
+		return readKeyFile(path)
+	default:
+		return nil, err
+	}
+}
+
+// NodePublicKey returns the public part of the node key (what terminals pin).
+func (m *Manager) NodePublicKey() ecode.PublicKey { return m.NodeSigner().Public() }
+
+func readKeyFile(path string) (ecode.Signer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	s, err := ecode.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("keys: %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// writeKeyFile writes data to path with mode 0600 without ever exposing a
+// partial file or replacing an existing one (os.ErrExist).
+func writeKeyFile(path string, data []byte) error {
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := path + ".tmp-" + hex.EncodeToString(rnd[:])
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("keys: %w", err)
+	}
+	defer os.Remove(tmp)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("keys: writing %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("keys: syncing %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return err
+		}
+		return fmt.Errorf("keys: placing %s: %w", path, err)
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}

@@ -1,0 +1,72 @@
+// Package ledger is yikatong's double-entry ledger: accounts, transfers,
+// linked sets, holds (pending → posted/voided/expired), reversals and an
+// append-only, hash-chained journal, on SQLite or PostgreSQL.
+//
+// Money is int64 fen. An account's balance is credits minus debits; the sum
+// of all balances is always zero. Money from outside (bank top-ups, treasury
+// funding, the medical insurance fund) comes from "external" accounts that
+// may go negative without bound; every other account has a floor (0, or a
+// bounded negative floor for "ride first, pay later") that its available
+// balance (balance − pending holds) may not cross.
+//
+// # Idempotency
+//
+// Every write carries a caller-chosen key. The SM3 hash of the request's
+// content is stored with the journal entry: the same key with the same
+// content returns the original result (same id, same timestamps, Replayed
+// set); with other content it is idempotency_conflict. A refused request
+// (insufficient funds, closed account, …) writes nothing and does not use
+// up its key, so a retry may succeed later — e.g. a fare retried after a
+// top-up. This differs from TigerBeetle, which records failed results per
+// id; we chose it because a refused payment at a gate must be payable once
+// the resident has topped up, under the same terminal transaction key.
+//
+// # Group commit
+//
+// All writes go through one committer goroutine per Ledger. It takes what
+// is queued (up to MaxBatch entries, never waiting when idle) and applies
+// the whole batch in one database transaction with one commit (one fsync):
+// one query finds known keys, one loads the touched accounts (on
+// PostgreSQL SELECT … FOR UPDATE in id order, after locking the single
+// chain-head row, so several node processes over one database serialise
+// their batches and never overspend or deadlock), multi-row INSERTs write
+// the journal, and ONE UPDATE writes every touched account's new balance —
+// a hot account credited by every fare in the batch is updated once. A
+// request uses exactly one connection (the committer's), never two.
+//
+// A refused request never fails its batch-mates. A database error fails
+// the whole batch: every caller gets "unavailable" (retry with the same
+// key) and nothing is written. The Ledger caches nothing between batches —
+// each batch re-reads its accounts under lock — so there is no in-memory
+// state to drift or invalidate. A unique violation on a key committed by
+// another process meanwhile re-runs the batch, which then sees that row.
+//
+// # Journal
+//
+// Each entry's hash is SM3(previous hash || canonical entry) (GM/T 0004,
+// via emmansun/gmsm), from 32 zero bytes; the chain head row holds the last
+// seq and hash. Transfers and journal entries are never updated or
+// deleted; only account balances/version/status and hold status change in
+// place. Each movement stores both accounts' balances after it, which
+// gives statements their running balance and lets Check verify them.
+//
+// Check verifies in one snapshot: sum of balances 0, each balance equal to
+// its postings, pending amounts equal to pending holds, running balances,
+// and the hash chain end to end.
+//
+// # Holds
+//
+// A hold reserves funds on its debit account until posted (any amount up
+// to the amount held; the rest is released), voided, or past its timeout.
+// Expiry happens lazily whenever a batch touches the hold or an account
+// with holds, and in bulk when the node calls ExpireHolds periodically; an
+// expiry is a journal entry of its own. Posting or voiding a hold that is
+// no longer pending is hold_not_pending.
+//
+// # Reversals
+//
+// Corrections are new entries in the opposite direction referring to the
+// original; the reversals of one entry never exceed its amount
+// (reversal_exceeds), and reversals of reversals are bounded likewise. The
+// floor of the account being debited by the reversal still applies.
+package ledger

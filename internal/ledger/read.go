@@ -1,0 +1,328 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"math/big"
+	"strconv"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/store"
+)
+
+func (l *Ledger) account(ctx context.Context, q store.Querier, id string) (AccountInfo, error) {
+	var a AccountInfo
+	var unb int
+	var created int64
+	err := q.QueryRowContext(ctx, `SELECT id, kind, currency, floor_fen, unbounded, status, label, balance_fen, pending_fen, version, created_at
+		FROM ledger_accounts WHERE id = $1`, id).Scan(&a.ID, &a.Kind, &a.Currency, &a.Floor, &unb, &a.Status, &a.Label,
+		&a.Balance, &a.Pending, &a.Version, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return AccountInfo{}, unknownAccount(id)
+	}
+	if err != nil {
+		return AccountInfo{}, dbErr(err)
+	}
+	a.Unbounded = unb != 0
+	a.Available = a.Balance - a.Pending
+	a.CreatedAt = time.UnixMilli(created).UTC()
+	return a, nil
+}
+
+// Balance returns an account with its balances (unknown_account if none).
+func (l *Ledger) Balance(ctx context.Context, id string) (AccountInfo, error) {
+	return l.account(ctx, l.db.R, id)
+}
+
+// GetTransfer returns one journal entry by id.
+func (l *Ledger) GetTransfer(ctx context.Context, id string) (Transfer, error) {
+	seq, ok := parseID(id)
+	if !ok {
+		return Transfer{}, apperr.Newf(apperr.NotFound, "no such transfer", "交易不存在")
+	}
+	e, err := scanEntry(l.db.R.QueryRowContext(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE seq = $1`, seq))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Transfer{}, apperr.Newf(apperr.NotFound, "no such transfer", "交易不存在")
+	}
+	if err != nil {
+		return Transfer{}, dbErr(err)
+	}
+	return e.transfer(), nil
+}
+
+// GetHold returns a hold and its current status. A hold past its timeout
+// that nobody has touched yet is reported as expired.
+func (l *Ledger) GetHold(ctx context.Context, id string) (HoldInfo, error) {
+	seq, ok := parseID(id)
+	if !ok {
+		return HoldInfo{}, apperr.Newf(apperr.NotFound, "no such hold", "预授权不存在")
+	}
+	var h HoldInfo
+	var exp, res int64
+	err := l.db.R.QueryRowContext(ctx, `SELECT debit, credit, amount, expires_at, status, resolved_seq FROM ledger_holds WHERE id = $1`, seq).
+		Scan(&h.Debit, &h.Credit, &h.Amount, &exp, &h.Status, &res)
+	if errors.Is(err, sql.ErrNoRows) {
+		return HoldInfo{}, apperr.Newf(apperr.NotFound, "no such hold", "预授权不存在")
+	}
+	if err != nil {
+		return HoldInfo{}, dbErr(err)
+	}
+	h.ID, h.ExpiresAt, h.ResolvedBy = id, time.UnixMilli(exp).UTC(), refID(res)
+	if h.Status == HoldPending && exp <= l.opt.Now().UnixMilli() {
+		h.Status = HoldExpired
+	}
+	return h, nil
+}
+
+// StatementEntry is one movement on an account.
+type StatementEntry struct {
+	Transfer
+	// Delta is the signed change to the account (credit +, debit -);
+	// BalanceAfter the account's balance right after.
+	Delta        int64
+	BalanceAfter int64
+}
+
+// Statement lists the balance movements (transfers, posted holds,
+// reversals) of an account with at in [from, to), oldest first, with the
+// running balance. A zero from/to is open. cursor is "" or the Next of the
+// previous page; limit is 1..1000 (default 100).
+func (l *Ledger) Statement(ctx context.Context, accountID string, from, to time.Time, cursor string, limit int) ([]StatementEntry, string, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	if limit > 1000 {
+		return nil, "", invalid("limit", "limit is at most 1000", "每页最多 1000 条")
+	}
+	var after int64
+	if cursor != "" {
+		n, err := strconv.ParseInt(cursor, 10, 64)
+		if err != nil || n < 0 {
+			return nil, "", invalid("cursor", "the cursor is not valid", "分页游标无效")
+		}
+		after = n
+	}
+	lo, hi := int64(-1<<62), int64(1<<62)
+	if !from.IsZero() {
+		lo = from.UnixMilli()
+	}
+	if !to.IsZero() {
+		hi = to.UnixMilli()
+	}
+	if _, err := l.account(ctx, l.db.R, accountID); err != nil {
+		return nil, "", err
+	}
+	// Two index range scans (debit side, credit side), merged by seq.
+	get := func(col string) ([]*entry, error) {
+		rows, err := l.db.R.QueryContext(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE `+col+` = $1 AND seq > $2
+			AND type IN ('transfer', 'post', 'reversal') AND at >= $3 AND at < $4 ORDER BY seq LIMIT $5`, accountID, after, lo, hi, limit+1)
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		var out []*entry
+		for rows.Next() {
+			e, err := scanEntry(rows)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, e)
+		}
+		return out, rows.Err()
+	}
+	ds, err := get("debit")
+	if err != nil {
+		return nil, "", dbErr(err)
+	}
+	cs, err := get("credit")
+	if err != nil {
+		return nil, "", dbErr(err)
+	}
+	var out []StatementEntry
+	for len(out) < limit+1 && (len(ds) > 0 || len(cs) > 0) {
+		var e *entry
+		var debit bool
+		if len(cs) == 0 || (len(ds) > 0 && ds[0].seq < cs[0].seq) {
+			e, ds, debit = ds[0], ds[1:], true
+		} else {
+			e, cs = cs[0], cs[1:]
+		}
+		se := StatementEntry{Transfer: e.transfer()}
+		if debit {
+			se.Delta, se.BalanceAfter = -e.amount, e.debitAfter
+		} else {
+			se.Delta, se.BalanceAfter = e.amount, e.creditAfter
+		}
+		out = append(out, se)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		id, _ := parseID(out[limit-1].ID)
+		next = strconv.FormatInt(id, 10)
+	}
+	return out, next, nil
+}
+
+// CheckResult is the outcome of Check.
+type CheckResult struct {
+	Accounts  int64
+	Transfers int64 // journal entries
+	SumFen    int64 // sum of all balances: 0 when the books balance
+	JournalOK bool  // the hash chain verifies end to end
+	Problems  []string
+}
+
+// OK reports whether the ledger passed every check.
+func (r CheckResult) OK() bool { return r.JournalOK && r.SumFen == 0 && len(r.Problems) == 0 }
+
+// Check verifies the ledger in one consistent snapshot: the balances sum
+// to zero; every balance equals its postings (credits − debits) and every
+// pending amount its pending holds; each entry's running balances are
+// right; the SM3 hash chain verifies from the first entry to the chain
+// head. Problems lists what is wrong (empty when all is well).
+func (l *Ledger) Check(ctx context.Context) (CheckResult, error) {
+	var opts *sql.TxOptions
+	if l.db.Dialect == store.Postgres {
+		opts = &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
+	}
+	tx, err := l.db.R.BeginTx(ctx, opts)
+	if err != nil {
+		return CheckResult{}, dbErr(err)
+	}
+	defer tx.Rollback()
+	r, err := check(ctx, tx)
+	if err != nil {
+		return CheckResult{}, dbErr(err)
+	}
+	return r, nil
+}
+
+func check(ctx context.Context, tx *sql.Tx) (CheckResult, error) {
+	var r CheckResult
+	problem := func(f string, a ...any) {
+		if len(r.Problems) < 100 {
+			r.Problems = append(r.Problems, fmt.Sprintf(f, a...))
+		}
+	}
+	var headSeq int64
+	var headHash []byte
+	if err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM ledger_chain WHERE id = 1`).Scan(&headSeq, &headHash); err != nil {
+		return r, err
+	}
+	type bal struct{ balance, pending, postings, holds int64 }
+	accts := map[string]*bal{}
+	rows, err := tx.QueryContext(ctx, `SELECT id, balance_fen, pending_fen FROM ledger_accounts`)
+	if err != nil {
+		return r, err
+	}
+	total := new(big.Int)
+	for rows.Next() {
+		var id string
+		b := &bal{}
+		if err := rows.Scan(&id, &b.balance, &b.pending); err != nil {
+			rows.Close()
+			return r, err
+		}
+		accts[id] = b
+		r.Accounts++
+		total.Add(total, big.NewInt(b.balance))
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return r, err
+	}
+	if !total.IsInt64() {
+		problem("the balances sum to %s fen, not 0", total)
+		r.SumFen = math.MaxInt64
+	} else {
+		r.SumFen = total.Int64()
+	}
+	if r.SumFen != 0 {
+		problem("the balances sum to %d fen, not 0", r.SumFen)
+	}
+	rows, err = tx.QueryContext(ctx, `SELECT debit, SUM(amount) FROM ledger_holds WHERE status = 'pending' GROUP BY debit`)
+	if err != nil {
+		return r, err
+	}
+	for rows.Next() {
+		var id string
+		var n int64
+		if err := rows.Scan(&id, &n); err != nil {
+			rows.Close()
+			return r, err
+		}
+		if b := accts[id]; b != nil {
+			b.holds = n
+		} else {
+			problem("pending hold on unknown account %q", id)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return r, err
+	}
+	// Walk the journal once: chain, postings, running balances.
+	rows, err = tx.QueryContext(ctx, `SELECT `+entryCols+` FROM ledger_journal ORDER BY seq`)
+	if err != nil {
+		return r, err
+	}
+	prev := make([]byte, 32)
+	r.JournalOK = true
+	var want int64 = 1
+	for rows.Next() {
+		e, err := scanEntry(rows)
+		if err != nil {
+			rows.Close()
+			return r, err
+		}
+		r.Transfers++
+		if e.seq != want {
+			r.JournalOK = false
+			problem("journal entry %d follows %d: entries missing", e.seq, want-1)
+		}
+		want = e.seq + 1
+		if h := e.chainHash(prev); !bytes.Equal(h, e.hash) {
+			if r.JournalOK {
+				problem("journal hash chain broken at entry %d", e.seq)
+			}
+			r.JournalOK = false
+		}
+		prev = e.hash
+		if !moves(e.typ) {
+			continue
+		}
+		d, c := accts[e.debit], accts[e.credit]
+		if d == nil || c == nil {
+			problem("entry %d names an unknown account", e.seq)
+			continue
+		}
+		d.postings -= e.amount
+		c.postings += e.amount
+		if d.postings != e.debitAfter || c.postings != e.creditAfter {
+			problem("entry %d: running balances %d/%d, postings give %d/%d", e.seq, e.debitAfter, e.creditAfter, d.postings, c.postings)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return r, err
+	}
+	if r.Transfers != headSeq || (headSeq > 0 && !bytes.Equal(prev, headHash)) {
+		r.JournalOK = false
+		problem("the chain head (entry %d) does not match the journal's last entry", headSeq)
+	}
+	for id, b := range accts {
+		if b.balance != b.postings {
+			problem("account %q: balance %d, postings %d", id, b.balance, b.postings)
+		}
+		if b.pending != b.holds {
+			problem("account %q: pending %d, pending holds %d", id, b.pending, b.holds)
+		}
+	}
+	return r, nil
+}

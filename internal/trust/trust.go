@@ -1,0 +1,375 @@
+// Package trust is the signed trust bundle: everything an offline terminal
+// needs to check any recognised e-code — the issuer keys of this city and of
+// its peers, their deny lists of lost or cancelled cards, and an expiry —
+// signed by the city node's node key. See docs/trust-bundle.md.
+//
+// # Format
+//
+//	{"issuer":"CN-410100","issued_at":"…","expires_at":"…",
+//	 "keys":[{"kid","alg","crv","x","y"?,"not_after"?}],
+//	 "deny":{"subjects":[{"sub","at"}],"cards":[{"card_hash","at"}]},
+//	 "peers":[{"issuer","expires_at","keys":[…],"deny":{…}}],
+//	 "signature":{"alg":"SM2","kid":"…","value":"…"}}
+//
+// Times are RFC 3339 UTC, whole seconds. Keys are JWK style (ecode.JWK).
+// A deny entry keeps its revocation time: a code counts as revoked only if
+// the card was revoked at or before the instant the code is checked for, so
+// an offline scan made before a card was reported lost stays valid when it
+// is uploaded later. Revocation times are rounded down to the second (a
+// revocation never takes effect later than it happened).
+//
+// # Signature
+//
+// signature.value is base64url (no padding) of the 64-byte signature (SM2
+// with SM3 and the default user id, r||s; or Ed25519) over the RFC 8785 JSON
+// Canonicalization Scheme form of the bundle object with its "signature"
+// member removed (Canonical). Verifiers canonicalise the bytes they
+// received, so whitespace, member order and members added by later versions
+// do not matter; duplicate member names are rejected. signature.kid is the
+// node key's kid; the terminal pins the node public key (a JWK) when it is
+// provisioned and passes it to Parse.
+//
+// This package imports no database code: a terminal program can use it
+// alone. internal/keys and the node supply Build's inputs.
+package trust
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"sort"
+	"time"
+
+	"github.com/emmansun/gmsm/sm3"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/ecode"
+)
+
+// DefaultTTL is a bundle's lifetime when BuildInput.TTL is zero.
+const DefaultTTL = 24 * time.Hour
+
+// Bundle is a parsed or built trust bundle. Do not modify it after Build or
+// Parse: its look-up indexes are built once.
+type Bundle struct {
+	Issuer    string     `json:"issuer"`
+	IssuedAt  time.Time  `json:"issued_at"`
+	ExpiresAt time.Time  `json:"expires_at"`
+	Keys      []Key      `json:"keys"`
+	Deny      Deny       `json:"deny"`
+	Peers     []Peer     `json:"peers"`
+	Signature *Signature `json:"signature,omitempty"`
+
+	keys    ecode.KeyMap
+	subs    map[string]map[string]time.Time // issuer → subject → revoked at
+	cards   map[string]time.Time            // card hash → revoked at
+	peerExp map[string]time.Time
+}
+
+// Key is an issuer key in a bundle.
+type Key struct {
+	ecode.JWK
+	NotAfter *time.Time `json:"not_after,omitempty"`
+}
+
+// Deny lists revoked card tokens (the e-code subject) and physical cards.
+type Deny struct {
+	Subjects []DeniedSubject `json:"subjects"`
+	Cards    []DeniedCard    `json:"cards"`
+}
+
+// DeniedSubject is a card token revoked at At.
+type DeniedSubject struct {
+	Subject string    `json:"sub"`
+	At      time.Time `json:"at"`
+}
+
+// DeniedCard is a physical card (by CardHash of its number) revoked at At.
+type DeniedCard struct {
+	CardHash string    `json:"card_hash"`
+	At       time.Time `json:"at"`
+}
+
+// Peer is another city's trust data, carried inside this city's bundle.
+type Peer struct {
+	Issuer    string    `json:"issuer"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Keys      []Key     `json:"keys"`
+	Deny      Deny      `json:"deny"`
+}
+
+// Signature is the node's signature over the bundle.
+type Signature struct {
+	Alg   string `json:"alg"`
+	Kid   string `json:"kid"`
+	Value string `json:"value"`
+}
+
+// Revocation is one lost, replaced or cancelled card: its e-code subject
+// (card token) and/or its card hash, and when it was revoked.
+type Revocation struct {
+	Subject  string
+	CardHash string
+	At       time.Time
+}
+
+// PeerBundle is a peer city's input to Build.
+type PeerBundle struct {
+	Issuer    string
+	ExpiresAt time.Time
+	Keys      []ecode.PublicKey
+	Deny      []Revocation
+}
+
+// BuildInput is everything Build needs; no database access.
+type BuildInput struct {
+	Issuer   string
+	Keys     []ecode.PublicKey
+	Deny     []Revocation
+	Peers    []PeerBundle
+	IssuedAt time.Time     // default now
+	TTL      time.Duration // default DefaultTTL
+}
+
+// CardHash is how a physical card number appears on deny lists:
+// base64url(SM3("yikatong/card/v1:" + number)). It is unkeyed so that a
+// terminal can compute it from the card it reads; it keeps card numbers out
+// of plain sight but, card numbers being few, is no secret.
+func CardHash(cardNumber string) string {
+	h := sm3.Sum([]byte("yikatong/card/v1:" + cardNumber))
+	return base64.RawURLEncoding.EncodeToString(h[:])
+}
+
+func utcSec(t time.Time) time.Time { return t.UTC().Truncate(time.Second) }
+
+func keysOut(in []ecode.PublicKey) []Key {
+	out := make([]Key, 0, len(in))
+	for _, k := range in {
+		key := Key{JWK: k.JWK()}
+		if !k.NotAfter.IsZero() {
+			na := utcSec(k.NotAfter)
+			key.NotAfter = &na
+		}
+		out = append(out, key)
+	}
+	return out
+}
+
+func denyOut(in []Revocation) Deny {
+	subs, cards := map[string]time.Time{}, map[string]time.Time{}
+	for _, r := range in {
+		at := utcSec(r.At)
+		if r.Subject != "" {
+			if t, ok := subs[r.Subject]; !ok || at.Before(t) {
+				subs[r.Subject] = at
+			}
+		}
+		if r.CardHash != "" {
+			if t, ok := cards[r.CardHash]; !ok || at.Before(t) {
+				cards[r.CardHash] = at
+			}
+		}
+	}
+	d := Deny{Subjects: []DeniedSubject{}, Cards: []DeniedCard{}}
+	for s, at := range subs {
+		d.Subjects = append(d.Subjects, DeniedSubject{s, at})
+	}
+	for c, at := range cards {
+		d.Cards = append(d.Cards, DeniedCard{c, at})
+	}
+	sort.Slice(d.Subjects, func(i, j int) bool { return d.Subjects[i].Subject < d.Subjects[j].Subject })
+	sort.Slice(d.Cards, func(i, j int) bool { return d.Cards[i].CardHash < d.Cards[j].CardHash })
+	return d
+}
+
+// Build assembles and signs a bundle with the node key and returns it with
+// its JSON. Times are truncated to whole seconds, lists sorted, empty lists
+// written as [].
+func Build(in BuildInput, node ecode.Signer) (*Bundle, []byte, error) {
+	if in.Issuer == "" {
+		return nil, nil, apperr.Invalid("issuer", "the bundle needs an issuer", "信任列表须有发码方")
+	}
+	if node == nil {
+		return nil, nil, apperr.Newf(apperr.Internal, "no node key", "无节点密钥")
+	}
+	if in.IssuedAt.IsZero() {
+		in.IssuedAt = time.Now()
+	}
+	if in.TTL <= 0 {
+		in.TTL = DefaultTTL
+	}
+	b := &Bundle{
+		Issuer:    in.Issuer,
+		IssuedAt:  utcSec(in.IssuedAt),
+		ExpiresAt: utcSec(in.IssuedAt.Add(in.TTL)),
+		Keys:      keysOut(in.Keys),
+		Deny:      denyOut(in.Deny),
+		Peers:     []Peer{},
+	}
+	for _, p := range in.Peers {
+		b.Peers = append(b.Peers, Peer{Issuer: p.Issuer, ExpiresAt: utcSec(p.ExpiresAt), Keys: keysOut(p.Keys), Deny: denyOut(p.Deny)})
+	}
+	sort.Slice(b.Peers, func(i, j int) bool { return b.Peers[i].Issuer < b.Peers[j].Issuer })
+	unsigned, err := json.Marshal(b)
+	if err != nil {
+		return nil, nil, apperr.Wrap(apperr.Internal, err)
+	}
+	canon, err := Canonical(unsigned, "signature")
+	if err != nil {
+		return nil, nil, apperr.Wrap(apperr.Internal, err)
+	}
+	sig, err := node.Sign(canon)
+	if err != nil {
+		return nil, nil, apperr.Wrap(apperr.Internal, err)
+	}
+	b.Signature = &Signature{Alg: node.Alg().String(), Kid: node.Public().KidString(), Value: base64.RawURLEncoding.EncodeToString(sig)}
+	out, err := json.Marshal(b)
+	if err != nil {
+		return nil, nil, apperr.Wrap(apperr.Internal, err)
+	}
+	if err := b.index(); err != nil {
+		return nil, nil, err
+	}
+	return b, out, nil
+}
+
+func badBundle(en, zh string) error { return apperr.Newf(apperr.BadTrustBundle, en, zh) }
+
+// Parse reads a bundle. With nodeKey set it also checks the node signature
+// (a terminal always passes its pinned key); with nil it trusts the bytes as
+// given (for a file the operator vouches for, e.g. `yikatong code verify`).
+// Errors are bad_trust_bundle.
+func Parse(data []byte, nodeKey *ecode.PublicKey) (*Bundle, error) {
+	var b Bundle
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&b); err != nil {
+		return nil, badBundle("the trust bundle is not valid JSON: "+err.Error(), "信任列表不是有效的JSON")
+	}
+	if nodeKey != nil {
+		if err := checkSignature(data, b.Signature, nodeKey); err != nil {
+			return nil, err
+		}
+	}
+	if b.Issuer == "" || b.ExpiresAt.IsZero() {
+		return nil, badBundle("the trust bundle lacks issuer or expires_at", "信任列表缺少发码方或过期时间")
+	}
+	if err := b.index(); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+func checkSignature(data []byte, sig *Signature, nodeKey *ecode.PublicKey) error {
+	if sig == nil {
+		return badBundle("the trust bundle is not signed", "信任列表未签名")
+	}
+	if sig.Kid != nodeKey.KidString() || sig.Alg != nodeKey.Alg.String() {
+		return badBundle("the trust bundle is signed by another node key", "信任列表由其他节点密钥签名")
+	}
+	value, err := base64.RawURLEncoding.DecodeString(sig.Value)
+	if err != nil {
+		return badBundle("the trust bundle's signature is not base64url", "信任列表签名编码错误")
+	}
+	canon, err := Canonical(data, "signature")
+	if err != nil {
+		return badBundle("the trust bundle cannot be canonicalised: "+err.Error(), "信任列表无法规范化")
+	}
+	if !nodeKey.Verify(canon, value) {
+		return badBundle("the trust bundle's signature is not valid", "信任列表签名无效")
+	}
+	return nil
+}
+
+func (b *Bundle) index() error {
+	b.keys = ecode.KeyMap{}
+	b.subs = map[string]map[string]time.Time{}
+	b.cards = map[string]time.Time{}
+	b.peerExp = map[string]time.Time{}
+	add := func(issuer string, keys []Key, d Deny) error {
+		if issuer == "" {
+			return badBundle("a peer entry lacks its issuer", "对端条目缺少发码方")
+		}
+		if _, dup := b.subs[issuer]; dup {
+			return badBundle("issuer "+issuer+" appears twice", "发码方重复出现")
+		}
+		for _, k := range keys {
+			pk, err := ecode.PublicKeyFromJWK(k.JWK)
+			if err != nil {
+				return badBundle("key "+k.Kid+" of "+issuer+": "+err.Error(), "信任列表含无效密钥")
+			}
+			if k.NotAfter != nil {
+				pk.NotAfter = *k.NotAfter
+			}
+			b.keys.Add(issuer, pk)
+		}
+		subs := map[string]time.Time{}
+		for _, s := range d.Subjects {
+			if t, ok := subs[s.Subject]; !ok || s.At.Before(t) {
+				subs[s.Subject] = s.At
+			}
+		}
+		b.subs[issuer] = subs
+		for _, c := range d.Cards {
+			if t, ok := b.cards[c.CardHash]; !ok || c.At.Before(t) {
+				b.cards[c.CardHash] = c.At
+			}
+		}
+		return nil
+	}
+	if err := add(b.Issuer, b.Keys, b.Deny); err != nil {
+		return err
+	}
+	for _, p := range b.Peers {
+		if err := add(p.Issuer, p.Keys, p.Deny); err != nil {
+			return err
+		}
+		b.peerExp[p.Issuer] = p.ExpiresAt
+	}
+	return nil
+}
+
+// KeySet returns the keys of this city and its peers as an ecode.KeySet.
+func (b *Bundle) KeySet() ecode.KeySet { return b.keys }
+
+// VerifyCode checks a code as of at: trust_expired if the bundle (or the
+// issuing peer's entry) has expired, then every ecode.Verify check, then
+// unknown_key if the code claims to be issued after its key's not_after,
+// then revoked if its subject was revoked at or before at.
+func (b *Bundle) VerifyCode(code string, at time.Time) (ecode.Claims, error) {
+	c, _, err := b.VerifyCodeHeader(code, at)
+	return c, err
+}
+
+// VerifyCodeHeader is VerifyCode that also returns the code's header.
+func (b *Bundle) VerifyCodeHeader(code string, at time.Time) (ecode.Claims, ecode.Header, error) {
+	if at.After(b.ExpiresAt) {
+		return ecode.Claims{}, ecode.Header{}, apperr.New(apperr.TrustExpired)
+	}
+	d, err := ecode.Decode(code)
+	if err != nil {
+		return ecode.Claims{}, ecode.Header{}, err
+	}
+	iss := d.Claims.Issuer
+	if exp, ok := b.peerExp[iss]; ok && at.After(exp) {
+		return ecode.Claims{}, ecode.Header{}, apperr.Newf(apperr.TrustExpired,
+			"the trust data for "+iss+" has expired; refresh the bundle", "该发码方的信任数据已过期，请更新信任列表")
+	}
+	if err := d.Check(b.keys, at); err != nil {
+		return ecode.Claims{}, ecode.Header{}, err
+	}
+	if key, err := b.keys.Key(iss, d.Header.Kid); err == nil && !key.NotAfter.IsZero() && d.Claims.IssuedAt.After(key.NotAfter) {
+		return ecode.Claims{}, ecode.Header{}, apperr.Newf(apperr.UnknownKey,
+			"the code claims a time after its key was retired", "码的签发时间晚于其密钥的停用时间")
+	}
+	if t, ok := b.subs[iss][d.Claims.Subject]; ok && !t.After(at) {
+		return ecode.Claims{}, ecode.Header{}, apperr.New(apperr.Revoked)
+	}
+	return d.Claims, d.Header, nil
+}
+
+// CardRevoked reports whether the physical card with this number is on a
+// deny list (this city's or a peer's) with a revocation at or before at.
+func (b *Bundle) CardRevoked(cardNumber string, at time.Time) bool {
+	t, ok := b.cards[CardHash(cardNumber)]
+	return ok && !t.After(at)
+}

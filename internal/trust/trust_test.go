@@ -1,0 +1,276 @@
+package trust
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/ecode"
+)
+
+var t0 = time.Date(2024, 3, 1, 8, 0, 0, 0, time.UTC)
+
+type fixture struct {
+	node, sm, ed, peer ecode.Signer
+	bundle             *Bundle
+	json               []byte
+}
+
+func gen(t *testing.T, alg ecode.Alg) ecode.Signer {
+	t.Helper()
+	s, err := ecode.Generate(alg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func newFixture(t *testing.T, deny []Revocation, peerDeny []Revocation) fixture {
+	t.Helper()
+	f := fixture{node: gen(t, ecode.AlgSM2), sm: gen(t, ecode.AlgSM2), ed: gen(t, ecode.AlgEdDSA), peer: gen(t, ecode.AlgSM2)}
+	var err error
+	f.bundle, f.json, err = Build(BuildInput{
+		Issuer:   "CN-410100",
+		Keys:     []ecode.PublicKey{f.sm.Public(), f.ed.Public()},
+		Deny:     deny,
+		Peers:    []PeerBundle{{Issuer: "CN-310000", ExpiresAt: t0.Add(12 * time.Hour), Keys: []ecode.PublicKey{f.peer.Public()}, Deny: peerDeny}},
+		IssuedAt: t0,
+		TTL:      24 * time.Hour,
+	}, f.node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func code(t *testing.T, s ecode.Signer, issuer, sub string, at time.Time) string {
+	t.Helper()
+	c, err := ecode.Issue(s, ecode.Claims{Issuer: issuer, Subject: sub, IssuedAt: at, Category: ecode.CategoryLocal, Flags: []string{"student"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func wantCode(t *testing.T, err error, c apperr.Code) {
+	t.Helper()
+	if got := apperr.CodeOf(err); got != c {
+		t.Fatalf("want %q, got %v", c, err)
+	}
+}
+
+func TestSignedRoundTrip(t *testing.T) {
+	f := newFixture(t, nil, nil)
+	nk := f.node.Public()
+	b, err := Parse(f.json, &nk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Issuer != "CN-410100" || !b.IssuedAt.Equal(t0) || !b.ExpiresAt.Equal(t0.Add(24*time.Hour)) || len(b.Keys) != 2 || len(b.Peers) != 1 {
+		t.Fatalf("bundle %+v", b)
+	}
+	// Contract shape: members, JWK fields, RFC 3339 UTC times, [] not null.
+	var raw map[string]any
+	json.Unmarshal(f.json, &raw)
+	for _, m := range []string{"issuer", "issued_at", "expires_at", "keys", "deny", "peers", "signature"} {
+		if _, ok := raw[m]; !ok {
+			t.Fatalf("member %q missing", m)
+		}
+	}
+	if raw["issued_at"] != "2024-03-01T08:00:00Z" {
+		t.Fatalf("issued_at %v", raw["issued_at"])
+	}
+	keys := raw["keys"].([]any)
+	sm := keys[0].(map[string]any)
+	ed := keys[1].(map[string]any)
+	if sm["alg"] != "SM2" || sm["crv"] != "SM2" || len(sm["x"].(string)) != 43 || len(sm["y"].(string)) != 43 {
+		t.Fatalf("SM2 key %v", sm)
+	}
+	if ed["alg"] != "EdDSA" || ed["crv"] != "Ed25519" || ed["y"] != nil || len(ed["x"].(string)) != 43 {
+		t.Fatalf("Ed25519 key %v", ed)
+	}
+	if !strings.Contains(string(f.json), `"deny":{"subjects":[],"cards":[]}`) {
+		t.Fatalf("empty deny lists not written as []: %s", f.json)
+	}
+	// Codes of both algorithms and of the peer verify.
+	for _, s := range []ecode.Signer{f.sm, f.ed} {
+		c, err := b.VerifyCode(code(t, s, "CN-410100", "tok_a", t0), t0.Add(10*time.Second))
+		if err != nil || c.Subject != "tok_a" || c.Flags[0] != "student" {
+			t.Fatalf("%v %+v", err, c)
+		}
+	}
+	if _, err := b.VerifyCode(code(t, f.peer, "CN-310000", "tok_p", t0), t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	// The peer's key does not verify for our issuer, nor ours for the peer.
+	_, err = b.VerifyCode(code(t, f.peer, "CN-410100", "tok", t0), t0)
+	wantCode(t, err, apperr.UnknownKey)
+	_, err = b.VerifyCode(code(t, f.sm, "CN-999999", "tok", t0), t0)
+	wantCode(t, err, apperr.UnknownIssuer)
+}
+
+func TestSignatureSurvivesReformatting(t *testing.T) {
+	f := newFixture(t, []Revocation{{Subject: "tok<&>", At: t0}}, nil)
+	nk := f.node.Public()
+	var pretty bytes.Buffer
+	json.Indent(&pretty, f.json, "", "  ")
+	if _, err := Parse(pretty.Bytes(), &nk); err != nil {
+		t.Fatalf("indented bundle rejected: %v", err)
+	}
+	// member order does not matter either: re-encode through a map
+	var m map[string]any
+	json.Unmarshal(f.json, &m)
+	reordered, _ := json.Marshal(m)
+	if _, err := Parse(reordered, &nk); err != nil {
+		t.Fatalf("reordered bundle rejected: %v", err)
+	}
+}
+
+func TestTamperedBundleRejected(t *testing.T) {
+	f := newFixture(t, []Revocation{{Subject: "tok_lost", At: t0}}, nil)
+	nk := f.node.Public()
+	other := gen(t, ecode.AlgSM2)
+	attacker := gen(t, ecode.AlgSM2)
+	var sigless map[string]any
+	json.Unmarshal(f.json, &sigless)
+	delete(sigless, "signature")
+	unsigned, _ := json.Marshal(sigless)
+	cases := map[string][]byte{
+		"later expiry":     bytes.Replace(f.json, []byte(`"expires_at":"2024-03-02T08:00:00Z"`), []byte(`"expires_at":"2025-03-02T08:00:00Z"`), 1),
+		"deny list erased": bytes.Replace(f.json, []byte(`"sub":"tok_lost"`), []byte(`"sub":"tok_lozt"`), 1),
+		"key replaced":     bytes.Replace(f.json, []byte(f.sm.Public().JWK().X), []byte(attacker.Public().JWK().X), 1),
+		"unsigned":         unsigned,
+		"duplicate member": bytes.Replace(f.json, []byte(`{"issuer":"CN-410100",`), []byte(`{"issuer":"CN-410100","issuer":"CN-410100",`), 1),
+		"not json":         []byte("{"),
+	}
+	for name, data := range cases {
+		if bytes.Equal(data, f.json) {
+			t.Fatalf("%s: tampering did not change the bundle", name)
+		}
+		_, err := Parse(data, &nk)
+		wantCode(t, err, apperr.BadTrustBundle)
+	}
+	// a genuine bundle checked against another node's pinned key
+	ok := other.Public()
+	_, err := Parse(f.json, &ok)
+	wantCode(t, err, apperr.BadTrustBundle)
+	// the same genuine bundle passes with the right key
+	if _, err := Parse(f.json, &nk); err != nil {
+		t.Fatal(err)
+	}
+	// a bundle re-signed by the attacker with a key swapped is rejected too
+	_, forged, _ := Build(BuildInput{Issuer: "CN-410100", Keys: []ecode.PublicKey{attacker.Public()}, IssuedAt: t0}, attacker)
+	_, err = Parse(forged, &nk)
+	wantCode(t, err, apperr.BadTrustBundle)
+}
+
+func TestExpiredBundle(t *testing.T) {
+	f := newFixture(t, nil, nil)
+	c := code(t, f.sm, "CN-410100", "tok", t0.Add(24*time.Hour-10*time.Second))
+	if _, err := f.bundle.VerifyCode(c, t0.Add(24*time.Hour)); err != nil {
+		t.Fatalf("at expires_at the bundle is still valid: %v", err)
+	}
+	_, err := f.bundle.VerifyCode(c, t0.Add(24*time.Hour+time.Second))
+	wantCode(t, err, apperr.TrustExpired)
+	// even a malformed code gets trust_expired first: the terminal must refresh
+	_, err = f.bundle.VerifyCode("garbage", t0.Add(25*time.Hour))
+	wantCode(t, err, apperr.TrustExpired)
+	// a peer's entry expires on its own
+	pc := code(t, f.peer, "CN-310000", "tok", t0.Add(13*time.Hour))
+	_, err = f.bundle.VerifyCode(pc, t0.Add(13*time.Hour))
+	wantCode(t, err, apperr.TrustExpired)
+}
+
+func TestRevocationRespectsScanTime(t *testing.T) {
+	lostAt := t0.Add(30 * time.Second)
+	f := newFixture(t,
+		[]Revocation{{Subject: "tok_lost", CardHash: CardHash("6100000000000001"), At: lostAt}},
+		[]Revocation{{Subject: "tok_peer_lost", At: t0}})
+	nk := f.node.Public()
+	b, err := Parse(f.json, &nk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := code(t, f.sm, "CN-410100", "tok_lost", t0)
+	// scanned before the card was reported lost (offline, uploaded later): valid
+	if _, err := b.VerifyCode(c, t0.Add(10*time.Second)); err != nil {
+		t.Fatalf("scan before loss: %v", err)
+	}
+	// scanned at or after the loss: revoked
+	_, err = b.VerifyCode(c, lostAt)
+	wantCode(t, err, apperr.Revoked)
+	_, err = b.VerifyCode(c, lostAt.Add(5*time.Second))
+	wantCode(t, err, apperr.Revoked)
+	// another holder is unaffected
+	if _, err := b.VerifyCode(code(t, f.sm, "CN-410100", "tok_ok", t0), lostAt.Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	// the peer's deny list applies to the peer's codes only
+	_, err = b.VerifyCode(code(t, f.peer, "CN-310000", "tok_peer_lost", t0), t0.Add(time.Second))
+	wantCode(t, err, apperr.Revoked)
+	if _, err := b.VerifyCode(code(t, f.sm, "CN-410100", "tok_peer_lost", t0), t0.Add(time.Second)); err != nil {
+		t.Fatalf("a peer's revocation leaked to our subjects: %v", err)
+	}
+	// physical cards
+	if b.CardRevoked("6100000000000001", t0) || !b.CardRevoked("6100000000000001", lostAt) || b.CardRevoked("6100000000000002", lostAt) {
+		t.Fatal("card deny list")
+	}
+	if strings.Contains(string(f.json), "6100000000000001") {
+		t.Fatal("card number in clear in the bundle")
+	}
+}
+
+func TestRetiredKeyCannotSignLater(t *testing.T) {
+	node, k := gen(t, ecode.AlgSM2), gen(t, ecode.AlgEdDSA)
+	pk := k.Public()
+	pk.NotAfter = t0.Add(2 * time.Minute)
+	b, _, err := Build(BuildInput{Issuer: "CN-410100", Keys: []ecode.PublicKey{pk}, IssuedAt: t0}, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.VerifyCode(code(t, k, "CN-410100", "tok", t0.Add(time.Minute)), t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	late := t0.Add(3 * time.Minute)
+	_, err = b.VerifyCode(code(t, k, "CN-410100", "tok", late), late)
+	wantCode(t, err, apperr.UnknownKey)
+}
+
+func TestCodeErrorsPassThrough(t *testing.T) {
+	f := newFixture(t, nil, nil)
+	c := code(t, f.sm, "CN-410100", "tok", t0)
+	_, err := f.bundle.VerifyCode(c, t0.Add(time.Minute))
+	wantCode(t, err, apperr.Expired)
+	_, err = f.bundle.VerifyCode(c, t0.Add(-time.Minute))
+	wantCode(t, err, apperr.NotYetValid)
+	_, err = f.bundle.VerifyCode("HC1:XYZ", t0)
+	wantCode(t, err, apperr.UnsupportedScheme)
+	_, err = f.bundle.VerifyCode(c[:40], t0)
+	wantCode(t, err, apperr.Malformed)
+}
+
+func TestCanonical(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"b":1,"a":{"d":[true,null,"x"],"c":"é\u0001\n\"\\<"},"sig":{}}`: `{"a":{"c":"é\u0001\n\"\\<","d":[true,null,"x"]},"b":1}`,
+		`{ "€":"", "\r":"", "1":"" }`:                                     `{"\r":"","1":"","€":""}`,
+		`{"peers": [ ], "x" : -5}`:                                        `{"peers":[],"x":-5}`,
+	} {
+		got, err := Canonical([]byte(in), "sig")
+		if err != nil || string(got) != want {
+			t.Errorf("Canonical(%s) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{`{"a":1,"a":2}`, `{"a":1.5}`, `{"a":1e3}`, `[1]`, `{"a":1} {}`, `{"a":`, `{"a":9007199254740993}`} {
+		if _, err := Canonical([]byte(bad), ""); err == nil {
+			t.Errorf("Canonical(%s) accepted", bad)
+		}
+	}
+	// UTF-16 ordering: U+FF61 sorts after U+1F600 (surrogate D83D) in UTF-16
+	got, _ := Canonical([]byte(`{"｡":1,"😀":2}`), "")
+	if string(got) != `{"😀":2,"｡":1}` {
+		t.Errorf("UTF-16 order: %s", got)
+	}
+}
