@@ -74,6 +74,20 @@ const (
 
 	// scans
 	Replayed Code = "replayed"
+	// TerminalDisabled: the terminal (or its provider) has been disabled.
+	TerminalDisabled Code = "terminal_disabled"
+	// BatchTampered: an offline batch whose terminal signature does not verify.
+	BatchTampered Code = "batch_tampered"
+	// ClockSkew: an offline record's time is too far from the node's clock.
+	ClockSkew Code = "clock_skew"
+	// DuplicateRecord: an offline record already applied (reported, not charged again).
+	DuplicateRecord Code = "duplicate_record"
+	// OutOfOrder: an offline record whose sequence number is not above the previous one in its batch.
+	OutOfOrder Code = "out_of_order"
+	// UnknownHolder: the card or code belongs to no resident of this city (or is not bound).
+	UnknownHolder Code = "unknown_holder"
+	// PINRequired: the scenario asks for the holder's PIN at this amount and none was sent.
+	PINRequired Code = "pin_required"
 
 	// service catalogue
 	NotEligible      Code = "not_eligible"
@@ -132,7 +146,14 @@ var catalogue = map[Code]entry{
 	ReversalExceeds:   {409, "the reversal exceeds what remains of the original transfer", "冲正金额超过原交易剩余金额"},
 	Overflow:          {422, "the amount would overflow", "金额溢出"},
 
-	Replayed: {409, "this code has already been used", "此码已被使用"},
+	Replayed:         {409, "this code has already been used", "此码已被使用"},
+	TerminalDisabled: {403, "this terminal has been disabled", "该终端已停用"},
+	BatchTampered:    {422, "the offline batch's signature does not verify; it was altered or not made by this terminal", "离线批次签名无效，已被篡改或并非本终端生成"},
+	ClockSkew:        {422, "the record's time is too far from the node's clock", "记录时间与节点时钟偏差过大"},
+	DuplicateRecord:  {409, "this offline record was already applied", "该离线记录已处理"},
+	OutOfOrder:       {422, "this offline record is out of order in its batch", "该离线记录在批次中顺序错误"},
+	UnknownHolder:    {404, "no resident of this city holds this card or code", "本市无此卡或码的持有人"},
+	PINRequired:      {401, "this payment needs the holder's PIN", "此笔支付需要输入密码"},
 
 	NotEligible:      {403, "the holder is not eligible for this service", "持卡人不符合该服务的使用条件"},
 	ScenarioDisabled: {409, "this service is currently disabled", "该服务场景已停用"},

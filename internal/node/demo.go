@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 )
@@ -38,6 +37,8 @@ type DemoTerminal struct {
 	Token    string `json:"token"`
 	Provider string `json:"provider"`
 	Scenario string `json:"scenario"`
+	// BatchKey signs the terminal's offline batches (keep it secret).
+	BatchKey string `json:"batch_key,omitempty"`
 }
 
 // ReadDemoFile reads demo.json.
@@ -53,5 +54,3 @@ func ReadDemoFile(path string) (*DemoFile, error) {
 	return &d, nil
 }
 
-// EnsureDemo creates the demo city on an empty node and writes demo.json.
-func (n *Node) EnsureDemo(ctx context.Context, baseURL, path string) error { return nil }

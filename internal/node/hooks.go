@@ -1,9 +1,101 @@
 package node
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/resident"
+)
 
 // openResidentAccounts opens the wallet and medical account of a resident.
-func (n *Node) openResidentAccounts(ctx context.Context, residentID string) error { return nil }
+func (n *Node) openResidentAccounts(ctx context.Context, residentID string) error {
+	_, _, err := n.Ledger.OpenResidentAccounts(ctx, residentID)
+	return err
+}
 
-// afterCardChange refreshes what depends on card statuses (the deny list).
-func (n *Node) afterCardChange(ctx context.Context) {}
+// fundDemo opens and funds the demo residents' accounts: a wallet top-up
+// from the bank channel and a medical personal account credit from the
+// medical insurance fund. Concurrent callers share the ledger's batches.
+func (n *Node) fundDemo(ctx context.Context, residentIDs []string) error {
+	work := make(chan string)
+	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				if err := n.fundOne(ctx, id); err != nil {
+					select {
+					case errc <- fmt.Errorf("funding demo resident %s: %w", id, err):
+					default:
+					}
+				}
+			}
+		}()
+	}
+	for _, id := range residentIDs {
+		work <- id
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+func (n *Node) fundOne(ctx context.Context, residentID string) error {
+	w, m, err := n.Ledger.OpenResidentAccounts(ctx, residentID)
+	if err != nil {
+		return err
+	}
+	if _, err := n.Ledger.TopUp(ctx, "demo-topup:"+residentID, w, DemoWalletFen, map[string]string{"channel": "demo"}); err != nil {
+		return err
+	}
+	_, err = n.Ledger.Transfer(ctx, ledger.TransferRequest{Key: "demo-medical:" + residentID, Debit: ledger.AccountMedicalFund, Credit: m, Amount: DemoMedicalFen, Kind: "medical_contribution"})
+	return err
+}
+
+// residentResolver finds a resident's wallet for subsidy lists by ID number
+// or card number.
+type residentResolver struct{ n *Node }
+
+func (r residentResolver) Resolve(ctx context.Context, idOrCard string) (string, error) {
+	n := r.n
+	var residentID string
+	if resident.ValidCardNumber(resident.NormalizeCardNumber(idOrCard)) {
+		c, err := n.Residents.Card(ctx, idOrCard)
+		if err != nil {
+			return "", err
+		}
+		if c.Status == resident.StatusCancelled || c.Status == resident.StatusReplaced {
+			return "", apperr.Newf(apperr.CardNotActive, "the card is "+c.Status, "卡片"+statusZh(c.Status))
+		}
+		residentID = c.ResidentID
+	} else {
+		res, err := n.Residents.FindByIDNumber(ctx, idOrCard)
+		if err != nil {
+			return "", err
+		}
+		residentID = res.ID
+		cards, err := n.Residents.CardsOf(ctx, res.ID)
+		if err != nil {
+			return "", err
+		}
+		live := false
+		for _, c := range cards {
+			live = live || c.Live()
+		}
+		if !live {
+			return "", apperr.Newf(apperr.CardNotActive, "the person has no live card (cancelled)", "该人员无有效卡（已注销）")
+		}
+	}
+	w, _, err := n.Ledger.OpenResidentAccounts(ctx, residentID)
+	return w, err
+}

@@ -32,6 +32,10 @@ type Config struct {
 	// City is this node's id, e.g. CN-410100; used on first start only
 	// (afterwards the stored one wins, and a different one is an error).
 	City string
+	// Alg is the e-code signing algorithm of new keys: "SM2" (default) or "EdDSA".
+	Alg string
+	// TrustTTL is the validity of published trust bundles (default 24 h).
+	TrustTTL time.Duration
 	// MaxConns sizes the database pool.
 	MaxConns int
 	// StatementTimeout bounds PostgreSQL statements.

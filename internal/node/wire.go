@@ -5,8 +5,14 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/yikatong/yikatong/internal/catalog"
+	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/keys"
+	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/subsidy"
 	"github.com/yikatong/yikatong/internal/vault"
 )
 
@@ -15,6 +21,11 @@ type services struct {
 	Vault     *vault.Vault
 	Residents *resident.Service
 	Catalog   *catalog.Catalog
+	Keys      *keys.Manager
+	Ledger    *ledger.Ledger
+	Subsidies *subsidy.Service
+	trust     trustCache
+	scan      *scanServices
 }
 
 // wire creates the domain services and registers the API routes.
@@ -28,10 +39,27 @@ func (n *Node) wire(ctx context.Context) error {
 	if n.Catalog, err = catalog.Open(ctx, n.DB); err != nil {
 		return fmt.Errorf("opening the service catalogue: %w", err)
 	}
+	alg := ecode.AlgSM2
+	if n.Config.Alg != "" {
+		if alg, err = ecode.ParseAlg(n.Config.Alg); err != nil {
+			return fmt.Errorf("--alg: %w", err)
+		}
+	}
+	if n.Keys, err = keys.Open(ctx, n.Config.DataDir, n.DB, alg); err != nil {
+		return fmt.Errorf("opening signing keys: %w", err)
+	}
+	if n.Ledger, err = ledger.Open(ctx, n.DB, ledger.Options{Now: n.Now, Logger: n.Log}); err != nil {
+		return fmt.Errorf("opening the ledger: %w", err)
+	}
+	n.closers = append(n.closers, func() error { n.Ledger.Close(); return nil })
+	n.Subsidies = &subsidy.Service{L: n.Ledger, R: residentResolver{n}}
+	n.registerMetrics()
 
 	n.staffRoutes()
 	n.residentRoutes()
 	n.catalogRoutes()
+	n.codeRoutes()
+	n.ledgerRoutes()
 	if err := n.wireScans(ctx); err != nil {
 		return err
 	}
@@ -41,15 +69,29 @@ func (n *Node) wire(ctx context.Context) error {
 	return nil
 }
 
+func (n *Node) registerMetrics() {
+	reg := n.API.Registry()
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_ledger_batches_total", Help: "Ledger group-commit batches."},
+		func() float64 { return float64(n.Ledger.Stats().Batches) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_ledger_requests_total", Help: "Ledger requests applied through batches."},
+		func() float64 { return float64(n.Ledger.Stats().Entries) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_ledger_failed_batches_total", Help: "Ledger batches failed by the database."},
+		func() float64 { return float64(n.Ledger.Stats().FailedBatches) }))
+}
+
 // background runs periodic work until ctx ends.
 func (n *Node) background(ctx context.Context) {
-	t := time.NewTicker(time.Minute)
+	go n.Keys.RefreshLoop(ctx, keys.RefreshEvery)
+	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if _, err := n.Ledger.ExpireHolds(ctx); err != nil && ctx.Err() == nil {
+				n.Log.Warn("expiring holds", "err", err)
+			}
 			n.Auth.PurgeExpired(ctx, n.Now().Add(-24*time.Hour))
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"math/big"
 	"strings"
@@ -136,13 +135,17 @@ func newToken() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// CardNumberHash is the deny-list form of a card number: hex SM3 of a fixed
+// CardNumberHash is the deny-list form of a card number: SM3 of a fixed
 // label and the number. It is deliberately unkeyed so that an offline
 // terminal that reads a physical card can compute it and look it up; it only
 // keeps card numbers out of the published list in plain text.
+//
+// It is the same function as trust.CardHash (base64url of SM3 over
+// "yikatong/card/v1:" + number), so a terminal that reads a physical card
+// finds it in the bundle's deny list; a test keeps the two equal.
 func CardNumberHash(number string) string {
-	h := sm3.Sum([]byte("yikatong/card-number/v1\x00" + number))
-	return hex.EncodeToString(h[:])
+	h := sm3.Sum([]byte("yikatong/card/v1:" + number))
+	return base64.RawURLEncoding.EncodeToString(h[:])
 }
 
 const cardCols = `number, resident_id, token, status, locked, pin_fails, CASE WHEN pin_hash = '' THEN 0 ELSE 1 END, issued_at, status_changed_at, replaced_by`

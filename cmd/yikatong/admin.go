@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/node"
+)
+
+func init() {
+	register("trust", "print the node's signed trust bundle: yikatong trust export [--data DIR] [--db URL]", cmdTrust)
+	register("keys", "rotate the e-code signing key: yikatong keys rotate [--data DIR] [--db URL] [--alg SM2|EdDSA]", cmdKeys)
+	register("code", "verify an e-code offline: yikatong code verify --trust FILE [--at RFC3339] CODE", cmdCode)
+}
+
+// openNodeForAdmin opens the node's data (no HTTP) with quiet logs.
+func openNodeForAdmin(ctx context.Context, data, db string, stderr io.Writer) (*node.Node, error) {
+	if _, err := os.Stat(data); err != nil {
+		return nil, fmt.Errorf("no node data at %s (start one with: yikatong serve --data %s)", data, data)
+	}
+	return node.Open(ctx, node.Config{DataDir: data, DB: db, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+}
+
+func cmdTrust(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "export" {
+		fmt.Fprintln(stderr, "usage: yikatong trust export [--data DIR] [--db URL]")
+		return 2
+	}
+	fs := flag.NewFlagSet("trust export", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "./yikatong-data", "data directory")
+	db := fs.String("db", "", "database URL (default: SQLite in the data directory)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	n, err := openNodeForAdmin(ctx, *data, *db, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "trust export: %v\n", err)
+		return 1
+	}
+	defer n.Close()
+	b, err := n.TrustBundle(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "trust export: %v\n", err)
+		return 1
+	}
+	stdout.Write(b)
+	fmt.Fprintln(stdout)
+	return 0
+}
+
+func cmdKeys(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "rotate" {
+		fmt.Fprintln(stderr, "usage: yikatong keys rotate [--data DIR] [--db URL] [--alg SM2|EdDSA]")
+		return 2
+	}
+	fs := flag.NewFlagSet("keys rotate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "./yikatong-data", "data directory")
+	db := fs.String("db", "", "database URL (default: SQLite in the data directory)")
+	algName := fs.String("alg", "SM2", "algorithm of the new key: SM2 or EdDSA")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	alg, err := ecode.ParseAlg(*algName)
+	if err != nil {
+		fmt.Fprintf(stderr, "keys rotate: %v\n", err)
+		return 2
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	n, err := openNodeForAdmin(ctx, *data, *db, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "keys rotate: %v\n", err)
+		return 1
+	}
+	defer n.Close()
+	kid, err := rotateKeys(ctx, *data, n.DB, alg)
+	if err != nil {
+		fmt.Fprintf(stderr, "keys rotate: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "{\"kid\":%q}\n", kid)
+	fmt.Fprintln(stderr, "new signing key", kid, "is current; running nodes pick it up within 15 s; old codes verify until they expire")
+	return 0
+}

@@ -1,0 +1,170 @@
+package node
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/httpapi"
+	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/trust"
+)
+
+// trustCache keeps the signed bundle for a few seconds; any card change
+// clears it so a lost card reaches the deny list at once.
+type trustCache struct {
+	mu    sync.Mutex
+	json  []byte
+	built time.Time
+}
+
+// trustCacheFor bounds how stale a served bundle may be.
+const trustCacheFor = 5 * time.Second
+
+// denySubjectWindow: e-code subjects revoked longer ago than this cannot
+// have live codes (the node stops issuing codes at revocation and codes live
+// 60 s), so they leave the bundle; revoked physical cards stay listed.
+const denySubjectWindow = 24 * time.Hour
+
+type ecodeResponse struct {
+	Code      string    `json:"code"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+type rotateResponse struct {
+	Kid string `json:"kid"`
+}
+
+func (n *Node) codeRoutes() {
+	n.API.Handle(httpapi.Route{
+		Pattern: "GET /v1/trust", Summary: "The signed trust bundle: issuer keys, deny list, peers, expiry", Tag: "trust",
+		Handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) error {
+			b, err := n.TrustBundle(r.Context())
+			if err != nil {
+				return err
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", "public, max-age=5")
+			_, err = w.Write(b)
+			return err
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "GET /v1/trust/node-key", Summary: "The node's public key (JWK) that signs its trust bundles, for pinning at terminal provisioning", Tag: "trust",
+		Response: ecode.JWK{},
+		Handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) error {
+			return httpapi.WriteJSON(w, http.StatusOK, n.Keys.NodePublicKey().JWK())
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/ecodes", Summary: "Create a one-minute e-code for the signed-in resident's card", Tag: "ecodes",
+		Roles: []auth.Role{auth.RoleResident}, Response: ecodeResponse{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			code, exp, err := n.IssueCode(r.Context(), p.Subject)
+			if err != nil {
+				return err
+			}
+			return httpapi.WriteJSON(w, http.StatusOK, ecodeResponse{Code: code, ExpiresAt: exp})
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/keys/rotate", Summary: "Rotate the e-code signing key (old codes keep verifying until they expire)", Tag: "trust",
+		Roles: []auth.Role{auth.RoleOperator}, Response: rotateResponse{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			kid, err := n.Keys.Rotate(r.Context())
+			if err != nil {
+				return err
+			}
+			n.Auth.Audit(r.Context(), p, "rotate_keys", kid, "")
+			n.invalidateTrust()
+			return httpapi.WriteJSON(w, http.StatusOK, rotateResponse{Kid: kid})
+		},
+	})
+}
+
+// IssueCode signs a fresh e-code for an active card.
+func (n *Node) IssueCode(ctx context.Context, cardNumber string) (string, time.Time, error) {
+	c, err := n.Residents.Card(ctx, cardNumber)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if c.Status != resident.StatusActive {
+		return "", time.Time{}, apperr.Newf(apperr.CardNotActive, "the card is "+c.Status+"; no code can be issued", "卡片状态为"+statusZh(c.Status)+"，无法生成电子码")
+	}
+	if c.Locked {
+		return "", time.Time{}, apperr.New(apperr.CardLocked)
+	}
+	res, err := n.Residents.Get(ctx, c.ResidentID)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	now := n.Now()
+	code, claims, err := ecode.IssueClaims(n.Keys.Current(), ecode.Claims{
+		Issuer: n.City, Subject: c.Token, IssuedAt: now, Category: res.Category, Flags: HolderFlags(res, now),
+	})
+	if err != nil {
+		return "", time.Time{}, apperr.Wrap(apperr.Internal, err)
+	}
+	return code, claims.ExpiresAt, nil
+}
+
+// HolderFlags are the concession flags a code carries for offline
+// terminals: only what a gate needs to price a ride, never the birth date.
+func HolderFlags(r resident.Resident, at time.Time) []string {
+	switch age := r.Age(at); {
+	case age >= 65:
+		return []string{ecode.FlagSenior65}
+	case age >= 60:
+		return []string{ecode.FlagSenior60}
+	}
+	return nil
+}
+
+func (n *Node) invalidateTrust() {
+	n.trust.mu.Lock()
+	n.trust.json = nil
+	n.trust.mu.Unlock()
+}
+
+// TrustBundle returns the signed trust bundle JSON (cached briefly).
+func (n *Node) TrustBundle(ctx context.Context) ([]byte, error) {
+	n.trust.mu.Lock()
+	defer n.trust.mu.Unlock()
+	now := n.Now()
+	if n.trust.json != nil && now.Sub(n.trust.built) < trustCacheFor && now.After(n.trust.built) {
+		return n.trust.json, nil
+	}
+	keys, err := n.Keys.PublicKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	revs, err := n.Residents.Revocations(ctx, time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	deny := make([]trust.Revocation, 0, len(revs))
+	for _, r := range revs {
+		x := trust.Revocation{CardHash: r.CardNumberHash, At: r.At}
+		if now.Sub(r.At) < denySubjectWindow {
+			x.Subject = r.Token
+		}
+		deny = append(deny, x)
+	}
+	ttl := n.Config.TrustTTL
+	if ttl <= 0 {
+		ttl = 24 * time.Hour
+	}
+	_, b, err := trust.Build(trust.BuildInput{Issuer: n.City, Keys: keys, Deny: deny, IssuedAt: now, TTL: ttl}, n.Keys.NodeSigner())
+	if err != nil {
+		return nil, apperr.Wrap(apperr.Internal, err)
+	}
+	n.trust.json, n.trust.built = b, now
+	return b, nil
+}
+
+// afterCardChange refreshes what depends on card statuses (the deny list).
+func (n *Node) afterCardChange(ctx context.Context) { n.invalidateTrust() }

@@ -1,0 +1,366 @@
+package node
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/httpapi"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/subsidy"
+)
+
+// ledgerCheck is GET /v1/ledger/check (CONTRACT.md).
+type ledgerCheck struct {
+	Accounts  int64    `json:"accounts"`
+	Transfers int64    `json:"transfers"`
+	SumFen    int64    `json:"sum_fen"`
+	JournalOK bool     `json:"journal_ok"`
+	Problems  []string `json:"problems,omitempty"`
+}
+
+type topUpRequest struct {
+	IdempotencyKey string `json:"idempotency_key"`
+	CardNumber     string `json:"card_number,omitempty"`
+	ResidentID     string `json:"resident_id,omitempty"`
+	Account        string `json:"account,omitempty" doc:"wallet (default) or medical"`
+	AmountFen      int64  `json:"amount_fen"`
+	Channel        string `json:"channel,omitempty" doc:"e.g. bank, counter"`
+}
+
+// transferView is a transfer as the API shows it.
+type transferView struct {
+	ID        string            `json:"id"`
+	Type      string            `json:"type"`
+	Kind      string            `json:"kind,omitempty"`
+	Debit     string            `json:"debit"`
+	Credit    string            `json:"credit"`
+	AmountFen int64             `json:"amount_fen"`
+	Currency  string            `json:"currency"`
+	Ref       string            `json:"ref,omitempty"`
+	Memo      string            `json:"memo,omitempty"`
+	Meta      map[string]string `json:"meta,omitempty"`
+	At        time.Time         `json:"at"`
+	Replayed  bool              `json:"replayed,omitempty"`
+}
+
+func viewTransfer(t ledger.Transfer) transferView {
+	return transferView{ID: t.ID, Type: t.Type, Kind: t.Kind, Debit: t.Debit, Credit: t.Credit, AmountFen: t.Amount, Currency: t.Currency, Ref: t.Ref, Memo: t.Memo, Meta: t.Meta, At: t.At, Replayed: t.Replayed}
+}
+
+type accountView struct {
+	ID           string    `json:"id"`
+	Kind         string    `json:"kind"`
+	Currency     string    `json:"currency"`
+	BalanceFen   int64     `json:"balance_fen"`
+	PendingFen   int64     `json:"pending_fen"`
+	AvailableFen int64     `json:"available_fen"`
+	FloorFen     int64     `json:"floor_fen"`
+	Status       string    `json:"status"`
+	Label        string    `json:"label,omitempty"`
+	CreatedAt    time.Time `json:"created_at"`
+}
+
+func viewAccount(a ledger.AccountInfo) accountView {
+	return accountView{ID: a.ID, Kind: a.Kind, Currency: a.Currency, BalanceFen: a.Balance, PendingFen: a.Pending, AvailableFen: a.Available, FloorFen: a.Floor, Status: a.Status, Label: a.Label, CreatedAt: a.CreatedAt}
+}
+
+type statementLine struct {
+	transferView
+	DeltaFen        int64 `json:"delta_fen"`
+	BalanceAfterFen int64 `json:"balance_after_fen"`
+}
+
+type statementPage struct {
+	Account string          `json:"account"`
+	Entries []statementLine `json:"entries"`
+	Next    string          `json:"next,omitempty"`
+}
+
+type meView struct {
+	Name           string        `json:"name"`
+	IDNumberMasked string        `json:"id_number_masked"`
+	Category       string        `json:"category"`
+	Card           resident.Card `json:"card"`
+	Wallet         accountView   `json:"wallet"`
+	Medical        accountView   `json:"medical"`
+}
+
+type reversalRequest struct {
+	IdempotencyKey string `json:"idempotency_key"`
+	AmountFen      int64  `json:"amount_fen"`
+	Reason         string `json:"reason"`
+}
+
+type programmeRequest struct {
+	ID    string `json:"id" doc:"programme id, e.g. farm-2026"`
+	Label string `json:"label"`
+}
+
+type fundRequest struct {
+	IdempotencyKey string `json:"idempotency_key"`
+	AmountFen      int64  `json:"amount_fen"`
+}
+
+var financeOnly = []auth.Role{auth.RoleFinance}
+
+func (n *Node) ledgerRoutes() {
+	n.API.Handle(httpapi.Route{
+		Pattern: "GET /v1/ledger/check", Summary: "Check the books: balances sum to zero, each balance equals its postings, the journal chain is intact", Tag: "ledger",
+		Roles: financeOnly, Response: ledgerCheck{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			res, err := n.Ledger.Check(r.Context())
+			if err != nil {
+				return err
+			}
+			return httpapi.WriteJSON(w, http.StatusOK, ledgerCheck{Accounts: res.Accounts, Transfers: res.Transfers, SumFen: res.SumFen, JournalOK: res.JournalOK, Problems: res.Problems})
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/topups", Summary: "Top up a resident's wallet (bank channel or counter) or credit the medical account (finance)", Tag: "ledger",
+		Roles: []auth.Role{auth.RoleFinance, auth.RoleOperator}, Request: topUpRequest{}, Response: transferView{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			var req topUpRequest
+			if err := httpapi.DecodeJSON(r, &req); err != nil {
+				return err
+			}
+			if err := httpapi.Required("idempotency_key", req.IdempotencyKey); err != nil {
+				return err
+			}
+			if req.AmountFen <= 0 {
+				return apperr.New(apperr.InvalidAmount)
+			}
+			residentID := req.ResidentID
+			if req.CardNumber != "" {
+				c, err := n.Residents.Card(r.Context(), req.CardNumber)
+				if err != nil {
+					return err
+				}
+				residentID = c.ResidentID
+			}
+			if residentID == "" {
+				return apperr.Invalid("card_number", "give card_number or resident_id", "请提供卡号或居民编号")
+			}
+			if _, err := n.Residents.Get(r.Context(), residentID); err != nil {
+				return err
+			}
+			wallet, medical, err := n.Ledger.OpenResidentAccounts(r.Context(), residentID)
+			if err != nil {
+				return err
+			}
+			channel := req.Channel
+			if channel == "" {
+				channel = string(p.Role)
+			}
+			meta := map[string]string{"channel": channel, "by": p.Subject}
+			// The key space is the caller's: two operators cannot collide.
+			key := "topup:" + p.Subject + ":" + req.IdempotencyKey
+			var t ledger.Transfer
+			switch req.Account {
+			case "", "wallet":
+				t, err = n.Ledger.Transfer(r.Context(), ledger.TransferRequest{Key: key, Debit: ledger.AccountBank, Credit: wallet, Amount: req.AmountFen, Kind: "topup", Meta: meta})
+			case "medical":
+				if p.Role != auth.RoleFinance {
+					return apperr.Newf(apperr.Forbidden, "only finance may credit medical accounts", "仅财政人员可为医保个人账户入账")
+				}
+				t, err = n.Ledger.Transfer(r.Context(), ledger.TransferRequest{Key: key, Debit: ledger.AccountMedicalFund, Credit: medical, Amount: req.AmountFen, Kind: "medical_contribution", Meta: meta})
+			default:
+				return apperr.Invalid("account", "account must be wallet or medical", "账户须为 wallet 或 medical")
+			}
+			if err != nil {
+				return err
+			}
+			return httpapi.WriteJSON(w, http.StatusOK, viewTransfer(t))
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "GET /v1/accounts/{id}", Summary: "An account's balance", Tag: "ledger",
+		Roles: []auth.Role{auth.RoleFinance, auth.RoleResident}, Response: accountView{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			id := r.PathValue("id")
+			if err := n.ownAccount(r.Context(), p, id); err != nil {
+				return err
+			}
+			a, err := n.Ledger.Balance(r.Context(), id)
+			if err != nil {
+				return err
+			}
+			return httpapi.WriteJSON(w, http.StatusOK, viewAccount(a))
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "GET /v1/accounts/{id}/statement", Summary: "An account's statement (?from=&to= dates, ?cursor=, ?limit=)", Tag: "ledger",
+		Roles: []auth.Role{auth.RoleFinance, auth.RoleResident}, Response: statementPage{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			id := r.PathValue("id")
+			if err := n.ownAccount(r.Context(), p, id); err != nil {
+				return err
+			}
+			return n.writeStatement(w, r, id)
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "GET /v1/me", Summary: "The signed-in resident: masked identity, card, wallet and medical balances", Tag: "residents",
+		Roles: []auth.Role{auth.RoleResident}, Response: meView{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			me, err := n.Me(r.Context(), p.Subject)
+			if err != nil {
+				return err
+			}
+			return httpapi.WriteJSON(w, http.StatusOK, me)
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/transfers/{id}/reversal", Summary: "Reverse (part of) a transfer, e.g. to refund a disputed charge", Tag: "ledger",
+		Roles: financeOnly, Request: reversalRequest{}, Response: transferView{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			var req reversalRequest
+			if err := httpapi.DecodeJSON(r, &req); err != nil {
+				return err
+			}
+			if err := httpapi.Required("idempotency_key", req.IdempotencyKey, "reason", req.Reason); err != nil {
+				return err
+			}
+			t, err := n.Ledger.Reverse(r.Context(), "reversal:"+p.Subject+":"+req.IdempotencyKey, r.PathValue("id"), req.AmountFen)
+			if err != nil {
+				return err
+			}
+			n.Auth.Audit(r.Context(), p, "reverse_transfer", r.PathValue("id"), req.Reason)
+			return httpapi.WriteJSON(w, http.StatusOK, viewTransfer(t))
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/subsidies", Summary: "Create a subsidy programme (惠民惠农补贴) account", Tag: "subsidies",
+		Roles: financeOnly, Request: programmeRequest{}, Response: accountView{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			var req programmeRequest
+			if err := httpapi.DecodeJSON(r, &req); err != nil {
+				return err
+			}
+			if err := httpapi.Required("id", req.ID, "label", req.Label); err != nil {
+				return err
+			}
+			a, err := n.Subsidies.CreateProgramme(r.Context(), req.ID, req.Label)
+			if err != nil {
+				return err
+			}
+			n.Auth.Audit(r.Context(), p, "create_programme", req.ID, req.Label)
+			return httpapi.WriteJSON(w, http.StatusCreated, viewAccount(a))
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "GET /v1/subsidies/{id}", Summary: "A subsidy programme's balance", Tag: "subsidies",
+		Roles: []auth.Role{auth.RoleFinance, auth.RoleHRAdmin}, Response: accountView{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			a, err := n.Ledger.Balance(r.Context(), ledger.ProgrammeID(r.PathValue("id")))
+			if err != nil {
+				return err
+			}
+			return httpapi.WriteJSON(w, http.StatusOK, viewAccount(a))
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/subsidies/{id}/funding", Summary: "Fund a programme from the treasury", Tag: "subsidies",
+		Roles: financeOnly, Request: fundRequest{}, Response: transferView{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			var req fundRequest
+			if err := httpapi.DecodeJSON(r, &req); err != nil {
+				return err
+			}
+			if err := httpapi.Required("idempotency_key", req.IdempotencyKey); err != nil {
+				return err
+			}
+			t, err := n.Subsidies.Fund(r.Context(), r.PathValue("id"), "fund:"+p.Subject+":"+req.IdempotencyKey, req.AmountFen)
+			if err != nil {
+				return err
+			}
+			n.Auth.Audit(r.Context(), p, "fund_programme", r.PathValue("id"), itoa(int(req.AmountFen)))
+			return httpapi.WriteJSON(w, http.StatusOK, viewTransfer(t))
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/subsidies/{id}/payouts", Summary: "Upload a payout list (CSV: ID or card number, amount_fen, reference); each line is paid once however often it is uploaded", Tag: "subsidies",
+		Roles: hrOnly, RequestType: "text/csv", Response: subsidy.Report{}, MaxBody: 32 << 20,
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			rep, err := n.Subsidies.Upload(r.Context(), r.PathValue("id"), io.Reader(r.Body))
+			if err != nil {
+				return err
+			}
+			n.Auth.Audit(r.Context(), p, "upload_payouts", r.PathValue("id"), "")
+			return httpapi.WriteJSON(w, http.StatusOK, rep)
+		},
+	})
+}
+
+func (n *Node) writeStatement(w http.ResponseWriter, r *http.Request, id string) error {
+	q := r.URL.Query()
+	from, err := timeParam(q.Get("from"), "from")
+	if err != nil {
+		return err
+	}
+	to, err := timeParam(q.Get("to"), "to")
+	if err != nil {
+		return err
+	}
+	if !to.IsZero() && len(q.Get("to")) == len("2006-01-02") {
+		to = to.AddDate(0, 0, 1) // a date "to" includes that day
+	}
+	limit, err := intParam(q.Get("limit"), "limit")
+	if err != nil {
+		return err
+	}
+	entries, next, err := n.Ledger.Statement(r.Context(), id, from, to, q.Get("cursor"), int(limit))
+	if err != nil {
+		return err
+	}
+	page := statementPage{Account: id, Entries: make([]statementLine, 0, len(entries)), Next: next}
+	for _, e := range entries {
+		page.Entries = append(page.Entries, statementLine{transferView: viewTransfer(e.Transfer), DeltaFen: e.Delta, BalanceAfterFen: e.BalanceAfter})
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, page)
+}
+
+// ownAccount lets residents read only their own wallet and medical account.
+func (n *Node) ownAccount(ctx context.Context, p auth.Principal, accountID string) error {
+	if p.Role != auth.RoleResident {
+		return nil
+	}
+	c, err := n.Residents.Card(ctx, p.Subject)
+	if err != nil {
+		return err
+	}
+	if accountID != ledger.WalletID(c.ResidentID) && accountID != ledger.MedicalID(c.ResidentID) {
+		return apperr.Newf(apperr.Forbidden, "residents may read only their own accounts", "居民只能查看本人账户")
+	}
+	return nil
+}
+
+// Me returns what a signed-in resident sees about themself.
+func (n *Node) Me(ctx context.Context, cardNumber string) (meView, error) {
+	c, err := n.Residents.Card(ctx, cardNumber)
+	if err != nil {
+		return meView{}, err
+	}
+	res, err := n.Residents.Get(ctx, c.ResidentID)
+	if err != nil {
+		return meView{}, err
+	}
+	wID, mID, err := n.Ledger.OpenResidentAccounts(ctx, res.ID)
+	if err != nil {
+		return meView{}, err
+	}
+	wa, err := n.Ledger.Balance(ctx, wID)
+	if err != nil {
+		return meView{}, err
+	}
+	ma, err := n.Ledger.Balance(ctx, mID)
+	if err != nil {
+		return meView{}, err
+	}
+	return meView{Name: res.Name, IDNumberMasked: res.IDMasked, Category: res.Category, Card: c, Wallet: viewAccount(wa), Medical: viewAccount(ma)}, nil
+}
+

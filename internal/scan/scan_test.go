@@ -1,0 +1,497 @@
+package scan_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/catalog"
+	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/idnum"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/node"
+	"github.com/yikatong/yikatong/internal/node/nodetest"
+	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/store/storetest"
+	"github.com/yikatong/yikatong/internal/terminal"
+)
+
+func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
+
+type person struct {
+	id, card, idNumber, pin string
+}
+
+type city struct {
+	tn       *nodetest.Node
+	op       *nodetest.Client
+	provider string
+	term     string
+	tc       *nodetest.Client
+	batchKey string
+	people   []person
+}
+
+var sys = auth.Principal{Kind: auth.KindStaff, Subject: "test", Role: auth.RoleHRAdmin}
+
+// enrol enrols a resident born on birth and funds the wallet and medical account.
+func enrol(t testing.TB, n *node.Node, rng *rand.Rand, category string, birth time.Time, walletFen, medicalFen int64) person {
+	t.Helper()
+	ctx := context.Background()
+	kind, region := idnum.KindCitizen, "410105"
+	if category == resident.CategoryPermanentResident {
+		kind, region = "permanent_resident", "41"
+	}
+	num := idnum.Generate(rng, kind, region, birth, "F")
+	if num == "" {
+		t.Fatalf("no id number for %s", kind)
+	}
+	res, card, err := n.Enrol(ctx, sys, resident.EnrolInput{Name: "张小" + fmt.Sprint(rng.IntN(1000)), IDNumber: num, Category: category}, true, "135790")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, m, err := n.Ledger.OpenResidentAccounts(ctx, res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if walletFen > 0 {
+		if _, err := n.Ledger.TopUp(ctx, "top:"+res.ID, w, walletFen, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if medicalFen > 0 {
+		if _, err := n.Ledger.Transfer(ctx, ledger.TransferRequest{Key: "med:" + res.ID, Debit: ledger.AccountMedicalFund, Credit: m, Amount: medicalFen, Kind: "medical"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return person{id: res.ID, card: card.Number, idNumber: num, pin: "135790"}
+}
+
+func operator(t testing.TB, tn *nodetest.Node) *nodetest.Client {
+	t.Helper()
+	ctx := context.Background()
+	tn.Auth.PasswordIterations = 1000
+	if _, err := tn.Auth.CreateStaff(ctx, "op", "Operator", auth.RoleOperator, "operator-pass", ""); err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := tn.Auth.LoginStaff(ctx, "op", "operator-pass", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tn.Client(tok)
+}
+
+func setup(t testing.TB, dsn string, scenarios []string) *city {
+	t.Helper()
+	tn := nodetest.Start(t, nodetest.Options{DB: dsn})
+	c := &city{tn: tn, op: operator(t, tn)}
+	var p terminal.Provider
+	c.op.JSON(t, "POST", "/v1/providers", map[string]any{"name": "郑州公交", "kind": "transit", "scenarios": scenarios}, 201, &p)
+	c.provider = p.ID
+	var tc struct {
+		Terminal    terminal.Terminal    `json:"terminal"`
+		Credentials terminal.Credentials `json:"credentials"`
+	}
+	c.op.JSON(t, "POST", "/v1/providers/"+p.ID+"/terminals", map[string]any{"name": "gate 1"}, 201, &tc)
+	c.term, c.batchKey = tc.Terminal.ID, tc.Credentials.BatchKey
+	c.tc = tn.Client(tc.Credentials.Token)
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := time.Now()
+	c.people = []person{
+		enrol(t, tn.Node, rng, resident.CategoryLocal, now.AddDate(-30, 0, -3), 10_000, 5_000),
+		enrol(t, tn.Node, rng, resident.CategoryLocal, now.AddDate(-70, 0, -3), 10_000, 0),
+		enrol(t, tn.Node, rng, resident.CategoryPermanentResident, now.AddDate(-40, 0, -3), 300, 0),
+	}
+	return c
+}
+
+func code(t testing.TB, n *node.Node, card string) string {
+	t.Helper()
+	c, _, err := n.IssueCode(context.Background(), card)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+type answer struct {
+	Decision   string         `json:"decision"`
+	Reason     string         `json:"reason"`
+	ChargedFen *int64         `json:"charged_fen"`
+	View       map[string]any `json:"view"`
+}
+
+func (c *city) scan(t testing.TB, body map[string]any) (answer, nodetest.Response) {
+	t.Helper()
+	r := c.tc.Do(t, "POST", "/v1/scans", body)
+	var a answer
+	if r.Status == 200 {
+		r.Decode(t, &a)
+	}
+	return a, r
+}
+
+// checkBooks asserts the ledger balances and the provider's account equals
+// the sum of accepted charges minus payouts.
+func (c *city) checkBooks(t testing.TB, wantProvider int64) {
+	t.Helper()
+	ctx := context.Background()
+	chk, err := c.tn.Ledger.Check(ctx)
+	if err != nil || !chk.OK() {
+		t.Fatalf("ledger check: %+v %v", chk, err)
+	}
+	a, err := c.tn.Ledger.Balance(ctx, ledger.ReceivableID(c.provider))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Balance != wantProvider {
+		t.Fatalf("provider balance %d, want %d (sum of accepted charges)", a.Balance, wantProvider)
+	}
+}
+
+func TestOnlineScans(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus", "library.loan", "medical.outpatient"})
+		adult, senior, foreigner := c.people[0], c.people[1], c.people[2]
+		n := c.tn.Node
+		var charged int64
+
+		// A YK1 code at the bus: accepted, 2 yuan.
+		yk := code(t, n, adult.card)
+		body := map[string]any{"idempotency_key": "k1", "scenario": "transit.bus", "code": yk}
+		a, r1 := c.scan(t, body)
+		if a.Decision != "accepted" || a.ChargedFen == nil || *a.ChargedFen != 200 {
+			t.Fatalf("bus scan: %s", r1.Body)
+		}
+		charged += 200
+		// Same key, same body: the same answer, no second charge.
+		if _, r2 := c.scan(t, body); string(r2.Body) != string(r1.Body) {
+			t.Fatalf("retry answered differently:\n%s\n%s", r1.Body, r2.Body)
+		}
+		// Same key, other body: idempotency_conflict.
+		if _, r := c.scan(t, map[string]any{"idempotency_key": "k1", "scenario": "transit.bus", "card_number": adult.card}); r.Status != 409 || r.Code() != "idempotency_conflict" {
+			t.Fatalf("conflict: %d %s", r.Status, r.Body)
+		}
+		// Same code, new key: replayed.
+		if a, r := c.scan(t, map[string]any{"idempotency_key": "k2", "scenario": "transit.bus", "code": yk}); a.Decision != "declined" || a.Reason != "replayed" {
+			t.Fatalf("replay: %s", r.Body)
+		}
+		// Senior rides free (concession), by card number.
+		if a, r := c.scan(t, map[string]any{"idempotency_key": "k3", "scenario": "transit.bus", "card_number": senior.card}); a.Decision != "accepted" || *a.ChargedFen != 0 || a.View["concession"] != "senior_65_free" {
+			t.Fatalf("senior: %s", r.Body)
+		}
+		// Library: identify only; the view holds a masked name.
+		if a, r := c.scan(t, map[string]any{"idempotency_key": "k4", "scenario": "library.loan", "code": code(t, n, foreigner.card)}); a.Decision != "accepted" || a.ChargedFen != nil || !strings.Contains(fmt.Sprint(a.View["masked_name"]), "*") {
+			t.Fatalf("library: %s", r.Body)
+		}
+		// Medical: the medical account (50 yuan) pays first, the wallet the rest.
+		a, r := c.scan(t, map[string]any{"idempotency_key": "k5", "scenario": "medical.outpatient", "card_number": adult.card, "amount_fen": 8_000})
+		if a.Decision != "accepted" || a.View["medical_paid_fen"] != float64(5_000) || a.View["wallet_paid_fen"] != float64(3_000) {
+			t.Fatalf("medical: %s", r.Body)
+		}
+		charged += 8_000
+		// Insufficient funds: declined, nothing moves.
+		if a, r := c.scan(t, map[string]any{"idempotency_key": "k6", "scenario": "medical.outpatient", "card_number": foreigner.card, "amount_fen": 1_000}); a.Decision != "declined" || a.Reason != "insufficient_funds" {
+			t.Fatalf("poor: %s", r.Body)
+		}
+		// Unknown scheme, malformed code, bad card number.
+		for body, want := range map[string]string{"ZZ9:abc": "unsupported_scheme", "YK1:@@@": "malformed", "hello": "malformed", "1234567812345678": "malformed"} {
+			a, r := c.scan(t, map[string]any{"idempotency_key": "bad-" + body, "scenario": "transit.bus", "code": body})
+			if want == "malformed" && body == "1234567812345678" {
+				a, r = c.scan(t, map[string]any{"idempotency_key": "bad-card", "scenario": "transit.bus", "card_number": body})
+			}
+			if a.Decision != "declined" || a.Reason != want {
+				t.Errorf("code %q: %s, want %s", body, r.Body, want)
+			}
+		}
+		// The caller's own errors are problems.
+		if _, r := c.scan(t, map[string]any{"idempotency_key": "k7", "scenario": "hr.talent_service", "card_number": adult.card}); r.Status != 403 || r.Code() != "forbidden" {
+			t.Errorf("foreign scenario: %d %s", r.Status, r.Body)
+		}
+		if _, r := c.scan(t, map[string]any{"scenario": "transit.bus", "card_number": adult.card}); r.Status != 422 {
+			t.Errorf("no key: %d %s", r.Status, r.Body)
+		}
+		if r := c.tn.Client("yk_nope").Do(t, "POST", "/v1/scans", map[string]any{"idempotency_key": "x", "scenario": "transit.bus", "card_number": adult.card}); r.Status != 401 {
+			t.Errorf("unknown terminal token: %d", r.Status)
+		}
+		if r := c.op.Do(t, "POST", "/v1/scans", map[string]any{"idempotency_key": "x", "scenario": "transit.bus", "card_number": adult.card}); r.Status != 403 {
+			t.Errorf("operator scanning: %d", r.Status)
+		}
+		// A lost card: its codes are revoked, the card itself not active.
+		ykLost := code(t, n, senior.card)
+		if _, err := n.Residents.ReportLost(context.Background(), senior.card, "test"); err != nil {
+			t.Fatal(err)
+		}
+		if a, r := c.scan(t, map[string]any{"idempotency_key": "k8", "scenario": "transit.bus", "code": ykLost}); a.Decision != "declined" || a.Reason != "revoked" {
+			t.Errorf("lost card's code: %s", r.Body)
+		}
+		if a, r := c.scan(t, map[string]any{"idempotency_key": "k9", "scenario": "transit.bus", "card_number": senior.card}); a.Decision != "declined" || a.Reason != "card_not_active" {
+			t.Errorf("lost card: %s", r.Body)
+		}
+		// Another city's code: unknown issuer.
+		other, _ := ecode.GenerateSM2()
+		foreign, _ := ecode.Issue(other, ecode.Claims{Issuer: "CN-330100", Subject: "tok", Category: "local"})
+		if a, r := c.scan(t, map[string]any{"idempotency_key": "k10", "scenario": "transit.bus", "code": foreign}); a.Decision != "declined" || a.Reason != "unknown_issuer" {
+			t.Errorf("foreign code: %s", r.Body)
+		}
+
+		// Concurrent retries of one key charge once.
+		yk2 := code(t, n, adult.card)
+		var wg sync.WaitGroup
+		bodies := make([]string, 16)
+		for i := range bodies {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, r := c.scan(t, map[string]any{"idempotency_key": "race", "scenario": "transit.bus", "code": yk2})
+				bodies[i] = string(r.Body)
+			}()
+		}
+		wg.Wait()
+		for _, b := range bodies[1:] {
+			if b != bodies[0] {
+				t.Fatalf("concurrent retries answered differently: %s vs %s", b, bodies[0])
+			}
+		}
+		charged += 200
+		c.checkBooks(t, charged)
+
+		// Disabling the terminal takes effect at once.
+		c.op.JSON(t, "POST", "/v1/terminals/"+c.term+"/disable", nil, 200, nil)
+		if _, r := c.scan(t, map[string]any{"idempotency_key": "k11", "scenario": "transit.bus", "card_number": adult.card}); r.Status != 401 {
+			t.Fatalf("disabled terminal: %d %s", r.Status, r.Body)
+		}
+		c.checkBooks(t, charged)
+	})
+}
+
+func TestTC1Scheme(t *testing.T) {
+	c := setup(t, storetest.SQLite(t), []string{"transit.bus"})
+	adult := c.people[0]
+	issuer, _ := ecode.GenerateEd25519()
+	c.op.JSON(t, "POST", "/v1/code-issuers", map[string]any{"issuer": "zzmetro", "key": issuer.Public().JWK()}, 204, nil)
+	c.op.JSON(t, "POST", "/v1/code-bindings", map[string]any{"issuer": "zzmetro", "account": "acct-1", "card_number": adult.card}, 204, nil)
+	tc, err := scan.IssueTC1(issuer, "zzmetro", "acct-1", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, r := c.scan(t, map[string]any{"idempotency_key": "t1", "scenario": "transit.bus", "code": tc}); a.Decision != "accepted" || *a.ChargedFen != 200 {
+		t.Fatalf("TC1: %s", r.Body)
+	}
+	if a, r := c.scan(t, map[string]any{"idempotency_key": "t2", "scenario": "transit.bus", "code": tc}); a.Reason != "replayed" {
+		t.Fatalf("TC1 replay: %s", r.Body)
+	}
+	unbound, _ := scan.IssueTC1(issuer, "zzmetro", "acct-2", time.Now())
+	if a, r := c.scan(t, map[string]any{"idempotency_key": "t3", "scenario": "transit.bus", "code": unbound}); a.Reason != "unknown_holder" {
+		t.Fatalf("unbound: %s", r.Body)
+	}
+	forged := tc[:len(tc)-4] + "AAAA"
+	if a, r := c.scan(t, map[string]any{"idempotency_key": "t4", "scenario": "transit.bus", "code": forged}); a.Reason != "bad_signature" && a.Reason != "malformed" {
+		t.Fatalf("forged: %s", r.Body)
+	}
+	other, _ := ecode.GenerateEd25519()
+	stranger, _ := scan.IssueTC1(other, "othermetro", "acct-1", time.Now())
+	if a, r := c.scan(t, map[string]any{"idempotency_key": "t5", "scenario": "transit.bus", "code": stranger}); a.Reason != "unknown_issuer" {
+		t.Fatalf("unregistered issuer: %s", r.Body)
+	}
+	c.checkBooks(t, 200)
+}
+
+var fullID = regexp.MustCompile(`[0-9]{17}[0-9X]`)
+
+// TestNoFullIDNumberInAnyAnswer scans every seeded scenario with every
+// kind of resident and checks no answer carries a full ID number.
+func TestNoFullIDNumberInAnyAnswer(t *testing.T) {
+	var ids []string
+	for _, s := range catalog.SeedScenarios() {
+		ids = append(ids, s.ID)
+	}
+	c := setup(t, storetest.SQLite(t), ids)
+	for i, s := range catalog.SeedScenarios() {
+		for j, p := range c.people {
+			body := map[string]any{"idempotency_key": fmt.Sprintf("n%d-%d", i, j), "scenario": s.ID, "card_number": p.card, "pin": p.pin}
+			if s.AmountFromTerminal {
+				body["amount_fen"] = 100
+			}
+			_, r := c.scan(t, body)
+			if r.Status != 200 {
+				t.Errorf("%s: %d %s", s.ID, r.Status, r.Body)
+			}
+			if strings.Contains(string(r.Body), p.idNumber) || fullID.Match(r.Body) {
+				t.Fatalf("%s answer carries a full ID number: %s", s.ID, r.Body)
+			}
+		}
+	}
+}
+
+func signBatch(t testing.TB, c *city, id string, recs []terminal.Record) terminal.SignedBatch {
+	t.Helper()
+	key, err := terminal.ParseBatchKey(c.batchKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := terminal.SignBatch(terminal.Batch{Terminal: c.term, ID: id, CreatedAt: time.Now(), Records: recs}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sb
+}
+
+func TestOfflineBatches(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus", "medical.outpatient"})
+		adult, senior, poor := c.people[0], c.people[1], c.people[2]
+		n := c.tn.Node
+		now := time.Now()
+		lostAt := time.Now()
+		// senior's card is lost now; a scan 10 minutes ago still counts, one after does not.
+		time.Sleep(1100 * time.Millisecond)
+		if _, err := n.Residents.ReportLost(context.Background(), senior.card, "test"); err != nil {
+			t.Fatal(err)
+		}
+		recs := []terminal.Record{
+			{ID: "r1", Seq: 1, At: now.Add(-10 * time.Minute), Scenario: "transit.bus", CardNumber: adult.card},
+			{ID: "r2", Seq: 2, At: now.Add(-9 * time.Minute), Scenario: "transit.bus", CardNumber: adult.card},
+			{ID: "r3", Seq: 3, At: now.Add(-8 * time.Minute), Scenario: "transit.bus", CardNumber: senior.card},   // lost later: applied (free ride)
+			{ID: "r4", Seq: 4, At: lostAt.Add(2 * time.Second), Scenario: "transit.bus", CardNumber: senior.card}, // after the loss: revoked
+			{ID: "r5", Seq: 5, At: now.Add(-7 * time.Minute), Scenario: "transit.bus", CardNumber: poor.card},     // 300 fen → 100 left
+			{ID: "r6", Seq: 6, At: now.Add(-6 * time.Minute), Scenario: "transit.bus", CardNumber: poor.card},     // 100 + 100 debt
+			{ID: "r7", Seq: 7, At: now.Add(-5 * time.Minute), Scenario: "transit.bus", CardNumber: poor.card},     // 200 debt: total 300 ≤ 500
+			{ID: "r8", Seq: 8, At: now.Add(-4 * time.Minute), Scenario: "transit.bus", CardNumber: poor.card},     // 500 debt > 500? 300+200 = 500 ok
+			{ID: "r9", Seq: 9, At: now.Add(-3 * time.Minute), Scenario: "transit.bus", CardNumber: poor.card},     // over the limit: declined
+			{ID: "r2", Seq: 10, At: now, Scenario: "transit.bus", CardNumber: adult.card},                         // duplicate id
+			{ID: "r11", Seq: 5, At: now, Scenario: "transit.bus", CardNumber: adult.card},                         // out of order
+			{ID: "r12", Seq: 12, At: now.Add(time.Hour), Scenario: "transit.bus", CardNumber: adult.card},         // clock skew
+			{ID: "r14", Seq: 14, At: time.Now(), Scenario: "transit.bus", Code: code(t, n, adult.card)},
+			{ID: "r13", Seq: 13, At: now, Scenario: "medical.outpatient", CardNumber: adult.card, AmountFen: 100}, // not offline
+		}
+		var rep scan.BatchReport
+		c.tc.JSON(t, "POST", "/v1/terminals/"+c.term+"/batches", signBatch(t, c, "b1", recs), 200, &rep)
+		want := map[string]string{"r1": "applied", "r3": "applied", "r4": "declined", "r5": "applied", "r6": "applied", "r7": "applied",
+			"r8": "applied", "r9": "declined", "r11": "rejected", "r12": "rejected", "r13": "rejected"}
+		for i, it := range rep.Items {
+			if i == 1 && it.Status != "applied" || i == 9 && it.Status != "duplicate" {
+				t.Errorf("item %d %s: %+v", i, it.ID, it)
+			}
+			if w, ok := want[it.ID]; ok && i != 1 && i != 9 && it.Status != w {
+				t.Errorf("record %s: %+v, want %s", it.ID, it, w)
+			}
+		}
+		if rep.Items[3].Reason != "revoked" || rep.Items[10].Reason != "out_of_order" || rep.Items[11].Reason != "clock_skew" {
+			t.Errorf("reasons: %+v", rep.Items)
+		}
+		if rep.DebtFen != 500 || rep.Items[5].DebtFen != 100 || rep.Items[8].Reason != "insufficient_funds" {
+			t.Errorf("debt: total %d items %+v", rep.DebtFen, rep.Items[4:9])
+		}
+		charged := rep.ChargedFen
+		if charged != 200*2+0+200*4+200 {
+			t.Errorf("charged %d", charged)
+		}
+		c.checkBooks(t, charged)
+		// Re-sending the batch (any number of times) changes nothing.
+		for i := 0; i < 2; i++ {
+			var again scan.BatchReport
+			c.tc.JSON(t, "POST", "/v1/terminals/"+c.term+"/batches", signBatch(t, c, "b1", recs), 200, &again)
+			if again.Applied != 0 || again.Duplicates < 9 {
+				t.Errorf("re-send applied again: %+v", again)
+			}
+			c.checkBooks(t, charged)
+		}
+		// A tampered batch is refused whole.
+		sb := signBatch(t, c, "b2", recs[:2])
+		raw, _ := json.Marshal(sb)
+		tampered := strings.Replace(string(raw), sb.Payload[:8], "AAAAAAAA", 1)
+		if r := c.tc.Do(t, "POST", "/v1/terminals/"+c.term+"/batches", tampered); r.Status != 422 || r.Code() != "batch_tampered" {
+			t.Errorf("tampered: %d %s", r.Status, r.Body)
+		}
+		// Another terminal's path is forbidden.
+		if r := c.tc.Do(t, "POST", "/v1/terminals/trm_other/batches", sb); r.Status != 403 {
+			t.Errorf("other terminal: %d %s", r.Status, r.Body)
+		}
+		c.checkBooks(t, charged)
+	})
+}
+
+// TestReplayAcrossProcesses scans one code on two node processes sharing
+// one PostgreSQL database: exactly one scan is accepted.
+func TestReplayAcrossProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	dsn := storetest.Postgres(t)
+	dir := t.TempDir()
+	// Set up with an in-process node, then close it.
+	n, err := node.Open(context.Background(), node.Config{DataDir: dir, DB: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	prv, err := n.CreateProvider(ctx, "地铁", "transit", []string{"transit.bus"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, tok, _, err := n.CreateTerminal(ctx, prv.ID, "gate", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := enrol(t, n, rand.New(rand.NewPCG(3, 4)), resident.CategoryLocal, time.Now().AddDate(-30, 0, 0), 10_000, 0)
+	codes := make([]string, 5)
+	for i := range codes {
+		codes[i] = code(t, n, p.card)
+	}
+	n.Close()
+	a := nodetest.StartProcess(t, dir, "--db", dsn)
+	b := nodetest.StartProcess(t, dir, "--db", dsn)
+	accepted := 0
+	for i, cd := range codes {
+		var wg sync.WaitGroup
+		out := make([]answer, 2)
+		for j, base := range []string{a.URL, b.URL} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := nodetest.NewClient(base, tok).Do(t, "POST", "/v1/scans", map[string]any{"idempotency_key": fmt.Sprintf("p%d-%d", i, j), "scenario": "transit.bus", "code": cd})
+				if r.Status != 200 {
+					t.Errorf("process %d: %d %s", j, r.Status, r.Body)
+				}
+				r.Decode(t, &out[j])
+			}()
+		}
+		wg.Wait()
+		n := 0
+		for _, o := range out {
+			if o.Decision == "accepted" {
+				n++
+			} else if o.Reason != "replayed" {
+				t.Errorf("declined for %q, want replayed", o.Reason)
+			}
+		}
+		if n != 1 {
+			t.Fatalf("code %d accepted %d times across two processes", i, n)
+		}
+		accepted += n
+	}
+	a.Terminate()
+	b.Terminate()
+	n2, err := node.Open(ctx, node.Config{DataDir: dir, DB: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n2.Close()
+	bal, _ := n2.Ledger.Balance(ctx, ledger.ReceivableID(prv.ID))
+	if bal.Balance != int64(accepted)*200 {
+		t.Fatalf("provider got %d, want %d", bal.Balance, accepted*200)
+	}
+	if chk, err := n2.Ledger.Check(ctx); err != nil || !chk.OK() {
+		t.Fatalf("ledger: %+v %v", chk, err)
+	}
+}
