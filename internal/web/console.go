@@ -1,0 +1,338 @@
+package web
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/resident"
+)
+
+var (
+	hrOnly       = []auth.Role{auth.RoleHRAdmin}
+	moneyRoles   = []auth.Role{auth.RoleFinance, auth.RoleHRAdmin}
+	auditRoles   = []auth.Role{auth.RoleHRAdmin, auth.RoleFinance}
+	takingsRoles = []auth.Role{auth.RoleFinance, auth.RoleOperator, auth.RoleProvider}
+	dashRoles    = []auth.Role{auth.RoleHRAdmin, auth.RoleFinance, auth.RoleOperator}
+)
+
+func (w *Web) consoleRoutes(mux *http.ServeMux) {
+	staff := func(roles []auth.Role, h handlerFunc) http.HandlerFunc {
+		return w.withSession(auth.KindStaff, "/console/login", roles, h)
+	}
+	mux.HandleFunc("GET /console/login", w.page(w.staffLoginForm))
+	mux.HandleFunc("POST /console/login", w.page(w.staffLogin))
+	mux.HandleFunc("GET /console", func(rw http.ResponseWriter, r *http.Request) { http.Redirect(rw, r, "/console/", http.StatusSeeOther) })
+	mux.HandleFunc("GET /console/{$}", staff(nil, w.consoleHome))
+	mux.HandleFunc("POST /console/logout", staff(nil, func(rq *req) error {
+		rq.endSession()
+		return redirect("/console/login?m=signedout")
+	}))
+	mux.HandleFunc("GET /console/residents", staff(hrOnly, w.consoleSearch))
+	mux.HandleFunc("GET /console/residents/{id}", staff(hrOnly, w.consoleResident))
+	mux.HandleFunc("POST /console/residents/{id}/reveal", staff(hrOnly, w.consoleReveal))
+	mux.HandleFunc("POST /console/cards/{number}/{op}", staff(hrOnly, w.consoleCardOp))
+	mux.HandleFunc("GET /console/enrol", staff(hrOnly, w.consoleEnrolForm))
+	mux.HandleFunc("POST /console/enrol", staff(hrOnly, w.consoleEnrol))
+	mux.HandleFunc("GET /console/enrol/csv", staff(hrOnly, w.consoleCSVForm))
+	mux.HandleFunc("POST /console/enrol/csv", staff(hrOnly, w.consoleCSVUpload))
+	mux.HandleFunc("GET /console/enrol/jobs/{id}", staff(hrOnly, w.consoleJob))
+	mux.HandleFunc("GET /console/enrol/jobs/{id}/progress", staff(hrOnly, w.consoleJobProgress))
+	mux.HandleFunc("GET /console/audit", staff(auditRoles, w.consoleAudit))
+	mux.HandleFunc("GET /console/disputes", staff(moneyRoles, w.consoleDisputes))
+	mux.HandleFunc("POST /console/disputes/{id}/refund", staff(moneyRoles, w.consoleDisputeRefund))
+	mux.HandleFunc("POST /console/disputes/{id}/reject", staff(moneyRoles, w.consoleDisputeReject))
+	mux.HandleFunc("GET /console/ledger", staff([]auth.Role{auth.RoleFinance}, w.consoleLedger))
+	mux.HandleFunc("GET /console/ledger/export", staff([]auth.Role{auth.RoleFinance}, w.consoleLedgerExport))
+	mux.HandleFunc("GET /console/takings", staff(takingsRoles, w.consoleTakings))
+	mux.HandleFunc("GET /console/takings/export", staff(takingsRoles, w.consoleTakingsExport))
+	mux.HandleFunc("GET /console/terminals", staff([]auth.Role{auth.RoleOperator, auth.RoleProvider}, w.consoleTerminals))
+	mux.HandleFunc("GET /console/dashboard", staff(dashRoles, w.consoleDashboard))
+	mux.HandleFunc("GET /console/charts/{name}", staff(dashRoles, w.consoleChart))
+}
+
+func (w *Web) staffLoginForm(rq *req) error {
+	return rq.render(200, "c_login.html", "c.login.title", loginData{Pre: rq.preCSRF(), Next: rq.r.URL.Query().Get("next")})
+}
+
+func (w *Web) staffLogin(rq *req) error {
+	user := strings.TrimSpace(rq.r.PostFormValue("user"))
+	data := loginData{Pre: rq.preCSRF(), User: user, Next: rq.r.PostFormValue("next")}
+	if err := rq.checkCSRF(); err != nil {
+		return rq.renderWithError(err, "c_login.html", "c.login.title", data)
+	}
+	pw := rq.r.PostFormValue("password")
+	if user == "" || pw == "" {
+		return rq.renderWithError(apperr.Invalid("user", "enter your user name and password", "请输入用户名和密码"), "c_login.html", "c.login.title", data)
+	}
+	tok, p, err := w.d.Auth.LoginStaff(rq.r.Context(), user, pw, w.d.StaffTTL)
+	if err != nil {
+		return rq.renderWithError(err, "c_login.html", "c.login.title", data)
+	}
+	if err := rq.startSession(tok, p); err != nil {
+		return err
+	}
+	w.d.Auth.Audit(rq.r.Context(), p, "console_sign_in", "", "")
+	next := safeNext(data.Next)
+	if !strings.HasPrefix(next, "/console/") {
+		next = "/console/"
+	}
+	return redirect(next)
+}
+
+// Role reports whether the signed-in staff member has one of the roles
+// (for templates: {{if .Role "hr_admin" "finance"}}).
+func (rq *req) Role(roles ...string) bool {
+	if rq.S == nil {
+		return false
+	}
+	for _, r := range roles {
+		if string(rq.S.P.Role) == r {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *Web) consoleHome(rq *req) error {
+	return rq.render(200, "c_home.html", "c.home.title", nil)
+}
+
+type searchData struct {
+	Q       string
+	Results []resident.Resident
+	Cards   map[string][]resident.Card
+}
+
+func (w *Web) consoleSearch(rq *req) error {
+	q := strings.TrimSpace(rq.r.URL.Query().Get("q"))
+	d := searchData{Q: q, Cards: map[string][]resident.Card{}}
+	if q == "" {
+		return rq.render(200, "c_search.html", "c.search.title", d)
+	}
+	ctx := rq.r.Context()
+	list, err := w.d.Residents.Search(ctx, q, 20)
+	if err != nil {
+		return rq.renderWithError(err, "c_search.html", "c.search.title", d)
+	}
+	for _, r := range list {
+		r.Name = r.MaskedName()
+		d.Results = append(d.Results, r)
+		cards, _ := w.d.Residents.CardsOf(ctx, r.ID)
+		d.Cards[r.ID] = cards
+	}
+	w.d.Auth.Audit(ctx, rq.S.P, "search_residents", "", "results="+strconv.Itoa(len(list)))
+	return rq.render(200, "c_search.html", "c.search.title", d)
+}
+
+type residentPage struct {
+	Resident resident.Resident
+	FullID   string
+	Cards    []cardWithEvents
+}
+
+type cardWithEvents struct {
+	resident.Card
+	Events []resident.CardEvent
+}
+
+func (w *Web) residentPageData(ctx context.Context, p auth.Principal, id string, reveal bool) (residentPage, error) {
+	r, err := w.d.Residents.Get(ctx, id)
+	if err != nil {
+		return residentPage{}, err
+	}
+	action := "read_resident"
+	d := residentPage{Resident: r}
+	if reveal {
+		full, err := w.d.Residents.RevealIDNumber(ctx, id)
+		if err != nil {
+			return residentPage{}, err
+		}
+		d.FullID = full
+		action = "reveal_id_number"
+	}
+	if err := w.d.Auth.Audit(ctx, p, action, id, "web"); err != nil {
+		return residentPage{}, err // no audit, no personal data
+	}
+	cards, err := w.d.Residents.CardsOf(ctx, id)
+	if err != nil {
+		return residentPage{}, err
+	}
+	for _, c := range cards {
+		ev, _ := w.d.Residents.CardEvents(ctx, c.Number)
+		d.Cards = append(d.Cards, cardWithEvents{Card: c, Events: ev})
+	}
+	return d, nil
+}
+
+func (w *Web) consoleResident(rq *req) error {
+	d, err := w.residentPageData(rq.r.Context(), rq.S.P, rq.r.PathValue("id"), false)
+	if err != nil {
+		return err
+	}
+	return rq.render(200, "c_resident.html", "c.resident.title", d)
+}
+
+// consoleReveal shows the full ID number (a POST: an audited action, never
+// a link that a crawler or a prefetch could follow).
+func (w *Web) consoleReveal(rq *req) error {
+	d, err := w.residentPageData(rq.r.Context(), rq.S.P, rq.r.PathValue("id"), true)
+	if err != nil {
+		return err
+	}
+	return rq.render(200, "c_resident.html", "c.resident.title", d)
+}
+
+func (w *Web) consoleCardOp(rq *req) error {
+	ctx := rq.r.Context()
+	number, op := rq.r.PathValue("number"), rq.r.PathValue("op")
+	actor := rq.S.P.String()
+	c, err := w.d.Residents.Card(ctx, number)
+	if err != nil {
+		return err
+	}
+	switch op {
+	case "lost":
+		_, err = w.d.Residents.ReportLost(ctx, number, actor)
+	case "recover":
+		_, err = w.d.Residents.Recover(ctx, number, actor)
+	case "replace":
+		_, err = w.d.Residents.Replace(ctx, number, actor)
+	case "cancel":
+		_, err = w.d.Residents.Cancel(ctx, number, actor)
+	case "unlock":
+		err = w.d.Residents.UnlockPIN(ctx, number, actor)
+	case "pin":
+		err = w.d.Residents.SetPIN(ctx, number, rq.r.PostFormValue("pin"), actor)
+	default:
+		return notFound()
+	}
+	if err == nil {
+		w.d.Auth.Audit(ctx, rq.S.P, "card_"+op, number, "web")
+		if op == "lost" || op == "replace" || op == "cancel" {
+			w.d.Auth.RevokeSubject(ctx, auth.KindResident, number)
+		}
+		if w.d.AfterCardChange != nil {
+			w.d.AfterCardChange(ctx)
+		}
+		return redirect("/console/residents/" + c.ResidentID + "?m=card_" + op)
+	}
+	d, derr := w.residentPageData(ctx, rq.S.P, c.ResidentID, false)
+	if derr != nil {
+		return err
+	}
+	return rq.renderWithError(err, "c_resident.html", "c.resident.title", d)
+}
+
+type enrolForm struct {
+	Name, IDNumber, Category, PIN string
+	IssueCard                     bool
+	Done                          *resident.Resident
+	Card                          *resident.Card
+}
+
+func (w *Web) consoleEnrolForm(rq *req) error {
+	return rq.render(200, "c_enrol.html", "c.enrol.title", enrolForm{IssueCard: true, Category: resident.CategoryLocal})
+}
+
+// validateEnrol applies the API's checks to a form or CSV row.
+func validateEnrol(name, idNumber, category, pin string) error {
+	switch {
+	case strings.TrimSpace(name) == "":
+		return apperr.Invalid("name", "name is required", "姓名为必填项")
+	case strings.TrimSpace(idNumber) == "":
+		return apperr.Invalid("id_number", "ID number is required", "证件号码为必填项")
+	case strings.TrimSpace(category) == "":
+		return apperr.Invalid("category", "category is required", "人员类别为必填项")
+	}
+	if pin != "" {
+		return resident.ValidatePIN(pin)
+	}
+	return nil
+}
+
+func (w *Web) consoleEnrol(rq *req) error {
+	f := enrolForm{Name: rq.r.PostFormValue("name"), IDNumber: rq.r.PostFormValue("id_number"), Category: rq.r.PostFormValue("category"),
+		PIN: rq.r.PostFormValue("pin"), IssueCard: rq.r.PostFormValue("issue_card") != ""}
+	if w.d.Enrol == nil {
+		return unavailable("enrolment")
+	}
+	err := validateEnrol(f.Name, f.IDNumber, f.Category, f.PIN)
+	if err == nil {
+		var r resident.Resident
+		var c *resident.Card
+		r, c, err = w.d.Enrol(rq.r.Context(), rq.S.P, resident.EnrolInput{Name: f.Name, IDNumber: f.IDNumber, Category: f.Category}, f.IssueCard, f.PIN)
+		if err == nil {
+			return redirect("/console/residents/" + r.ID + "?m=enrolled")
+		}
+		_ = c
+	}
+	f.PIN = ""
+	return rq.renderWithError(err, "c_enrol.html", "c.enrol.title", f)
+}
+
+type auditData struct {
+	Subject string
+	Entries []auth.AuditEntry
+	Next    int64
+}
+
+func (w *Web) consoleAudit(rq *req) error {
+	q := rq.r.URL.Query()
+	before, _ := strconv.ParseInt(q.Get("before"), 10, 64)
+	d := auditData{Subject: strings.TrimSpace(q.Get("subject"))}
+	log, err := w.d.Auth.AuditLog(rq.r.Context(), d.Subject, before, 100)
+	if err != nil {
+		return err
+	}
+	d.Entries = log
+	if len(log) == 100 {
+		d.Next = log[len(log)-1].ID
+	}
+	return rq.render(200, "c_audit.html", "c.audit.title", d)
+}
+
+type disputesData struct {
+	Status   string
+	Disputes []Dispute
+}
+
+func (w *Web) consoleDisputes(rq *req) error {
+	st := rq.r.URL.Query().Get("status")
+	if st == "" {
+		st = DisputeOpen
+	}
+	if st == "all" {
+		st = ""
+	}
+	ds, err := w.Disputes(rq.r.Context(), "", st)
+	if err != nil {
+		return err
+	}
+	return rq.render(200, "c_disputes.html", "c.disputes.title", disputesData{Status: rq.r.URL.Query().Get("status"), Disputes: ds})
+}
+
+func (w *Web) consoleDisputeRefund(rq *req) error {
+	if _, err := w.RefundDispute(rq.r.Context(), rq.S.P, rq.r.PathValue("id"), rq.r.PostFormValue("note")); err != nil {
+		return w.disputesWithError(rq, err)
+	}
+	return redirect("/console/disputes?m=refunded")
+}
+
+func (w *Web) consoleDisputeReject(rq *req) error {
+	if _, err := w.RejectDispute(rq.r.Context(), rq.S.P, rq.r.PathValue("id"), rq.r.PostFormValue("reason")); err != nil {
+		return w.disputesWithError(rq, err)
+	}
+	return redirect("/console/disputes?m=rejected")
+}
+
+func (w *Web) disputesWithError(rq *req, err error) error {
+	ds, derr := w.Disputes(rq.r.Context(), "", DisputeOpen)
+	if derr != nil {
+		return err
+	}
+	return rq.renderWithError(err, "c_disputes.html", "c.disputes.title", disputesData{Disputes: ds})
+}

@@ -1,0 +1,223 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/store"
+)
+
+// Dispute statuses.
+const (
+	DisputeOpen     = "open"
+	DisputeRefunded = "refunded"
+	DisputeRejected = "rejected"
+)
+
+// Dispute is a resident's challenge of one charge.
+type Dispute struct {
+	ID             string
+	ResidentID     string
+	CardNumber     string
+	TransferID     string
+	AccountID      string
+	AmountFen      int64
+	Reason         string
+	Status         string
+	Resolution     string
+	RefundTransfer string
+	CreatedAt      time.Time
+	ResolvedAt     time.Time
+	ResolvedBy     string
+}
+
+const disputeCols = `id, resident_id, card_number, transfer_id, account_id, amount_fen, reason, status, resolution, refund_transfer, created_at, resolved_at, resolved_by`
+
+func scanDispute(row interface{ Scan(...any) error }) (Dispute, error) {
+	var d Dispute
+	var c, r int64
+	err := row.Scan(&d.ID, &d.ResidentID, &d.CardNumber, &d.TransferID, &d.AccountID, &d.AmountFen, &d.Reason, &d.Status, &d.Resolution, &d.RefundTransfer, &c, &r, &d.ResolvedBy)
+	d.CreatedAt = time.UnixMilli(c).UTC()
+	if r != 0 {
+		d.ResolvedAt = time.UnixMilli(r).UTC()
+	}
+	return d, err
+}
+
+func checkReason(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", apperr.Invalid("reason", "say in a few words what is wrong", "请简要说明原因")
+	}
+	if utf8.RuneCountInString(s) > 500 {
+		return "", apperr.Invalid("reason", "the reason is at most 500 characters", "原因最多 500 字")
+	}
+	return s, nil
+}
+
+// OpenDispute records a resident's dispute of a charge on one of their own
+// accounts (wallet or medical).
+func (w *Web) OpenDispute(ctx context.Context, residentID, cardNumber, transferID, reason string) (Dispute, error) {
+	if w.d.Ledger == nil {
+		return Dispute{}, unavailable("ledger")
+	}
+	reason, err := checkReason(reason)
+	if err != nil {
+		return Dispute{}, err
+	}
+	t, err := w.d.Ledger.GetTransfer(ctx, transferID)
+	if err != nil {
+		return Dispute{}, err
+	}
+	if t.Debit != ledger.WalletID(residentID) && t.Debit != ledger.MedicalID(residentID) {
+		return Dispute{}, apperr.Newf(apperr.Forbidden, "only a charge to your own account can be disputed", "只能对本人账户的扣款提出异议")
+	}
+	if t.Type != "transfer" && t.Type != "post" {
+		return Dispute{}, apperr.Invalid("transfer_id", "only a charge can be disputed", "只能对扣款提出异议")
+	}
+	d := Dispute{ID: auth.RandomID("dsp_"), ResidentID: residentID, CardNumber: cardNumber, TransferID: t.ID, AccountID: t.Debit,
+		AmountFen: t.Amount, Reason: reason, Status: DisputeOpen, CreatedAt: w.d.Now().UTC().Truncate(time.Millisecond)}
+	_, err = w.d.DB.W.ExecContext(ctx, `INSERT INTO disputes(id, resident_id, card_number, transfer_id, account_id, amount_fen, reason, status, created_at)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`, d.ID, d.ResidentID, d.CardNumber, d.TransferID, d.AccountID, d.AmountFen, d.Reason, d.Status, d.CreatedAt.UnixMilli())
+	if err != nil {
+		if store.IsUniqueViolation(err) {
+			return Dispute{}, apperr.Newf(apperr.AlreadyExists, "this charge is already disputed", "该笔扣款已提出过异议")
+		}
+		return Dispute{}, apperr.Wrap(apperr.Internal, err)
+	}
+	return d, nil
+}
+
+// Disputes lists disputes, newest first: of one resident, or (residentID
+// "") all with the given status ("" = any).
+func (w *Web) Disputes(ctx context.Context, residentID, status string) ([]Dispute, error) {
+	rows, err := w.d.DB.R.QueryContext(ctx, `SELECT `+disputeCols+` FROM disputes
+		WHERE ($1 = '' OR resident_id = $1) AND ($2 = '' OR status = $2) ORDER BY created_at DESC LIMIT 500`, residentID, status)
+	if err != nil {
+		return nil, apperr.Wrap(apperr.Internal, err)
+	}
+	defer rows.Close()
+	var out []Dispute
+	for rows.Next() {
+		d, err := scanDispute(rows)
+		if err != nil {
+			return nil, apperr.Wrap(apperr.Internal, err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+func (w *Web) dispute(ctx context.Context, id string) (Dispute, error) {
+	d, err := scanDispute(w.d.DB.R.QueryRowContext(ctx, `SELECT `+disputeCols+` FROM disputes WHERE id = $1`, id))
+	if err != nil {
+		return Dispute{}, apperr.Newf(apperr.NotFound, "no such dispute", "异议不存在")
+	}
+	return d, nil
+}
+
+func (w *Web) disputeStatusByTransfer(ctx context.Context, residentID string) (map[string]string, error) {
+	ds, err := w.Disputes(ctx, residentID, "")
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, d := range ds {
+		m[d.TransferID] = d.Status
+	}
+	return m, nil
+}
+
+var errNotOpen = apperr.Newf(apperr.Conflict, "the dispute has already been resolved", "该异议已处理")
+
+// RefundDispute resolves an open dispute by reversing the charge in the
+// ledger (idempotent: the reversal's key is the dispute id, so a retry or
+// a second click never refunds twice).
+func (w *Web) RefundDispute(ctx context.Context, p auth.Principal, id, note string) (Dispute, error) {
+	if w.d.Ledger == nil {
+		return Dispute{}, unavailable("ledger")
+	}
+	d, err := w.dispute(ctx, id)
+	if err != nil {
+		return Dispute{}, err
+	}
+	if d.Status != DisputeOpen {
+		return Dispute{}, errNotOpen
+	}
+	t, err := w.d.Ledger.Reverse(ctx, "dispute:"+d.ID, d.TransferID, d.AmountFen)
+	if err != nil {
+		return Dispute{}, err
+	}
+	if note = strings.TrimSpace(note); note == "" {
+		note = "refunded"
+	}
+	if err := w.closeDispute(ctx, p, d.ID, DisputeRefunded, note, t.ID); err != nil {
+		return Dispute{}, err
+	}
+	w.d.Auth.Audit(ctx, p, "dispute_refund", d.ID, t.ID)
+	return w.dispute(ctx, id)
+}
+
+// RejectDispute resolves an open dispute without a refund; the resident
+// sees the reason.
+func (w *Web) RejectDispute(ctx context.Context, p auth.Principal, id, reason string) (Dispute, error) {
+	reason, err := checkReason(reason)
+	if err != nil {
+		return Dispute{}, err
+	}
+	if err := w.closeDispute(ctx, p, id, DisputeRejected, reason, ""); err != nil {
+		return Dispute{}, err
+	}
+	w.d.Auth.Audit(ctx, p, "dispute_reject", id, "")
+	return w.dispute(ctx, id)
+}
+
+func (w *Web) closeDispute(ctx context.Context, p auth.Principal, id, status, resolution, refund string) error {
+	r, err := w.d.DB.W.ExecContext(ctx, `UPDATE disputes SET status = $2, resolution = $3, refund_transfer = $4, resolved_at = $5, resolved_by = $6
+		WHERE id = $1 AND status = 'open'`, id, status, resolution, refund, w.d.Now().UnixMilli(), p.String())
+	if err != nil {
+		return apperr.Wrap(apperr.Internal, err)
+	}
+	if n, _ := r.RowsAffected(); n == 0 {
+		if _, err := w.dispute(ctx, id); err != nil {
+			return err
+		}
+		return errNotOpen
+	}
+	return nil
+}
+
+func (w *Web) residentDisputes(rq *req) error {
+	rc, err := rq.resident()
+	if err != nil {
+		return err
+	}
+	ds, err := w.Disputes(rq.r.Context(), rc.Resident.ID, "")
+	if err != nil {
+		return err
+	}
+	return rq.render(200, "r_disputes.html", "r.disputes.title", ds)
+}
+
+func (w *Web) residentDispute(rq *req) error {
+	rc, err := rq.resident()
+	if err != nil {
+		return err
+	}
+	_, err = w.OpenDispute(rq.r.Context(), rc.Resident.ID, rc.Card.Number, rq.r.PostFormValue("transfer_id"), rq.r.PostFormValue("reason"))
+	if err != nil {
+		var e *apperr.Error
+		if errors.As(err, &e) {
+			ds, _ := w.Disputes(rq.r.Context(), rc.Resident.ID, "")
+			return rq.renderWithError(e, "r_disputes.html", "r.disputes.title", ds)
+		}
+		return err
+	}
+	return redirect("/r/disputes?m=disputed")
+}

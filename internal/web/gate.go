@@ -1,0 +1,162 @@
+package web
+
+import (
+	"errors"
+	"image"
+	_ "image/gif" // photos of codes
+	_ "image/jpeg"
+	_ "image/png"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/makiuchi-d/gozxing"
+	zxqr "github.com/makiuchi-d/gozxing/qrcode"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/auth"
+)
+
+// The gate simulator: pick one of the node's terminals, paste a code (or a
+// card number) or upload a photo of a QR code, and see the decision exactly
+// as the terminal would get it from POST /v1/scans, including the minimal
+// view the scenario allows. The photo is decoded here, on the server.
+
+func (w *Web) gateRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /gate", w.page(w.gateForm))
+	mux.HandleFunc("POST /gate", w.page(w.gateScan))
+}
+
+type gateData struct {
+	Pre       string
+	Terminals []Terminal
+	Terminal  string
+	Code      string
+	Card      string
+	Amount    string
+	Result    *ScanResult
+	Decoded   bool
+	Scenario  string
+}
+
+func (w *Web) gateData(rq *req) (gateData, error) {
+	d := gateData{Pre: rq.preCSRF()}
+	if w.d.Terminals == nil || w.d.Scan == nil {
+		return d, nil
+	}
+	ts, err := w.d.Terminals(rq.r.Context())
+	if err != nil {
+		return d, err
+	}
+	d.Terminals = ts
+	return d, nil
+}
+
+func (w *Web) gateForm(rq *req) error {
+	d, err := w.gateData(rq)
+	if err != nil {
+		return err
+	}
+	d.Terminal = rq.r.URL.Query().Get("terminal")
+	return rq.render(200, "gate.html", "gate.title", d)
+}
+
+const maxPhotoBytes = 8 << 20
+
+// decodeQR reads the text of a QR code in a photo.
+func decodeQR(r io.Reader) (string, error) {
+	img, _, err := image.Decode(io.LimitReader(r, maxPhotoBytes))
+	if err != nil {
+		return "", apperr.Newf(apperr.Malformed, "the file is not a PNG, JPEG or GIF picture", "文件不是 PNG、JPEG 或 GIF 图片")
+	}
+	bmp, err := gozxing.NewBinaryBitmapFromImage(img)
+	if err != nil {
+		return "", apperr.Newf(apperr.Malformed, "the picture could not be read", "无法读取图片")
+	}
+	hints := map[gozxing.DecodeHintType]any{gozxing.DecodeHintType_TRY_HARDER: true}
+	res, err := zxqr.NewQRCodeReader().Decode(bmp, hints)
+	if err != nil {
+		return "", apperr.Newf(apperr.Malformed, "no QR code was found in the picture; take the photo closer and straight on", "图片中未找到二维码，请靠近并正对二维码拍摄")
+	}
+	return res.GetText(), nil
+}
+
+func (w *Web) gateScan(rq *req) error {
+	rq.r.Body = http.MaxBytesReader(rq.w, rq.r.Body, maxPhotoBytes+64<<10)
+	if err := rq.r.ParseMultipartForm(1 << 20); err != nil && !errors.Is(err, http.ErrNotMultipart) {
+		return rq.renderWithError(apperr.New(apperr.BodyTooLarge), "gate.html", "gate.title", gateData{Pre: rq.preCSRF()})
+	}
+	d, err := w.gateData(rq)
+	if err != nil {
+		return err
+	}
+	d.Terminal = rq.r.FormValue("terminal")
+	d.Code = strings.TrimSpace(rq.r.FormValue("code"))
+	d.Card = strings.TrimSpace(rq.r.FormValue("card_number"))
+	d.Amount = strings.TrimSpace(rq.r.FormValue("amount"))
+	fail := func(err error) error { return rq.renderWithError(err, "gate.html", "gate.title", d) }
+	if err := rq.checkCSRF(); err != nil {
+		return fail(err)
+	}
+	if w.d.Scan == nil {
+		return fail(unavailable("scans"))
+	}
+	var term *Terminal
+	for i := range d.Terminals {
+		if term == nil && (d.Terminals[i].Key() == d.Terminal || d.Terminals[i].ID == d.Terminal) {
+			term = &d.Terminals[i]
+		}
+	}
+	if term == nil {
+		return fail(apperr.Invalid("terminal", "pick a terminal", "请选择终端"))
+	}
+	d.Scenario = term.Scenario
+	if f, _, err := rq.r.FormFile("photo"); err == nil {
+		text, err := decodeQR(f)
+		f.Close()
+		if err != nil {
+			return fail(err)
+		}
+		d.Code, d.Decoded = text, true
+	}
+	if d.Code == "" && d.Card == "" {
+		return fail(apperr.Invalid("code", "paste a code, type a card number or upload a photo of a QR code", "请粘贴电子码、输入卡号或上传二维码照片"))
+	}
+	var amount int64
+	if d.Amount != "" {
+		amount, err = parseYuan(d.Amount)
+		if err != nil {
+			return fail(err)
+		}
+	}
+	res, err := w.d.Scan(rq.r.Context(), ScanRequest{TerminalID: term.ID, Scenario: term.Scenario, Code: d.Code, CardNumber: d.Card,
+		AmountFen: amount, IdempotencyKey: "gate-" + auth.RandomID("")})
+	if err != nil {
+		return fail(err)
+	}
+	d.Result = &res
+	d.Code = "" // a used code is not shown again
+	return rq.render(200, "gate.html", "gate.title", d)
+}
+
+// parseYuan reads an amount in yuan ("2", "2.5", "2.50") as fen.
+func parseYuan(s string) (int64, error) {
+	bad := apperr.Invalid("amount", "write the amount in yuan, e.g. 2.50", "金额请以元填写，例如 2.50")
+	whole, frac, _ := strings.Cut(s, ".")
+	if whole == "" || len(frac) > 2 || len(whole) > 9 {
+		return 0, bad
+	}
+	y, err := strconv.ParseInt(whole, 10, 64)
+	if err != nil || y < 0 {
+		return 0, bad
+	}
+	for len(frac) < 2 {
+		frac += "0"
+	}
+	f, err := strconv.ParseInt(frac, 10, 64)
+	if err != nil || f < 0 {
+		return 0, bad
+	}
+	return y*100 + f, nil
+}

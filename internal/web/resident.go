@@ -1,0 +1,330 @@
+package web
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"html/template"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	qrcode "github.com/skip2/go-qrcode"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/resident"
+)
+
+func (w *Web) residentRoutes(mux *http.ServeMux) {
+	res := func(h handlerFunc) http.HandlerFunc { return w.withSession(auth.KindResident, "/r/login", nil, h) }
+	mux.HandleFunc("GET /r/login", w.page(w.residentLoginForm))
+	mux.HandleFunc("POST /r/login", w.page(w.residentLogin))
+	mux.HandleFunc("GET /r/{$}", res(w.residentHome))
+	mux.HandleFunc("GET /r", func(rw http.ResponseWriter, r *http.Request) { http.Redirect(rw, r, "/r/", http.StatusSeeOther) })
+	mux.HandleFunc("GET /r/code.json", w.residentCodeJSON)
+	mux.HandleFunc("GET /r/statement", res(w.residentStatement))
+	mux.HandleFunc("GET /r/lost", res(w.residentLostForm))
+	mux.HandleFunc("POST /r/lost", res(w.residentLost))
+	mux.HandleFunc("GET /r/pin", res(w.residentPINForm))
+	mux.HandleFunc("POST /r/pin", res(w.residentPIN))
+	mux.HandleFunc("GET /r/disputes", res(w.residentDisputes))
+	mux.HandleFunc("POST /r/disputes", res(w.residentDispute))
+	mux.HandleFunc("POST /r/logout", res(func(rq *req) error {
+		rq.endSession()
+		return redirect("/r/login?m=signedout")
+	}))
+}
+
+type loginData struct {
+	Pre        string
+	CardNumber string
+	User       string
+	Next       string
+}
+
+func (w *Web) residentLoginForm(rq *req) error {
+	return rq.render(200, "r_login.html", "r.login.title", loginData{Pre: rq.preCSRF(), Next: rq.r.URL.Query().Get("next")})
+}
+
+func (w *Web) residentLogin(rq *req) error {
+	card := strings.TrimSpace(rq.r.PostFormValue("card_number"))
+	pin := rq.r.PostFormValue("pin")
+	data := loginData{Pre: rq.preCSRF(), CardNumber: card, Next: rq.r.PostFormValue("next")}
+	if err := rq.checkCSRF(); err != nil {
+		return rq.renderWithError(err, "r_login.html", "r.login.title", data)
+	}
+	if card == "" || pin == "" {
+		return rq.renderWithError(apperr.Invalid("card_number", "enter your card number and PIN", "请输入卡号和密码"), "r_login.html", "r.login.title", data)
+	}
+	if w.d.ResidentLogin == nil {
+		return unavailable("sign-in")
+	}
+	tok, _, err := w.d.ResidentLogin(rq.r.Context(), card, pin)
+	if err != nil {
+		return rq.renderWithError(err, "r_login.html", "r.login.title", data)
+	}
+	p, err := w.d.Auth.Authenticate(rq.r.Context(), tok)
+	if err != nil {
+		return err
+	}
+	if err := rq.startSession(tok, p); err != nil {
+		return err
+	}
+	next := safeNext(data.Next)
+	if !strings.HasPrefix(next, "/r/") {
+		next = "/r/"
+	}
+	return redirect(next)
+}
+
+func unavailable(what string) error {
+	return apperr.Newf(apperr.Unavailable, what+" is not available on this node yet", "本节点暂不提供此功能（"+what+"）")
+}
+
+// residentContext is the signed-in resident and card.
+type residentContext struct {
+	Card     resident.Card
+	Resident resident.Resident
+}
+
+func (rq *req) resident() (residentContext, error) {
+	ctx := rq.r.Context()
+	c, err := rq.web.d.Residents.Card(ctx, rq.S.P.Subject)
+	if err != nil {
+		return residentContext{}, err
+	}
+	r, err := rq.web.d.Residents.Get(ctx, c.ResidentID)
+	if err != nil {
+		return residentContext{}, err
+	}
+	return residentContext{Card: c, Resident: r}, nil
+}
+
+type codeView struct {
+	Code      string       `json:"code"`
+	ExpiresAt string       `json:"expires_at"`
+	Seconds   int          `json:"seconds"`
+	QR        template.URL `json:"qr"` // a data: URL of our own PNG
+	Error     string       `json:"error,omitempty"`
+}
+
+func (rq *req) issueCode(cardNumber string) (codeView, error) {
+	if rq.web.d.IssueCode == nil {
+		return codeView{}, unavailable("e-code")
+	}
+	code, exp, err := rq.web.d.IssueCode(rq.r.Context(), cardNumber)
+	if err != nil {
+		return codeView{}, err
+	}
+	png, err := qrcode.Encode(code, qrcode.Medium, 320)
+	if err != nil {
+		return codeView{}, apperr.Wrap(apperr.Internal, err)
+	}
+	secs := int(time.Until(exp).Seconds())
+	if d := exp.Sub(rq.web.d.Now()); d > 0 {
+		secs = int(d.Seconds())
+	}
+	return codeView{Code: code, ExpiresAt: exp.UTC().Format(time.RFC3339), Seconds: secs,
+		QR: template.URL("data:image/png;base64," + base64.StdEncoding.EncodeToString(png))}, nil
+}
+
+type balances struct {
+	Available bool
+	Wallet    int64
+	Medical   int64
+}
+
+func (rq *req) balances(residentID string) balances {
+	l := rq.web.d.Ledger
+	if l == nil {
+		return balances{}
+	}
+	w, err1 := l.Balance(rq.r.Context(), ledger.WalletID(residentID))
+	m, err2 := l.Balance(rq.r.Context(), ledger.MedicalID(residentID))
+	if err1 != nil || err2 != nil {
+		return balances{}
+	}
+	return balances{Available: true, Wallet: w.Available, Medical: m.Available}
+}
+
+type homeData struct {
+	residentContext
+	Code     codeView
+	CodeErr  string
+	Balances balances
+}
+
+func (w *Web) residentHome(rq *req) error {
+	rc, err := rq.resident()
+	if err != nil {
+		return err
+	}
+	d := homeData{residentContext: rc, Balances: rq.balances(rc.Resident.ID)}
+	if cv, err := rq.issueCode(rc.Card.Number); err != nil {
+		d.CodeErr = rq.ErrText(err)
+	} else {
+		d.Code = cv
+	}
+	return rq.render(200, "r_home.html", "r.home.title", d)
+}
+
+// residentCodeJSON renews the e-code for the page's script.
+func (w *Web) residentCodeJSON(rw http.ResponseWriter, r *http.Request) {
+	rq := w.newReq(rw, r)
+	rw.Header().Set("Content-Type", "application/json")
+	write := func(status int, v codeView) {
+		rw.WriteHeader(status)
+		json.NewEncoder(rw).Encode(v)
+	}
+	if err := rq.loadSession(); err != nil || rq.S.P.Kind != auth.KindResident {
+		write(401, codeView{Error: rq.T("flash.expired")})
+		return
+	}
+	cv, err := rq.issueCode(rq.S.P.Subject)
+	if err != nil {
+		write(apperr.As(err).Status, codeView{Error: rq.ErrText(err)})
+		return
+	}
+	write(200, cv)
+}
+
+type stmtLine struct {
+	ID       string
+	At       time.Time
+	Kind     string
+	Memo     string
+	Delta    int64
+	Balance  int64
+	Account  string
+	Disputed string // dispute status, if any
+}
+
+type stmtData struct {
+	residentContext
+	Available bool
+	Account   string
+	From, To  string
+	Dir       string
+	Lines     []stmtLine
+}
+
+func parseDay(s, field string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.ParseInLocation("2006-01-02", s, cst)
+	if err != nil {
+		return time.Time{}, apperr.Invalid(field, "dates are written 2006-01-02", "日期格式应为 2006-01-02")
+	}
+	return t, nil
+}
+
+// statement reads an account's movements, newest first, filtered.
+func (rq *req) statement(accountID, from, to, dir string) ([]stmtLine, error) {
+	f, err := parseDay(from, "from")
+	if err != nil {
+		return nil, err
+	}
+	t, err := parseDay(to, "to")
+	if err != nil {
+		return nil, err
+	}
+	if !t.IsZero() {
+		t = t.AddDate(0, 0, 1)
+	}
+	ents, _, err := rq.web.d.Ledger.Statement(rq.r.Context(), accountID, f, t, "", 1000)
+	if err != nil {
+		return nil, err
+	}
+	var out []stmtLine
+	for _, e := range ents {
+		if (dir == "out" && e.Delta > 0) || (dir == "in" && e.Delta < 0) {
+			continue
+		}
+		memo := e.Memo
+		if memo == "" && e.Meta != nil {
+			memo = e.Meta["scenario"]
+		}
+		out = append(out, stmtLine{ID: e.ID, At: e.At, Kind: e.Kind, Memo: memo, Delta: e.Delta, Balance: e.BalanceAfter, Account: accountID})
+	}
+	slices.Reverse(out)
+	return out, nil
+}
+
+func (w *Web) residentStatement(rq *req) error {
+	rc, err := rq.resident()
+	if err != nil {
+		return err
+	}
+	q := rq.r.URL.Query()
+	d := stmtData{residentContext: rc, Account: q.Get("account"), From: q.Get("from"), To: q.Get("to"), Dir: q.Get("dir")}
+	if d.Account != "medical" {
+		d.Account = "wallet"
+	}
+	if w.d.Ledger == nil {
+		return rq.render(200, "r_statement.html", "r.statement.title", d)
+	}
+	d.Available = true
+	acct := ledger.WalletID(rc.Resident.ID)
+	if d.Account == "medical" {
+		acct = ledger.MedicalID(rc.Resident.ID)
+	}
+	lines, err := rq.statement(acct, d.From, d.To, d.Dir)
+	if err != nil {
+		return rq.renderWithError(err, "r_statement.html", "r.statement.title", d)
+	}
+	disputed, err := w.disputeStatusByTransfer(rq.r.Context(), rc.Resident.ID)
+	if err != nil {
+		return err
+	}
+	for i := range lines {
+		lines[i].Disputed = disputed[lines[i].ID]
+	}
+	d.Lines = lines
+	return rq.render(200, "r_statement.html", "r.statement.title", d)
+}
+
+func (w *Web) residentLostForm(rq *req) error {
+	rc, err := rq.resident()
+	if err != nil {
+		return err
+	}
+	return rq.render(200, "r_lost.html", "r.lost.title", rc)
+}
+
+func (w *Web) residentLost(rq *req) error {
+	ctx := rq.r.Context()
+	number := rq.S.P.Subject
+	if _, err := w.d.Residents.ReportLost(ctx, number, rq.S.P.String()); err != nil {
+		return err
+	}
+	if w.d.AfterCardChange != nil {
+		w.d.AfterCardChange(ctx)
+	}
+	rq.endSession()
+	w.d.Auth.RevokeSubject(ctx, auth.KindResident, number)
+	return rq.render(200, "r_lost_done.html", "r.lost.title", map[string]string{"Card": number})
+}
+
+func (w *Web) residentPINForm(rq *req) error {
+	return rq.render(200, "r_pin.html", "r.pin.title", nil)
+}
+
+func (w *Web) residentPIN(rq *req) error {
+	oldPIN, newPIN, again := rq.r.PostFormValue("old_pin"), rq.r.PostFormValue("new_pin"), rq.r.PostFormValue("new_pin2")
+	var err error
+	switch {
+	case oldPIN == "" || newPIN == "":
+		err = apperr.Invalid("new_pin", "enter the current PIN and the new one", "请输入原密码和新密码")
+	case newPIN != again:
+		err = apperr.Invalid("new_pin2", "the two new PINs are not the same", "两次输入的新密码不一致")
+	default:
+		err = w.d.Residents.ChangePIN(rq.r.Context(), rq.S.P.Subject, oldPIN, newPIN)
+	}
+	if err != nil {
+		return rq.renderWithError(err, "r_pin.html", "r.pin.title", nil)
+	}
+	return redirect("/r/?m=pinchanged")
+}

@@ -1,0 +1,181 @@
+// Package web is the node's web interface, served by the same binary as the
+// API: a phone page for residents (/r/…), a console for the bureau's staff
+// (/console/…), a gate simulator anyone can try (/gate) and a landing page
+// (/). Chinese first, with an English switch; an elderly-friendly mode
+// (适老化: large text, high contrast) one tap away.
+//
+// Design decisions:
+//
+//   - Pages are rendered on the server from html/template files embedded
+//     with embed.FS, so `go run ./cmd/yikatong serve` serves everything;
+//     there is no build step and no third-party JavaScript or CSS. The one
+//     script (static/app.js) is ours: the e-code countdown and renewal, the
+//     CSV progress bar, confirmation prompts. Every page works without it
+//     except the live renewal of the code.
+//   - A browser session is an ordinary auth token (the same tokens the API
+//     uses) kept in an HttpOnly, SameSite=Strict cookie, plus a row in
+//     web_sessions holding the CSRF token and the time of the last request.
+//     So revoking a resident's tokens (a card reported lost) ends the web
+//     session too, and an idle session (StaffIdle, ResidentIdle) is ended
+//     on its next request. Every POST carries the session's CSRF token
+//     (form field or X-CSRF-Token header); sign-in forms, which have no
+//     session yet, use a double-submit cookie.
+//   - The package does not import internal/node (the node imports it).
+//     What it needs from the node is passed in Deps: services, and function
+//     fields for what lives in the node or in packages wired by it (issuing
+//     an e-code, a scan, the terminals). A nil function shows a plain
+//     "not available on this node" notice instead of failing.
+//   - Errors are *apperr.Error values shown in the person's language, with
+//     the HTTP status of the catalogue. Full ID numbers are never shown
+//     except to hr_admin on an explicit, audited "reveal" (a POST).
+//   - Charts are drawn on the server as SVG (go-chart); exports are CSV and
+//     XLSX (excelize).
+package web
+
+import (
+	"context"
+	"embed"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/catalog"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/store"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticFS embed.FS
+
+// Terminal is a terminal as the gate simulator lists it.
+type Terminal struct {
+	ID       string
+	Provider string
+	Scenario string
+	Name     string
+}
+
+// Key names one terminal and scenario in the simulator's list.
+func (t Terminal) Key() string { return t.ID + "/" + t.Scenario }
+
+// ScanRequest is one simulated scan.
+type ScanRequest struct {
+	TerminalID     string
+	Scenario       string
+	Code           string
+	CardNumber     string
+	AmountFen      int64
+	IdempotencyKey string
+}
+
+// ScanResult is the terminal's answer to a scan.
+type ScanResult struct {
+	Decision   string         `json:"decision"`
+	Reason     string         `json:"reason,omitempty"`
+	ChargedFen int64          `json:"charged_fen,omitempty"`
+	View       map[string]any `json:"view,omitempty"`
+	// Message and MessageZh explain a decline in plain words.
+	Message   string `json:"message,omitempty"`
+	MessageZh string `json:"message_zh,omitempty"`
+}
+
+// Deps is what the web interface needs from the node.
+type Deps struct {
+	DB        *store.DB
+	Auth      *auth.Service
+	Residents *resident.Service
+	Catalog   *catalog.Catalog
+	// Ledger may be nil (balances and statements then say "not available").
+	Ledger *ledger.Ledger
+	City   string
+	Log    *slog.Logger
+	Now    func() time.Time
+
+	// StaffTTL, ResidentTTL bound a session; StaffIdle, ResidentIdle end
+	// it after so long without a request.
+	StaffTTL, ResidentTTL   time.Duration
+	StaffIdle, ResidentIdle time.Duration
+
+	// ResidentLogin checks a card number and PIN and returns a resident token.
+	ResidentLogin func(ctx context.Context, cardNumber, pin string) (string, time.Time, error)
+	// Enrol enrols a resident (opening accounts, issuing a card).
+	Enrol func(ctx context.Context, p auth.Principal, in resident.EnrolInput, issueCard bool, pin string) (resident.Resident, *resident.Card, error)
+	// AfterCardChange refreshes what depends on card statuses (deny list).
+	AfterCardChange func(ctx context.Context)
+	// IssueCode issues a fresh e-code for a card.
+	IssueCode func(ctx context.Context, cardNumber string) (code string, expires time.Time, err error)
+	// Terminals lists the terminals the gate simulator may use.
+	Terminals func(ctx context.Context) ([]Terminal, error)
+	// Scan performs a scan as the terminal would.
+	Scan func(ctx context.Context, req ScanRequest) (ScanResult, error)
+	// ScanCounts aggregates scans since a time by hour, item, scenario,
+	// decision and reason (for the dashboard).
+	ScanCounts func(ctx context.Context, since time.Time) ([]ScanCount, error)
+}
+
+// Web is the web interface.
+type Web struct {
+	d     Deps
+	pages map[string]*template.Template
+	log   *slog.Logger
+	jobs  *jobs
+}
+
+// New returns the web interface over d.
+func New(d Deps) (*Web, error) {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Log == nil {
+		d.Log = slog.Default()
+	}
+	if d.StaffTTL == 0 {
+		d.StaffTTL = 12 * time.Hour
+	}
+	if d.ResidentTTL == 0 {
+		d.ResidentTTL = 30 * time.Minute
+	}
+	if d.StaffIdle == 0 {
+		d.StaffIdle = 15 * time.Minute
+	}
+	if d.ResidentIdle == 0 {
+		d.ResidentIdle = 10 * time.Minute
+	}
+	pages, err := parsePages()
+	if err != nil {
+		return nil, err
+	}
+	return &Web{d: d, pages: pages, log: d.Log, jobs: newJobs()}, nil
+}
+
+// Mount registers the pages on mux. Paths: /, /lang, /mode, /static/…,
+// /r/…, /console/…, /gate. None collides with /v1/, /healthz or /metrics.
+func (w *Web) Mount(mux *http.ServeMux) {
+	st, _ := fs.Sub(staticFS, "static")
+	mux.Handle("GET /static/", http.StripPrefix("/static/", cacheStatic(http.FileServerFS(st))))
+	mux.HandleFunc("GET /{$}", w.page(w.landing))
+	mux.HandleFunc("GET /lang", w.setLang)
+	mux.HandleFunc("GET /mode", w.setMode)
+
+	w.residentRoutes(mux)
+	w.consoleRoutes(mux)
+	w.gateRoutes(mux)
+	// Anything else under the page prefixes is a plain "not found" page.
+	for _, p := range []string{"/r/", "/console/"} {
+		mux.HandleFunc(p, w.page(func(rq *req) error { return notFound() }))
+	}
+}
+
+func cacheStatic(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Cache-Control", "public, max-age=300")
+		h.ServeHTTP(rw, r)
+	})
+}
