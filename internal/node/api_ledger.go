@@ -363,4 +363,3 @@ func (n *Node) Me(ctx context.Context, cardNumber string) (meView, error) {
 	}
 	return meView{Name: res.Name, IDNumberMasked: res.IDMasked, Category: res.Category, Card: c, Wallet: viewAccount(wa), Medical: viewAccount(ma)}, nil
 }
-

@@ -53,4 +53,3 @@ func ReadDemoFile(path string) (*DemoFile, error) {
 	}
 	return &d, nil
 }
-
