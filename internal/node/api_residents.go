@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -334,6 +335,4 @@ func statusZh(s string) string {
 	return s
 }
 
-func itoa(i int) string {
-	return strings.TrimSpace(strings.Replace(time.Duration(i).String(), "ns", "", 1))
-}
+func itoa(i int) string { return strconv.Itoa(i) }
