@@ -148,10 +148,8 @@ func (n *Node) ledgerRoutes() {
 			if _, err := n.Residents.Get(r.Context(), residentID); err != nil {
 				return err
 			}
-			wallet, medical, err := n.Ledger.OpenResidentAccounts(r.Context(), residentID)
-			if err != nil {
-				return err
-			}
+			// Accounts are opened at enrolment; ids are derived, so no look-up here.
+			wallet, medical := ledger.WalletID(residentID), ledger.MedicalID(residentID)
 			channel := req.Channel
 			if channel == "" {
 				channel = string(p.Role)
@@ -160,6 +158,7 @@ func (n *Node) ledgerRoutes() {
 			// The key space is the caller's: two operators cannot collide.
 			key := "topup:" + p.Subject + ":" + req.IdempotencyKey
 			var t ledger.Transfer
+			var err error
 			switch req.Account {
 			case "", "wallet":
 				t, err = n.Ledger.Transfer(r.Context(), ledger.TransferRequest{Key: key, Debit: ledger.AccountBank, Credit: wallet, Amount: req.AmountFen, Kind: "topup", Meta: meta})
@@ -170,6 +169,13 @@ func (n *Node) ledgerRoutes() {
 				t, err = n.Ledger.Transfer(r.Context(), ledger.TransferRequest{Key: key, Debit: ledger.AccountMedicalFund, Credit: medical, Amount: req.AmountFen, Kind: "medical_contribution", Meta: meta})
 			default:
 				return apperr.Invalid("account", "account must be wallet or medical", "账户须为 wallet 或 medical")
+			}
+			if apperr.CodeOf(err) == apperr.UnknownAccount {
+				// A resident enrolled before accounts were opened at
+				// enrolment: open them and let the client retry the same key.
+				if _, _, oerr := n.Ledger.OpenResidentAccounts(r.Context(), residentID); oerr == nil {
+					err = apperr.Newf(apperr.Unavailable, "the resident's accounts were just opened; retry with the same idempotency key", "居民账户刚刚开立，请使用相同幂等键重试")
+				}
 			}
 			if err != nil {
 				return err
@@ -349,11 +355,13 @@ func (n *Node) Me(ctx context.Context, cardNumber string) (meView, error) {
 	if err != nil {
 		return meView{}, err
 	}
-	wID, mID, err := n.Ledger.OpenResidentAccounts(ctx, res.ID)
-	if err != nil {
-		return meView{}, err
-	}
+	wID, mID := ledger.WalletID(res.ID), ledger.MedicalID(res.ID)
 	wa, err := n.Ledger.Balance(ctx, wID)
+	if apperr.CodeOf(err) == apperr.UnknownAccount {
+		if wID, mID, err = n.Ledger.OpenResidentAccounts(ctx, res.ID); err == nil {
+			wa, err = n.Ledger.Balance(ctx, wID)
+		}
+	}
 	if err != nil {
 		return meView{}, err
 	}
