@@ -6,6 +6,11 @@
 // CSV file, and afterwards checks what this script leaves in OUT_DIR (the
 // QR image it saw, decoded on the Go side). Exits non-zero on the first
 // failed expectation, printing what was expected and what was seen.
+// Steps: landing, wrong PIN, resident code, gate (accepted, replayed),
+// disputes (resident disputes two fares, finance refunds one and rejects
+// the other, the resident sees both outcomes), card lost, audited reveal,
+// CSV enrolment, ledger check and dashboard, subsidy programme and payout
+// list (twice), scenario rules, provider and terminal onboarding.
 import { chromium } from 'playwright-core';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +24,11 @@ const demo = JSON.parse(readFileSync(demoPath, 'utf8'));
 mkdirSync(shotDir, { recursive: true });
 
 let step = '';
+const t0 = Date.now();
+function mark(name) {
+  console.log(`${((Date.now() - t0) / 1000).toFixed(1)}s: ${name}`);
+  step = name;
+}
 function expect(cond, what, seen) {
   if (!cond) {
     throw new Error(`[${step}] expected ${what}; saw: ${typeof seen === 'string' ? seen : JSON.stringify(seen)}`);
@@ -56,6 +66,7 @@ async function gateScan(page, terminalKey, opts) {
   await page.selectOption('#terminal', terminalKey);
   if (opts.photo) await page.setInputFiles('#photo', opts.photo);
   if (opts.code) await page.fill('#code', opts.code);
+  if (opts.card) await page.fill('#gate-card', opts.card);
   await Promise.all([page.waitForLoadState('load'), page.click('#scan-btn')]);
   await page.waitForSelector('#decision, #error', { timeout: 15000 });
   if (await page.locator('#error').count()) return { decision: 'error', reason: await text(page, '#error') };
@@ -69,7 +80,7 @@ try {
   const foreign = demo.residents.find((r) => r.category === 'permanent_resident') || demo.residents[1];
 
   // 1. Landing page, Chinese by default, English one tap away.
-  step = 'landing';
+  mark('landing');
   const anon = await browser.newContext(desk);
   const ap = await anon.newPage();
   await ap.goto(base + '/');
@@ -77,7 +88,7 @@ try {
   await shot(ap, 'landing');
 
   // 2. Wrong PIN: plain words, tries left; then English.
-  step = 'wrong PIN';
+  mark('wrong PIN');
   const wctx = await browser.newContext(phone);
   const wp = await wctx.newPage();
   await wp.goto(base + '/r/login');
@@ -96,7 +107,7 @@ try {
   await shot(wp, 'resident-wrong-pin-en');
 
   // 3. Resident signs in and sees a live QR code.
-  step = 'resident sign-in';
+  mark('resident sign-in');
   const rctx = await browser.newContext(phone);
   const rp = await rctx.newPage();
   await rp.goto(base + '/r/');
@@ -129,7 +140,7 @@ try {
 
   // 4. Gate: the photo of the QR is decoded on the server and accepted;
   //    the same code again is refused as replayed.
-  step = 'gate';
+  mark('gate');
   const term = demo.terminals.find((t) => /transit/.test(t.scenario)) || demo.terminals[0];
   expect(term, 'a demo terminal', demo.terminals);
   const key = term.id + '/' + term.scenario;
@@ -142,13 +153,58 @@ try {
   await shot(gp, 'gate-replayed');
 
   // 5. A resident may not open staff pages.
-  step = 'resident on a staff URL';
+  mark('resident on a staff URL');
   const resp = await rp.goto(base + '/console/residents');
   expect(resp.status() === 403, 'HTTP 403 for a resident on /console/residents', resp.status());
   expect(/仅限工作人员|staff only/.test(await text(rp, '#error-text')), 'a plain explanation', await text(rp, '#error-text'));
 
+  // 5b. Disputes: a resident disputes two bus fares from the statement;
+  //     finance refunds one (a ledger reversal) and rejects the other with
+  //     a reason the resident then sees.
+  mark('disputes');
+  const payer = demo.residents.find((x) => x.category === 'insured_nonlocal') || demo.residents[1];
+  for (let i = 0; i < 2; i++) {
+    r = await gateScan(gp, key, { card: payer.card_number });
+    expect(r.decision === 'accepted', 'a bus fare charged to card ' + payer.card_number, r);
+  }
+  const dctx = await browser.newContext(phone);
+  const dp = await dctx.newPage();
+  await dp.goto(base + '/r/login');
+  await dp.fill('#card_number', payer.card_number);
+  await dp.fill('#pin', payer.pin);
+  await Promise.all([dp.waitForURL(/\/r\/$/), dp.click('#login-btn')]);
+    for (const why of ['我那天没有坐公交', 'charged twice for one ride']) {
+    await dp.goto(base + '/r/statement');
+    const d = dp.locator('#statement details').first();
+    await d.locator('summary').click();
+    await d.locator('input[name=reason]').fill(why);
+    await Promise.all([dp.waitForURL(/m=disputed/), d.locator('button').click()]);
+  }
+  let dl = await dp.locator('#disputes li').count();
+  expect(dl === 2, 'two open disputes on the resident page', dl);
+  const fin0 = await staffLogin('finance');
+  await fin0.page.goto(base + '/console/disputes');
+  await shot(fin0.page, 'console-disputes');
+  let card = fin0.page.locator('.dispute').first();
+  await card.locator('form[action$="/refund"] input[name=note]').fill('核实无误，全额退款');
+  await Promise.all([fin0.page.waitForURL(/m=refunded/), card.locator('form[action$="/refund"] button').click()]);
+  card = fin0.page.locator('.dispute').first();
+  const rejectWhy = '经核查刷卡记录，两次乘车均属实';
+  await card.locator('form[action$="/reject"] input[name=reason]').fill(rejectWhy);
+  await Promise.all([fin0.page.waitForURL(/m=rejected/), card.locator('form[action$="/reject"] button').click()]);
+  expect((await fin0.page.locator('.dispute').count()) === 0, 'no open disputes left', await fin0.page.locator('.dispute').count());
+  await dp.goto(base + '/r/disputes');
+  const dtext = await text(dp, '#disputes');
+  expect(/已退款|refunded/.test(dtext) && /已驳回|rejected/.test(dtext) && dtext.includes(rejectWhy), 'the refund and the rejection reason on the resident page', dtext);
+  await shot(dp, 'resident-disputes');
+  await dp.goto(base + '/r/statement');
+  const stmt = await text(dp, '#statement');
+  expect(/冲正退款|refund/.test(stmt), 'the refund on the statement', stmt);
+  await dctx.close();
+  await fin0.ctx.close();
+
   // 6. Staff report the card lost; the resident's next code is refused.
-  step = 'staff reports lost';
+  mark('staff reports lost');
   await rp.goto(base + '/r/');
   const code2 = (await rp.inputValue('#code-text')).trim();
   const hr = await staffLogin('hr_admin');
@@ -173,7 +229,7 @@ try {
   expect(/\/r\/login\?m=(expired|signin)/.test(rp.url()), 'the resident sent to sign-in', rp.url());
 
   // 7. Reveal the full ID number: an audited action.
-  step = 'reveal';
+  mark('reveal');
   await hr.page.click('#reveal');
   await hr.page.waitForSelector('#id-full');
   expect((await text(hr.page, '#id-full')) === local.id_number, 'the full ID number after reveal', await text(hr.page, '#id-full'));
@@ -182,7 +238,7 @@ try {
   await shot(hr.page, 'console-audit');
 
   // 8. CSV enrolment with bad rows; the second upload applies nothing twice.
-  step = 'csv';
+  mark('csv');
   const upload = async () => {
     await hr.page.goto(base + '/console/enrol/csv');
     await hr.page.setInputFiles('#csv-file', csvPath);
@@ -213,7 +269,7 @@ try {
   }
 
   // 9. Finance: ledger check, dashboard with charts.
-  step = 'finance';
+  mark('finance');
   const fin = await staffLogin('finance');
   await fin.page.goto(base + '/console/ledger?check=1');
   const chk = await text(fin.page, '#check-result');
@@ -231,6 +287,72 @@ try {
   await shot(fin.page, 'console-dashboard');
   const denied = await fin.page.goto(base + '/console/residents');
   expect(denied.status() === 403, 'finance refused the residents page', denied.status());
+
+  // 10. Subsidies: finance creates and funds a programme; hr_admin pays a
+  //     list (one bad line); the same list again pays nothing twice.
+  mark('subsidies');
+  await fin.page.goto(base + '/console/subsidies');
+  await fin.page.fill('#prog-id', 'winter-heating');
+  await fin.page.fill('#prog-label', '冬季取暖补贴');
+  await Promise.all([fin.page.waitForURL(/m=programme_created/), fin.page.click('#prog-create')]);
+  await fin.page.fill('#prog-winter-heating .fund-amount', '10000');
+  await Promise.all([fin.page.waitForURL(/m=funded/), fin.page.click('#prog-winter-heating .fund-btn')]);
+  expect((await text(fin.page, '#prog-winter-heating .balance')).includes('10000.00'), 'the programme funded', await text(fin.page, '#prog-winter-heating .balance'));
+  await shot(fin.page, 'console-subsidies');
+  const listPath = join(outDir, 'payouts.csv');
+  writeFileSync(listPath, 'id_or_card,amount_fen,reference\n' + foreign.card_number + ',30000,WH-0001\n' + payer.card_number + ',30000,WH-0002\n' + 'NOBODY,30000,WH-0003\n' + payer.card_number + ',lots,WH-0004\n');
+  const payUpload = async () => {
+    await hr.page.goto(base + '/console/subsidies');
+    await hr.page.selectOption('#pay-programme', 'winter-heating');
+    await hr.page.setInputFiles('#pay-file', listPath);
+    await Promise.all([hr.page.waitForURL(/\/console\/subsidies\/jobs\//), hr.page.click('#pay-upload')]);
+    await hr.page.waitForSelector('#job-finished', { timeout: 30000 });
+    return { paid: Number(await text(hr.page, '#job-paid')), again: Number(await text(hr.page, '#job-already_paid')), refused: Number(await text(hr.page, '#job-refused')) };
+  };
+  let pc = await payUpload();
+  expect(pc.paid === 2 && pc.refused === 2 && pc.again === 0, '2 paid, 2 refused', pc);
+  const rep = await text(hr.page, '#job-rows');
+  expect(!rep.includes(payer.card_number) && /查无此人|no such person/.test(rep), 'masked people and plain reasons', rep);
+  await shot(hr.page, 'console-payout-report');
+  pc = await payUpload();
+  expect(pc.paid === 0 && pc.again === 2, 'nothing paid twice on re-upload', pc);
+
+  // 11. Scenario rules: hr_admin changes the bus fare; a bad concession is
+  //     explained in plain words.
+  mark('scenario');
+  await hr.page.goto(base + '/console/scenarios/transit.bus');
+  await hr.page.fill('#c0-pay', '150');
+  await hr.page.click('#scenario-save');
+  const serr = await text(hr.page, '#error');
+  expect(/优惠 1 · 付费比例|Concessions 1 · pay percent/.test(serr), 'the bad field named in plain words', serr);
+  await shot(hr.page, 'console-scenario-error');
+  await hr.page.goto(base + '/console/scenarios/transit.bus');
+  await hr.page.fill('#s-fare', '2.00');
+  await Promise.all([hr.page.waitForURL(/m=scenario_saved/), hr.page.click('#scenario-save')]);
+  await shot(hr.page, 'console-scenario');
+
+  // 12. Operator onboards a provider and a terminal; the token is shown once.
+  mark('terminals');
+  const op = await staffLogin('operator');
+  await op.page.goto(base + '/console/terminals');
+  await op.page.fill('#p-name', '郑州共享单车 Test Bikes');
+  await op.page.selectOption('#p-kind', 'transit');
+  await op.page.check('input[name=scenario][value="transit.bus"]');
+  await Promise.all([op.page.waitForURL(/m=provider_created/), op.page.click('#p-create')]);
+  await op.page.selectOption('#t-provider', { label: '郑州共享单车 Test Bikes' });
+  await op.page.fill('#t-name', '1号站点闸机');
+  await op.page.click('#t-create');
+  await op.page.waitForSelector('#new-terminal');
+  const tok = (await op.page.inputValue('#new-terminal-token')).trim();
+  expect(tok.length > 20, 'a bearer token shown once', tok);
+  await shot(op.page, 'console-terminal-created');
+  await op.page.goto(base + '/console/terminals');
+  expect(!(await op.page.content()).includes(tok), 'the token not shown again', '');
+  await fin.page.goto(base + '/console/dashboard');
+  await fin.page.waitForLoadState('networkidle');
+  const dash = await fin.page.content();
+  expect(dash.includes('郑州公交集团') && dash.includes('冬季取暖补贴'), 'provider and programme names on the dashboard', '');
+  await shot(fin.page, 'console-dashboard');
 
   console.log('e2e: all steps passed');
   await browser.close();

@@ -92,6 +92,19 @@ const (
 	// service catalogue
 	NotEligible      Code = "not_eligible"
 	ScenarioDisabled Code = "scenario_disabled"
+
+	// federation
+	// BadMemberList: a region member list that does not parse, is not
+	// signed by the region anchor, or has expired.
+	BadMemberList Code = "bad_member_list"
+	// UnknownPeer: a federation message from a node not in the member list.
+	UnknownPeer Code = "unknown_peer"
+	// HomeUnreachable: the code's home city did not answer in time and the
+	// scenario does not allow accepting without it.
+	HomeUnreachable Code = "home_unreachable"
+	// RiskLimit: accepting without the home city would exceed the card's
+	// offline risk limit.
+	RiskLimit Code = "risk_limit"
 )
 
 type entry struct {
@@ -157,6 +170,11 @@ var catalogue = map[Code]entry{
 
 	NotEligible:      {403, "the holder is not eligible for this service", "持卡人不符合该服务的使用条件"},
 	ScenarioDisabled: {409, "this service is currently disabled", "该服务场景已停用"},
+
+	BadMemberList:   {422, "the region member list is malformed, expired or not signed by the region anchor", "区域成员列表格式错误、已过期或非区域根密钥签名"},
+	UnknownPeer:     {403, "the sending node is not a member of this region", "发送节点不是本区域成员"},
+	HomeUnreachable: {503, "the card's home city could not be reached; try again", "无法连接持卡人所属城市，请重试"},
+	RiskLimit:       {409, "the card's offline risk limit in this city is used up", "该卡在本市的脱机风险额度已用完"},
 }
 
 // Error is a client-visible error with a stable code.

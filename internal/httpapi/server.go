@@ -25,6 +25,7 @@ import (
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/store"
 )
 
 // MaxBody is the default cap on request bodies; uploads declare their own.
@@ -245,6 +246,12 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 		err = apperr.Newf(apperr.BodyTooLarge, fmt.Sprintf("the request body is larger than %d bytes", mbe.Limit), fmt.Sprintf("请求体超过 %d 字节", mbe.Limit))
 	}
 	e := apperr.As(err)
+	if e.Code == apperr.Internal && store.IsRetryable(e.Unwrap()) {
+		// A lost database connection, a restarting server or a statement
+		// timeout is transient: tell the client to retry (same idempotency
+		// key), not that the node is broken.
+		e = apperr.Wrap(apperr.Unavailable, e.Unwrap())
+	}
 	if info, ok := r.Context().Value(reqInfoKey{}).(*reqInfo); ok {
 		info.code = e.Code
 		info.cause = e.Unwrap()

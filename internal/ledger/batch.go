@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -36,9 +36,8 @@ type holdState struct {
 	isNew, dirty, counted              bool
 }
 
-// batch is the in-memory state of one database transaction. Nothing in it
-// outlives the transaction: the next batch re-reads what it needs, so a
-// failed batch leaves no cache to invalidate.
+// batch is the in-memory state of one database transaction. Only the
+// accounts it committed outlive it, in the SQLite account cache (cache.go).
 type batch struct {
 	l        *Ledger
 	tx       *sql.Tx
@@ -55,6 +54,9 @@ type batch struct {
 	applied  map[string]*entry
 	entries  []*entry
 
+	cached bool  // accounts come from l.cache where present (SQLite)
+	epoch  int64 // l.acctEpoch when the batch began
+
 	undoOn   bool
 	undoAcct map[*acct]acct
 	undoKeys []string
@@ -69,61 +71,11 @@ func scanEntry(rows interface{ Scan(...any) error }) (*entry, error) {
 	return e, err
 }
 
-// placeholders writes n parameter markers: "$from, $from+1, …" on
-// PostgreSQL, "?, ?, …" on SQLite. SQLite resolves each "$N" name through
-// a linear list, which makes a statement with n named parameters cost
-// O(n²) to prepare and bind (it was 70% of a batch's time); anonymous "?"
-// parameters bind by position.
-func placeholders(sb *strings.Builder, pg bool, from, n int) {
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			sb.WriteString(", ")
-		}
-		if !pg {
-			sb.WriteByte('?')
-			continue
-		}
-		sb.WriteByte('$')
-		sb.WriteString(strconv.Itoa(from + i))
-	}
-}
-
-// inQuery runs prefix || "(" placeholders ")" || suffix over args in chunks.
-func inQuery(ctx context.Context, q store.Querier, pg bool, prefix, suffix string, args []any, fn func(*sql.Rows) error) error {
-	const chunk = 500
-	for len(args) > 0 {
-		n := min(chunk, len(args))
-		var sb strings.Builder
-		sb.WriteString(prefix)
-		sb.WriteByte('(')
-		placeholders(&sb, pg, 1, n)
-		sb.WriteByte(')')
-		sb.WriteString(suffix)
-		rows, err := q.QueryContext(ctx, sb.String(), args[:n]...)
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			if err := fn(rows); err != nil {
-				rows.Close()
-				return err
-			}
-		}
-		if err := rows.Close(); err != nil {
-			return err
-		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		args = args[n:]
-	}
-	return nil
-}
-
 func (l *Ledger) applyBatch(ctx context.Context, ops []*op) (err error) {
 	for _, o := range ops {
 		o.res, o.n, o.err = nil, 0, nil
 	}
+	t0 := time.Now()
 	tx, err := l.db.W.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -131,6 +83,7 @@ func (l *Ledger) applyBatch(ctx context.Context, ops []*op) (err error) {
 	defer func() {
 		if err != nil {
 			tx.Rollback()
+			l.cache.drop()
 		}
 	}()
 	b := &batch{l: l, tx: tx, pg: l.db.Dialect == store.Postgres, now: l.opt.Now().UnixMilli(),
@@ -139,6 +92,7 @@ func (l *Ledger) applyBatch(ctx context.Context, ops []*op) (err error) {
 	if err := b.load(ctx, ops); err != nil {
 		return err
 	}
+	t0 = l.phase(phaseLoad, t0)
 	for _, o := range ops {
 		switch o.kind {
 		case opExpire:
@@ -162,9 +116,11 @@ func (l *Ledger) applyBatch(ctx context.Context, ops []*op) (err error) {
 			b.applyLinked(o)
 		}
 	}
+	t0 = l.phase(phaseApply, t0)
 	if err := b.write(ctx); err != nil {
 		return err
 	}
+	t0 = l.phase(phaseWrite, t0)
 	if l.opt.beforeCommit != nil {
 		if err := l.opt.beforeCommit(ctx, tx, len(b.entries)); err != nil {
 			return err
@@ -173,6 +129,8 @@ func (l *Ledger) applyBatch(ctx context.Context, ops []*op) (err error) {
 	if err := tx.Commit(); err != nil {
 		return err
 	}
+	l.phase(phaseCommit, t0)
+	b.remember()
 	l.batches.Add(1)
 	l.entries.Add(int64(len(b.entries)))
 	return nil
@@ -186,8 +144,13 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 	if b.pg {
 		forUpdate = " FOR UPDATE"
 	}
-	if err := b.tx.QueryRowContext(ctx, `SELECT seq, hash FROM ledger_chain WHERE id = 1`+forUpdate).Scan(&b.seq, &b.prevHash); err != nil {
+	if err := b.queryRow(ctx, chainHead+forUpdate).Scan(&b.seq, &b.prevHash); err != nil {
 		return err
+	}
+	if !b.pg {
+		if err := b.validateCache(ctx); err != nil {
+			return err
+		}
 	}
 	var keys, holdIDs, origIDs []any
 	accounts := map[string]bool{}
@@ -215,7 +178,7 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 		}
 	}
 	if len(keys) > 0 {
-		err := inQuery(ctx, b.tx, b.pg, `SELECT `+entryCols+` FROM ledger_journal WHERE idem_key IN `, ``, keys, func(r *sql.Rows) error {
+		err := b.inQuery(ctx, inQueries[0][0], inQueries[0][1], keys, func(r *sql.Rows) error {
 			e, err := scanEntry(r)
 			b.existing[e.key] = e
 			return err
@@ -229,9 +192,8 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 		err := r.Scan(&h.id, &h.debit, &h.credit, &h.amount, &h.expiresAt, &h.status, &h.resolvedSeq)
 		return h, err
 	}
-	const holdCols = `SELECT id, debit, credit, amount, expires_at, status, resolved_seq FROM ledger_holds `
 	if len(holdIDs) > 0 {
-		err := inQuery(ctx, b.tx, b.pg, holdCols+`WHERE id IN `, ``, holdIDs, func(r *sql.Rows) error {
+		err := b.inQuery(ctx, inQueries[1][0], inQueries[1][1], holdIDs, func(r *sql.Rows) error {
 			h, err := scanHold(r)
 			b.holds[h.id] = h
 			accounts[h.debit], accounts[h.credit] = true, true
@@ -242,7 +204,7 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 		}
 	}
 	if expire {
-		rows, err := b.tx.QueryContext(ctx, holdCols+`WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT 1000`, b.now)
+		rows, err := b.query(ctx, holdCols+`WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT 1000`, b.now)
 		if err != nil {
 			return err
 		}
@@ -265,7 +227,7 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 		}
 	}
 	if len(origIDs) > 0 {
-		err := inQuery(ctx, b.tx, b.pg, `SELECT `+entryCols+` FROM ledger_journal WHERE seq IN `, ``, origIDs, func(r *sql.Rows) error {
+		err := b.inQuery(ctx, inQueries[2][0], inQueries[2][1], origIDs, func(r *sql.Rows) error {
 			e, err := scanEntry(r)
 			b.origs[e.seq] = e
 			accounts[e.debit], accounts[e.credit] = true, true
@@ -274,7 +236,7 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 		if err != nil {
 			return err
 		}
-		err = inQuery(ctx, b.tx, b.pg, `SELECT ref, SUM(amount) FROM ledger_journal WHERE type = 'reversal' AND ref IN `, ` GROUP BY ref`, origIDs, func(r *sql.Rows) error {
+		err = b.inQuery(ctx, inQueries[3][0], inQueries[3][1], origIDs, func(r *sql.Rows) error {
 			var ref, total int64
 			err := r.Scan(&ref, &total)
 			b.reversed[ref] = total
@@ -285,7 +247,18 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 		}
 	}
 	ids := make([]string, 0, len(accounts))
+	var withPending []any
 	for id := range accounts {
+		if b.cached {
+			if v, ok := b.l.cache.m[id]; ok {
+				a := v
+				b.accts[id] = &a
+				if a.pending > 0 {
+					withPending = append(withPending, id)
+				}
+				continue
+			}
+		}
 		ids = append(ids, id)
 	}
 	sort.Strings(ids) // lock order: by id, so concurrent processes never deadlock
@@ -293,20 +266,22 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 	for i, id := range ids {
 		args[i] = id
 	}
-	var withPending []any
 	if len(args) > 0 {
-		err := inQuery(ctx, b.tx, b.pg, `SELECT id, kind, currency, floor_fen, unbounded, status, balance_fen, pending_fen FROM ledger_accounts WHERE id IN `,
-			` ORDER BY id`+forUpdate, args, func(r *sql.Rows) error {
-				a := &acct{}
-				var unb int
-				err := r.Scan(&a.id, &a.kind, &a.currency, &a.floor, &unb, &a.status, &a.bal, &a.pending)
-				a.unbounded = unb != 0
-				b.accts[a.id] = a
-				if a.pending > 0 {
-					withPending = append(withPending, a.id)
-				}
-				return err
-			})
+		q := inQueries[4]
+		if b.pg {
+			q = inQueries[5]
+		}
+		err := b.inQuery(ctx, q[0], q[1], args, func(r *sql.Rows) error {
+			a := &acct{}
+			var unb int
+			err := r.Scan(&a.id, &a.kind, &a.currency, &a.floor, &unb, &a.status, &a.bal, &a.pending)
+			a.unbounded = unb != 0
+			b.accts[a.id] = a
+			if a.pending > 0 {
+				withPending = append(withPending, a.id)
+			}
+			return err
+		})
 		if err != nil {
 			return err
 		}
@@ -315,8 +290,12 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 	// touches are voided first, so they stop reserving funds.
 	if len(withPending) > 0 {
 		var late []*holdState
-		err := inQuery(ctx, b.tx, b.pg, holdCols+`WHERE status = 'pending' AND expires_at <= `+strconv.FormatInt(b.now, 10)+` AND debit IN `, ` ORDER BY id`, withPending, func(r *sql.Rows) error {
+		sort.Slice(withPending, func(i, j int) bool { return withPending[i].(string) < withPending[j].(string) })
+		err := b.inQuery(ctx, inQueries[6][0], inQueries[6][1], withPending, func(r *sql.Rows) error {
 			h, err := scanHold(r)
+			if err != nil || h.expiresAt > b.now {
+				return err
+			}
 			if old := b.holds[h.id]; old != nil {
 				h = old
 			} else {
@@ -616,20 +595,10 @@ func (b *batch) write(ctx context.Context) error {
 		e.hash = e.chainHash(prev)
 		prev = e.hash
 	}
-	const cols = 17
 	for rest := b.entries; len(rest) > 0; {
-		n := min(len(rest), 500)
-		var sb strings.Builder
-		sb.Grow(200 + n*cols*6)
-		sb.WriteString(`INSERT INTO ledger_journal(seq, idem_key, req_hash, type, kind, debit, credit, amount, currency, ref, link, debit_after, credit_after, memo, meta, at, expires_at, hash) VALUES `)
-		args := make([]any, 0, n*18)
-		for i, e := range rest[:n] {
-			if i > 0 {
-				sb.WriteString(", ")
-			}
-			sb.WriteByte('(')
-			placeholders(&sb, b.pg, i*18+1, 18)
-			sb.WriteByte(')')
+		n := floorClass(len(rest))
+		args := make([]any, 0, n*journalCols)
+		for _, e := range rest[:n] {
 			var key any
 			if e.key != "" {
 				key = e.key
@@ -641,7 +610,7 @@ func (b *batch) write(ctx context.Context) error {
 			args = append(args, e.seq, key, rh, e.typ, e.kind, e.debit, e.credit, e.amount, e.currency, e.ref, e.link,
 				e.debitAfter, e.creditAfter, e.memo, e.meta, e.at, e.expiresAt, e.hash)
 		}
-		if _, err := b.tx.ExecContext(ctx, sb.String(), args...); err != nil {
+		if _, err := b.exec(ctx, journalInsertSQL(b.pg, n), args...); err != nil {
 			return err
 		}
 		rest = rest[n:]
@@ -655,24 +624,14 @@ func (b *batch) write(ctx context.Context) error {
 			newHolds = append(newHolds, h.id, h.debit, h.credit, h.amount, h.expiresAt, h.status, h.resolvedSeq)
 			continue
 		}
-		if _, err := b.tx.ExecContext(ctx, `UPDATE ledger_holds SET status = $1, resolved_seq = $2 WHERE id = $3 AND status = 'pending'`,
+		if _, err := b.exec(ctx, `UPDATE ledger_holds SET status = $1, resolved_seq = $2 WHERE id = $3 AND status = 'pending'`,
 			h.status, h.resolvedSeq, h.id); err != nil {
 			return err
 		}
 	}
 	for len(newHolds) > 0 {
-		n := min(len(newHolds)/7, 500)
-		var sb strings.Builder
-		sb.WriteString(`INSERT INTO ledger_holds(id, debit, credit, amount, expires_at, status, resolved_seq) VALUES `)
-		for i := 0; i < n; i++ {
-			if i > 0 {
-				sb.WriteString(", ")
-			}
-			sb.WriteByte('(')
-			placeholders(&sb, b.pg, i*7+1, 7)
-			sb.WriteByte(')')
-		}
-		if _, err := b.tx.ExecContext(ctx, sb.String(), newHolds[:n*7]...); err != nil {
+		n := floorClass(len(newHolds) / 7)
+		if _, err := b.exec(ctx, holdInsertSQL(b.pg, n), newHolds[:n*7]...); err != nil {
 			return err
 		}
 		newHolds = newHolds[n*7:]
@@ -686,25 +645,12 @@ func (b *batch) write(ctx context.Context) error {
 	}
 	sort.Slice(dirty, func(i, j int) bool { return dirty[i].id < dirty[j].id })
 	for len(dirty) > 0 {
-		n := min(len(dirty), 500)
-		var sb strings.Builder
-		sb.WriteString(`WITH v(id, bal, pend) AS (VALUES `)
+		n := floorClass(len(dirty))
 		args := make([]any, 0, n*3)
-		for i, a := range dirty[:n] {
-			switch {
-			case i == 0 && b.pg:
-				sb.WriteString(`(CAST($1 AS TEXT), CAST($2 AS BIGINT), CAST($3 AS BIGINT))`)
-			case b.pg:
-				fmt.Fprintf(&sb, `, ($%d, $%d, $%d)`, i*3+1, i*3+2, i*3+3)
-			case i == 0:
-				sb.WriteString(`(?, ?, ?)`)
-			default:
-				sb.WriteString(`, (?, ?, ?)`)
-			}
+		for _, a := range dirty[:n] {
 			args = append(args, a.id, a.bal, a.pending)
 		}
-		sb.WriteString(`) UPDATE ledger_accounts SET balance_fen = v.bal, pending_fen = v.pend, version = ledger_accounts.version + 1 FROM v WHERE ledger_accounts.id = v.id`)
-		res, err := b.tx.ExecContext(ctx, sb.String(), args...)
+		res, err := b.exec(ctx, acctUpdateSQL(b.pg, n), args...)
 		if err != nil {
 			return err
 		}
@@ -713,6 +659,21 @@ func (b *batch) write(ctx context.Context) error {
 		}
 		dirty = dirty[n:]
 	}
-	_, err := b.tx.ExecContext(ctx, `UPDATE ledger_chain SET seq = $1, hash = $2 WHERE id = 1`, b.seq, prev)
+	_, err := b.exec(ctx, chainSet, b.seq, prev)
 	return err
+}
+
+// Phases of a batch, timed for benchmarks (docs/benchmarks.md).
+const (
+	phaseLoad   = iota // BEGIN and reads
+	phaseApply         // applying items in memory
+	phaseWrite         // hashing and writing rows
+	phaseCommit        // COMMIT (WAL append and fsync)
+	nPhases
+)
+
+func (l *Ledger) phase(p int, t0 time.Time) time.Time {
+	t := time.Now()
+	l.phases[p].Add(int64(t.Sub(t0)))
+	return t
 }

@@ -4,8 +4,14 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -42,64 +48,100 @@ func BenchmarkRawSQLiteInsert(b *testing.B) {
 }
 
 func BenchmarkLedgerTransfers64(b *testing.B) {
-	benchTransfers(b, filepath.Join(b.TempDir(), "ledger.db"))
+	benchTransfers(b, filepath.Join(b.TempDir(), "ledger.db"), false)
+}
+
+// BenchmarkLedgerTransfers64Pairs: random wallet → wallet transfers (no
+// hot account; twice the random account pages per transfer).
+func BenchmarkLedgerTransfers64Pairs(b *testing.B) {
+	benchTransfers(b, filepath.Join(b.TempDir(), "ledger.db"), true)
 }
 
 func BenchmarkLedgerTransfers64Postgres(b *testing.B) {
-	benchTransfers(b, storetest.Postgres(b))
+	benchTransfers(b, storetest.Postgres(b), false)
 }
 
-// benchTransfers: 64 concurrent callers; each transfer debits a random one
-// of 4,000 wallets and credits one hot account (as every fare on a bus
-// company's lines credits that company).
-func benchTransfers(b *testing.B, dsn string) {
+// loadResult is one closed-loop run of the ledger under 64 callers.
+type loadResult struct {
+	n                  int
+	elapsed            time.Duration
+	p50, p99           time.Duration
+	entriesPerBatch    float64
+	msPerBatch         float64
+	phases             [nPhases]float64 // ms per batch
+	failed             int64
+	tps                float64
+	dialect, scenarios string
+}
+
+const benchWallets, benchCallers = 4000, 64
+
+// benchLedger opens a ledger on dsn with 4,000 funded wallets and the hot
+// account.
+func benchLedger(tb testing.TB, dsn string) *Ledger {
 	ctx := context.Background()
-	db, err := store.Open(ctx, dsn, store.Options{})
+	db, err := store.Open(ctx, dsn, store.Options{MaxConns: 8})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer db.Close()
+	tb.Cleanup(func() { db.Close() })
 	l, err := Open(ctx, db, Options{})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer l.Close()
-	const wallets, callers = 4000, 64
+	tb.Cleanup(l.Close)
 	if _, err := l.CreateAccount(ctx, Account{ID: "hot", Kind: KindReceivable}); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	var fund []TransferRequest
-	for i := 0; i < wallets; i++ {
+	for i := 0; i < benchWallets; i++ {
 		id := fmt.Sprint("w", i)
 		if _, err := l.CreateAccount(ctx, Account{ID: id, Kind: KindWallet}); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		fund = append(fund, TransferRequest{Key: "fund-" + id, Debit: AccountBank, Credit: id, Amount: 1 << 40})
 	}
 	for _, r := range l.Batch(ctx, fund) {
 		if r.Err != nil {
-			b.Fatal(r.Err)
+			tb.Fatal(r.Err)
 		}
 	}
+	return l
+}
+
+// runLoad makes 64 callers transfer until n transfers are done (n > 0) or
+// for dur. Each transfer debits a random wallet and credits the hot
+// account (as every fare credits its bus company), or with pairs another
+// random wallet. Every transfer is durable before its caller is answered.
+func runLoad(l *Ledger, prefix string, n int, dur time.Duration, pairs bool) loadResult {
+	ctx := context.Background()
 	s0 := l.Stats()
-	lat := make([][]time.Duration, callers)
-	var next atomic.Int64
-	var failed atomic.Int64
-	b.ResetTimer()
+	var ph0 [nPhases]int64
+	for i := range ph0 {
+		ph0[i] = l.phases[i].Load()
+	}
+	lat := make([][]time.Duration, benchCallers)
+	var next, failed atomic.Int64
 	start := time.Now()
+	deadline := start.Add(dur)
 	var wg sync.WaitGroup
-	for c := 0; c < callers; c++ {
+	for c := 0; c < benchCallers; c++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			r := rand.New(rand.NewPCG(uint64(c), 7))
 			for {
 				i := next.Add(1)
-				if i > int64(b.N) {
+				if n > 0 && i > int64(n) || n == 0 && time.Now().After(deadline) {
 					return
 				}
+				d := r.IntN(benchWallets)
+				credit := "hot"
+				if pairs {
+					credit = fmt.Sprint("w", (d+1+r.IntN(benchWallets-1))%benchWallets)
+				}
 				t0 := time.Now()
-				_, err := l.Transfer(ctx, TransferRequest{Key: fmt.Sprint("b-", i), Debit: fmt.Sprint("w", r.IntN(wallets)), Credit: "hot",
+				_, err := l.Transfer(ctx, TransferRequest{Key: fmt.Sprint(prefix, i), Debit: fmt.Sprint("w", d), Credit: credit,
 					Amount: 1 + r.Int64N(500), Kind: "fare", Meta: map[string]string{"scenario": "bus"}})
 				lat[c] = append(lat[c], time.Since(t0))
 				if err != nil {
@@ -109,24 +151,114 @@ func benchTransfers(b *testing.B, dsn string) {
 		}()
 	}
 	wg.Wait()
-	el := time.Since(start)
-	b.StopTimer()
-	if failed.Load() > 0 {
-		b.Fatalf("%d transfers failed", failed.Load())
-	}
+	res := loadResult{elapsed: time.Since(start), failed: failed.Load()}
 	all := slices.Concat(lat...)
 	slices.Sort(all)
-	q := func(p float64) float64 { return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000 }
-	b.ReportMetric(float64(b.N)/el.Seconds(), "tx/s")
-	b.ReportMetric(q(0.50), "p50-ms")
-	b.ReportMetric(q(0.99), "p99-ms")
-	b.ReportMetric(0, "ns/op")
-	s1 := l.Stats()
-	if n := s1.Batches - s0.Batches; n > 0 {
-		b.ReportMetric(float64(s1.Entries-s0.Entries)/float64(n), "entries/batch")
-		b.ReportMetric(float64((s1.BatchTime-s0.BatchTime).Microseconds())/1000/float64(n), "ms/batch")
+	res.n = len(all)
+	if len(all) > 0 {
+		res.p50, res.p99 = all[len(all)/2], all[int(0.99*float64(len(all)-1))]
 	}
-	if r, err := l.Check(ctx); err != nil || !r.OK() {
+	res.tps = float64(res.n) / res.elapsed.Seconds()
+	s1 := l.Stats()
+	if nb := s1.Batches - s0.Batches; nb > 0 {
+		res.entriesPerBatch = float64(s1.Entries-s0.Entries) / float64(nb)
+		res.msPerBatch = float64((s1.BatchTime - s0.BatchTime).Microseconds()) / 1000 / float64(nb)
+		for i := range res.phases {
+			res.phases[i] = float64(l.phases[i].Load()-ph0[i]) / 1e6 / float64(nb)
+		}
+	}
+	return res
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func benchTransfers(b *testing.B, dsn string, pairs bool) {
+	l := benchLedger(b, dsn)
+	b.ResetTimer()
+	res := runLoad(l, "b-", b.N, 0, pairs)
+	b.StopTimer()
+	if res.failed > 0 {
+		b.Fatalf("%d transfers failed", res.failed)
+	}
+	b.ReportMetric(res.tps, "tx/s")
+	b.ReportMetric(ms(res.p50), "p50-ms")
+	b.ReportMetric(ms(res.p99), "p99-ms")
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(res.entriesPerBatch, "entries/batch")
+	b.ReportMetric(res.msPerBatch, "ms/batch")
+	for i, name := range []string{"load", "apply", "write", "commit"} {
+		b.ReportMetric(res.phases[i], name+"-ms")
+	}
+	if r, err := l.Check(context.Background()); err != nil || !r.OK() {
 		b.Fatalf("check after benchmark: %+v %v", r, err)
 	}
+}
+
+// TestLedgerVsPgbench (YIKATONG_BENCH=1; docs/benchmarks.md, "Ledger on
+// PostgreSQL vs pgbench") runs pgbench's TPC-B (scale 10, 64 clients, 2
+// threads) and then the ledger's 64-caller benchmark on the same throwaway
+// cluster, one after the other, and prints both with their ratio.
+func TestLedgerVsPgbench(t *testing.T) {
+	if os.Getenv("YIKATONG_BENCH") == "" {
+		t.Skip("set YIKATONG_BENCH=1")
+	}
+	dur := 15 * time.Second
+	if s := os.Getenv("YIKATONG_BENCH_SECONDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dur = time.Duration(n) * time.Second
+	}
+	bin := storetest.FindBinDir()
+	if bin == "" {
+		t.Skip("no PostgreSQL binaries")
+	}
+	dsn := storetest.Postgres(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgb := func(args ...string) string {
+		args = append([]string{"-h", u.Hostname(), "-p", u.Port(), "-U", u.User.Username()}, args...)
+		args = append(args, strings.TrimPrefix(u.Path, "/"))
+		out, err := exec.Command(filepath.Join(bin, "pgbench"), args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("pgbench %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	pgb("-i", "-q", "-s", "10")
+	out := pgb("-c", "64", "-j", "2", "-T", strconv.Itoa(int(dur.Seconds())), "-r")
+	m := regexp.MustCompile(`tps = ([0-9.]+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no tps in pgbench output:\n%s", out)
+	}
+	pgtps, _ := strconv.ParseFloat(m[1], 64)
+	lat := regexp.MustCompile(`latency average = ([0-9.]+) ms`).FindStringSubmatch(out)
+
+	l := benchLedger(t, dsn)
+	runLoad(l, "warm-", 0, 2*time.Second, false)
+	hot := runLoad(l, "hot-", 0, dur, false)
+	pairs := runLoad(l, "pair-", 0, dur, true)
+	if hot.failed+pairs.failed > 0 {
+		t.Fatalf("%d transfers failed", hot.failed+pairs.failed)
+	}
+	if r, err := l.Check(context.Background()); err != nil || !r.OK() {
+		t.Fatalf("check: %+v %v", r, err)
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "\n| what (64 clients, %v each) | tx/s | p50 / p99 | entries/batch | ratio to pgbench |\n|---|---|---|---|---|\n", dur)
+	avg := "—"
+	if lat != nil {
+		avg = lat[1] + " ms avg"
+	}
+	fmt.Fprintf(&sb, "| pgbench TPC-B, scale 10 | %.0f | %s | — | 1.0x |\n", pgtps, avg)
+	for _, r := range []struct {
+		name string
+		res  loadResult
+	}{{"ledger, wallet → hot account", hot}, {"ledger, wallet → wallet", pairs}} {
+		fmt.Fprintf(&sb, "| %s | %.0f | %.1f / %.1f ms | %.1f | %.2fx |\n", r.name, r.res.tps, ms(r.res.p50), ms(r.res.p99), r.res.entriesPerBatch, r.res.tps/pgtps)
+	}
+	t.Log(sb.String())
 }

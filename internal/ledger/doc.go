@@ -36,10 +36,20 @@
 //
 // A refused request never fails its batch-mates. A database error fails
 // the whole batch: every caller gets "unavailable" (retry with the same
-// key) and nothing is written. The Ledger caches nothing between batches —
-// each batch re-reads its accounts under lock — so there is no in-memory
-// state to drift or invalidate. A unique violation on a key committed by
+// key) and nothing is written. A unique violation on a key committed by
 // another process meanwhile re-runs the batch, which then sees that row.
+//
+// On SQLite (the single-writer backend) three things make a batch cheap:
+// its statements come in power-of-two size classes prepared once at Open
+// (stmts.go); its writes say OR ROLLBACK, so SQLite keeps no statement
+// journal (which spilled to a temporary file); and the accounts' state as
+// of the last committed batch is kept in memory (cache.go), so a batch
+// reads only accounts it has not seen. The cache is checked under the
+// write lock at the start of every batch — PRAGMA data_version (another
+// process wrote), the chain head's seq, CloseAccount's epoch — and dropped
+// on any doubt and after any failed batch. On PostgreSQL, where several
+// node processes may write, nothing is cached: each batch locks and
+// re-reads its accounts.
 //
 // # Journal
 //

@@ -43,6 +43,11 @@ type Ledger struct {
 
 	batches, entries, failed atomic.Int64
 	batchNanos               atomic.Int64
+	phases                   [nPhases]atomic.Int64
+
+	stmts     map[string]*sql.Stmt // SQLite: prepared batch statements (stmts.go)
+	cache     acctCache            // SQLite: committed account state (cache.go)
+	acctEpoch atomic.Int64         // bumped by CloseAccount inside its transaction
 }
 
 // Stats are counters since Open (for metrics).
@@ -84,6 +89,9 @@ func Open(ctx context.Context, db *store.DB, opt Options) (*Ledger, error) {
 			return nil, err
 		}
 	}
+	if err := l.prepareAll(ctx); err != nil {
+		return nil, err
+	}
 	go l.committer()
 	return l, nil
 }
@@ -91,7 +99,11 @@ func Open(ctx context.Context, db *store.DB, opt Options) (*Ledger, error) {
 // Close stops the committer after the batch in progress; requests still
 // queued are answered unavailable (retry with the same key elsewhere).
 func (l *Ledger) Close() {
-	l.once.Do(func() { close(l.quit) })
+	l.once.Do(func() {
+		close(l.quit)
+		<-l.done
+		l.closeStmts()
+	})
 	<-l.done
 }
 
@@ -495,12 +507,24 @@ func (l *Ledger) OpenResidentAccounts(ctx context.Context, residentID string) (w
 // CloseAccount closes an account whose balance and pending holds are zero
 // (conflict otherwise). Closing a closed account is fine.
 func (l *Ledger) CloseAccount(ctx context.Context, id string) error {
-	res, err := l.db.W.ExecContext(ctx, `UPDATE ledger_accounts SET status = 'closed', version = version + 1
+	var n int64
+	err := l.db.Tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE ledger_accounts SET status = 'closed', version = version + 1
 		WHERE id = $1 AND status = 'open' AND balance_fen = 0 AND pending_fen = 0`, id)
+		if err != nil {
+			return err
+		}
+		n, _ = res.RowsAffected()
+		// Bumped while this transaction holds SQLite's only writer
+		// connection: the next batch, which can begin only after this
+		// commits, sees it and drops its account cache.
+		l.acctEpoch.Add(1)
+		return nil
+	})
 	if err != nil {
 		return dbErr(err)
 	}
-	if n, _ := res.RowsAffected(); n == 1 {
+	if n == 1 {
 		return nil
 	}
 	a, err := l.account(ctx, l.db.W, id)

@@ -25,6 +25,14 @@ func (n *Node) wireWeb(ctx context.Context) error {
 		Terminals:       n.webTerminals,
 		Scan:            n.webScan,
 		ScanCounts:      n.webScanCounts,
+		Subsidies:       n.Subsidies,
+	}
+	if s := n.scans(); s != nil {
+		d.Providers = s.Terminals.Providers
+		d.TerminalsOf = s.Terminals.Terminals
+		d.CreateProvider = n.CreateProvider
+		d.CreateTerminal = n.CreateTerminal
+		d.DisableTerminal = n.DisableTerminal
 	}
 	w, err := web.New(d)
 	if err != nil {
@@ -44,13 +52,21 @@ func (n *Node) webTerminals(ctx context.Context) ([]web.Terminal, error) {
 	if err != nil {
 		return nil, err
 	}
+	ps, err := s.Terminals.Providers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := map[string]string{}
+	for _, p := range ps {
+		names[p.ID] = p.Name
+	}
 	var out []web.Terminal
 	for _, t := range ts {
 		if t.Disabled {
 			continue
 		}
 		for _, sc := range t.Scenarios {
-			out = append(out, web.Terminal{ID: t.ID, Provider: t.ProviderID, Scenario: sc, Name: t.Name})
+			out = append(out, web.Terminal{ID: t.ID, Provider: t.ProviderID, ProviderName: names[t.ProviderID], Scenario: sc, Name: t.Name})
 		}
 	}
 	return out, nil

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,7 +82,7 @@ func (n *Node) registerMetrics() {
 
 // background runs periodic work until ctx ends.
 func (n *Node) background(ctx context.Context) {
-	go n.Keys.RefreshLoop(ctx, keys.RefreshEvery)
+	go n.Keys.RefreshLoop(ctx, keyRefreshEvery())
 	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
 	for {
@@ -95,4 +96,13 @@ func (n *Node) background(ctx context.Context) {
 			n.Auth.PurgeExpired(ctx, n.Now().Add(-24*time.Hour))
 		}
 	}
+}
+
+// keyRefreshEvery is keys.RefreshEvery, or YIKATONG_KEY_REFRESH (a Go
+// duration, e.g. "1s") so multi-process tests need not wait 15 s.
+func keyRefreshEvery() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("YIKATONG_KEY_REFRESH")); err == nil && d > 0 {
+		return d
+	}
+	return keys.RefreshEvery
 }

@@ -163,6 +163,13 @@ func openPostgres(ctx context.Context, dsn string, opt Options) (*DB, error) {
 	db.SetMaxOpenConns(n)
 	db.SetMaxIdleConns(n)
 	db.SetConnMaxIdleTime(5 * time.Minute)
+	// Recycle connections now and then, so that after a failover (the
+	// database name now resolving to the promoted standby) or a pooler
+	// change every process drifts to the new server without a restart.
+	// Connections that died with a restarted server are dropped at once:
+	// pgx pings a connection idle for over a second before reuse, and one
+	// that fails mid-request surfaces as a retryable error (IsRetryable).
+	db.SetConnMaxLifetime(30 * time.Minute)
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := db.PingContext(pctx); err != nil {
@@ -259,6 +266,10 @@ func IsRetryable(err error) bool {
 		case pe.Code == "57014": // statement timeout / cancel
 			return true
 		case pe.Code == "53300": // too many connections
+			return true
+		case pe.Code == "25006": // read-only transaction: still connected to a demoted primary after failover
+			return true
+		case pe.Code == "55P03": // lock not available (lock_timeout)
 			return true
 		}
 		return false

@@ -2,9 +2,16 @@ package store_test
 
 import (
 	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/yikatong/yikatong/internal/store"
 	"github.com/yikatong/yikatong/internal/store/storetest"
@@ -80,5 +87,95 @@ func TestWrongPostgresPasswordIsAPlainMessage(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "cannot connect to PostgreSQL bob@127.0.0.1:1/city") {
 		t.Fatalf("unhelpful error: %v", err)
+	}
+}
+
+func TestIsRetryableClassifiesFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"serialization failure", &pgconn.PgError{Code: "40001"}, true},
+		{"deadlock", &pgconn.PgError{Code: "40P01"}, true},
+		{"admin shutdown (server restarting)", &pgconn.PgError{Code: "57P01"}, true},
+		{"cannot connect now (starting up)", &pgconn.PgError{Code: "57P03"}, true},
+		{"statement timeout", &pgconn.PgError{Code: "57014"}, true},
+		{"connection failure", &pgconn.PgError{Code: "08006"}, true},
+		{"too many connections", &pgconn.PgError{Code: "53300"}, true},
+		{"read-only after failover", &pgconn.PgError{Code: "25006"}, true},
+		{"unique violation", &pgconn.PgError{Code: "23505"}, false},
+		{"check violation", &pgconn.PgError{Code: "23514"}, false},
+		{"syntax error", &pgconn.PgError{Code: "42601"}, false},
+		{"wrapped", fmt.Errorf("ledger: %w", &pgconn.PgError{Code: "57P01"}), true},
+		{"bad connection", driver.ErrBadConn, true},
+		{"done connection", sql.ErrConnDone, true},
+		{"refused", errors.New("dial tcp 127.0.0.1:5432: connect: connection refused"), true},
+		{"no rows", sql.ErrNoRows, false},
+		{"plain", errors.New("something else"), false},
+	} {
+		if got := store.IsRetryable(tc.err); got != tc.want {
+			t.Errorf("%s: IsRetryable = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestReconnectsAfterServerRestart restarts a private cluster under an open
+// pool: the first use after the restart may fail, retryably; then the same
+// *DB works again without being reopened.
+func TestReconnectsAfterServerRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts a PostgreSQL cluster")
+	}
+	c, err := storetest.StartCluster()
+	if err != nil {
+		if storetest.FindBinDir() == "" {
+			t.Skip("SKIPPED: no PostgreSQL server binaries")
+		}
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	dsn, err := c.NewDatabase()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	db, err := store.Open(ctx, dsn, store.Options{MaxConns: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// Fill the pool with busy connections.
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			db.W.ExecContext(ctx, `SELECT pg_sleep(0.05)`)
+		}()
+	}
+	wg.Wait()
+	if err := c.StopServer(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = db.W.ExecContext(ctx, `INSERT INTO node_settings(name, value) VALUES ('down', 'x')`)
+	if err == nil || !store.IsRetryable(err) {
+		t.Fatalf("a write while the server is down: %v (retryable: %v)", err, store.IsRetryable(err))
+	}
+	if err := c.StartServer(); err != nil {
+		t.Fatal(err)
+	}
+	var ok bool
+	for i := 0; i < 10 && !ok; i++ {
+		_, err = db.W.ExecContext(ctx, `INSERT INTO node_settings(name, value) VALUES ($1, 'x')`, fmt.Sprint("up", i))
+		if err == nil {
+			ok = true
+		} else if !store.IsRetryable(err) {
+			t.Fatalf("after the restart: non-retryable %v", err)
+		}
+	}
+	if !ok {
+		t.Fatalf("the pool did not reconnect: %v", err)
 	}
 }

@@ -35,18 +35,13 @@ type ScanCount struct {
 type dashData struct {
 	Charts   []string
 	Takings  []kv
-	Subsidy  []subsidyRow
+	Subsidy  []programme
 	ScansErr string
 }
 
 type kv struct {
 	Key   string
 	Value int64
-}
-
-type subsidyRow struct {
-	Programme    string
-	Budget, Paid int64
 }
 
 var chartNames = []string{"scans-hour", "decisions", "scenarios", "takings", "subsidy"}
@@ -58,7 +53,7 @@ func (w *Web) consoleDashboard(rq *req) error {
 	if d.Takings, err = w.takings(ctx); err != nil {
 		return err
 	}
-	if d.Subsidy, err = w.subsidy(ctx); err != nil {
+	if d.Subsidy, err = w.programmes(ctx); err != nil {
 		return err
 	}
 	if w.d.ScanCounts == nil {
@@ -91,44 +86,19 @@ func (w *Web) takings(ctx context.Context) ([]kv, error) {
 	if err := add(`SELECT debit, SUM(amount) FROM ledger_journal WHERE type = 'reversal' AND debit LIKE 'prv:%' GROUP BY debit`, -1); err != nil {
 		return nil, err
 	}
-	return sortedKV(m), nil
-}
-
-func (w *Web) subsidy(ctx context.Context) ([]subsidyRow, error) {
-	budget, paid := map[string]int64{}, map[string]int64{}
-	read := func(q string, into map[string]int64) error {
-		rows, err := w.d.DB.R.QueryContext(ctx, q)
-		if err != nil {
-			return apperr.Wrap(apperr.Internal, err)
+	// Providers by name, not id (two of the same name keep their ids apart).
+	names := w.providerNames(ctx)
+	byName := map[string]int64{}
+	for id, v := range m {
+		k := names[id]
+		if k == "" {
+			k = id
+		} else if _, dup := byName[k]; dup {
+			k += " (" + id + ")"
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var k string
-			var v int64
-			if err := rows.Scan(&k, &v); err != nil {
-				return apperr.Wrap(apperr.Internal, err)
-			}
-			into[strings.TrimPrefix(k, "sp:")] += v
-		}
-		return rows.Err()
+		byName[k] += v
 	}
-	if err := read(`SELECT credit, SUM(amount) FROM ledger_journal WHERE type IN ('transfer','post') AND credit LIKE 'sp:%' GROUP BY credit`, budget); err != nil {
-		return nil, err
-	}
-	if err := read(`SELECT debit, SUM(amount) FROM ledger_journal WHERE type IN ('transfer','post') AND debit LIKE 'sp:%' GROUP BY debit`, paid); err != nil {
-		return nil, err
-	}
-	var out []subsidyRow
-	for p, b := range budget {
-		out = append(out, subsidyRow{Programme: p, Budget: b, Paid: paid[p]})
-	}
-	for p, v := range paid {
-		if _, ok := budget[p]; !ok {
-			out = append(out, subsidyRow{Programme: p, Paid: v})
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Programme < out[j].Programme })
-	return out, nil
+	return sortedKV(byName), nil
 }
 
 func sortedKV(m map[string]int64) []kv {
@@ -163,11 +133,11 @@ func (w *Web) consoleChart(rq *req) error {
 			err = barSVG(&buf, rq.T("chart.takings"), t, true)
 		}
 	case "subsidy":
-		var s []subsidyRow
-		if s, err = w.subsidy(ctx); err == nil {
+		var s []programme
+		if s, err = w.programmes(ctx); err == nil {
 			var bars []kv
 			for _, r := range s {
-				bars = append(bars, kv{r.Programme + " " + rq.T("chart.budget"), r.Budget}, kv{r.Programme + " " + rq.T("chart.paid"), r.Paid})
+				bars = append(bars, kv{r.Label + " " + rq.T("chart.budget"), r.Budget}, kv{r.Label + " " + rq.T("chart.paid"), r.Paid})
 			}
 			err = barSVG(&buf, rq.T("chart.subsidy"), bars, true)
 		}

@@ -12,11 +12,14 @@ import (
 )
 
 var (
-	hrOnly       = []auth.Role{auth.RoleHRAdmin}
-	moneyRoles   = []auth.Role{auth.RoleFinance, auth.RoleHRAdmin}
-	auditRoles   = []auth.Role{auth.RoleHRAdmin, auth.RoleFinance}
-	takingsRoles = []auth.Role{auth.RoleFinance, auth.RoleOperator, auth.RoleProvider}
-	dashRoles    = []auth.Role{auth.RoleHRAdmin, auth.RoleFinance, auth.RoleOperator}
+	hrOnly        = []auth.Role{auth.RoleHRAdmin}
+	moneyRoles    = []auth.Role{auth.RoleFinance, auth.RoleHRAdmin}
+	auditRoles    = []auth.Role{auth.RoleHRAdmin, auth.RoleFinance}
+	takingsRoles  = []auth.Role{auth.RoleFinance, auth.RoleOperator, auth.RoleProvider}
+	dashRoles     = []auth.Role{auth.RoleHRAdmin, auth.RoleFinance, auth.RoleOperator}
+	financeOnly   = []auth.Role{auth.RoleFinance}
+	operatorOnly  = []auth.Role{auth.RoleOperator}
+	terminalRoles = []auth.Role{auth.RoleOperator, auth.RoleProvider}
 )
 
 func (w *Web) consoleRoutes(mux *http.ServeMux) {
@@ -49,7 +52,19 @@ func (w *Web) consoleRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /console/ledger/export", staff([]auth.Role{auth.RoleFinance}, w.consoleLedgerExport))
 	mux.HandleFunc("GET /console/takings", staff(takingsRoles, w.consoleTakings))
 	mux.HandleFunc("GET /console/takings/export", staff(takingsRoles, w.consoleTakingsExport))
-	mux.HandleFunc("GET /console/terminals", staff([]auth.Role{auth.RoleOperator, auth.RoleProvider}, w.consoleTerminals))
+	mux.HandleFunc("GET /console/terminals", staff(terminalRoles, w.consoleTerminals))
+	mux.HandleFunc("POST /console/providers", staff(operatorOnly, w.consoleCreateProvider))
+	mux.HandleFunc("POST /console/terminals", staff(operatorOnly, w.consoleCreateTerminal))
+	mux.HandleFunc("POST /console/terminals/{id}/disable", staff(terminalRoles, w.consoleDisableTerminal))
+	mux.HandleFunc("GET /console/subsidies", staff(moneyRoles, w.consoleSubsidies))
+	mux.HandleFunc("POST /console/subsidies", staff(financeOnly, w.consoleCreateProgramme))
+	mux.HandleFunc("POST /console/subsidies/{id}/fund", staff(financeOnly, w.consoleFundProgramme))
+	mux.HandleFunc("POST /console/subsidies/payouts", staff(hrOnly, w.consolePayoutUpload))
+	mux.HandleFunc("GET /console/subsidies/jobs/{id}", staff(hrOnly, w.consolePayJob))
+	mux.HandleFunc("GET /console/subsidies/jobs/{id}/progress", staff(hrOnly, w.consolePayJobProgress))
+	mux.HandleFunc("GET /console/scenarios", staff(hrOnly, w.consoleScenarios))
+	mux.HandleFunc("GET /console/scenarios/{id}", staff(hrOnly, w.consoleScenario))
+	mux.HandleFunc("POST /console/scenarios/{id}", staff(hrOnly, w.consoleScenarioSave))
 	mux.HandleFunc("GET /console/dashboard", staff(dashRoles, w.consoleDashboard))
 	mux.HandleFunc("GET /console/charts/{name}", staff(dashRoles, w.consoleChart))
 }

@@ -89,33 +89,58 @@ func (j *job) snapshot(withRows bool) jobSnapshot {
 	return s
 }
 
-type jobs struct {
-	mu sync.Mutex
-	m  map[string]*job
+// ownedJob is a background job (an enrolment or a payout list) that only
+// the staff member who started it may follow.
+type ownedJob interface {
+	owner() string
+	finishedAt() time.Time
 }
 
-func newJobs() *jobs { return &jobs{m: map[string]*job{}} }
+func (j *job) owner() string { return j.Owner }
 
-func (js *jobs) add(j *job) {
+func (j *job) finishedAt() time.Time {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.finished
+}
+
+type jobs struct {
+	mu sync.Mutex
+	m  map[string]ownedJob
+}
+
+func newJobs() *jobs { return &jobs{m: map[string]ownedJob{}} }
+
+func (js *jobs) add(id string, j ownedJob) {
 	js.mu.Lock()
 	defer js.mu.Unlock()
 	for id, o := range js.m {
-		o.mu.Lock()
-		old := !o.finished.IsZero() && time.Since(o.finished) > time.Hour
-		o.mu.Unlock()
-		if old {
+		if f := o.finishedAt(); !f.IsZero() && time.Since(f) > time.Hour {
 			delete(js.m, id)
 		}
 	}
-	js.m[j.ID] = j
+	js.m[id] = j
 }
 
-func (js *jobs) get(id, owner string) (*job, error) {
+func (js *jobs) get(id, owner string) (ownedJob, error) {
 	js.mu.Lock()
 	defer js.mu.Unlock()
 	j, ok := js.m[id]
-	if !ok || j.Owner != owner {
+	if !ok || j.owner() != owner {
 		return nil, apperr.Newf(apperr.NotFound, "no such upload (uploads are kept for an hour)", "上传记录不存在（记录保留一小时）")
+	}
+	return j, nil
+}
+
+// enrolJob finds an enrolment job of the caller.
+func (w *Web) enrolJob(rq *req) (*job, error) {
+	x, err := w.jobs.get(rq.r.PathValue("id"), rq.S.P.Subject)
+	if err != nil {
+		return nil, err
+	}
+	j, ok := x.(*job)
+	if !ok {
+		return nil, notFound()
 	}
 	return j, nil
 }
@@ -269,7 +294,7 @@ func (w *Web) consoleCSVUpload(rq *req) error {
 		return rq.renderWithError(err, "c_csv.html", "c.csv.title", nil)
 	}
 	j := &job{ID: auth.RandomID("job_"), Owner: rq.S.P.Subject, File: hdr.Filename, total: len(rows)}
-	w.jobs.add(j)
+	w.jobs.add(j.ID, j)
 	w.d.Auth.Audit(rq.r.Context(), rq.S.P, "enrol_csv", j.ID, hdrName(hdr.Filename))
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(rq.r.Context()), 30*time.Minute)
 	go func() {
@@ -287,7 +312,7 @@ func hdrName(s string) string {
 }
 
 func (w *Web) consoleJob(rq *req) error {
-	j, err := w.jobs.get(rq.r.PathValue("id"), rq.S.P.Subject)
+	j, err := w.enrolJob(rq)
 	if err != nil {
 		return err
 	}
@@ -295,7 +320,7 @@ func (w *Web) consoleJob(rq *req) error {
 }
 
 func (w *Web) consoleJobProgress(rq *req) error {
-	j, err := w.jobs.get(rq.r.PathValue("id"), rq.S.P.Subject)
+	j, err := w.enrolJob(rq)
 	if err != nil {
 		return err
 	}

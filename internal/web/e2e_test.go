@@ -86,6 +86,7 @@ func enrolCSV(t *testing.T, dir string) string {
 // and the resident's next code is refused, a CSV enrolment with bad rows.
 // Screenshots land in docs/screenshots/ with YIKATONG_SCREENSHOTS=1.
 func TestBrowser(t *testing.T) {
+	t.Parallel()
 	chromium, nodeBin, missing := browserTools()
 	if missing != "" {
 		t.Skip("SKIPPING the browser tests: " + missing + " is not installed (scripts/test.sh installs it)")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/csv"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -93,11 +94,14 @@ func (rq *req) takingsProvider() (string, error) {
 }
 
 type takingsData struct {
-	Provider string
-	From, To string
-	Info     *ledger.AccountInfo
-	Lines    []stmtLine
-	Total    int64
+	Provider     string
+	ProviderName string
+	// Providers to choose from (not for a provider's own staff).
+	Providers []providerOption
+	From, To  string
+	Info      *ledger.AccountInfo
+	Lines     []stmtLine
+	Total     int64
 }
 
 func (w *Web) consoleTakings(rq *req) error {
@@ -110,6 +114,14 @@ func (w *Web) consoleTakings(rq *req) error {
 	}
 	q := rq.r.URL.Query()
 	d := takingsData{Provider: p, From: q.Get("from"), To: q.Get("to")}
+	names := w.providerNames(rq.r.Context())
+	d.ProviderName = names[p]
+	if rq.S.P.Role != auth.RoleProvider {
+		for id, n := range names {
+			d.Providers = append(d.Providers, providerOption{ID: id, Name: n})
+		}
+		sort.Slice(d.Providers, func(i, j int) bool { return d.Providers[i].Name < d.Providers[j].Name })
+	}
 	if p != "" {
 		acct := ledger.ReceivableID(p)
 		info, err := w.d.Ledger.Balance(rq.r.Context(), acct)
@@ -213,24 +225,6 @@ func csvSafe(rec []string) []string {
 	return rec
 }
 
-func (w *Web) consoleTerminals(rq *req) error {
-	if w.d.Terminals == nil {
-		return unavailable("terminals")
-	}
-	ts, err := w.d.Terminals(rq.r.Context())
-	if err != nil {
-		return err
-	}
-	if rq.S.P.Role == auth.RoleProvider {
-		var own []Terminal
-		for _, t := range ts {
-			if t.Provider == rq.S.P.ProviderID {
-				own = append(own, t)
-			}
-		}
-		ts = own
-	}
-	return rq.render(200, "c_terminals.html", "c.terminals.title", ts)
-}
+type providerOption struct{ ID, Name string }
 
 var _ = fmt.Sprint

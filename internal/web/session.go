@@ -10,11 +10,15 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
 )
+
+// maxFormBytes bounds a signed-in POST (the largest is a payout list).
+const maxFormBytes = 16 << 20
 
 const (
 	sessionCookie = "yk_session"
@@ -175,6 +179,21 @@ func (w *Web) withSession(kind auth.Kind, loginPath string, roles []auth.Role, h
 		}
 		if len(roles) > 0 && !rq.S.P.Has(roles...) {
 			return apperr.Newf(apperr.Forbidden, "your role ("+string(rq.S.P.Role)+") may not open this page", "您的角色（"+roleZh(rq.S.P.Role)+"）无权打开此页面")
+		}
+		if rq.r.Method == http.MethodPost {
+			// Bound what a form may send before anything reads it (the
+			// CSRF check parses the body, file uploads included).
+			rq.r.Body = http.MaxBytesReader(rq.w, rq.r.Body, maxFormBytes)
+			var err error
+			if strings.HasPrefix(rq.r.Header.Get("Content-Type"), "multipart/form-data") {
+				err = rq.r.ParseMultipartForm(1 << 20)
+			} else {
+				err = rq.r.ParseForm()
+			}
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				return apperr.Newf(apperr.BodyTooLarge, "the upload is larger than 16 MB; split the file", "上传内容超过 16 MB，请拆分文件")
+			}
 		}
 		if err := rq.checkCSRF(); err != nil {
 			return err

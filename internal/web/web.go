@@ -29,7 +29,15 @@
 //     the HTTP status of the catalogue. Full ID numbers are never shown
 //     except to hr_admin on an explicit, audited "reveal" (a POST).
 //   - Charts are drawn on the server as SVG (go-chart); exports are CSV and
-//     XLSX (excelize).
+//     XLSX (excelize). Providers and subsidy programmes are shown by name.
+//   - Long uploads (bulk enrolment, subsidy payout lists) run in the
+//     background as jobs kept in this process's memory for an hour; the
+//     page polls a progress URL. Payout lists are paid by internal/subsidy
+//     in chunks (subsidies.go), so the bar moves and every line is still
+//     paid at most once however often the list is uploaded.
+//   - Money actions in the console (funding, refunds) are idempotent by
+//     construction: a funding form carries a key made when it was drawn, a
+//     refund's ledger key is its dispute id. Every staff action is audited.
 package web
 
 import (
@@ -46,6 +54,8 @@ import (
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/store"
+	"github.com/yikatong/yikatong/internal/subsidy"
+	"github.com/yikatong/yikatong/internal/terminal"
 )
 
 //go:embed templates/*.html
@@ -57,9 +67,11 @@ var staticFS embed.FS
 // Terminal is a terminal as the gate simulator lists it.
 type Terminal struct {
 	ID       string
-	Provider string
-	Scenario string
-	Name     string
+	Provider string // provider id
+	// ProviderName is the provider's name (shown instead of the id).
+	ProviderName string
+	Scenario     string
+	Name         string
 }
 
 // Key names one terminal and scenario in the simulator's list.
@@ -118,6 +130,21 @@ type Deps struct {
 	// ScanCounts aggregates scans since a time by hour, item, scenario,
 	// decision and reason (for the dashboard).
 	ScanCounts func(ctx context.Context, since time.Time) ([]ScanCount, error)
+
+	// Subsidies runs subsidy programmes and payout lists (nil: the pages
+	// say "not available").
+	Subsidies *subsidy.Service
+	// Providers lists every provider (names for tables and charts).
+	Providers func(ctx context.Context) ([]terminal.Provider, error)
+	// TerminalsOf lists a provider's terminals ("" = all), disabled ones too.
+	TerminalsOf func(ctx context.Context, providerID string) ([]terminal.Terminal, error)
+	// CreateProvider onboards a provider (and opens its ledger account).
+	CreateProvider func(ctx context.Context, name, kind string, scenarios []string) (terminal.Provider, error)
+	// CreateTerminal onboards a terminal; the token and batch key are
+	// shown once to the operator and never stored by the web interface.
+	CreateTerminal func(ctx context.Context, providerID, name string, scenarios []string) (id, token, batchKey string, err error)
+	// DisableTerminal disables a terminal at once.
+	DisableTerminal func(ctx context.Context, id string) error
 }
 
 // Web is the web interface.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/yikatong/yikatong/internal/node/nodetest"
+	"github.com/yikatong/yikatong/internal/store/storetest"
 )
 
 // browser is a cookie-keeping HTTP client that does not follow redirects.
@@ -68,13 +69,26 @@ func (b *browser) staffLogin(user, pw string) {
 }
 
 func TestSafety(t *testing.T) {
+	t.Parallel()
+	for _, b := range storetest.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			dsn := ""
+			if b.Name != "sqlite" {
+				dsn = b.DSN(t)
+			}
+			testSafety(t, dsn)
+		})
+	}
+}
+
+func testSafety(t *testing.T, dsn string) {
 	clock := struct {
 		sync.Mutex
 		at time.Time
 	}{at: time.Now()}
 	now := func() time.Time { clock.Lock(); defer clock.Unlock(); return clock.at }
 	advance := func(d time.Duration) { clock.Lock(); clock.at = clock.at.Add(d); clock.Unlock() }
-	tn := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 10, Now: now})
+	tn := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 10, Now: now, DB: dsn})
 	hr := tn.Demo.Staff["hr_admin"]
 	res := tn.Demo.Residents[0]
 

@@ -1,6 +1,6 @@
 // yikatong pages: the little script the pages need (ours, no libraries).
 // - e-code countdown and renewal before expiry (resident page)
-// - progress bar of a CSV enrolment (console)
+// - progress bar of a CSV enrolment or payout list (console)
 // - confirmation prompts on dangerous forms
 'use strict';
 (function () {
@@ -44,17 +44,19 @@
     setInterval(tick, 1000);
   }
 
-  // CSV enrolment progress.
+  // Progress of a background upload (CSV enrolment, payout list): every
+  // number in the progress JSON goes to the element with id "job-<name>".
   var job = document.getElementById('job');
   if (job && job.dataset.finished !== 'true') {
     var poll = function () {
       fetch(job.dataset.progress, { credentials: 'same-origin', cache: 'no-store' }).then(function (r) { return r.json(); }).then(function (j) {
-        document.getElementById('job-progress').value = j.done;
-        document.getElementById('job-progress').max = j.total;
-        document.getElementById('job-done').textContent = j.done;
-        document.getElementById('job-enrolled').textContent = j.enrolled;
-        document.getElementById('job-exists').textContent = j.exists;
-        document.getElementById('job-errors').textContent = j.errors;
+        var bar = document.getElementById('job-progress');
+        bar.value = j.done;
+        bar.max = j.total;
+        Object.keys(j).forEach(function (k) {
+          var el = document.getElementById('job-' + k);
+          if (el && typeof j[k] === 'number' && el !== bar) { el.textContent = j[k]; }
+        });
         if (j.finished) { window.location.reload(); } else { setTimeout(poll, 500); }
       }).catch(function () { setTimeout(poll, 2000); });
     };

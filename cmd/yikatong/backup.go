@@ -1,0 +1,475 @@
+package main
+
+// yikatong backup / restore: one tar.gz holding everything a node needs to
+// come back — the database (a consistent online copy) and the data
+// directory's secrets (the vault master key, the signing key files) — with
+// a manifest of SHA-256 sums that restore checks before writing anything.
+//
+// SQLite: `VACUUM INTO` writes a consistent, compacted copy while the node
+// keeps serving (WAL readers do not block the writer). PostgreSQL: pg_dump
+// in its custom format (a consistent snapshot of one database); restore
+// feeds it to pg_restore into an empty database. Continuous archiving
+// (pg_basebackup + WAL) is the production answer for PostgreSQL and is
+// described in docs/deploy.md; the dump here is for moving and for
+// small cities.
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/vault"
+	_ "modernc.org/sqlite"
+)
+
+func init() {
+	register("backup", "back up a node: database copy + master key + key files into one tar.gz", cmdBackup)
+	register("restore", "restore a backup made by 'yikatong backup' into an empty data directory", cmdRestore)
+}
+
+// Names inside the archive.
+const (
+	backupManifest = "manifest.json"
+	backupSQLite   = "yikatong.db"
+	backupPGDump   = "yikatong.pgdump"
+	backupDataDir  = "data/"
+)
+
+type backupFile struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+type backupManifestV1 struct {
+	Format   string       `json:"format"` // "yikatong-backup/1"
+	Created  time.Time    `json:"created"`
+	Database string       `json:"database"` // sqlite | postgres
+	Files    []backupFile `json:"files"`
+}
+
+func isPostgresURL(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+}
+
+func cmdBackup(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "./yikatong-data", "the node's data directory")
+	db := fs.String("db", "", "database URL (default: SQLite in the data directory); postgres://… runs pg_dump")
+	out := fs.String("out", "", "the archive to write (.tar.gz)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *out == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "usage: yikatong backup --data DIR [--db URL] --out FILE.tar.gz")
+		return 2
+	}
+	ctx := context.Background()
+	if err := backup(ctx, *data, *db, *out); err != nil {
+		fmt.Fprintf(stderr, "backup: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "backup written to %s\n", *out)
+	return 0
+}
+
+func backup(ctx context.Context, dataDir, dsn, out string) error {
+	if _, err := os.Stat(filepath.Join(dataDir, vault.KeyFile)); err != nil {
+		return fmt.Errorf("%s has no %s: is it a node's data directory? (%v)", dataDir, vault.KeyFile, err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(out), ".yikatong-backup-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	// 1. The database.
+	var dbName, dbFile, dialect string
+	sqlitePath := ""
+	if isPostgresURL(dsn) {
+		dialect, dbName, dbFile = "postgres", backupPGDump, filepath.Join(tmp, backupPGDump)
+		if err := pgDump(ctx, dsn, dbFile); err != nil {
+			return err
+		}
+	} else {
+		sqlitePath = strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite:"), "file:")
+		if sqlitePath == "" {
+			sqlitePath = filepath.Join(dataDir, "yikatong.db")
+		}
+		dialect, dbName, dbFile = "sqlite", backupSQLite, filepath.Join(tmp, backupSQLite)
+		if err := sqliteCopy(ctx, sqlitePath, dbFile); err != nil {
+			return err
+		}
+	}
+
+	// 2. The data directory's files, less the live SQLite database.
+	type entry struct{ name, src string }
+	files := []entry{{dbName, dbFile}}
+	skip := map[string]bool{}
+	if sqlitePath != "" {
+		abs, _ := filepath.Abs(sqlitePath)
+		for _, s := range []string{"", "-wal", "-shm", "-journal"} {
+			skip[abs+s] = true
+		}
+	}
+	err = filepath.WalkDir(dataDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		if abs, _ := filepath.Abs(p); skip[abs] || strings.HasSuffix(p, ".tmp") {
+			return nil
+		}
+		rel, err := filepath.Rel(dataDir, p)
+		if err != nil {
+			return err
+		}
+		files = append(files, entry{backupDataDir + filepath.ToSlash(rel), p})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", dataDir, err)
+	}
+
+	// 3. Manifest, then the archive (written beside out and renamed, so a
+	// failed backup never leaves a half archive under the final name).
+	man := backupManifestV1{Format: "yikatong-backup/1", Created: time.Now().UTC(), Database: dialect}
+	for _, f := range files {
+		sum, size, err := fileSHA256(f.src)
+		if err != nil {
+			return err
+		}
+		man.Files = append(man.Files, backupFile{Name: f.name, Size: size, SHA256: sum})
+	}
+	mb, _ := json.MarshalIndent(man, "", "  ")
+	part := out + ".part"
+	w, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(part)
+	gz := gzip.NewWriter(w)
+	tw := tar.NewWriter(gz)
+	if err := tarBytes(tw, backupManifest, mb); err != nil {
+		w.Close()
+		return err
+	}
+	for _, f := range files {
+		if err := tarFile(tw, f.name, f.src); err != nil {
+			w.Close()
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		w.Close()
+		return err
+	}
+	if err := gz.Close(); err != nil {
+		w.Close()
+		return err
+	}
+	if err := w.Sync(); err != nil {
+		w.Close()
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return os.Rename(part, out)
+}
+
+// sqliteCopy writes a consistent copy of the live database at src to dst.
+func sqliteCopy(ctx context.Context, src, dst string) error {
+	if _, err := os.Stat(src); err != nil {
+		return fmt.Errorf("no SQLite database at %s: %w", src, err)
+	}
+	db, err := sql.Open("sqlite", "file:"+src+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `VACUUM INTO $1`, dst); err != nil {
+		return fmt.Errorf("copying the SQLite database: %w", err)
+	}
+	return nil
+}
+
+func pgDump(ctx context.Context, dsn, dst string) error {
+	bin, err := exec.LookPath("pg_dump")
+	if err != nil {
+		return errors.New("pg_dump is not installed: install the PostgreSQL client (Debian: postgresql-client), or back up the database with pg_basebackup and WAL archiving (docs/deploy.md)")
+	}
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, "--format=custom", "--no-owner", "--no-privileges", "--file="+dst, "--dbname="+dsn)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("pg_dump failed: %v: %s", err, redactURL(strings.TrimSpace(stderr.String()), dsn))
+	}
+	return nil
+}
+
+// redactURL removes the password of dsn from msg.
+func redactURL(msg, dsn string) string {
+	if i := strings.Index(dsn, "://"); i >= 0 {
+		rest := dsn[i+3:]
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			if c := strings.Index(rest[:at], ":"); c >= 0 && c+1 < at {
+				msg = strings.ReplaceAll(msg, rest[c+1:at], "***")
+			}
+		}
+	}
+	return msg
+}
+
+func fileSHA256(p string) (string, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	return hex.EncodeToString(h.Sum(nil)), n, err
+}
+
+func tarBytes(tw *tar.Writer, name string, b []byte) error {
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: int64(len(b)), ModTime: time.Now(), Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	_, err := tw.Write(b)
+	return err
+}
+
+func tarFile(tw *tar.Writer, name, src string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: st.Size(), ModTime: st.ModTime(), Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	// Copy exactly the size in the header: a key file cannot change under
+	// us, and the database copy is ours.
+	_, err = io.CopyN(tw, f, st.Size())
+	return err
+}
+
+func cmdRestore(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	in := fs.String("in", "", "the archive written by 'yikatong backup'")
+	data := fs.String("data", "", "the data directory to create (must not exist or be empty)")
+	db := fs.String("db", "", "for a PostgreSQL backup: the URL of an empty database to restore into (runs pg_restore)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *in == "" || *data == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "usage: yikatong restore --in FILE.tar.gz --data DIR [--db postgres://…]")
+		return 2
+	}
+	man, err := restore(context.Background(), *in, *data, *db)
+	if err != nil {
+		fmt.Fprintf(stderr, "restore: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "restored a %s backup of %s into %s\n", man.Database, man.Created.Format(time.RFC3339), *data)
+	if man.Database == "postgres" {
+		fmt.Fprintf(stdout, "start it with: yikatong serve --data %s --db URL\n", *data)
+	} else {
+		fmt.Fprintf(stdout, "start it with: yikatong serve --data %s\n", *data)
+	}
+	return 0
+}
+
+// restore checks the whole archive against its manifest first, then writes
+// the data directory (and, for PostgreSQL, runs pg_restore).
+func restore(ctx context.Context, in, dataDir, dsn string) (*backupManifestV1, error) {
+	if ents, err := os.ReadDir(dataDir); err == nil && len(ents) > 0 {
+		return nil, fmt.Errorf("%s is not empty: restore only into a new data directory", dataDir)
+	}
+	files, man, err := readBackup(in)
+	if err != nil {
+		return nil, err
+	}
+	if man.Database == "postgres" && !isPostgresURL(dsn) {
+		return nil, errors.New("this is a PostgreSQL backup: give --db postgres://… (an empty database) to restore it into")
+	}
+	if man.Database == "sqlite" && dsn != "" {
+		return nil, errors.New("this is a SQLite backup: it restores into DATA/yikatong.db; leave out --db")
+	}
+	stage, err := os.MkdirTemp(filepath.Dir(filepath.Clean(dataDir)), ".yikatong-restore-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(stage)
+	if err := os.Chmod(stage, 0o700); err != nil {
+		return nil, err
+	}
+	var dump string
+	for _, f := range man.Files {
+		var dst string
+		switch {
+		case f.Name == backupSQLite:
+			dst = filepath.Join(stage, "yikatong.db")
+		case f.Name == backupPGDump:
+			tf, err := os.CreateTemp("", "yikatong-restore-*.pgdump")
+			if err != nil {
+				return nil, err
+			}
+			tf.Close()
+			dst, dump = tf.Name(), tf.Name()
+			defer os.Remove(dump)
+		default:
+			dst = filepath.Join(stage, filepath.FromSlash(strings.TrimPrefix(f.Name, backupDataDir)))
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(dst, files[f.Name], 0o600); err != nil {
+			return nil, err
+		}
+	}
+	if man.Database == "sqlite" {
+		if err := sqliteIntegrity(ctx, filepath.Join(stage, "yikatong.db")); err != nil {
+			return nil, err
+		}
+	}
+	if dump != "" {
+		if err := pgRestore(ctx, dsn, dump); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(filepath.Clean(dataDir)), 0o700); err != nil {
+		return nil, err
+	}
+	os.Remove(dataDir) // an empty directory may be in the way
+	if err := os.Rename(stage, dataDir); err != nil {
+		return nil, err
+	}
+	return man, nil
+}
+
+// readBackup reads the archive into memory and checks every file against
+// the manifest (names, sizes, SHA-256) and every name for safety.
+func readBackup(in string) (map[string][]byte, *backupManifestV1, error) {
+	f, err := os.Open(in)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s is not a yikatong backup (not gzip): %w", in, err)
+	}
+	tr := tar.NewReader(gz)
+	files := map[string][]byte{}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s is damaged: %w", in, err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			return nil, nil, fmt.Errorf("%s holds %q, which is not a regular file", in, h.Name)
+		}
+		if !safeArchiveName(h.Name) {
+			return nil, nil, fmt.Errorf("%s holds an unsafe name %q", in, h.Name)
+		}
+		if _, dup := files[h.Name]; dup {
+			return nil, nil, fmt.Errorf("%s holds %q twice", in, h.Name)
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s is damaged: %w", in, err)
+		}
+		files[h.Name] = b
+	}
+	var man backupManifestV1
+	if err := json.Unmarshal(files[backupManifest], &man); err != nil || man.Format != "yikatong-backup/1" {
+		return nil, nil, fmt.Errorf("%s has no valid yikatong backup manifest", in)
+	}
+	if len(files) != len(man.Files)+1 {
+		return nil, nil, fmt.Errorf("%s holds %d files but its manifest lists %d", in, len(files)-1, len(man.Files))
+	}
+	hasKey, hasDB := false, false
+	for _, mf := range man.Files {
+		b, ok := files[mf.Name]
+		if !ok {
+			return nil, nil, fmt.Errorf("%s lacks %s", in, mf.Name)
+		}
+		sum := sha256.Sum256(b)
+		if int64(len(b)) != mf.Size || hex.EncodeToString(sum[:]) != mf.SHA256 {
+			return nil, nil, fmt.Errorf("%s: %s does not match its checksum; the backup is damaged", in, mf.Name)
+		}
+		hasKey = hasKey || mf.Name == backupDataDir+vault.KeyFile
+		hasDB = hasDB || mf.Name == backupSQLite && man.Database == "sqlite" || mf.Name == backupPGDump && man.Database == "postgres"
+	}
+	if !hasKey || !hasDB {
+		return nil, nil, fmt.Errorf("%s lacks the master key or the database", in)
+	}
+	return files, &man, nil
+}
+
+func safeArchiveName(n string) bool {
+	if n == backupManifest || n == backupSQLite || n == backupPGDump {
+		return true
+	}
+	rel, ok := strings.CutPrefix(n, backupDataDir)
+	return ok && rel != "" && !strings.HasPrefix(rel, "/") && path.Clean(rel) == rel && rel != ".." && !strings.HasPrefix(rel, "../") && !strings.Contains(rel, "\\")
+}
+
+func sqliteIntegrity(ctx context.Context, p string) error {
+	db, err := sql.Open("sqlite", "file:"+p)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var res string
+	if err := db.QueryRowContext(ctx, `PRAGMA integrity_check`).Scan(&res); err != nil {
+		return fmt.Errorf("checking the restored database: %w", err)
+	}
+	if res != "ok" {
+		return fmt.Errorf("the restored database fails its integrity check: %s", res)
+	}
+	return nil
+}
+
+func pgRestore(ctx context.Context, dsn, dump string) error {
+	bin, err := exec.LookPath("pg_restore")
+	if err != nil {
+		return errors.New("pg_restore is not installed: install the PostgreSQL client (Debian: postgresql-client)")
+	}
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", "--dbname="+dsn, dump)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("pg_restore failed (restore into an empty database): %v: %s", err, redactURL(strings.TrimSpace(stderr.String()), dsn))
+	}
+	return nil
+}

@@ -1,0 +1,291 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/node"
+	"github.com/yikatong/yikatong/internal/node/nodetest"
+	"github.com/yikatong/yikatong/internal/store/storetest"
+	"github.com/yikatong/yikatong/internal/vault"
+)
+
+// TestMain stops the shared PostgreSQL test cluster at the end. It is the
+// only TestMain of this package.
+func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
+
+func runCmd(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, strings.NewReader(""), &out, &errb)
+	return code, out.String() + errb.String()
+}
+
+type ledgerCheckAnswer struct {
+	Transfers int64    `json:"transfers"`
+	JournalOK bool     `json:"journal_ok"`
+	SumFen    int64    `json:"sum_fen"`
+	Problems  []string `json:"problems"`
+}
+
+// checkRestored starts a node on a restored data directory (and database)
+// and checks it: the books balance, the transfers acknowledged before the
+// backup are there, and a resident can sign in with their card and PIN.
+func checkRestored(t *testing.T, dir, dsn string, demo *node.DemoFile, minTransfers int64, acked []string) {
+	t.Helper()
+	tn := nodetest.Start(t, nodetest.Options{Dir: dir, DB: dsn})
+	fin := tn.Client(demo.Staff["finance"].Token)
+	var chk ledgerCheckAnswer
+	fin.JSON(t, "GET", "/v1/ledger/check", nil, 200, &chk)
+	if !chk.JournalOK || chk.SumFen != 0 || len(chk.Problems) > 0 || chk.Transfers < minTransfers {
+		t.Fatalf("ledger check on the restored node: %+v (want at least %d transfers)", chk, minTransfers)
+	}
+	// Every top-up acknowledged before the backup started is in it.
+	var page struct {
+		Entries []struct {
+			ID string `json:"id"`
+		} `json:"entries"`
+	}
+	fin.JSON(t, "GET", "/v1/accounts/"+ledger.WalletID(demo.Residents[0].ResidentID)+"/statement?limit=1000", nil, 200, &page)
+	have := map[string]bool{}
+	for _, e := range page.Entries {
+		have[e.ID] = true
+	}
+	for _, id := range acked {
+		if !have[id] {
+			t.Fatalf("transfer %s, acknowledged before the backup, is missing after restore", id)
+		}
+	}
+	r := demo.Residents[0]
+	var tok struct {
+		Token string `json:"token"`
+	}
+	tn.Client("").JSON(t, "POST", "/v1/auth/resident", map[string]string{"card_number": r.CardNumber, "pin": r.PIN}, 200, &tok)
+	var me struct {
+		Name string `json:"name"`
+	}
+	tn.Client(tok.Token).JSON(t, "GET", "/v1/me", nil, 200, &me)
+	if me.Name != r.Name {
+		t.Fatalf("restored resident is %q, want %q", me.Name, r.Name)
+	}
+}
+
+// topUpWhile tops up the first demo resident's wallet until stop is closed,
+// returning the ids of acknowledged transfers.
+func topUpWhile(t *testing.T, tn *nodetest.Node, stop <-chan struct{}) func() []string {
+	var (
+		mu  sync.Mutex
+		ids []string
+		wg  sync.WaitGroup
+		n   atomic.Int64
+	)
+	c := tn.Client(tn.Demo.Staff["finance"].Token)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			resp, err := c.Try("POST", "/v1/topups", map[string]any{"idempotency_key": fmt.Sprintf("bk-%d", n.Add(1)), "card_number": tn.Demo.Residents[0].CardNumber, "amount_fen": 100})
+			if err != nil || resp.Status != 200 {
+				t.Errorf("top-up during backup: %v %d %s", err, resp.Status, resp.Body)
+				return
+			}
+			var tr struct {
+				ID string `json:"id"`
+			}
+			resp.Decode(t, &tr)
+			mu.Lock()
+			ids = append(ids, tr.ID)
+			mu.Unlock()
+		}
+	}()
+	return func() []string {
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), ids...)
+	}
+}
+
+// TestBackupRestoreSQLite backs up a running demo node while it takes
+// top-ups, restores into a fresh directory and starts a node there.
+func TestBackupRestoreSQLite(t *testing.T) {
+	src := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 20})
+	// Some top-ups acknowledged before the backup starts, more during it.
+	stop := make(chan struct{})
+	wait := topUpWhile(t, src, stop)
+	for len(src.Demo.Residents) > 0 {
+		var chk ledgerCheckAnswer
+		src.Client(src.Demo.Staff["finance"].Token).JSON(t, "GET", "/v1/ledger/check", nil, 200, &chk)
+		if chk.Transfers > 60 {
+			break
+		}
+	}
+	stop2 := make(chan struct{})
+	before := func() []string { close(stop); return wait() }()
+	wait2 := topUpWhile(t, src, stop2)
+	out := filepath.Join(t.TempDir(), "node.tar.gz")
+	code, msg := runCmd(t, "backup", "--data", src.Dir, "--out", out)
+	close(stop2)
+	wait2()
+	if code != 0 {
+		t.Fatalf("backup: %d %s", code, msg)
+	}
+	src.Stop()
+
+	// The archive holds the master key and the key files.
+	names := archiveNames(t, out)
+	for _, want := range []string{"manifest.json", "yikatong.db", "data/" + vault.KeyFile, "data/keys/node.key", "data/demo.json"} {
+		if !names[want] {
+			t.Fatalf("the archive lacks %s: %v", want, names)
+		}
+	}
+	for n := range names {
+		if strings.HasSuffix(n, "-wal") || strings.HasSuffix(n, "-shm") || n == "data/yikatong.db" {
+			t.Fatalf("the archive holds the live database file %s", n)
+		}
+	}
+
+	dst := filepath.Join(t.TempDir(), "restored")
+	if code, msg := runCmd(t, "restore", "--in", out, "--data", dst); code != 0 {
+		t.Fatalf("restore: %d %s", code, msg)
+	}
+	if st, err := os.Stat(filepath.Join(dst, vault.KeyFile)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("restored master key: %v %v", st, err)
+	}
+	// Restoring over an existing node is refused.
+	if code, msg := runCmd(t, "restore", "--in", out, "--data", dst); code != 1 || !strings.Contains(msg, "not empty") {
+		t.Fatalf("restore over a node: %d %s", code, msg)
+	}
+	checkRestored(t, dst, "", src.Demo, int64(len(before)), before)
+
+	t.Run("a damaged archive is refused before anything is written", func(t *testing.T) {
+		bad := filepath.Join(t.TempDir(), "bad.tar.gz")
+		rewriteArchive(t, out, bad, func(name string, b []byte) []byte {
+			if name == "data/"+vault.KeyFile {
+				b = append([]byte(nil), b...)
+				b[0] ^= 1
+			}
+			return b
+		})
+		to := filepath.Join(t.TempDir(), "x")
+		if code, msg := runCmd(t, "restore", "--in", bad, "--data", to); code != 1 || !strings.Contains(msg, "checksum") {
+			t.Fatalf("damaged archive: %d %s", code, msg)
+		}
+		if _, err := os.Stat(to); !os.IsNotExist(err) {
+			t.Fatalf("a refused restore left %s behind", to)
+		}
+		evil := filepath.Join(t.TempDir(), "evil.tar.gz")
+		rewriteArchive(t, out, evil, nil, "data/../../escape")
+		if code, msg := runCmd(t, "restore", "--in", evil, "--data", to); code != 1 || !strings.Contains(msg, "unsafe") {
+			t.Fatalf("path traversal: %d %s", code, msg)
+		}
+	})
+	t.Run("usage errors", func(t *testing.T) {
+		if code, _ := runCmd(t, "backup", "--data", src.Dir); code != 2 {
+			t.Fatalf("backup without --out: %d", code)
+		}
+		if code, msg := runCmd(t, "backup", "--data", t.TempDir(), "--out", filepath.Join(t.TempDir(), "x.tar.gz")); code != 1 || !strings.Contains(msg, vault.KeyFile) {
+			t.Fatalf("backup of a non-node dir: %d %s", code, msg)
+		}
+	})
+}
+
+// TestBackupRestorePostgres backs up a node on PostgreSQL with pg_dump and
+// restores it into a fresh database and data directory.
+func TestBackupRestorePostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("PostgreSQL")
+	}
+	dsn := storetest.Postgres(t)
+	src := nodetest.Start(t, nodetest.Options{DB: dsn, Demo: true, DemoResidents: 20})
+	stop := make(chan struct{})
+	wait := topUpWhile(t, src, stop)
+	for i := 0; i < 30; i++ {
+		src.Client(src.Demo.Staff["finance"].Token).JSON(t, "GET", "/v1/ledger/check", nil, 200, nil)
+	}
+	before := func() []string { close(stop); return wait() }()
+	out := filepath.Join(t.TempDir(), "node.tar.gz")
+	if code, msg := runCmd(t, "backup", "--data", src.Dir, "--db", dsn, "--out", out); code != 0 {
+		t.Fatalf("backup: %d %s", code, msg)
+	}
+	src.Stop()
+	if names := archiveNames(t, out); !names["yikatong.pgdump"] || !names["data/"+vault.KeyFile] {
+		t.Fatalf("archive: %v", names)
+	}
+	dst := filepath.Join(t.TempDir(), "restored")
+	if code, msg := runCmd(t, "restore", "--in", out, "--data", dst); code != 1 || !strings.Contains(msg, "--db") {
+		t.Fatalf("PostgreSQL restore without --db: %d %s", code, msg)
+	}
+	dsn2 := storetest.Postgres(t)
+	if code, msg := runCmd(t, "restore", "--in", out, "--data", dst, "--db", dsn2); code != 0 {
+		t.Fatalf("restore: %d %s", code, msg)
+	}
+	checkRestored(t, dst, dsn2, src.Demo, int64(len(before)), before)
+}
+
+func archiveNames(t *testing.T, p string) map[string]bool {
+	t.Helper()
+	names := map[string]bool{}
+	rewriteArchive(t, p, "", func(name string, b []byte) []byte { names[name] = true; return b })
+	return names
+}
+
+// rewriteArchive copies archive src to dst ("" = only read), passing each
+// file through edit, and appends empty files named extra.
+func rewriteArchive(t *testing.T, src, dst string, edit func(string, []byte) []byte, extra ...string) {
+	t.Helper()
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(gz)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(tr)
+		if edit != nil {
+			b = edit(h.Name, b)
+		}
+		h.Size = int64(len(b))
+		tw.WriteHeader(h)
+		tw.Write(b)
+	}
+	for _, n := range extra {
+		tw.WriteHeader(&tar.Header{Name: n, Mode: 0o600, Typeflag: tar.TypeReg})
+	}
+	tw.Close()
+	zw.Close()
+	if dst != "" {
+		if err := os.WriteFile(dst, buf.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/loadgen"
+	"github.com/yikatong/yikatong/internal/node"
+)
+
+func init() {
+	register("load", "drive a node on this machine with simulated terminals and residents; print throughput and latency", cmdLoad)
+}
+
+const loadUsage = `usage: yikatong load --demo demo.json [--node URL] [flags]
+       yikatong load --serve-bare 127.0.0.1:PORT
+
+Drives a node on this machine (127.0.0.1 only) with simulated terminals and
+residents, shows progress on stderr and prints throughput, latency
+percentiles (per request) and decline reasons. Stops by itself.
+
+  --node URL          the node (default: base_url of demo.json)
+  --demo FILE         demo.json of the node (terminals, staff, residents)
+  --mix M             peak | identify | charge | offline, or a ceiling:
+                      bare (POST /bare of a --serve-bare process) | sm2
+                      (bare SM2 code verification on every core)  [peak]
+  --duration D        how long to run (at most 10m)                [20s]
+  --concurrency N     closed-loop workers                          [64]
+  --max-requests N    stop after N requests (0: duration only)     [0]
+  --residents N       load residents to enrol and fund first        [200]
+  --codes N           e-codes to issue before the clock starts (-1: the mix's default) [-1]
+  --batch N           records per offline batch                    [1000]
+  --json              print the result as one JSON object
+  --serve-bare ADDR   serve the bare HTTP ceiling endpoint until SIGINT/SIGTERM
+`
+
+func cmdLoad(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("load", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	nodeURL := fs.String("node", "", "")
+	demoPath := fs.String("demo", "", "")
+	mix := fs.String("mix", loadgen.MixPeak, "")
+	duration := fs.Duration("duration", 20*time.Second, "")
+	conc := fs.Int("concurrency", 64, "")
+	maxReq := fs.Int64("max-requests", 0, "")
+	residents := fs.Int("residents", 200, "")
+	codes := fs.Int("codes", -1, "")
+	batch := fs.Int("batch", 1000, "")
+	asJSON := fs.Bool("json", false, "")
+	bare := fs.String("serve-bare", "", "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, loadUsage)
+			return 0
+		}
+		fmt.Fprintf(stderr, "yikatong load: %v\n\n%s", err, loadUsage)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "yikatong load: unexpected argument %q\n\n%s", fs.Arg(0), loadUsage)
+		return 2
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	if *bare != "" {
+		return serveBare(ctx, *bare, stderr)
+	}
+	o := loadgen.Options{Node: *nodeURL, Mix: *mix, Duration: *duration, Concurrency: *conc, MaxRequests: *maxReq,
+		Residents: *residents, Codes: *codes, BatchSize: *batch, Progress: stderr}
+	if *demoPath != "" {
+		d, err := node.ReadDemoFile(*demoPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "yikatong load: %v\n", err)
+			return 2
+		}
+		o.Demo = d
+		setDefault(&o.Node, d.BaseURL)
+	} else if *mix != loadgen.MixSM2 && *mix != loadgen.MixBare {
+		fmt.Fprint(stderr, "yikatong load: need --demo demo.json\n\n"+loadUsage)
+		return 2
+	}
+	if o.Node == "" && *mix != loadgen.MixSM2 {
+		fmt.Fprint(stderr, "yikatong load: need --node URL\n\n"+loadUsage)
+		return 2
+	}
+	if *mix == loadgen.MixSM2 && o.Node == "" {
+		o.Node = "http://127.0.0.1:1" // unused
+	}
+	res, err := loadgen.Run(ctx, o)
+	if err != nil {
+		fmt.Fprintf(stderr, "yikatong load: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		b, _ := json.Marshal(res)
+		fmt.Fprintf(stdout, "%s\n", b)
+	} else {
+		res.Print(stdout)
+	}
+	return 0
+}
+
+func serveBare(ctx context.Context, addr string, stderr io.Writer) int {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "yikatong load: %v\n", err)
+		return 1
+	}
+	if err := loadgen.CheckLoopback("http://" + ln.Addr().String()); err != nil {
+		ln.Close()
+		fmt.Fprintf(stderr, "yikatong load: %v\n", err)
+		return 2
+	}
+	srv := &http.Server{Handler: loadgen.BareHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		srv.Shutdown(sctx)
+	}()
+	fmt.Fprintf(stderr, "yikatong load: bare endpoint on http://%s/bare\n", ln.Addr())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		fmt.Fprintf(stderr, "yikatong load: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/yikatong/yikatong/internal/node/nodetest"
+)
+
+func TestCmdTerminalAndLoad(t *testing.T) {
+	n := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 20})
+	demo := filepath.Join(n.Dir, "demo.json")
+	card := n.Demo.Residents[0].CardNumber
+	state := filepath.Join(t.TempDir(), "gate.json")
+	runCmd := func(args ...string) (int, map[string]any, string) {
+		var out, errb bytes.Buffer
+		code := run(args, strings.NewReader(""), &out, &errb)
+		var v map[string]any
+		if line, _, _ := strings.Cut(out.String(), "\n"); line != "" {
+			if err := json.Unmarshal([]byte(line), &v); err != nil {
+				t.Fatalf("%v: output %q is not JSON", args, out.String())
+			}
+		}
+		return code, v, out.String() + errb.String()
+	}
+	// Online scan.
+	code, v, out := runCmd("terminal", "--demo", demo, "--scenario", "transit.metro_exit", "--card", card, "--amount-fen", "400")
+	if code != 0 || v["decision"] != "accepted" || v["charged_fen"] != 400.0 || v["mode"] != "online" {
+		t.Fatalf("online: %d %s", code, out)
+	}
+	// Online with explicit flags and a bad card: declined, exit 1.
+	tm := n.Demo.Terminals[0]
+	code, v, out = runCmd("terminal", "--node", n.URL, "--token", tm.Token, "--scenario", tm.Scenario, "--card", "1234567812345678")
+	if code != 1 || v["decision"] != "declined" {
+		t.Fatalf("bad card: %d %s", code, out)
+	}
+	// Offline: decides alone and queues; then upload.
+	for i := 0; i < 2; i++ {
+		code, v, out = runCmd("terminal", "--demo", demo, "--scenario", "transit.bus", "--offline", "--state", state, "--card", card)
+		if code != 0 || v["mode"] != "offline" || v["queued"] != float64(i+1) {
+			t.Fatalf("offline %d: %d %s", i, code, out)
+		}
+	}
+	code, v, out = runCmd("terminal", "upload", "--demo", demo, "--scenario", "transit.bus", "--state", state)
+	if code != 0 || v["applied"] != 2.0 || v["charged_fen"] != 400.0 {
+		t.Fatalf("upload: %d %s", code, out)
+	}
+	// Usage errors.
+	if code, _, _ = runCmd("terminal", "--demo", demo, "--scenario", "transit.bus"); code != 2 {
+		t.Fatalf("no code or card: exit %d", code)
+	}
+	if code, _, _ = runCmd("terminal", "--node", n.URL, "--scenario", "transit.bus", "--card", card); code != 2 {
+		t.Fatalf("no token: exit %d", code)
+	}
+
+	// Load: short bounded runs of each mix against the same node.
+	for _, mix := range []string{"charge", "identify", "peak", "offline"} {
+		var outb, errb bytes.Buffer
+		args := []string{"load", "--demo", demo, "--mix", mix, "--duration", "1500ms", "--concurrency", "8", "--residents", "10", "--codes", "300", "--batch", "50", "--json"}
+		if c := run(args, strings.NewReader(""), &outb, &errb); c != 0 {
+			t.Fatalf("load %s: exit %d: %s", mix, c, errb.String())
+		}
+		var res struct {
+			Records  int64            `json:"records"`
+			Accepted int64            `json:"accepted"`
+			Errors   int64            `json:"errors"`
+			P99      int64            `json:"p99_ns"`
+			Rate     float64          `json:"rate_per_s"`
+			Reasons  map[string]int64 `json:"reasons"`
+		}
+		if err := json.Unmarshal(outb.Bytes(), &res); err != nil {
+			t.Fatalf("load %s output %q", mix, outb.String())
+		}
+		if res.Records == 0 || res.Accepted == 0 || res.Errors != 0 || res.P99 <= 0 || res.Rate <= 0 {
+			t.Fatalf("load %s: %+v (stderr %s)", mix, res, errb.String())
+		}
+		if !strings.Contains(errb.String(), "\r") {
+			t.Fatalf("load %s: no progress display on stderr", mix)
+		}
+	}
+	// The books still balance after all that.
+	var check struct {
+		Sum       int64 `json:"sum_fen"`
+		JournalOK bool  `json:"journal_ok"`
+	}
+	n.Client(n.Demo.Staff["finance"].Token).JSON(t, "GET", "/v1/ledger/check", nil, 200, &check)
+	if check.Sum != 0 || !check.JournalOK {
+		t.Fatalf("ledger check after load: %+v", check)
+	}
+	// Refuses a node that is not on this machine, and unbounded runs.
+	var outb, errb bytes.Buffer
+	if c := run([]string{"load", "--demo", demo, "--node", "http://10.1.2.3:8080"}, strings.NewReader(""), &outb, &errb); c == 0 || !strings.Contains(errb.String(), "this machine") {
+		t.Fatalf("non-loopback node: exit %d %s", c, errb.String())
+	}
+	if c := run([]string{"load", "--demo", demo, "--duration", "2h"}, strings.NewReader(""), &outb, &errb); c == 0 {
+		t.Fatal("a 2h run was accepted")
+	}
+}

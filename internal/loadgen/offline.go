@@ -1,0 +1,77 @@
+package loadgen
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/terminal"
+	"github.com/yikatong/yikatong/internal/termsim"
+)
+
+// runOffline: each request is one signed batch of o.BatchSize records made
+// by one offline terminal (cards, and e-codes while the pool lasts), as a
+// gate uploads what it accepted while the network was down.
+func runOffline(ctx context.Context, o Options, c *client, pop *population) (Result, error) {
+	ts := mixTargets(MixOffline)
+	terms, err := terminalsFor(o.Demo, ts)
+	if err != nil {
+		return Result{}, err
+	}
+	keys := map[string]edKey{}
+	for _, list := range terms {
+		for _, t := range list {
+			if t.BatchKey == "" {
+				return Result{}, fmt.Errorf("demo.json has no batch key for terminal %s", t.ID)
+			}
+			k, err := terminal.ParseBatchKey(t.BatchKey)
+			if err != nil {
+				return Result{}, err
+			}
+			keys[t.ID] = k
+		}
+	}
+	var seq atomic.Int64
+	prefix := fmt.Sprintf("ol%x-", time.Now().UnixNano()&0xffffffffff)
+	counted := true
+	return runClosedLoop(ctx, o, &counted, func(ctx context.Context, w *workerStats, rng *rand.Rand, r *recorder) error {
+		t := pick(ts, rng)
+		tm := terms[t.scenario][rng.IntN(len(terms[t.scenario]))]
+		recs := make([]terminal.Record, o.BatchSize)
+		at := time.Now().UTC().Add(-time.Second)
+		for i := range recs {
+			n := seq.Add(1)
+			rec := terminal.Record{ID: fmt.Sprintf("%s%d", prefix, n), Seq: n, At: at, Scenario: t.scenario, AmountFen: t.amount(rng)}
+			if rng.Float64() < t.codeProb {
+				rec.Code = pop.code()
+			}
+			if rec.Code == "" {
+				rec.CardNumber = pop.people[rng.IntN(len(pop.people))].card
+			}
+			recs[i] = rec
+		}
+		rep, err := termsim.UploadRecords(ctx, c.hc, c.base, tm.Token, tm.ID, keys[tm.ID], recs, time.Now())
+		if err != nil {
+			return err
+		}
+		countReport(rep, w, r)
+		return nil
+	})
+}
+
+func countReport(rep scan.BatchReport, w *workerStats, r *recorder) {
+	r.records.Add(int64(rep.Records))
+	r.accepted.Add(int64(rep.Applied + rep.Duplicates))
+	r.declined.Add(int64(rep.Declined + rep.Rejected))
+	for _, it := range rep.Items {
+		if it.Status == scan.StatusDeclined || it.Status == scan.StatusRejected {
+			w.reasons[string(it.Reason)]++
+		}
+	}
+}
+
+type edKey = ed25519.PrivateKey

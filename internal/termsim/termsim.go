@@ -1,0 +1,437 @@
+// Package termsim is a simulated scanning terminal (a metro gate, a bus
+// reader, a canteen POS) that talks to a city node the way a real one does.
+// `yikatong terminal` and the load generator use it.
+//
+// Online, a scan is POST /v1/scans and the node decides.
+//
+// Offline, the terminal decides alone, as Shanghai's "doubly offline" metro
+// gates do:
+//
+//   - It pins the node's public key (GET /v1/trust/node-key, or a JWK given
+//     at provisioning) the first time and keeps it: every trust bundle it
+//     later downloads (GET /v1/trust) must carry a valid signature under
+//     that key, so a man in the middle cannot swap in its own issuer keys.
+//   - It refreshes the bundle when it is older than TrustRefresh and the
+//     node is reachable; when the node is not, it keeps using the bundle it
+//     has until the bundle's expires_at. After that it refuses every code
+//     and card with trust_expired: it never accepts on stale trust.
+//   - A code is checked with internal/trust (issuer key, signature, expiry,
+//     deny list as of the scan); a physical card against the bundle's card
+//     deny list. A code's cti is remembered until the code expires, so the
+//     same code is refused "replayed" at this terminal even offline.
+//   - Accepted scans become records (terminal.Record) queued in the state
+//     file; Upload signs them as one batch with the terminal's Ed25519
+//     batch key and posts it to /v1/terminals/{id}/batches, then drops the
+//     records the node reported (applied, declined, duplicate or rejected —
+//     all final) from the queue. A failed upload leaves the queue intact;
+//     re-sending is safe because the node applies each record id once.
+//
+// The state file is JSON written atomically (temp file + rename), so a
+// crash between scans loses nothing already printed as accepted.
+package termsim
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/terminal"
+	"github.com/yikatong/yikatong/internal/trust"
+)
+
+// Config describes one terminal.
+type Config struct {
+	Node     string // base URL, e.g. http://127.0.0.1:8080
+	Token    string // bearer token
+	ID       string // terminal id (needed for batch uploads)
+	Scenario string
+	// BatchKey is the base64url Ed25519 seed that signs offline batches.
+	BatchKey string
+	// StatePath is the state file (pinned key, bundle, seen codes, queue).
+	StatePath string
+	// NodeKey, if set, is the pinned node key; otherwise the key is fetched
+	// and pinned on first use (trust on first use).
+	NodeKey *ecode.PublicKey
+	// TrustRefresh is how old a bundle may get before it is re-downloaded
+	// when the node is reachable (default 1 minute).
+	TrustRefresh time.Duration
+	HTTP         *http.Client
+	Now          func() time.Time
+}
+
+// State is what an offline terminal keeps between scans.
+type State struct {
+	Terminal  string            `json:"terminal"`
+	NodeKey   *ecode.JWK        `json:"node_key,omitempty"`
+	Bundle    json.RawMessage   `json:"bundle,omitempty"`
+	FetchedAt time.Time         `json:"fetched_at"`
+	Seq       int64             `json:"seq"`
+	Seen      map[string]int64  `json:"seen,omitempty"` // cti → expiry (Unix seconds)
+	Queue     []terminal.Record `json:"queue"`
+}
+
+// Terminal is a simulated terminal.
+type Terminal struct {
+	cfg    Config
+	state  State
+	bundle *trust.Bundle
+}
+
+// Decision is what the terminal shows (online: the node's answer; offline:
+// its own).
+type Decision struct {
+	Mode     string         `json:"mode" doc:"online | offline"`
+	Decision string         `json:"decision"`
+	Reason   apperr.Code    `json:"reason,omitempty"`
+	Charged  *int64         `json:"charged_fen,omitempty"`
+	View     map[string]any `json:"view,omitempty"`
+	RecordID string         `json:"record_id,omitempty" doc:"offline: the queued record"`
+	Queued   int            `json:"queued,omitempty" doc:"offline: records waiting for upload"`
+}
+
+// New opens a terminal, loading its state file if there is one.
+func New(cfg Config) (*Terminal, error) {
+	if cfg.HTTP == nil {
+		cfg.HTTP = &http.Client{Timeout: 30 * time.Second}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TrustRefresh <= 0 {
+		cfg.TrustRefresh = time.Minute
+	}
+	cfg.Node = strings.TrimRight(cfg.Node, "/")
+	t := &Terminal{cfg: cfg, state: State{Terminal: cfg.ID, Seen: map[string]int64{}}}
+	if cfg.StatePath != "" {
+		b, err := os.ReadFile(cfg.StatePath)
+		switch {
+		case err == nil:
+			if err := json.Unmarshal(b, &t.state); err != nil {
+				return nil, fmt.Errorf("state file %s: %w", cfg.StatePath, err)
+			}
+			if t.state.Seen == nil {
+				t.state.Seen = map[string]int64{}
+			}
+			if cfg.ID != "" && t.state.Terminal != "" && t.state.Terminal != cfg.ID {
+				return nil, fmt.Errorf("state file %s belongs to terminal %s, not %s", cfg.StatePath, t.state.Terminal, cfg.ID)
+			}
+			if t.state.Terminal == "" {
+				t.state.Terminal = cfg.ID
+			}
+		case errors.Is(err, os.ErrNotExist):
+		default:
+			return nil, err
+		}
+	}
+	if cfg.NodeKey != nil {
+		j := cfg.NodeKey.JWK()
+		if t.state.NodeKey != nil && t.state.NodeKey.Kid != j.Kid {
+			return nil, fmt.Errorf("the given node key differs from the one pinned in %s", cfg.StatePath)
+		}
+		t.state.NodeKey = &j
+	}
+	return t, nil
+}
+
+// State returns a copy of the terminal's state.
+func (t *Terminal) State() State { return t.state }
+
+// Save writes the state file atomically.
+func (t *Terminal) Save() error {
+	if t.cfg.StatePath == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(t.state, "", " ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(t.cfg.StatePath), 0o700); err != nil {
+		return err
+	}
+	tmp := t.cfg.StatePath + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, t.cfg.StatePath)
+}
+
+// call sends one JSON request and decodes a 2xx answer into out; a problem
+// answer becomes its *apperr.Error; a transport failure is unavailable.
+func (t *Terminal) call(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, t.cfg.Node+path, rd)
+	if err != nil {
+		return apperr.Wrap(apperr.Unavailable, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if t.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+t.cfg.Token)
+	}
+	resp, err := t.cfg.HTTP.Do(req)
+	if err != nil {
+		return apperr.Wrap(apperr.Unavailable, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return apperr.Wrap(apperr.Unavailable, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		return ProblemError(resp.StatusCode, data)
+	}
+	if out == nil {
+		return nil
+	}
+	if raw, ok := out.(*json.RawMessage); ok {
+		*raw = append((*raw)[:0], data...)
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return apperr.Wrap(apperr.Internal, fmt.Errorf("decoding %s %s: %w", method, path, err))
+	}
+	return nil
+}
+
+// ProblemError turns a problem+json answer into an *apperr.Error.
+func ProblemError(status int, body []byte) error {
+	var p struct {
+		Code     apperr.Code `json:"code"`
+		Detail   string      `json:"detail"`
+		DetailZh string      `json:"detail_zh"`
+	}
+	if json.Unmarshal(body, &p) != nil || p.Code == "" {
+		return apperr.Newf(apperr.Unavailable, fmt.Sprintf("HTTP %d from the node", status), fmt.Sprintf("节点返回 HTTP %d", status))
+	}
+	return apperr.Newf(p.Code, p.Detail, p.DetailZh)
+}
+
+// NewRequestKey returns a fresh idempotency key.
+func NewRequestKey(prefix string) string {
+	var b [12]byte
+	rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// ScanOnline posts one scan to the node.
+func (t *Terminal) ScanOnline(ctx context.Context, key, code, card string, amount int64) (Decision, error) {
+	if key == "" {
+		key = NewRequestKey("sim-")
+	}
+	var r scan.Response
+	err := t.call(ctx, http.MethodPost, "/v1/scans", scan.Request{IdempotencyKey: key, Scenario: t.cfg.Scenario, Code: code, CardNumber: card, AmountFen: amount}, &r)
+	if err != nil {
+		return Decision{}, err
+	}
+	return Decision{Mode: "online", Decision: r.Decision, Reason: r.Reason, Charged: r.ChargedFen, View: r.View}, nil
+}
+
+// RefreshTrust downloads the bundle if it is older than TrustRefresh (or
+// force), checking it against the pinned node key (pinning it first if
+// none is pinned). A failure to reach the node is not an error when a
+// bundle is already held: the terminal carries on offline with it.
+func (t *Terminal) RefreshTrust(ctx context.Context, force bool) error {
+	now := t.cfg.Now()
+	if !force && t.state.Bundle != nil && now.Sub(t.state.FetchedAt) < t.cfg.TrustRefresh {
+		return t.loadBundle()
+	}
+	err := t.download(ctx)
+	if err != nil && apperr.CodeOf(err) == apperr.Unavailable && t.state.Bundle != nil {
+		return t.loadBundle()
+	}
+	return err
+}
+
+func (t *Terminal) download(ctx context.Context) error {
+	if t.state.NodeKey == nil {
+		var j ecode.JWK
+		if err := t.call(ctx, http.MethodGet, "/v1/trust/node-key", nil, &j); err != nil {
+			return err
+		}
+		if _, err := ecode.PublicKeyFromJWK(j); err != nil {
+			return apperr.Newf(apperr.BadTrustBundle, "the node key is not a valid JWK: "+err.Error(), "节点公钥无效")
+		}
+		t.state.NodeKey = &j
+	}
+	var raw json.RawMessage
+	if err := t.call(ctx, http.MethodGet, "/v1/trust", nil, &raw); err != nil {
+		return err
+	}
+	nk, err := ecode.PublicKeyFromJWK(*t.state.NodeKey)
+	if err != nil {
+		return apperr.Newf(apperr.BadTrustBundle, "the pinned node key is not valid", "固定的节点公钥无效")
+	}
+	b, err := trust.Parse(raw, &nk)
+	if err != nil {
+		return err
+	}
+	t.state.Bundle, t.state.FetchedAt, t.bundle = raw, t.cfg.Now(), b
+	return nil
+}
+
+// loadBundle parses the held bundle (checking its signature again: the
+// state file is not trusted more than the network).
+func (t *Terminal) loadBundle() error {
+	if t.bundle != nil {
+		return nil
+	}
+	if t.state.Bundle == nil || t.state.NodeKey == nil {
+		return apperr.Newf(apperr.TrustExpired, "no trust bundle yet: connect to the node once", "尚无信任列表，请先联网下载")
+	}
+	nk, err := ecode.PublicKeyFromJWK(*t.state.NodeKey)
+	if err != nil {
+		return apperr.Newf(apperr.BadTrustBundle, "the pinned node key is not valid", "固定的节点公钥无效")
+	}
+	b, err := trust.Parse(t.state.Bundle, &nk)
+	if err != nil {
+		return err
+	}
+	t.bundle = b
+	return nil
+}
+
+// Bundle returns the trust bundle in use (nil before the first refresh).
+func (t *Terminal) Bundle() *trust.Bundle { return t.bundle }
+
+// DecideOffline decides a scan alone as of now and, if accepted, queues
+// its record. amount is the terminal's amount (0 = the scenario's fare,
+// which the node applies on upload).
+func (t *Terminal) DecideOffline(code, card string, amount int64) Decision {
+	now := t.cfg.Now()
+	d := Decision{Mode: "offline", Decision: scan.Declined}
+	if t.state.Terminal == "" {
+		d.Reason = apperr.ValidationFailed
+		return d
+	}
+	if err := t.loadBundle(); err != nil {
+		d.Reason = apperr.CodeOf(err)
+		return d
+	}
+	b := t.bundle
+	if now.After(b.ExpiresAt) {
+		d.Reason = apperr.TrustExpired
+		return d
+	}
+	// Forget codes that have expired anyway.
+	for k, exp := range t.state.Seen {
+		if exp < now.Unix()-int64(ecode.ClockSkew/time.Second) {
+			delete(t.state.Seen, k)
+		}
+	}
+	code = strings.TrimSpace(code)
+	if code != "" {
+		if n := resident.NormalizeCardNumber(code); len(n) == 16 && resident.ValidCardNumber(n) {
+			code, card = "", n
+		}
+	}
+	rec := terminal.Record{Scenario: t.cfg.Scenario, At: now.UTC(), AmountFen: amount}
+	switch {
+	case card != "":
+		n := resident.NormalizeCardNumber(card)
+		if !resident.ValidCardNumber(n) {
+			d.Reason = apperr.Malformed
+			return d
+		}
+		if b.CardRevoked(n, now) {
+			d.Reason = apperr.Revoked
+			return d
+		}
+		rec.CardNumber = n
+	case strings.HasPrefix(code, ecode.Scheme+":"):
+		cl, err := b.VerifyCode(code, now)
+		if err != nil {
+			d.Reason = apperr.CodeOf(err)
+			return d
+		}
+		cti := cl.Issuer + ":" + hex.EncodeToString(cl.CTI)
+		if _, seen := t.state.Seen[cti]; seen {
+			d.Reason = apperr.Replayed
+			return d
+		}
+		t.state.Seen[cti] = cl.ExpiresAt.Unix()
+		rec.Code = code
+	case code == "":
+		d.Reason = apperr.ValidationFailed
+		return d
+	default:
+		// Other schemes (TC1 …) need the node's bindings: not offline.
+		d.Reason = apperr.UnsupportedScheme
+		return d
+	}
+	t.state.Seq++
+	rec.Seq = t.state.Seq
+	rec.ID = fmt.Sprintf("%d-%s", rec.Seq, NewRequestKey("")[:8])
+	t.state.Queue = append(t.state.Queue, rec)
+	d.Decision, d.RecordID, d.Queued = scan.Accepted, rec.ID, len(t.state.Queue)
+	if amount > 0 {
+		d.Charged = &amount
+	}
+	return d
+}
+
+// Upload signs the queued records as one batch and uploads it; records the
+// node reported on leave the queue.
+func (t *Terminal) Upload(ctx context.Context) (scan.BatchReport, error) {
+	if len(t.state.Queue) == 0 {
+		return scan.BatchReport{Terminal: t.state.Terminal, Items: []scan.RecordReport{}}, nil
+	}
+	if t.state.Terminal == "" {
+		return scan.BatchReport{}, apperr.Invalid("id", "the terminal id is needed to upload", "上传批次需要终端编号")
+	}
+	key, err := terminal.ParseBatchKey(t.cfg.BatchKey)
+	if err != nil {
+		return scan.BatchReport{}, err
+	}
+	rep, err := UploadRecords(ctx, t.cfg.HTTP, t.cfg.Node, t.cfg.Token, t.state.Terminal, key, t.state.Queue, t.cfg.Now())
+	if err != nil {
+		return rep, err
+	}
+	done := map[string]bool{}
+	for _, it := range rep.Items {
+		done[it.ID] = true
+	}
+	kept := t.state.Queue[:0]
+	for _, r := range t.state.Queue {
+		if !done[r.ID] {
+			kept = append(kept, r)
+		}
+	}
+	t.state.Queue = kept
+	return rep, nil
+}
+
+// UploadRecords signs records as one batch of terminal id and posts it.
+func UploadRecords(ctx context.Context, hc *http.Client, node, token, id string, key ed25519.PrivateKey, recs []terminal.Record, now time.Time) (scan.BatchReport, error) {
+	b := terminal.Batch{Terminal: id, ID: NewRequestKey("b-"), CreatedAt: now.UTC(), Records: recs}
+	sb, err := terminal.SignBatch(b, key)
+	if err != nil {
+		return scan.BatchReport{}, err
+	}
+	t := &Terminal{cfg: Config{Node: strings.TrimRight(node, "/"), Token: token, HTTP: hc}}
+	var rep scan.BatchReport
+	err = t.call(ctx, http.MethodPost, "/v1/terminals/"+id+"/batches", sb, &rep)
+	return rep, err
+}

@@ -1,0 +1,127 @@
+package termsim_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/node"
+	"github.com/yikatong/yikatong/internal/node/nodetest"
+	"github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/termsim"
+)
+
+func demoTerminal(t *testing.T, d *node.DemoFile, scenario string) node.DemoTerminal {
+	t.Helper()
+	for _, tm := range d.Terminals {
+		if tm.Scenario == scenario {
+			return tm
+		}
+	}
+	t.Fatalf("no demo terminal for %s", scenario)
+	return node.DemoTerminal{}
+}
+
+func issueCode(t *testing.T, n *nodetest.Node, card string) string {
+	t.Helper()
+	code, _, err := n.IssueCode(context.Background(), card)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+func TestOnlineOfflineUpload(t *testing.T) {
+	n := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 20})
+	ctx := context.Background()
+	bus := demoTerminal(t, n.Demo, "transit.bus")
+	res := n.Demo.Residents[0]
+	state := filepath.Join(t.TempDir(), "term.json")
+	clock := time.Now()
+	now := func() time.Time { return clock }
+	cfg := termsim.Config{Node: n.URL, Token: bus.Token, ID: bus.ID, Scenario: "transit.bus", BatchKey: bus.BatchKey, StatePath: state, Now: now}
+
+	tm, err := termsim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Online: the node decides and charges.
+	d, err := tm.ScanOnline(ctx, "", "", res.CardNumber, 0)
+	if err != nil || d.Decision != scan.Accepted || d.Charged == nil || *d.Charged != 200 {
+		t.Fatalf("online scan: %+v %v", d, err)
+	}
+	// Offline without a bundle: refuses (never accepts without trust).
+	if d := tm.DecideOffline("", res.CardNumber, 0); d.Decision != scan.Declined || d.Reason != apperr.TrustExpired {
+		t.Fatalf("no bundle: %+v", d)
+	}
+	if err := tm.RefreshTrust(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	code := issueCode(t, n, res.CardNumber)
+	if d := tm.DecideOffline(code, "", 0); d.Decision != scan.Accepted || d.Queued != 1 {
+		t.Fatalf("offline code: %+v", d)
+	}
+	if d := tm.DecideOffline(code, "", 0); d.Reason != apperr.Replayed {
+		t.Fatalf("same code again offline: %+v", d)
+	}
+	if d := tm.DecideOffline("", res.CardNumber, 0); d.Decision != scan.Accepted || d.Queued != 2 {
+		t.Fatalf("offline card: %+v", d)
+	}
+	if d := tm.DecideOffline("YK1:NOTACODE", "", 0); d.Decision != scan.Declined || d.Reason != apperr.Malformed {
+		t.Fatalf("garbage: %+v", d)
+	}
+	if err := tm.Save(); err != nil {
+		t.Fatal(err)
+	}
+	// A new process with the state file keeps the queue and the pinned key.
+	tm2, err := termsim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := tm2.State().Queue; len(q) != 2 || tm2.State().NodeKey == nil {
+		t.Fatalf("state after reload: %+v", tm2.State())
+	}
+	// The bundle goes stale: the terminal must refuse, not accept.
+	clock = clock.Add(25 * time.Hour)
+	stale, _ := termsim.New(termsim.Config{Node: "http://127.0.0.1:1", Token: "x", ID: bus.ID, Scenario: "transit.bus", StatePath: state, Now: now})
+	if err := stale.RefreshTrust(ctx, false); err != nil {
+		t.Fatalf("unreachable node with a held bundle should carry on offline: %v", err)
+	}
+	if d := stale.DecideOffline("", res.CardNumber, 0); d.Decision != scan.Declined || d.Reason != apperr.TrustExpired {
+		t.Fatalf("stale bundle accepted: %+v", d)
+	}
+	clock = clock.Add(-25 * time.Hour)
+	// Upload: both records applied, queue drained; re-sending is a no-op.
+	rep, err := tm2.Upload(ctx)
+	if err != nil || rep.Applied != 2 || rep.Records != 2 || len(tm2.State().Queue) != 0 {
+		t.Fatalf("upload: %+v %v", rep, err)
+	}
+	if rep.ChargedFen != 400 {
+		t.Fatalf("charged %d, want 400", rep.ChargedFen)
+	}
+	// The node saw the code used offline: online use is replayed.
+	if d, err := tm2.ScanOnline(ctx, "", code, "", 0); err != nil || d.Reason != apperr.Replayed {
+		t.Fatalf("code used offline, then online: %+v %v", d, err)
+	}
+}
+
+func TestPinnedKeyRefusesOtherBundles(t *testing.T) {
+	n := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 10})
+	bus := demoTerminal(t, n.Demo, "transit.bus")
+	other, _ := ecode.GenerateSM2()
+	pk := other.Public()
+	tm, err := termsim.New(termsim.Config{Node: n.URL, Token: bus.Token, ID: bus.ID, Scenario: "transit.bus", NodeKey: &pk,
+		StatePath: filepath.Join(t.TempDir(), "s.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tm.RefreshTrust(context.Background(), true); apperr.CodeOf(err) != apperr.BadTrustBundle {
+		t.Fatalf("bundle under another key: %v", err)
+	}
+	if d := tm.DecideOffline("", n.Demo.Residents[0].CardNumber, 0); d.Decision != scan.Declined {
+		t.Fatalf("accepted without a trusted bundle: %+v", d)
+	}
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Reproduces the "Scans" figures of docs/benchmarks.md in one run on this
+# machine: starts a demo node (SQLite, temp dir) and a bare HTTP endpoint,
+# measures the ceilings (bare HTTP, bare SM2 verify) and the load mixes,
+# prints one table, and stops everything it started.
+#   DURATION=10s CONC=64 scripts/bench-scans.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+CONC=${CONC:-64}
+BIN=$(mktemp -d)/yikatong
+go build -o "$BIN" ./cmd/yikatong
+DATA=$(mktemp -d)
+PORT=${PORT:-18480}
+BARE=${BARE_PORT:-18481}
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$DATA"; }
+trap cleanup EXIT
+"$BIN" serve --demo --data "$DATA" --addr 127.0.0.1:$PORT --log-level warn 2>"$DATA/node.log" & pids+=($!)
+"$BIN" load --serve-bare 127.0.0.1:$BARE 2>/dev/null & pids+=($!)
+for _ in $(seq 1 60); do
+  [ -f "$DATA/demo.json" ] && curl -sf 127.0.0.1:$PORT/healthz >/dev/null && curl -sf 127.0.0.1:$BARE/healthz >/dev/null && break
+  sleep 0.5
+done
+run() { # name, args...
+  local name=$1; shift
+  local j; j=$("$BIN" load --json --duration "$DURATION" "$@" 2>/dev/null)
+  python3 - "$name" "$j" <<'PY'
+import json, sys
+name, r = sys.argv[1], json.loads(sys.argv[2])
+ms = lambda k: r[k] / 1e6
+dec = ", ".join(f"{k} {v}" for k, v in sorted(r.get("reasons", {}).items(), key=lambda kv: -kv[1])) or "-"
+print(f"| {name} | {r['concurrency']} | {r['rate_per_s']:,.0f} | {ms('p50_ns'):.2f} | {ms('p90_ns'):.2f} | {ms('p99_ns'):.2f} | {ms('max_ns'):.1f} | {r['errors']} | {dec} |")
+PY
+}
+echo "| run | conc. | scans/s | p50 ms | p90 ms | p99 ms | max ms | errors | declines |"
+echo "|---|---|---|---|---|---|---|---|---|"
+run "ceiling: SM2 verify (all cores)" --mix sm2
+run "ceiling: bare HTTP" --mix bare --node http://127.0.0.1:$BARE --concurrency "$CONC"
+run "identify (YK1 codes)" --mix identify --demo "$DATA/demo.json" --concurrency "$CONC"
+run "charge (cards)" --mix charge --demo "$DATA/demo.json" --concurrency "$CONC"
+run "charge (cards)" --mix charge --demo "$DATA/demo.json" --concurrency 256
+run "peak" --mix peak --demo "$DATA/demo.json" --concurrency "$CONC"
+run "offline batches (1000 records)" --mix offline --demo "$DATA/demo.json" --concurrency 4 --batch 1000
