@@ -76,7 +76,7 @@ var inQueries = [][2]string{
 	{`SELECT ` + entryCols + ` FROM ledger_journal WHERE idem_key IN `, ``},
 	{holdCols + `WHERE id IN `, ``},
 	{`SELECT ` + entryCols + ` FROM ledger_journal WHERE seq IN `, ``},
-	{`SELECT ref, SUM(amount) FROM ledger_journal WHERE type = 'reversal' AND ref IN `, ` GROUP BY ref`},
+	{`SELECT ref, SUM(amount) FROM ledger_journal WHERE type = 'reversal' AND ref <> 0 AND ref IN `, ` GROUP BY ref`},
 	{acctSelect, ` ORDER BY id`},
 	{acctSelect, ` ORDER BY id FOR UPDATE`},
 	{holdCols + `WHERE status = 'pending' AND debit IN `, ` ORDER BY id`},

@@ -214,8 +214,11 @@ func (n *Node) residentRoutes() {
 					n.Auth.Audit(r.Context(), p, "card_"+op.path, number, "")
 				}
 				if op.path != "unlock" && op.path != "recover" {
-					// A dead or lost card's resident sessions end now.
-					n.Auth.RevokeSubject(r.Context(), auth.KindResident, number)
+					// A dead or lost card's resident sessions end now (sessions
+					// are keyed by the normalised number of the old card).
+					if err := n.Auth.RevokeSubject(r.Context(), auth.KindResident, resident.NormalizeCardNumber(number)); err != nil {
+						return err
+					}
 				}
 				n.afterCardChange(r.Context())
 				return httpapi.WriteJSON(w, http.StatusOK, c)

@@ -34,6 +34,7 @@ const demoStaffTTL = 365 * 24 * time.Hour
 // demo.json only if the base URL changed. On a non-empty node without a
 // demo.json it creates nothing (it never mixes demo data into a real city).
 func (n *Node) EnsureDemo(ctx context.Context, baseURL, path string) error {
+	n.DemoMode.Store(true)
 	if d, err := ReadDemoFile(path); err == nil {
 		if d.City != n.City {
 			return fmt.Errorf("%s belongs to city %s, this node is %s", path, d.City, n.City)

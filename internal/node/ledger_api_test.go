@@ -122,6 +122,7 @@ func TestLedgerAndSubsidiesOverHTTP(t *testing.T) {
 		r1.CardNumber + ",abc,A-4",   // bad amount
 		r2.CardNumber + ",9000,A-5",  // exceeds what is left
 		r1.IDNumber + ",10000,A-1",   // same line twice in one list
+		`x"y,100,A-6`,                // broken CSV quoting: only this line is refused
 	}, "\n")
 	type report struct {
 		Paid        int   `json:"paid"`
@@ -145,7 +146,7 @@ func TestLedgerAndSubsidiesOverHTTP(t *testing.T) {
 			t.Fatalf("report shows an unmasked identifier: %+v", l)
 		}
 	}
-	if reasons["A-3"] != "unknown_person" || reasons["A-4"] != "bad_amount" || reasons["A-5"] != "programme_exhausted" {
+	if reasons["A-3"] != "unknown_person" || reasons["A-4"] != "bad_amount" || reasons["A-5"] != "programme_exhausted" || rep1.Refused != 4 {
 		t.Fatalf("refusal reasons: %v", reasons)
 	}
 	if wallet(r1) != node.DemoWalletFen+10000 || wallet(r2) != node.DemoWalletFen+15000 {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,6 +65,9 @@ type Node struct {
 
 	// DemoResidents is how many residents EnsureDemo enrols (default 1000).
 	DemoResidents int
+	// DemoMode is set when the node serves a demo city (serve --demo): the
+	// gate simulator is then open to anyone.
+	DemoMode atomic.Bool
 
 	stop    context.CancelFunc
 	bg      chan struct{}

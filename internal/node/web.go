@@ -22,6 +22,7 @@ func (n *Node) wireWeb(ctx context.Context) error {
 		Enrol:           n.Enrol,
 		AfterCardChange: n.afterCardChange,
 		IssueCode:       n.IssueCode,
+		GatePublic:      n.DemoMode.Load,
 		Terminals:       n.webTerminals,
 		Scan:            n.webScan,
 		ScanCounts:      n.webScanCounts,

@@ -145,8 +145,10 @@ func (s *Service) Upload(ctx context.Context, programme string, list io.Reader) 
 		if n > MaxLines {
 			return Report{}, apperr.Invalid("list", "a list has at most 100000 lines", "名单最多 100000 行")
 		}
-		line, _ := rd.FieldPos(0)
-		lr := LineResult{Line: line}
+		var lr LineResult
+		if err == nil {
+			lr.Line, _ = rd.FieldPos(0) // FieldPos panics after a parse error
+		}
 		if err != nil {
 			var pe *csv.ParseError
 			if errors.As(err, &pe) {

@@ -46,7 +46,8 @@ func (w *Web) consoleRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /console/enrol/jobs/{id}/progress", staff(hrOnly, w.consoleJobProgress))
 	mux.HandleFunc("GET /console/audit", staff(auditRoles, w.consoleAudit))
 	mux.HandleFunc("GET /console/disputes", staff(moneyRoles, w.consoleDisputes))
-	mux.HandleFunc("POST /console/disputes/{id}/refund", staff(moneyRoles, w.consoleDisputeRefund))
+	// A refund is a ledger reversal: finance only, as in the API.
+	mux.HandleFunc("POST /console/disputes/{id}/refund", staff([]auth.Role{auth.RoleFinance}, w.consoleDisputeRefund))
 	mux.HandleFunc("POST /console/disputes/{id}/reject", staff(moneyRoles, w.consoleDisputeReject))
 	mux.HandleFunc("GET /console/ledger", staff([]auth.Role{auth.RoleFinance}, w.consoleLedger))
 	mux.HandleFunc("GET /console/ledger/export", staff([]auth.Role{auth.RoleFinance}, w.consoleLedgerExport))

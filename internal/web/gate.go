@@ -16,6 +16,7 @@ import (
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/catalog"
 )
 
 // The gate simulator: pick one of the node's terminals, paste a code (or a
@@ -23,9 +24,26 @@ import (
 // as the terminal would get it from POST /v1/scans, including the minimal
 // view the scenario allows. The photo is decoded here, on the server.
 
+// A scan moves real money, so the gate is open to anyone only on a demo
+// node (Deps.GatePublic); on a real city's node it needs an operator or
+// provider session.
 func (w *Web) gateRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /gate", w.page(w.gateForm))
-	mux.HandleFunc("POST /gate", w.page(w.gateScan))
+	public := w.page
+	staff := func(h handlerFunc) http.HandlerFunc {
+		return w.withSession(auth.KindStaff, "/console/login", terminalRoles, h)
+	}
+	route := func(h handlerFunc) http.HandlerFunc {
+		pub, st := public(h), staff(h)
+		return func(rw http.ResponseWriter, r *http.Request) {
+			if w.d.GatePublic != nil && w.d.GatePublic() {
+				pub(rw, r)
+				return
+			}
+			st(rw, r)
+		}
+	}
+	mux.HandleFunc("GET /gate", route(w.gateForm))
+	mux.HandleFunc("POST /gate", route(w.gateScan))
 }
 
 type gateData struct {
@@ -41,7 +59,12 @@ type gateData struct {
 }
 
 func (w *Web) gateData(rq *req) (gateData, error) {
-	d := gateData{Pre: rq.preCSRF()}
+	d := gateData{}
+	if rq.S != nil {
+		d.Pre = rq.S.CSRF
+	} else {
+		d.Pre = rq.preCSRF()
+	}
 	if w.d.Terminals == nil || w.d.Scan == nil {
 		return d, nil
 	}
@@ -49,7 +72,17 @@ func (w *Web) gateData(rq *req) (gateData, error) {
 	if err != nil {
 		return d, err
 	}
-	d.Terminals = ts
+	for _, t := range ts {
+		if rq.S != nil && rq.S.P.Role == auth.RoleProvider && t.Provider != rq.S.P.ProviderID {
+			continue // providers try their own terminals only
+		}
+		if rq.S == nil && w.d.Catalog != nil {
+			if sc, err := w.d.Catalog.Scenario(rq.r.Context(), t.Scenario); err != nil || sc.Kind == catalog.KindPayout {
+				continue // an anonymous visitor never pays anybody out
+			}
+		}
+		d.Terminals = append(d.Terminals, t)
+	}
 	return d, nil
 }
 

@@ -123,6 +123,11 @@ type Deps struct {
 	AfterCardChange func(ctx context.Context)
 	// IssueCode issues a fresh e-code for a card.
 	IssueCode func(ctx context.Context, cardNumber string) (code string, expires time.Time, err error)
+	// GatePublic reports whether the gate simulator is open to anyone (a
+	// demo node: "a gate anyone can try"). Otherwise only operator and
+	// provider staff may use it, providers only with their own terminals.
+	// Payout scenarios are never offered on a public gate.
+	GatePublic func() bool
 	// Terminals lists the terminals the gate simulator may use.
 	Terminals func(ctx context.Context) ([]Terminal, error)
 	// Scan performs a scan as the terminal would.
