@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -31,6 +33,8 @@ func cmdServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	maxConns := fs.Int("max-conns", 0, "database connection pool size (PostgreSQL default 32)")
 	stmtTimeout := fs.Duration("statement-timeout", 5*time.Second, "PostgreSQL statement timeout")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	regionCfg := regionFlags(fs) // --region-anchor, --region-members, … (region.go)
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -54,9 +58,20 @@ func cmdServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer ln.Close()
+	if *pprofAddr != "" {
+		if err := servePprof(ctx, *pprofAddr); err != nil {
+			fmt.Fprintf(stderr, "serve: --pprof: %v\n", err)
+			return 1
+		}
+	}
 	baseURL := "http://" + ln.Addr().String()
 
-	n, err := node.Open(ctx, node.Config{DataDir: *data, DB: *db, City: *city, MaxConns: *maxConns, StatementTimeout: *stmtTimeout, Logger: logger})
+	fed, err := regionCfg()
+	if err != nil {
+		fmt.Fprintf(stderr, "serve: %v\n", err)
+		return 2
+	}
+	n, err := node.Open(ctx, node.Config{DataDir: *data, DB: *db, City: *city, MaxConns: *maxConns, StatementTimeout: *stmtTimeout, Logger: logger, Federation: fed})
 	if err != nil {
 		fmt.Fprintf(stderr, "serve: %v\n", err)
 		return 1
@@ -77,4 +92,23 @@ func cmdServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "yikatong: stopped")
 	return 0
+}
+
+// servePprof serves the profiler on its own listener (never on the API
+// address, so it cannot be reached through the load balancer).
+func servePprof(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	go func() { <-ctx.Done(); srv.Close() }()
+	return nil
 }

@@ -158,7 +158,7 @@ func (n *Node) TrustBundle(ctx context.Context) ([]byte, error) {
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	_, b, err := trust.Build(trust.BuildInput{Issuer: n.City, Keys: keys, Deny: deny, IssuedAt: now, TTL: ttl}, n.Keys.NodeSigner())
+	_, b, err := trust.Build(trust.BuildInput{Issuer: n.City, Keys: keys, Deny: deny, Peers: n.trustPeers(), IssuedAt: now, TTL: ttl}, n.Keys.NodeSigner())
 	if err != nil {
 		return nil, apperr.Wrap(apperr.Internal, err)
 	}

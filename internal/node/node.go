@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/federation"
 	"github.com/yikatong/yikatong/internal/httpapi"
 	"github.com/yikatong/yikatong/internal/store"
 )
@@ -45,6 +46,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock (tests move it).
 	Now func() time.Time
+	// Federation joins the node to a region (zero: no region).
+	Federation federation.Config
 }
 
 // DefaultCity is the demo city, Zhengzhou.
@@ -62,6 +65,9 @@ type Node struct {
 	Log    *slog.Logger
 	services
 	Now func() time.Time
+
+	// Fed is the node's region federation (peers, clearing).
+	Fed *federation.Service
 
 	// DemoResidents is how many residents EnsureDemo enrols (default 1000).
 	DemoResidents int

@@ -64,6 +64,9 @@ func (n *Node) wire(ctx context.Context) error {
 	if err := n.wireScans(ctx); err != nil {
 		return err
 	}
+	if err := n.wireFederation(ctx); err != nil {
+		return err
+	}
 	if err := n.wireWeb(ctx); err != nil {
 		return err
 	}

@@ -113,6 +113,9 @@ func (s *Service) identify(ctx context.Context, code, cardNumber string, at time
 // attempts, which count toward the lock-out).
 func (s *Service) evaluate(ctx context.Context, sc catalog.Scenario, t terminal.Terminal, code, cardNumber string, amount int64, pin string, at time.Time) (e eval) {
 	e.id, e.card, e.res, e.err = s.identify(ctx, code, cardNumber, at)
+	if s.foreign(e) {
+		return s.evaluateRemote(ctx, sc, t, e.id, amount, pin, at)
+	}
 	if e.err != nil {
 		return e
 	}
@@ -176,6 +179,13 @@ func (s *Service) facts(sc catalog.Scenario, e eval) map[string]any {
 		"age_band":         catalog.AgeBand(e.age),
 		"card_status":      e.card.Status,
 		"home_city":        s.City,
+	}
+	if e.id.Issuer != "" && e.id.Issuer != s.City && e.id.Scheme == SchemeYK1 {
+		// Another city's resident: nothing personal is known here.
+		all["home_city"] = e.id.Issuer
+		delete(all, "name")
+		delete(all, "masked_name")
+		delete(all, "masked_id_number")
 	}
 	if e.dec.Concession != "" {
 		all["concession"] = e.dec.Concession

@@ -97,6 +97,9 @@ type Deps struct {
 	City      string
 	Now       func() time.Time
 	Log       *slog.Logger
+
+	// Remote, if set, handles codes of other cities (see remote.go).
+	Remote Remote
 }
 
 // Service runs scans. It is safe for concurrent use.

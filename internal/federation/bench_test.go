@@ -1,0 +1,104 @@
+package federation_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/federation"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/scan"
+)
+
+// TestBenchFederation measures cross-city figures (docs/benchmarks.md,
+// "Federation"). It runs only with YIKATONG_FED_BENCH=1:
+//
+//	YIKATONG_FED_BENCH=1 go test ./internal/federation -run TestBenchFederation -v
+func TestBenchFederation(t *testing.T) {
+	if os.Getenv("YIKATONG_FED_BENCH") == "" {
+		t.Skip("set YIKATONG_FED_BENCH=1")
+	}
+	reg := newRegion(t)
+	cfg := testConfig(reg.anchor.Public(), reg.path)
+	cfg.AuthTimeout = 2 * time.Second
+	cfg.Refresh = time.Hour
+	dsn := os.Getenv("YIKATONG_FED_BENCH_DSN") // "" = SQLite
+	a := startCity(t, "CN-330100", dsn, cfg)
+	b := startCity(t, "CN-310000", "", cfg)
+	reg.write(t, reg.anchor, member(a, a.url), member(b, b.url))
+	ctx := context.Background()
+	a.Fed.Refresh(ctx)
+	b.Fed.Refresh(ctx)
+	cards := make([]string, 0, len(a.demo.Residents))
+	for _, r := range a.demo.Residents {
+		cd, _ := a.Residents.Card(ctx, r.CardNumber)
+		a.Ledger.TopUp(ctx, "bench-topup-"+cd.ResidentID, ledger.WalletID(cd.ResidentID), 1<<40, nil)
+		cards = append(cards, cd.Token)
+	}
+
+	// 1. Online authorisation: B asks A, at a fixed offered rate.
+	rate, secs := 1000, 5
+	if v := os.Getenv("YIKATONG_FED_BENCH_SECS"); v != "" {
+		fmt.Sscan(v, &secs)
+	}
+	if v := os.Getenv("YIKATONG_FED_BENCH_RATE"); v != "" {
+		fmt.Sscan(v, &rate)
+	}
+	n := rate * secs
+	lat := make([]time.Duration, n)
+	var fails atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		due := start.Add(time.Duration(i) * time.Second / time.Duration(rate))
+		time.Sleep(time.Until(due))
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			t0 := time.Now()
+			r, err := b.Fed.Authorize(ctx, a.id, scan.RemoteCharge{CTI: fmt.Sprintf("bench-auth-%d-%d", start.UnixNano(), i), Subject: cards[i%len(cards)], AmountFen: 200, Scenario: "transit.bus"})
+			lat[i] = time.Since(t0)
+			if err != nil || !r.Approved || r.Queued {
+				fails.Add(1)
+			}
+		}(i)
+	}
+	wg.Wait()
+	el := time.Since(start)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	t.Logf("online authorisation B→A: %d requests offered at %d/s in %v (%.0f/s); p50 %v p99 %v max %v; failures %d",
+		n, rate, el.Round(time.Millisecond), float64(n)/el.Seconds(), lat[n/2], lat[n*99/100], lat[n-1], fails.Load())
+
+	// 2. Clearing: batches of guaranteed charges applied by A.
+	total, batchSize := 40000, federation.MaxBatch
+	if v := os.Getenv("YIKATONG_FED_BENCH_MSGS"); v != "" {
+		fmt.Sscan(v, &total)
+	}
+	var msgs []federation.Charge
+	now := time.Now()
+	for i := 0; i < total; i++ {
+		msgs = append(msgs, federation.Charge{ID: fmt.Sprintf("%s.bench-%d-%d", b.id, now.UnixNano(), i), Mode: federation.ModeGuaranteed,
+			Subject: cards[i%len(cards)], AmountFen: 200, Scenario: "transit.bus", CreatedAt: now})
+	}
+	start = time.Now()
+	for off := 0; off < total; off += batchSize {
+		env, err := federation.Seal(b.id, a.id, federation.KindMessages, time.Now(), map[string]any{"messages": msgs[off : off+batchSize]}, b.Keys.NodeSigner())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Fed.HandleMessages(ctx, env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	el = time.Since(start)
+	t.Logf("clearing: %d guaranteed charges in batches of %d applied by the home city in %v: %.0f messages/s", total, batchSize, el.Round(time.Millisecond), float64(total)/el.Seconds())
+	chk, err := a.Ledger.Check(ctx)
+	if err != nil || chk.SumFen != 0 {
+		t.Fatalf("ledger after the benchmark: %+v %v", chk, err)
+	}
+}

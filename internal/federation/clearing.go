@@ -1,0 +1,393 @@
+package federation
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/emmansun/gmsm/sm3"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/trust"
+)
+
+// Position is what a peer owes this city and the reverse, as booked here
+// (CONTRACT.md GET /v1/clearing/positions).
+type Position struct {
+	Peer            string `json:"peer"`
+	OwedToUsFen     int64  `json:"owed_to_us_fen"`
+	WeOweFen        int64  `json:"we_owe_fen"`
+	PendingMessages int64  `json:"pending_messages"`
+	// BalanceFen is our clearing account for the peer (credits − debits):
+	// negative when the peer owes us. Mirrors the peer's account for us.
+	BalanceFen int64 `json:"balance_fen"`
+}
+
+// Positions lists every peer with a clearing account or messages.
+func (s *Service) Positions(ctx context.Context) ([]Position, error) {
+	peers := map[string]bool{}
+	for _, c := range s.peerCities() {
+		peers[c] = true
+	}
+	rows, err := s.DB.R.QueryContext(ctx, `SELECT DISTINCT peer FROM fed_messages`)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	for rows.Next() {
+		var p string
+		if rows.Scan(&p) == nil {
+			peers[p] = true
+		}
+	}
+	rows.Close()
+	out := []Position{}
+	for p := range peers {
+		pos := Position{Peer: p}
+		bal, err := s.Ledger.Balance(ctx, ledger.ClearingID(p))
+		if err != nil && apperr.CodeOf(err) != apperr.UnknownAccount && apperr.CodeOf(err) != apperr.NotFound {
+			return nil, err
+		}
+		pos.BalanceFen = bal.Balance
+		if bal.Balance < 0 {
+			pos.OwedToUsFen = -bal.Balance
+		} else {
+			pos.WeOweFen = bal.Balance
+		}
+		if err := s.DB.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM fed_messages WHERE direction = 'out' AND peer = $1 AND state IN ('sending', 'pending', 'voiding')`, p).
+			Scan(&pos.PendingMessages); err != nil {
+			return nil, unavailable(err)
+		}
+		out = append(out, pos)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
+	return out, nil
+}
+
+// Pending counts outbox messages not yet acknowledged (all peers).
+func (s *Service) Pending(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.DB.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM fed_messages WHERE direction = 'out' AND state IN ('sending', 'pending', 'voiding')`).Scan(&n)
+	return n, err
+}
+
+// MessageInfo is one message as a side books it, for reconciliation.
+type MessageInfo struct {
+	ID string `json:"id"`
+	// Debtor owes Creditor AmountFen once the message is booked.
+	Debtor    string `json:"debtor"`
+	Creditor  string `json:"creditor"`
+	AmountFen int64  `json:"amount_fen"`
+	Booked    bool   `json:"booked"`
+	State     string `json:"state"`
+	CreatedAt int64  `json:"created_ms"`
+}
+
+type listRequest struct {
+	From int64 `json:"from_ms"`
+	To   int64 `json:"to_ms"`
+}
+
+type listAnswer struct {
+	Messages []MessageInfo `json:"messages"`
+}
+
+// messagesWith lists our messages with peer created in [from, to).
+func (s *Service) messagesWith(ctx context.Context, peer string, from, to int64) ([]MessageInfo, error) {
+	rows, err := s.DB.R.QueryContext(ctx, `SELECT id, direction, amount_fen, state, created_at FROM fed_messages
+		WHERE peer = $1 AND created_at >= $2 AND created_at < $3 ORDER BY id`, peer, from, to)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	defer rows.Close()
+	out := []MessageInfo{}
+	for rows.Next() {
+		var m MessageInfo
+		var dir string
+		if err := rows.Scan(&m.ID, &dir, &m.AmountFen, &m.State, &m.CreatedAt); err != nil {
+			return nil, unavailable(err)
+		}
+		if dir == "out" {
+			// We sent it: the peer's resident owes us.
+			m.Debtor, m.Creditor = peer, s.City
+			m.Booked = m.State == "acked" || m.State == "pending"
+		} else {
+			m.Debtor, m.Creditor = s.City, peer
+			m.Booked = m.State == StateApplied
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// HandleList answers a peer's reconciliation request with our messages
+// with it.
+func (s *Service) HandleList(ctx context.Context, data []byte) ([]byte, error) {
+	env, err := Open(data, s.City, KindList, s.Members(), s.Now())
+	if err != nil {
+		return nil, err
+	}
+	var r listRequest
+	if err := strictJSON(env.Body, &r); err != nil {
+		return nil, err
+	}
+	ms, err := s.messagesWith(ctx, env.From, r.From, r.To)
+	if err != nil {
+		return nil, err
+	}
+	return Seal(s.City, env.From, KindAnswer, s.Now(), listAnswer{Messages: ms}, s.Node())
+}
+
+// Discrepancy is a message the two sides do not book alike.
+type Discrepancy struct {
+	ID     string       `json:"id"`
+	Here   *MessageInfo `json:"here,omitempty"`
+	There  *MessageInfo `json:"there,omitempty"`
+	Reason string       `json:"reason" doc:"only_here | only_there | differs"`
+}
+
+// Reconciliation is the comparison of both sides' messages with a peer.
+type Reconciliation struct {
+	Peer          string        `json:"peer"`
+	Here          int           `json:"here"`
+	There         int           `json:"there"`
+	Discrepancies []Discrepancy `json:"discrepancies"`
+}
+
+// Reconcile compares our messages with peer's (created in [from, to);
+// zero times mean everything).
+func (s *Service) Reconcile(ctx context.Context, peer string, from, to time.Time) (Reconciliation, error) {
+	m, err := s.member(peer)
+	if err != nil {
+		return Reconciliation{}, apperr.Newf(apperr.UnknownPeer, peer+" is not a member of this region", "该城市不是本区域成员")
+	}
+	f, t := int64(0), int64(1)<<52
+	if !from.IsZero() {
+		f = from.UnixMilli()
+	}
+	if !to.IsZero() {
+		t = to.UnixMilli()
+	}
+	here, err := s.messagesWith(ctx, peer, f, t)
+	if err != nil {
+		return Reconciliation{}, err
+	}
+	var ans listAnswer
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := s.call(cctx, m, KindList, listRequest{From: f, To: t}, &ans); err != nil {
+		return Reconciliation{}, apperr.Newf(apperr.Unavailable, "the peer could not be asked: "+err.Error(), "无法联系对方城市")
+	}
+	return compare(peer, here, ans.Messages), nil
+}
+
+func compare(peer string, here, there []MessageInfo) Reconciliation {
+	r := Reconciliation{Peer: peer, Here: len(here), There: len(there), Discrepancies: []Discrepancy{}}
+	th := map[string]*MessageInfo{}
+	for i := range there {
+		th[there[i].ID] = &there[i]
+	}
+	seen := map[string]bool{}
+	for i := range here {
+		h := &here[i]
+		seen[h.ID] = true
+		t, ok := th[h.ID]
+		switch {
+		case !ok:
+			if h.Booked {
+				r.Discrepancies = append(r.Discrepancies, Discrepancy{ID: h.ID, Here: h, Reason: "only_here"})
+			}
+		case t.Booked != h.Booked || t.AmountFen != h.AmountFen || t.Debtor != h.Debtor || t.Creditor != h.Creditor:
+			r.Discrepancies = append(r.Discrepancies, Discrepancy{ID: h.ID, Here: h, There: t, Reason: "differs"})
+		}
+	}
+	for i := range there {
+		if !seen[there[i].ID] && there[i].Booked {
+			r.Discrepancies = append(r.Discrepancies, Discrepancy{ID: there[i].ID, There: &there[i], Reason: "only_there"})
+		}
+	}
+	return r
+}
+
+// Statement is the daily settlement of a pair of cities (A < B by id):
+// what each owes the other for the messages created that day (UTC), both
+// sides' identical computation, signed by both.
+type Statement struct {
+	Day      string `json:"day"`
+	A        string `json:"a"`
+	B        string `json:"b"`
+	AOwesB   string `json:"a_owes_b_fen"`
+	BOwesA   string `json:"b_owes_a_fen"`
+	Net      string `json:"net_a_to_b_fen"`
+	Messages string `json:"messages"`
+	Digest   string `json:"digest"`
+}
+
+// SignedStatement is a statement with both node signatures.
+type SignedStatement struct {
+	Statement Statement        `json:"statement"`
+	Signer    string           `json:"signer"`
+	Signature *trust.Signature `json:"signature"`
+	Peer      *trust.Signature `json:"peer_signature,omitempty"`
+	Agreed    bool             `json:"agreed"`
+	Error     string           `json:"error,omitempty"`
+}
+
+// statement computes our view of the day's statement with peer.
+func (s *Service) statement(ctx context.Context, peer, day string) (Statement, error) {
+	d, err := time.Parse("2006-01-02", day)
+	if err != nil {
+		return Statement{}, apperr.Invalid("day", "day must be YYYY-MM-DD", "日期格式须为 YYYY-MM-DD")
+	}
+	ms, err := s.messagesWith(ctx, peer, d.UnixMilli(), d.Add(24*time.Hour).UnixMilli())
+	if err != nil {
+		return Statement{}, err
+	}
+	a, b := s.City, peer
+	if b < a {
+		a, b = b, a
+	}
+	var aOwes, bOwes int64
+	h := sm3.New()
+	n := 0
+	for _, m := range ms {
+		if !m.Booked {
+			continue
+		}
+		n++
+		h.Write([]byte(m.ID + ":" + m.Debtor + ":" + strconv.FormatInt(m.AmountFen, 10) + "\n"))
+		if m.Debtor == a {
+			aOwes += m.AmountFen
+		} else {
+			bOwes += m.AmountFen
+		}
+	}
+	return Statement{Day: day, A: a, B: b, AOwesB: strconv.FormatInt(aOwes, 10), BOwesA: strconv.FormatInt(bOwes, 10),
+		Net: strconv.FormatInt(aOwes-bOwes, 10), Messages: strconv.Itoa(n), Digest: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+func signStatement(st Statement, signer ecode.Signer) (*trust.Signature, error) {
+	b, _ := json.Marshal(st)
+	canon, err := trust.Canonical(b, "")
+	if err != nil {
+		return nil, apperr.Wrap(apperr.Internal, err)
+	}
+	sig, err := signer.Sign(canon)
+	if err != nil {
+		return nil, apperr.Wrap(apperr.Internal, err)
+	}
+	return &trust.Signature{Alg: signer.Alg().String(), Kid: signer.Public().KidString(), Value: base64.RawURLEncoding.EncodeToString(sig)}, nil
+}
+
+// VerifyStatement checks a statement signature with a node key.
+func VerifyStatement(st Statement, sig *trust.Signature, key ecode.PublicKey) bool {
+	if sig == nil || sig.Kid != key.KidString() {
+		return false
+	}
+	v, err := base64.RawURLEncoding.DecodeString(sig.Value)
+	if err != nil {
+		return false
+	}
+	b, _ := json.Marshal(st)
+	canon, err := trust.Canonical(b, "")
+	return err == nil && key.Verify(canon, v)
+}
+
+type statementRequest struct {
+	Statement Statement        `json:"statement"`
+	Signature *trust.Signature `json:"signature"`
+}
+
+// HandleStatement countersigns a peer's statement if our own computation
+// for the same day is identical; otherwise it answers with ours, unsigned.
+func (s *Service) HandleStatement(ctx context.Context, data []byte) ([]byte, error) {
+	env, err := Open(data, s.City, KindStatement, s.Members(), s.Now())
+	if err != nil {
+		return nil, err
+	}
+	var r statementRequest
+	if err := strictJSON(env.Body, &r); err != nil {
+		return nil, err
+	}
+	_, key, _ := s.Members().Member(env.From)
+	if !VerifyStatement(r.Statement, r.Signature, key) {
+		return nil, apperr.Newf(apperr.BadSignature, "the statement is not signed by "+env.From, "结算单签名无效")
+	}
+	ours, err := s.statement(ctx, env.From, r.Statement.Day)
+	if err != nil {
+		return nil, err
+	}
+	out := SignedStatement{Statement: ours, Signer: s.City}
+	if ours == r.Statement {
+		if out.Signature, err = signStatement(ours, s.Node()); err != nil {
+			return nil, err
+		}
+		out.Agreed = true
+		if err := s.saveStatement(ctx, env.From, ours, r.Signature, out.Signature, false); err != nil {
+			return nil, err
+		}
+	}
+	return Seal(s.City, env.From, KindAnswer, s.Now(), out, s.Node())
+}
+
+func (s *Service) saveStatement(ctx context.Context, peer string, st Statement, ours, theirs *trust.Signature, mine bool) error {
+	b, _ := json.Marshal(st)
+	o, _ := json.Marshal(ours)
+	t, _ := json.Marshal(theirs)
+	if !mine {
+		o, t = t, o
+	}
+	_, err := s.DB.W.ExecContext(ctx, `INSERT INTO fed_statements(peer, day, statement, ours, theirs, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (peer, day) DO UPDATE SET statement = EXCLUDED.statement, ours = EXCLUDED.ours, theirs = EXCLUDED.theirs, created_at = EXCLUDED.created_at`,
+		peer, st.Day, b, string(o), string(t), s.Now().UnixMilli())
+	if err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+// Settle runs the daily settlement for day (YYYY-MM-DD, UTC) with every
+// peer: computes our statement, signs it, and asks the peer to countersign.
+// A peer that disagrees (messages still in an outbox, or a discrepancy)
+// returns its own figures; the result says so.
+func (s *Service) Settle(ctx context.Context, day string) ([]SignedStatement, error) {
+	if _, err := time.Parse("2006-01-02", day); err != nil {
+		return nil, apperr.Invalid("day", "day must be YYYY-MM-DD", "日期格式须为 YYYY-MM-DD")
+	}
+	out := []SignedStatement{}
+	for _, peer := range s.peerCities() {
+		st, err := s.statement(ctx, peer, day)
+		if err != nil {
+			return nil, err
+		}
+		sig, err := signStatement(st, s.Node())
+		if err != nil {
+			return nil, err
+		}
+		res := SignedStatement{Statement: st, Signer: s.City, Signature: sig}
+		m, _ := s.member(peer)
+		var ans SignedStatement
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err = s.call(cctx, m, KindStatement, statementRequest{Statement: st, Signature: sig}, &ans)
+		cancel()
+		_, key, _ := s.Members().Member(peer)
+		switch {
+		case err != nil:
+			res.Error = err.Error()
+		case ans.Agreed && ans.Statement == st && VerifyStatement(st, ans.Signature, key):
+			res.Peer, res.Agreed = ans.Signature, true
+			if err := s.saveStatement(ctx, peer, st, sig, ans.Signature, true); err != nil {
+				return nil, err
+			}
+		default:
+			res.Error = "the peer's figures differ: " + ans.Statement.AOwesB + "/" + ans.Statement.BOwesA + " over " + ans.Statement.Messages + " messages"
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}

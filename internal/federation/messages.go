@@ -1,0 +1,704 @@
+package federation
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emmansun/gmsm/sm3"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/catalog"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/store"
+)
+
+// Message modes.
+const (
+	ModeOnline     = "online"     // the home city may decline
+	ModeGuaranteed = "guaranteed" // accepted offline within the risk limit: the home city books it
+	ModeVoid       = "void"       // the sender gave up: reverse or refuse the charge
+)
+
+// Envelope kinds.
+const (
+	KindCharge    = "charge"    // one Charge, answered at once (online authorisation)
+	KindMessages  = "messages"  // a batch of Charges from the outbox
+	KindList      = "list"      // reconciliation: list your messages with me
+	KindStatement = "statement" // settlement: countersign this statement
+	KindAnswer    = "answer"
+)
+
+// Charge is a clearing message: the sender (city B) tells the home city
+// (A) that A's resident (by card token) owes Amount to B.
+type Charge struct {
+	ID        string    `json:"id"`
+	Mode      string    `json:"mode"`
+	Subject   string    `json:"sub"`
+	AmountFen int64     `json:"amount_fen"`
+	Medical   bool      `json:"medical,omitempty"`
+	Scenario  string    `json:"scenario"`
+	PIN       string    `json:"pin,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Answer states.
+const (
+	StateApplied  = "applied"
+	StateDeclined = "declined"
+	StateVoided   = "voided"
+)
+
+// ChargeAnswer is the home city's answer to a Charge.
+type ChargeAnswer struct {
+	ID         string      `json:"id"`
+	State      string      `json:"state"`
+	Reason     apperr.Code `json:"reason,omitempty"`
+	MedicalFen int64       `json:"medical_fen,omitempty"`
+	WalletFen  int64       `json:"wallet_fen,omitempty"`
+	CreditFen  int64       `json:"credit_fen,omitempty"`
+	Transfers  []string    `json:"transfers,omitempty"`
+}
+
+type batch struct {
+	Messages []Charge `json:"messages"`
+}
+
+type batchAnswer struct {
+	Results []ChargeAnswer `json:"results"`
+}
+
+// MessageID is the clearing message id of a charge by city from for the
+// code nonce cti: deterministic, so every retry carries the same id.
+func MessageID(from, cti string) string {
+	h := sm3.Sum([]byte("yikatong/fed/charge/v1:" + from + ":" + cti))
+	return from + "." + hex.EncodeToString(h[:16])
+}
+
+// ---- the visiting city (B): scan.Remote ----
+
+// Admit implements scan.Remote.
+func (s *Service) Admit(ctx context.Context, id scan.Identity, at time.Time) error {
+	if _, _, ok := s.trusted(id.Issuer); !ok {
+		return apperr.Newf(apperr.UnknownIssuer, id.Issuer+" is not a trusted member of this region", "该城市不是本区域受信任成员")
+	}
+	if s.Revoked(id.Issuer, id.Token, at) {
+		return apperr.New(apperr.Revoked)
+	}
+	return nil
+}
+
+// outRow is this node's record of a message it sends.
+type outRow struct {
+	state  string
+	answer []byte
+	amount int64
+}
+
+func (s *Service) outRow(ctx context.Context, q store.Querier, id string) (*outRow, error) {
+	var r outRow
+	err := q.QueryRowContext(ctx, `SELECT state, answer, amount_fen FROM fed_messages WHERE id = $1 AND direction = 'out'`, id).Scan(&r.state, &r.answer, &r.amount)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	return &r, nil
+}
+
+func resultOf(r *outRow) scan.RemoteResult {
+	var a ChargeAnswer
+	json.Unmarshal(r.answer, &a)
+	switch r.state {
+	case "acked":
+		return scan.RemoteResult{Approved: true, MedicalFen: a.MedicalFen, WalletFen: a.WalletFen + a.CreditFen}
+	case "pending":
+		return scan.RemoteResult{Approved: true, Queued: true}
+	case "declined":
+		if a.Reason == "" {
+			a.Reason = apperr.HomeUnreachable
+		}
+		return scan.RemoteResult{Reason: a.Reason}
+	}
+	return scan.RemoteResult{Reason: apperr.HomeUnreachable}
+}
+
+// Authorize implements scan.Remote: the online authorisation by the home
+// city, or the offline acceptance under the card's risk limit.
+func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCharge) (scan.RemoteResult, error) {
+	m, err := s.member(home)
+	if err != nil {
+		return scan.RemoteResult{Reason: apperr.UnknownIssuer}, nil
+	}
+	id := MessageID(s.City, req.CTI)
+	prev, err := s.outRow(ctx, s.DB.R, id)
+	if err != nil {
+		return scan.RemoteResult{}, err
+	}
+	if prev != nil && prev.state != "sending" {
+		return resultOf(prev), nil
+	}
+	now := s.Now()
+	c := Charge{ID: id, Mode: ModeOnline, Subject: req.Subject, AmountFen: req.AmountFen, Medical: req.Medical, Scenario: req.Scenario,
+		PIN: req.PIN, CreatedAt: now.UTC().Truncate(time.Millisecond)}
+	if prev == nil {
+		stored := c
+		stored.PIN = ""
+		body, _ := json.Marshal(stored)
+		// Not awaited: the row only lets the outbox void an authorisation
+		// this process abandons mid-flight; if it is lost in a crash, the
+		// scan's retry asks again under the same id and reconciliation
+		// lists a charge the home city applied alone. Every later state
+		// change of the row is awaited (and queued after this insert).
+		s.w.execAsync(`INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, updated_at)
+			VALUES ($1, 'out', $2, 'charge', $3, $4, $5, 'sending', $6, $7) ON CONFLICT (id, direction) DO NOTHING`,
+			id, home, req.Subject, req.AmountFen, c.CreatedAt.UnixMilli(), body, now.UnixMilli())
+	}
+	actx, cancel := context.WithTimeout(ctx, s.cfg.AuthTimeout)
+	var ans ChargeAnswer
+	err = s.call(actx, m, KindCharge, c, &ans)
+	cancel()
+	var pe *peerError
+	switch {
+	case err == nil && ans.ID == id && ans.State == StateApplied:
+		b, _ := json.Marshal(ans)
+		if err := s.setState(ctx, id, "acked", b, ""); err != nil {
+			return scan.RemoteResult{}, err
+		}
+		return scan.RemoteResult{Approved: true, MedicalFen: ans.MedicalFen, WalletFen: ans.WalletFen + ans.CreditFen}, nil
+	case err == nil && ans.ID == id && ans.State == StateDeclined:
+		b, _ := json.Marshal(ans)
+		if err := s.setState(ctx, id, "declined", b, ""); err != nil {
+			return scan.RemoteResult{}, err
+		}
+		return scan.RemoteResult{Reason: ans.Reason}, nil
+	case errors.As(err, &pe) && pe.status < 500:
+		// The home city refused the request itself: nothing was booked there.
+		b, _ := json.Marshal(ChargeAnswer{ID: id, State: StateDeclined, Reason: apperr.HomeUnreachable})
+		if err := s.setState(ctx, id, "declined", b, pe.Error()); err != nil {
+			return scan.RemoteResult{}, err
+		}
+		return scan.RemoteResult{Reason: apperr.HomeUnreachable}, nil
+	}
+	// No usable answer in time: the home city may or may not have applied it.
+	why := "no answer"
+	if err != nil {
+		why = err.Error()
+	}
+	if req.OfflineAllowed {
+		var exposure int64
+		if err := s.DB.R.QueryRowContext(ctx, `SELECT COALESCE(SUM(amount_fen), 0) FROM fed_messages
+			WHERE direction = 'out' AND peer = $1 AND subject = $2 AND state = 'pending'`, home, req.Subject).Scan(&exposure); err != nil {
+			return scan.RemoteResult{}, unavailable(err)
+		}
+		if exposure+req.AmountFen <= s.cfg.RiskLimitFen {
+			if err := s.setState(ctx, id, "pending", nil, why); err != nil {
+				return scan.RemoteResult{}, err
+			}
+			s.Log.Info("federation: accepted offline, charge queued", "peer", home, "id", id, "amount_fen", req.AmountFen)
+			return scan.RemoteResult{Approved: true, Queued: true}, nil
+		}
+		if err := s.setState(ctx, id, "voiding", nil, why); err != nil {
+			return scan.RemoteResult{}, err
+		}
+		s.Kick()
+		return scan.RemoteResult{Reason: apperr.RiskLimit}, nil
+	}
+	if err := s.setState(ctx, id, "voiding", nil, why); err != nil {
+		return scan.RemoteResult{}, err
+	}
+	s.Kick()
+	return scan.RemoteResult{Reason: apperr.HomeUnreachable}, nil
+}
+
+func (s *Service) setState(ctx context.Context, id, state string, answer []byte, lastErr string) error {
+	err := s.w.exec(ctx, `UPDATE fed_messages SET state = $1, answer = COALESCE($2, answer), last_error = $3, updated_at = $4, next_at = $4
+		WHERE id = $5 AND direction = 'out'`, state, answer, truncate(lastErr, 200), s.Now().UnixMilli(), id)
+	if err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// peerError is a problem answer from a peer.
+type peerError struct {
+	status int
+	code   string
+	detail string
+}
+
+func (e *peerError) Error() string {
+	return fmt.Sprintf("peer answered %d %s: %s", e.status, e.code, e.detail)
+}
+
+// call sends a signed envelope to a member and opens its signed answer.
+func (s *Service) call(ctx context.Context, m Member, kind string, body, out any) error {
+	env, err := Seal(s.City, m.City, kind, s.Now(), body, s.Node())
+	if err != nil {
+		return err
+	}
+	url := strings.TrimRight(m.BaseURL, "/") + "/v1/federation/" + kind
+	req, err := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(env))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		var p struct {
+			Code   string `json:"code"`
+			Detail string `json:"detail"`
+		}
+		json.Unmarshal(data, &p)
+		return &peerError{status: resp.StatusCode, code: p.Code, detail: p.Detail}
+	}
+	ans, err := Open(data, s.City, KindAnswer, s.Members(), s.Now())
+	if err != nil {
+		return fmt.Errorf("the answer of %s does not verify: %w", m.City, err)
+	}
+	if ans.From != m.City {
+		return fmt.Errorf("the answer comes from %s, not %s", ans.From, m.City)
+	}
+	return json.Unmarshal(ans.Body, out)
+}
+
+// ---- the home city (A): applying charges ----
+
+// HandleCharge opens a charge envelope, applies it and returns the signed
+// answer envelope.
+func (s *Service) HandleCharge(ctx context.Context, data []byte) ([]byte, error) {
+	env, err := Open(data, s.City, KindCharge, s.Members(), s.Now())
+	if err != nil {
+		return nil, err
+	}
+	var c Charge
+	if err := strictJSON(env.Body, &c); err != nil {
+		return nil, err
+	}
+	a, err := s.apply(ctx, env.From, c)
+	if err != nil {
+		return nil, err
+	}
+	return Seal(s.City, env.From, KindAnswer, s.Now(), a, s.Node())
+}
+
+// HandleMessages applies a batch of outbox messages.
+func (s *Service) HandleMessages(ctx context.Context, data []byte) ([]byte, error) {
+	env, err := Open(data, s.City, KindMessages, s.Members(), s.Now())
+	if err != nil {
+		return nil, err
+	}
+	var b batch
+	if err := strictJSON(env.Body, &b); err != nil {
+		return nil, err
+	}
+	if len(b.Messages) > MaxBatch {
+		return nil, apperr.Invalid("messages", fmt.Sprintf("at most %d messages per batch", MaxBatch), fmt.Sprintf("每批最多 %d 条消息", MaxBatch))
+	}
+	// Messages are independent: apply them concurrently so that the
+	// ledger and the row writer group-commit them (a message id twice in
+	// one batch is applied once and answered twice).
+	first := map[string]int{}
+	out := batchAnswer{Results: make([]ChargeAnswer, len(b.Messages))}
+	errs := make([]error, len(b.Messages))
+	sem := make(chan struct{}, applyParallel)
+	var wg sync.WaitGroup
+	for i, c := range b.Messages {
+		if _, dup := first[c.ID]; dup {
+			continue
+		}
+		first[c.ID] = i
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int, c Charge) {
+			defer func() { <-sem; wg.Done() }()
+			out.Results[i], errs[i] = s.apply(ctx, env.From, c)
+		}(i, c)
+	}
+	wg.Wait()
+	for i, c := range b.Messages {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		if j := first[c.ID]; j != i {
+			out.Results[i] = out.Results[j]
+			if errs[j] != nil {
+				return nil, errs[j]
+			}
+		}
+	}
+	return Seal(s.City, env.From, KindAnswer, s.Now(), out, s.Node())
+}
+
+// MaxBatch bounds an outbox batch.
+const MaxBatch = 1000
+
+// applyParallel bounds the concurrent applications of one batch.
+const applyParallel = 128
+
+func strictJSON(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return apperr.Newf(apperr.ValidationFailed, "the message body is not valid: "+err.Error(), "消息内容无效")
+	}
+	return nil
+}
+
+type inRow struct {
+	state   string
+	answer  []byte
+	amount  int64
+	subject string
+}
+
+// apply books a charge from peer exactly once (its id is the idempotency
+// key) and answers. Errors are transient (the sender retries).
+func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
+	if c.ID == "" || len(c.ID) > 80 || !strings.HasPrefix(c.ID, peer+".") {
+		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}, nil
+	}
+	if c.AmountFen <= 0 || c.Subject == "" || len(c.Subject) > 128 || len(c.Scenario) > 64 {
+		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}, nil
+	}
+	var prev *inRow
+	{
+		var r inRow
+		err := s.DB.R.QueryRowContext(ctx, `SELECT state, answer, amount_fen, subject FROM fed_messages WHERE id = $1 AND direction = 'in'`, c.ID).
+			Scan(&r.state, &r.answer, &r.amount, &r.subject)
+		switch {
+		case err == nil:
+			prev = &r
+		case !errors.Is(err, sql.ErrNoRows):
+			return ChargeAnswer{}, unavailable(err)
+		}
+	}
+	if prev != nil {
+		var a ChargeAnswer
+		json.Unmarshal(prev.answer, &a)
+		if prev.amount != c.AmountFen || prev.subject != c.Subject {
+			// Same id, other content: a forged or corrupted message.
+			return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.IdempotencyConflict}, nil
+		}
+		switch {
+		case c.Mode == ModeVoid && prev.state == StateApplied:
+			return s.voidApplied(ctx, peer, c, a)
+		case c.Mode == ModeVoid:
+			if prev.state != StateVoided {
+				a = ChargeAnswer{ID: c.ID, State: StateVoided}
+				if err := s.saveIn(ctx, peer, c, a, true); err != nil {
+					return ChargeAnswer{}, err
+				}
+			}
+			return ChargeAnswer{ID: c.ID, State: StateVoided}, nil
+		case c.Mode == ModeGuaranteed && prev.state == StateDeclined:
+			// Declined online, but then accepted offline by the sender
+			// (our answer came too late): we must book it after all.
+		default:
+			return a, nil
+		}
+	}
+	if c.Mode == ModeVoid {
+		a := ChargeAnswer{ID: c.ID, State: StateVoided}
+		return a, s.saveIn(ctx, peer, c, a, prev != nil)
+	}
+	a, err := s.book(ctx, peer, c)
+	if err != nil {
+		return ChargeAnswer{}, err
+	}
+	return a, s.saveIn(ctx, peer, c, a, prev != nil)
+}
+
+// book moves the money at home: the resident's medical account (medical
+// charges, first) and wallet → our clearing account for the peer.
+func (s *Service) book(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
+	a := ChargeAnswer{ID: c.ID, State: StateDeclined}
+	clr := ledger.ClearingID(peer)
+	card, err := s.Residents.CardByToken(ctx, c.Subject)
+	var resID string
+	switch {
+	case err == nil && card.Status == resident.StatusActive && !card.Locked:
+		resID = card.ResidentID
+	case err == nil || apperr.CodeOf(err) == apperr.NotFound:
+		if c.Mode == ModeOnline {
+			a.Reason = apperr.Revoked
+			if err != nil {
+				a.Reason = apperr.UnknownHolder
+			} else if card.Locked {
+				a.Reason = apperr.CardLocked
+			}
+			return a, nil
+		}
+	default:
+		return ChargeAnswer{}, unavailable(err)
+	}
+	if resID != "" && c.Mode == ModeOnline && c.PIN != "" {
+		if _, err := s.Residents.VerifyPIN(ctx, card.Number, c.PIN); err != nil {
+			if code := apperr.CodeOf(err); code == apperr.Unavailable || code == apperr.Internal {
+				return ChargeAnswer{}, err
+			}
+			a.Reason = apperr.CodeOf(err)
+			return a, nil
+		}
+	}
+	meta := map[string]string{"peer": peer, "message": c.ID, "scenario": c.Scenario}
+	if resID != "" {
+		var legs []ledger.TransferRequest
+		m, w := int64(0), c.AmountFen
+		if c.Medical {
+			mb, err := s.Ledger.Balance(ctx, ledger.MedicalID(resID))
+			if err != nil && apperr.CodeOf(err) != apperr.UnknownAccount {
+				return ChargeAnswer{}, err
+			}
+			m, w = catalog.SplitMedical(c.AmountFen, mb.Available)
+		}
+		if m > 0 {
+			legs = append(legs, ledger.TransferRequest{Key: "fed:in:" + c.ID + ":m", Debit: ledger.MedicalID(resID), Credit: clr, Amount: m, Kind: "fed_medical", Meta: meta})
+		}
+		if w > 0 {
+			legs = append(legs, ledger.TransferRequest{Key: "fed:in:" + c.ID + ":w", Debit: ledger.WalletID(resID), Credit: clr, Amount: w, Kind: "fed_charge", Meta: meta})
+		}
+		var trs []ledger.Transfer
+		if len(legs) == 1 {
+			var tr ledger.Transfer
+			if tr, err = s.Ledger.Transfer(ctx, legs[0]); err == nil {
+				trs = []ledger.Transfer{tr}
+			}
+		} else {
+			trs, err = s.Ledger.Linked(ctx, legs)
+		}
+		if err == nil {
+			a.State, a.MedicalFen, a.WalletFen = StateApplied, m, w
+			for _, t := range trs {
+				a.Transfers = append(a.Transfers, t.ID)
+			}
+			return a, nil
+		}
+		code := apperr.CodeOf(err)
+		if code == apperr.Unavailable || code == apperr.Internal {
+			return ChargeAnswer{}, err
+		}
+		if c.Mode == ModeOnline {
+			a.Reason = code
+			return a, nil
+		}
+	}
+	// Guaranteed: the sender accepted within the region's risk limit; we
+	// owe it whatever our resident's wallet holds. The resident's debt is
+	// advanced by the credit account.
+	tr, err := s.Ledger.Transfer(ctx, ledger.TransferRequest{Key: "fed:in:" + c.ID + ":credit", Debit: FedCreditAccount, Credit: clr, Amount: c.AmountFen, Kind: "fed_credit", Meta: meta})
+	if err != nil {
+		return ChargeAnswer{}, err
+	}
+	a.State, a.CreditFen, a.Transfers = StateApplied, c.AmountFen, []string{tr.ID}
+	return a, nil
+}
+
+// voidApplied reverses a charge applied here that the sender gave up on.
+func (s *Service) voidApplied(ctx context.Context, peer string, c Charge, prev ChargeAnswer) (ChargeAnswer, error) {
+	for i, id := range prev.Transfers {
+		tr, err := s.Ledger.GetTransfer(ctx, id)
+		if err != nil {
+			return ChargeAnswer{}, err
+		}
+		if _, err := s.Ledger.Reverse(ctx, fmt.Sprintf("fed:void:%s:%d", c.ID, i), id, tr.Amount); err != nil {
+			return ChargeAnswer{}, err
+		}
+	}
+	a := ChargeAnswer{ID: c.ID, State: StateVoided}
+	return a, s.saveIn(ctx, peer, c, a, true)
+}
+
+func (s *Service) saveIn(ctx context.Context, peer string, c Charge, a ChargeAnswer, update bool) error {
+	ans, _ := json.Marshal(a)
+	now := s.Now().UnixMilli()
+	if update {
+		err := s.w.exec(ctx, `UPDATE fed_messages SET state = $1, answer = $2, updated_at = $3 WHERE id = $4 AND direction = 'in'`, a.State, ans, now, c.ID)
+		if err != nil {
+			return unavailable(err)
+		}
+		return nil
+	}
+	c.PIN = ""
+	body, _ := json.Marshal(c)
+	err := s.w.exec(ctx, `INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, answer, updated_at)
+		VALUES ($1, 'in', $2, 'charge', $3, $4, $5, $6, $7, $8, $9)
+		ON CONFLICT (id, direction) DO UPDATE SET state = EXCLUDED.state, answer = EXCLUDED.answer, updated_at = EXCLUDED.updated_at`,
+		c.ID, peer, c.Subject, c.AmountFen, c.CreatedAt.UnixMilli(), a.State, body, ans, now)
+	if err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+// ---- the outbox ----
+
+// DrainOutbox sends every due queued message (guaranteed charges and
+// voids), batched per peer, and records the acknowledgements. It returns
+// how many messages were acknowledged.
+func (s *Service) DrainOutbox(ctx context.Context) (int, error) {
+	now := s.Now()
+	// Authorisations abandoned mid-flight (this process stopped while
+	// asking) become voids.
+	if err := s.w.exec(ctx, `UPDATE fed_messages SET state = 'voiding' WHERE direction = 'out' AND state = 'sending' AND updated_at < $1`,
+		now.Add(-time.Minute).UnixMilli()); err != nil {
+		return 0, err
+	}
+	rows, err := s.DB.R.QueryContext(ctx, `SELECT id, peer, state, attempts, body FROM fed_messages
+		WHERE direction = 'out' AND state IN ('pending', 'voiding') AND next_at <= $1 ORDER BY next_at LIMIT 5000`, now.UnixMilli())
+	if err != nil {
+		return 0, err
+	}
+	type due struct {
+		c        Charge
+		attempts int
+		state    string
+	}
+	byPeer := map[string][]due{}
+	for rows.Next() {
+		var id, peer, state string
+		var attempts int
+		var body []byte
+		if err := rows.Scan(&id, &peer, &state, &attempts, &body); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		var c Charge
+		if err := json.Unmarshal(body, &c); err != nil {
+			continue
+		}
+		c.Mode = ModeGuaranteed
+		if state == "voiding" {
+			c.Mode = ModeVoid
+		}
+		byPeer[peer] = append(byPeer[peer], due{c, attempts, state})
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	acked := 0
+	for peer, list := range byPeer {
+		m, err := s.member(peer)
+		if err != nil {
+			continue // no longer a member: kept, listed by reconciliation
+		}
+		for start := 0; start < len(list); start += MaxBatch {
+			part := list[start:min(start+MaxBatch, len(list))]
+			b := batch{Messages: make([]Charge, len(part))}
+			for i, d := range part {
+				b.Messages[i] = d.c
+			}
+			var ans batchAnswer
+			cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			err := s.call(cctx, m, KindMessages, b, &ans)
+			cancel()
+			if err != nil {
+				s.backoff(ctx, part[0].attempts, ids(b.Messages), err.Error())
+				continue
+			}
+			byID := map[string]ChargeAnswer{}
+			for _, a := range ans.Results {
+				byID[a.ID] = a
+			}
+			var updates []outUpdate
+			for _, d := range part {
+				a, ok := byID[d.c.ID]
+				if !ok {
+					continue
+				}
+				st := "acked"
+				switch {
+				case d.c.Mode == ModeVoid && a.State == StateVoided:
+					st = "voided"
+				case d.c.Mode == ModeGuaranteed && a.State == StateApplied:
+				default:
+					st = "failed"
+				}
+				ab, _ := json.Marshal(a)
+				updates = append(updates, outUpdate{d.c.ID, st, ab})
+			}
+			if err := s.applyUpdates(ctx, updates); err != nil {
+				return acked, err
+			}
+			acked += len(updates)
+		}
+	}
+	return acked, nil
+}
+
+type outUpdate struct {
+	id, state string
+	answer    []byte
+}
+
+func (s *Service) applyUpdates(ctx context.Context, ups []outUpdate) error {
+	if len(ups) == 0 {
+		return nil
+	}
+	now := s.Now().UnixMilli()
+	return s.DB.Tx(ctx, func(tx *sql.Tx) error {
+		for _, u := range ups {
+			if _, err := tx.ExecContext(ctx, `UPDATE fed_messages SET state = $1, answer = $2, updated_at = $3, last_error = '' WHERE id = $4 AND direction = 'out'`,
+				u.state, u.answer, now, u.id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func ids(cs []Charge) []string {
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.ID
+	}
+	return out
+}
+
+func (s *Service) backoff(ctx context.Context, attempts int, ids []string, why string) {
+	d := s.cfg.OutboxEvery << min(attempts, 10)
+	if d > s.cfg.MaxBackoff {
+		d = s.cfg.MaxBackoff
+	}
+	next := s.Now().Add(d).UnixMilli()
+	err := s.DB.Tx(ctx, func(tx *sql.Tx) error {
+		for _, id := range ids {
+			if _, err := tx.ExecContext(ctx, `UPDATE fed_messages SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3 AND direction = 'out'`,
+				next, truncate(why, 200), id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.Log.Warn("federation: recording a failed delivery", "err", err)
+	}
+}
