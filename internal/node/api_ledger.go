@@ -145,8 +145,11 @@ func (n *Node) ledgerRoutes() {
 			if residentID == "" {
 				return apperr.Invalid("card_number", "give card_number or resident_id", "请提供卡号或居民编号")
 			}
-			if _, err := n.Residents.Get(r.Context(), residentID); err != nil {
-				return err
+			if req.CardNumber == "" {
+				// A card already names an enrolled resident; a bare id is checked.
+				if _, err := n.Residents.Get(r.Context(), residentID); err != nil {
+					return err
+				}
 			}
 			// Accounts are opened at enrolment; ids are derived, so no look-up here.
 			wallet, medical := ledger.WalletID(residentID), ledger.MedicalID(residentID)
