@@ -75,6 +75,9 @@ func (l *Ledger) applyBatch(ctx context.Context, ops []*op) (err error) {
 	for _, o := range ops {
 		o.res, o.n, o.err = nil, 0, nil
 	}
+	if l.db.Dialect == store.Postgres {
+		return l.applyBatchPG(ctx, ops) // pgbatch.go
+	}
 	t0 := time.Now()
 	tx, err := l.db.W.BeginTx(ctx, nil)
 	if err != nil {
@@ -92,8 +95,40 @@ func (l *Ledger) applyBatch(ctx context.Context, ops []*op) (err error) {
 	if err := b.load(ctx, ops); err != nil {
 		return err
 	}
+	if err := b.claimAttached(ctx, ops); err != nil {
+		return err
+	}
 	t0 = l.phase(phaseLoad, t0)
+	b.applyOps(ops)
+	t0 = l.phase(phaseApply, t0)
+	if err := b.write(ctx); err != nil {
+		return err
+	}
+	if err := b.writeAttached(ctx, ops); err != nil {
+		return err
+	}
+	t0 = l.phase(phaseWrite, t0)
+	if l.opt.beforeCommit != nil {
+		if err := l.opt.beforeCommit(ctx, tx, len(b.entries)); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	l.phase(phaseCommit, t0)
+	b.remember()
+	l.batches.Add(1)
+	l.entries.Add(int64(len(b.entries)))
+	return nil
+}
+
+// applyOps applies the batch's requests in memory, in queue order.
+func (b *batch) applyOps(ops []*op) {
 	for _, o := range ops {
+		if refused(o) {
+			continue
+		}
 		switch o.kind {
 		case opExpire:
 			for _, h := range b.expiring {
@@ -116,24 +151,6 @@ func (l *Ledger) applyBatch(ctx context.Context, ops []*op) (err error) {
 			b.applyLinked(o)
 		}
 	}
-	t0 = l.phase(phaseApply, t0)
-	if err := b.write(ctx); err != nil {
-		return err
-	}
-	t0 = l.phase(phaseWrite, t0)
-	if l.opt.beforeCommit != nil {
-		if err := l.opt.beforeCommit(ctx, tx, len(b.entries)); err != nil {
-			return err
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return err
-	}
-	l.phase(phaseCommit, t0)
-	b.remember()
-	l.batches.Add(1)
-	l.entries.Add(int64(len(b.entries)))
-	return nil
 }
 
 // load reads, under lock, everything the batch may touch: the chain head,

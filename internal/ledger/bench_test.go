@@ -239,8 +239,16 @@ func TestLedgerVsPgbench(t *testing.T) {
 
 	l := benchLedger(t, dsn)
 	runLoad(l, "warm-", 0, 2*time.Second, false)
-	hot := runLoad(l, "hot-", 0, dur, false)
-	pairs := runLoad(l, "pair-", 0, dur, true)
+	cl, _ := storetest.SharedCluster()
+	var cpu [2][2]float64 // per run: this process's and PostgreSQL's CPU µs per transfer
+	measured := func(i int, res func() loadResult) loadResult {
+		s0, p0 := procCPU(os.Getpid()), clusterCPU(cl)
+		r := res()
+		cpu[i] = [2]float64{1e6 * (procCPU(os.Getpid()) - s0) / float64(r.n), 1e6 * (clusterCPU(cl) - p0) / float64(r.n)}
+		return r
+	}
+	hot := measured(0, func() loadResult { return runLoad(l, "hot-", 0, dur, false) })
+	pairs := measured(1, func() loadResult { return runLoad(l, "pair-", 0, dur, true) })
 	if hot.failed+pairs.failed > 0 {
 		t.Fatalf("%d transfers failed", hot.failed+pairs.failed)
 	}
@@ -260,5 +268,56 @@ func TestLedgerVsPgbench(t *testing.T) {
 	}{{"ledger, wallet → hot account", hot}, {"ledger, wallet → wallet", pairs}} {
 		fmt.Fprintf(&sb, "| %s | %.0f | %.1f / %.1f ms | %.1f | %.2fx |\n", r.name, r.res.tps, ms(r.res.p50), ms(r.res.p99), r.res.entriesPerBatch, r.res.tps/pgtps)
 	}
+	fmt.Fprintf(&sb, "\n| ledger run | ms/batch | load / apply / write / commit (ms per batch) | CPU µs per transfer: test process / PostgreSQL |\n|---|---|---|---|\n")
+	for i, r := range []loadResult{hot, pairs} {
+		fmt.Fprintf(&sb, "| %s | %.2f | %.2f / %.2f / %.2f / %.2f | %.0f / %.0f |\n", []string{"hot account", "wallet pairs"}[i], r.msPerBatch,
+			r.phases[0], r.phases[1], r.phases[2], r.phases[3], cpu[i][0], cpu[i][1])
+	}
 	t.Log(sb.String())
+}
+
+// procCPU is a process's user+system CPU seconds (from /proc; 0 if unknown).
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	sy, _ := strconv.ParseFloat(f[12], 64)
+	return (u + sy) / 100
+}
+
+// clusterCPU is the CPU seconds used so far by the test cluster's
+// postmaster and its children (backends, WAL writer, checkpointer …).
+func clusterCPU(cl *storetest.Cluster) float64 {
+	if cl == nil {
+		return 0
+	}
+	b, err := os.ReadFile(filepath.Join(cl.Dir, "data", "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	pm, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	ents, _ := os.ReadDir("/proc")
+	total := 0.0
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(st)[strings.LastIndexByte(string(st), ')')+1:])
+		if pid == pm || len(f) > 1 && f[1] == strconv.Itoa(pm) {
+			total += procCPU(pid)
+		}
+	}
+	return total
 }

@@ -49,7 +49,24 @@
 // process wrote), the chain head's seq, CloseAccount's epoch — and dropped
 // on any doubt and after any failed batch. On PostgreSQL, where several
 // node processes may write, nothing is cached: each batch locks and
-// re-reads its accounts.
+// re-reads its accounts. There a batch's cost is its round trips, so it
+// is two pipelines on one connection (pgbatch.go): BEGIN, the chain-head
+// lock, the keys and the accounts FOR UPDATE in one; the journal, holds,
+// accounts, chain head and COMMIT in the other, every statement with a
+// fixed text (rows bound as arrays). And when several processes take turns
+// on the chain-head lock, the committer waits a little (≤ 1 ms) for its
+// callers to fill the batch (linger.go).
+//
+// # Attachments
+//
+// A caller may write its own rows in the batch's transaction (Attach,
+// AttachMany; attach.go): after the batch has loaded (under its locks) its
+// Attacher may refuse requests (their transfers are not applied, the rest
+// of the batch goes on), and after the ledger's writes it writes its rows,
+// knowing each request's outcome (a refused transfer's attachment is still
+// written if the Attacher wants, e.g. as a decline record). One COMMIT
+// covers both, or neither. The scan path uses it so that a charging scan
+// costs one commit, not two.
 //
 // # Journal
 //

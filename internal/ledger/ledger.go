@@ -48,6 +48,7 @@ type Ledger struct {
 	stmts     map[string]*sql.Stmt // SQLite: prepared batch statements (stmts.go)
 	cache     acctCache            // SQLite: committed account state (cache.go)
 	acctEpoch atomic.Int64         // bumped by CloseAccount inside its transaction
+	lg        lingerState          // adaptive group commit, PostgreSQL (linger.go)
 }
 
 // Stats are counters since Open (for metrics).
@@ -79,6 +80,7 @@ func Open(ctx context.Context, db *store.DB, opt Options) (*Ledger, error) {
 	if l.log == nil {
 		l.log = slog.Default()
 	}
+	l.lg.on = db.Dialect == store.Postgres
 	for _, a := range []Account{
 		{ID: AccountBank, Kind: KindExternal, Label: "bank top-up channel"},
 		{ID: AccountTreasury, Kind: KindExternal, Label: "treasury funding"},
@@ -142,7 +144,8 @@ type op struct {
 	kind  opKind
 	items []item
 	res   []itemResult
-	n     int // opExpire: holds expired
+	att   *Attachment // caller's rows in the same transaction (attach.go)
+	n     int         // opExpire: holds expired
 	err   error
 	done  chan struct{}
 }
@@ -190,11 +193,12 @@ func (l *Ledger) committer() {
 			select {
 			case o := <-l.in:
 				batch = append(batch, o)
-				n += len(o.items)
+				n += max(len(o.items), 1)
 			default:
 				break fill
 			}
 		}
+		batch, n = l.linger(batch, n) // linger.go
 		l.runBatch(batch)
 	}
 }

@@ -88,9 +88,9 @@ func (s *Service) identify(ctx context.Context, code, cardNumber string, at time
 		if id.Issuer != s.City {
 			return id, card, resident.Resident{}, apperr.Newf(apperr.UnknownIssuer, "codes of "+id.Issuer+" are settled by their home city", "外地码由其发码城市结算")
 		}
-		card, err = s.Residents.CardByToken(ctx, id.Token)
+		card, err = s.cardByToken(ctx, id.Token)
 	default:
-		card, err = s.Residents.Card(ctx, id.CardNumber)
+		card, err = s.card(ctx, id.CardNumber)
 	}
 	if apperr.CodeOf(err) == apperr.NotFound {
 		return id, card, resident.Resident{}, apperr.New(apperr.UnknownHolder)
@@ -296,7 +296,7 @@ func normalise(m map[string]any) {
 // decline records and returns a declined answer.
 func (s *Service) decline(ctx context.Context, rec *record, sc catalog.Scenario, e eval, reason apperr.Code) (Response, error) {
 	rec.state, rec.decision, rec.reason, rec.cti, rec.charged, rec.plan = stateFinal, Declined, string(reason), "", 0, ""
-	rec.residentID = e.res.ID
+	rec.residentID, rec.card = e.res.ID, e.card
 	resp := finish(sc, nil, Declined, reason, e)
 	rec.answer = s.seal(rec, resp)
 	return s.claim(ctx, rec, sc, resp)
@@ -305,7 +305,7 @@ func (s *Service) decline(ctx context.Context, rec *record, sc catalog.Scenario,
 // claim writes a final record and returns resp, or the stored answer if
 // the key was taken meanwhile, or a replayed decline if the code was.
 func (s *Service) claim(ctx context.Context, rec *record, sc catalog.Scenario, resp Response) (Response, error) {
-	out, ex, err := s.w.insert(ctx, rec)
+	out, ex, err := s.insert(ctx, rec)
 	if err != nil {
 		return Response{}, err
 	}
@@ -375,6 +375,14 @@ func (s *Service) settleOpt(ctx context.Context, rec *record, sc catalog.Scenari
 			return resp, nil
 		}
 		fin.answer = s.seal(&fin, resp)
+		if keepPending != nil {
+			// Offline: the report says declined, so the row must say so
+			// before the batch is answered (a re-send must not re-drive it).
+			if err := s.w.finalizeSync(ctx, &fin); err != nil {
+				return Response{}, err
+			}
+			return resp, nil
+		}
 		s.w.finalize(&fin)
 		return resp, nil
 	}

@@ -4,13 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/catalog"
-	"github.com/yikatong/yikatong/internal/ecode"
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/terminal"
@@ -61,7 +58,7 @@ func validRecordID(id string) bool { return validKey(id) && len(id) <= 48 }
 // ApplyBatch applies an opened, signature-checked batch of terminal t.
 // Each record is applied at most once (its key is "off:<id>" in the scans
 // table); re-sending a batch reports the earlier outcomes as duplicates.
-// Records run concurrently so the scans writer and the ledger batch them.
+// The records are applied in bulk (bulk.go).
 func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b terminal.Batch) (BatchReport, error) {
 	now := s.Now()
 	rep := BatchReport{BatchID: b.ID, Terminal: t.ID, Records: len(b.Records), Items: make([]RecordReport, len(b.Records))}
@@ -93,51 +90,10 @@ func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b termina
 			lastSeq = r.Seq
 		}
 	}
-	// Records of one credential run in batch order (a holder's wallet and
-	// debt evolve record by record); different credentials run concurrently
-	// so the scans writer and the ledger group-commit them.
-	groups := map[string][]int{}
-	var order []string
-	for _, i := range todo {
-		k := credentialKey(b.Records[i])
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], i)
-	}
-	workers := min(256, max(len(order), 1))
-	ch := make(chan []int)
-	var wg sync.WaitGroup
-	var firstErr error
-	var mu sync.Mutex
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for idx := range ch {
-				for _, i := range idx {
-					rr, err := s.applyRecord(ctx, t, b.Records[i])
-					if err != nil {
-						mu.Lock()
-						if firstErr == nil {
-							firstErr = err
-						}
-						mu.Unlock()
-					}
-					rep.Items[i] = rr
-				}
-			}
-		}()
-	}
-	for _, k := range order {
-		ch <- groups[k]
-	}
-	close(ch)
-	wg.Wait()
-	if firstErr != nil {
+	if err := s.applyRecords(ctx, t, b.Records, todo, rep.Items); err != nil {
 		// Some records could not be written (the database is unavailable):
 		// the batch must be re-sent; what was applied stays applied once.
-		return rep, firstErr
+		return rep, err
 	}
 	for _, it := range rep.Items {
 		switch it.Status {
@@ -156,23 +112,6 @@ func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b termina
 		}
 	}
 	return rep, nil
-}
-
-// credentialKey groups a batch's records by the credential they carry: the
-// card number, or a code's subject (decoded, not verified: only for grouping).
-func credentialKey(r terminal.Record) string {
-	if r.CardNumber != "" {
-		return "card:" + resident.NormalizeCardNumber(r.CardNumber)
-	}
-	if d, err := ecode.Decode(r.Code); err == nil {
-		return "yk1:" + d.Claims.Issuer + ":" + d.Claims.Subject
-	}
-	if body, ok := strings.CutPrefix(r.Code, "TC1:"); ok {
-		if p := strings.Split(body, "."); len(p) == 5 {
-			return "tc1:" + p[0] + ":" + p[1]
-		}
-	}
-	return "code:" + r.Code
 }
 
 func recordHash(r terminal.Record) []byte {
@@ -196,64 +135,6 @@ func reportOf(rec *record, dup bool) RecordReport {
 	return rr
 }
 
-// applyRecord applies one offline record. The error is non-nil only when
-// the database is unavailable (the record stays unapplied or pending and
-// is completed by a re-send).
-func (s *Service) applyRecord(ctx context.Context, t terminal.Terminal, r terminal.Record) (RecordReport, error) {
-	rec := &record{terminal: t.ID, key: "off:" + r.ID, hash: recordHash(r), provider: t.ProviderID, scenario: r.Scenario, offline: true, at: r.At.UnixMilli()}
-	if ex, err := lookup(ctx, s.DB, t.ID, rec.key); err != nil {
-		return RecordReport{ID: r.ID, Status: StatusRejected, Reason: apperr.Unavailable}, err
-	} else if ex != nil {
-		return s.recordAgain(ctx, ex, rec.hash)
-	}
-	sc, err := s.Catalog.Scenario(ctx, r.Scenario)
-	if err != nil {
-		return RecordReport{ID: r.ID, Status: StatusRejected, Reason: apperr.CodeOf(err)}, nil
-	}
-	if !sc.OfflineAllowed {
-		return RecordReport{ID: r.ID, Status: StatusRejected, Reason: apperr.Forbidden}, nil
-	}
-	e := s.evaluateOffline(ctx, sc, t, r)
-	if e.err != nil {
-		if c := apperr.CodeOf(e.err); c == apperr.Unavailable || c == apperr.Internal {
-			return RecordReport{ID: r.ID, Status: StatusRejected, Reason: c}, e.err
-		}
-		if _, err := s.decline(ctx, rec, sc, e, apperr.CodeOf(e.err)); err != nil {
-			return RecordReport{ID: r.ID, Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
-		}
-		return s.recordFinal(ctx, rec)
-	}
-	rec.residentID, rec.cti, rec.decision, rec.charged = e.res.ID, e.id.CTI, Accepted, e.dec.Amount
-	all := s.facts(sc, e)
-	if len(e.plan) == 0 {
-		rec.state = stateFinal
-		rec.answer = s.seal(rec, finish(sc, all, Accepted, "", e))
-		if _, err := s.claim(ctx, rec, sc, Response{}); err != nil {
-			return RecordReport{ID: r.ID, Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
-		}
-		return s.recordFinal(ctx, rec)
-	}
-	rec.state = statePending
-	b, _ := json.Marshal(e.plan)
-	rec.plan = string(b)
-	rec.answer = s.seal(rec, all)
-	if _, done, err := s.claimPending(ctx, rec, sc); err != nil {
-		return RecordReport{ID: r.ID, Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
-	} else if done {
-		return s.recordFinal(ctx, rec)
-	}
-	return s.settleOffline(ctx, rec, sc, e.plan, all)
-}
-
-// recordFinal reports what the scans table holds for rec's key.
-func (s *Service) recordFinal(ctx context.Context, rec *record) (RecordReport, error) {
-	ex, err := lookup(ctx, s.DB, rec.terminal, rec.key)
-	if err != nil || ex == nil {
-		return RecordReport{ID: rec.key[len("off:"):], Status: StatusRejected, Reason: apperr.Unavailable}, err
-	}
-	return reportOf(ex, false), nil
-}
-
 // recordAgain handles a re-sent record.
 func (s *Service) recordAgain(ctx context.Context, ex *record, hash []byte) (RecordReport, error) {
 	id := ex.key[len("off:"):]
@@ -274,11 +155,11 @@ func (s *Service) recordAgain(ctx context.Context, ex *record, hash []byte) (Rec
 	normalise(all)
 	var plan []leg
 	json.Unmarshal([]byte(ex.plan), &plan)
-	rr, err := s.settleOffline(ctx, ex, sc, plan, all)
-	if err == nil {
-		rr.Status = StatusApplied
-	}
-	return rr, err
+	// A pending row is left by an older version of this node (today's rows
+	// are written final, with their transfers): finish it. Its report says
+	// what happened now (applied or declined), never "applied" for a
+	// decline.
+	return s.settleOffline(ctx, ex, sc, plan, all)
 }
 
 // evaluateOffline is evaluate as of the record's time: the code is checked
@@ -372,6 +253,8 @@ func (s *Service) finishDeclined(ctx context.Context, rec *record, sc catalog.Sc
 	fin := *rec
 	fin.state, fin.decision, fin.reason, fin.charged, fin.debt = stateFinal, Declined, string(reason), 0, 0
 	fin.answer = s.seal(&fin, finish(sc, nil, Declined, reason, eval{}))
-	s.w.finalize(&fin)
+	if err := s.w.finalizeSync(ctx, &fin); err != nil {
+		return RecordReport{ID: rec.key[len("off:"):], Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
+	}
 	return RecordReport{ID: rec.key[len("off:"):], Status: StatusDeclined, Decision: Declined, Reason: reason}, nil
 }

@@ -19,16 +19,23 @@
 //   - One use per code: the code's nonce (cti) has a UNIQUE index in the
 //     scans table, so a second scan of the same code is declined replayed in
 //     any node process sharing the database.
-//   - Money: the scan row is written first (pending, with its plan of ledger
-//     transfers and the claimed cti), then the ledger applies the plan as one
-//     linked set under keys derived from the scan's key, then the row is
-//     finalised. A crash in between leaves a pending row; the retry of the
-//     same key re-drives the same plan, which the ledger applies at most
-//     once. So a scan is never charged twice and a claimed code is never
-//     charged without a scan row.
-//   - Writes are group-committed (writer): concurrent scans share one
-//     transaction, and the ledger batches its own writes the same way, so a
-//     charging scan costs two shared commits, not two private ones.
+//   - Money, and one commit per scan: a scan's row (its key, the code's
+//     nonce, the sealed answer) is written in the same database
+//     transaction as its ledger transfers, through the ledger's
+//     attachments (ledger.Attach; rows.go is the scans table's Attacher).
+//     Concurrent scans share that group-commit transaction, so a charging
+//     scan costs one shared commit, and there is no pending state: a scan
+//     is charged exactly when its row exists. A fare the ledger refuses is
+//     stored as a declined scan with the ledger's reason. Scans that move
+//     no money ride the same way with no transfers. (Rows left pending by
+//     an older version are still re-driven by a retry of their key.)
+//   - Hot reads are cached (cards.go): cards by number and token, and
+//     residents. The card's status is re-checked in the transaction that
+//     writes the scan (one query per batch); a scan decided on a stale
+//     status is decided again, so a card reported lost in any process is
+//     refused at once.
+//   - Offline batches are applied in bulk (bulk.go): signatures verified
+//     on every core first, then one ledger submission for all records.
 //   - Answers carry only the scenario's view fields (catalog.View); a full
 //     ID number is never among them. Stored answers are sealed by the vault.
 package scan
@@ -37,6 +44,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -105,7 +113,9 @@ type Deps struct {
 // Service runs scans. It is safe for concurrent use.
 type Service struct {
 	Deps
-	w *writer
+	w     *writer
+	rows  *rows     // the scans table's rows in ledger batches (rows.go)
+	cards cardCache // cards by number and token (cards.go)
 
 	mu    sync.Mutex
 	cache map[string]cachedResident
@@ -129,11 +139,26 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 			return nil, err
 		}
 	}
-	return &Service{Deps: d, w: newWriter(d.DB, d.Log), cache: map[string]cachedResident{}}, nil
+	s := &Service{Deps: d, w: newWriter(d.DB, d.Log), cache: map[string]cachedResident{}}
+	if d.Ledger != nil {
+		r, err := newRows(ctx, s)
+		if err != nil {
+			s.w.close()
+			return nil, err
+		}
+		s.rows = r
+	}
+	return s, nil
 }
 
-// Close waits for queued writes and stops the writer.
-func (s *Service) Close() { s.w.close() }
+// Close waits for queued writes and stops the writer. The ledger must
+// still be open (Close it after the scan service).
+func (s *Service) Close() {
+	s.w.close()
+	if s.rows != nil {
+		s.rows.close()
+	}
+}
 
 func requestHash(req Request) []byte {
 	h := sha256.New()
@@ -194,14 +219,34 @@ func requiredField(name, v string) error {
 // idempotency_conflict, not_found, unavailable); everything else is an
 // answer.
 func (s *Service) Scan(ctx context.Context, t terminal.Terminal, req Request) (Response, error) {
+	for attempt := 0; ; attempt++ {
+		resp, err := s.scanOnce(ctx, t, req)
+		if !errors.Is(err, errStaleCard) {
+			return resp, err
+		}
+		// The card changed (e.g. reported lost) after this scan read it:
+		// it has been forgotten; decide again on its current state.
+		if attempt == 3 {
+			return Response{}, apperr.Newf(apperr.Unavailable, "the card keeps changing; try again", "卡片状态正在变化，请重试")
+		}
+	}
+}
+
+func (s *Service) scanOnce(ctx context.Context, t terminal.Terminal, req Request) (Response, error) {
 	if err := req.Validate(); err != nil {
 		return Response{}, err
 	}
 	hash := requestHash(req)
-	if rec, err := lookup(ctx, s.DB, t.ID, req.IdempotencyKey); err != nil {
-		return Response{}, err
-	} else if rec != nil {
-		return s.again(ctx, rec, hash)
+	// A retry is found by the insert itself (ON CONFLICT on the key returns
+	// the stored row), so the first attempt of a scan — nearly every scan —
+	// skips a read. Only a request carrying a PIN looks first, so that a
+	// retry never counts a wrong PIN twice toward the lock-out.
+	if req.PIN != "" {
+		if rec, err := lookup(ctx, s.DB, t.ID, req.IdempotencyKey); err != nil {
+			return Response{}, err
+		} else if rec != nil {
+			return s.again(ctx, rec, hash)
+		}
 	}
 	sc, err := s.Catalog.Scenario(ctx, req.Scenario)
 	if err != nil {
@@ -218,12 +263,17 @@ func (s *Service) Scan(ctx context.Context, t terminal.Terminal, req Request) (R
 	}
 	rec.residentID, rec.cti, rec.decision = e.res.ID, e.id.CTI, Accepted
 	rec.charged = e.dec.Amount
+	rec.card = e.card
 	all := s.facts(sc, e)
 	if len(e.plan) == 0 {
 		rec.state = stateFinal
 		resp := finish(sc, all, Accepted, "", e)
 		rec.answer = s.seal(rec, resp)
 		return s.claim(ctx, rec, sc, resp)
+	}
+	if s.rows != nil {
+		// One commit: the scan row rides in the ledger batch of its fare.
+		return s.charge(ctx, rec, sc, e.plan, all)
 	}
 	rec.state = statePending
 	b, _ := json.Marshal(e.plan)

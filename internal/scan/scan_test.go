@@ -495,3 +495,73 @@ func TestReplayAcrossProcesses(t *testing.T) {
 		t.Fatalf("ledger: %+v %v", chk, err)
 	}
 }
+
+// TestOneCodeManyKeys: scans of one code under different keys, sent at
+// once (so most share a ledger batch), accept it exactly once and decline
+// the others replayed without failing their batch-mates; an offline batch
+// carrying the same code twice applies it once.
+func TestOneCodeManyKeys(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		adult, senior := c.people[0], c.people[1]
+		n := c.tn.Node
+		yk := code(t, n, adult.card)
+		out := make([]answer, 24)
+		var wg sync.WaitGroup
+		for i := range out {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				body := map[string]any{"idempotency_key": fmt.Sprintf("m%d", i), "scenario": "transit.bus", "code": yk}
+				if i%2 == 1 { // batch-mates with other cards must not be affected
+					body = map[string]any{"idempotency_key": fmt.Sprintf("m%d", i), "scenario": "transit.bus", "card_number": adult.card}
+				}
+				a, r := c.scan(t, body)
+				if r.Status != 200 {
+					t.Errorf("scan %d: %d %s", i, r.Status, r.Body)
+				}
+				out[i] = a
+			}()
+		}
+		wg.Wait()
+		accepted := 0
+		for i, a := range out {
+			switch {
+			case i%2 == 1 && a.Decision != "accepted":
+				t.Errorf("card scan %d: %+v", i, a)
+			case i%2 == 0 && a.Decision == "accepted":
+				accepted++
+			case i%2 == 0 && a.Reason != "replayed":
+				t.Errorf("code scan %d declined for %q, want replayed", i, a.Reason)
+			}
+		}
+		if accepted != 1 {
+			t.Fatalf("the code was accepted %d times", accepted)
+		}
+		charged := int64(200 * (1 + len(out)/2))
+		c.checkBooks(t, charged)
+
+		// Offline: the same code in two records of one batch, and a card
+		// reported lost after its card was cached.
+		yk2 := code(t, n, adult.card)
+		if a, _ := c.scan(t, map[string]any{"idempotency_key": "cache-senior", "scenario": "transit.bus", "card_number": senior.card}); a.Decision != "accepted" {
+			t.Fatalf("senior: %+v", a)
+		}
+		if _, err := n.Residents.ReportLost(context.Background(), senior.card, "test"); err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		recs := []terminal.Record{
+			{ID: "c1", Seq: 1, At: now.Add(-time.Second), Scenario: "transit.bus", Code: yk2},
+			{ID: "c2", Seq: 2, At: now.Add(-time.Second), Scenario: "transit.bus", Code: yk2},
+			{ID: "c3", Seq: 3, At: now.Add(time.Second), Scenario: "transit.bus", CardNumber: senior.card},
+		}
+		var rep scan.BatchReport
+		c.tc.JSON(t, "POST", "/v1/terminals/"+c.term+"/batches", signBatch(t, c, "dup-code", recs), 200, &rep)
+		if rep.Items[0].Status != "applied" || rep.Items[1].Status != "declined" || rep.Items[1].Reason != "replayed" ||
+			rep.Items[2].Status != "declined" || rep.Items[2].Reason != "revoked" {
+			t.Fatalf("offline: %+v", rep.Items)
+		}
+		c.checkBooks(t, charged+200)
+	})
+}

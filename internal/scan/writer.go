@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/store"
 )
 
@@ -28,6 +29,10 @@ type record struct {
 	plan          string
 	answer        []byte
 	at            int64
+
+	// card is the card the scan was decided on (not a column): the ledger
+	// batch that writes the row checks its status is still the same.
+	card resident.Card
 }
 
 const (

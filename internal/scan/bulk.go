@@ -1,0 +1,407 @@
+package scan
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/catalog"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/terminal"
+)
+
+// Offline batches are applied in bulk, not record by record:
+//
+//  1. One read finds the records stored before (a re-send): they are
+//     reported as duplicates with their stored outcome and nothing is
+//     applied again.
+//  2. Every new record is evaluated in parallel on every core: each YK1
+//     code's signature is verified (a terminal's batch key does not make a
+//     code genuine: a compromised terminal must not be able to invent codes
+//     to move money), the card and resident are resolved (cached), the
+//     scenario's rules decide, the transfers are planned and the answer is
+//     prepared.
+//  3. All records go to the ledger at once (Ledger.AttachMany): the
+//     committer applies them in record order in as few batches as it can,
+//     each record's scan row written in the same transaction as its
+//     transfers by multi-row INSERTs, so a record is applied exactly when
+//     its row exists. The reports are built from what was written.
+//  4. Records the wallet could not cover, in scenarios that advance credit
+//     ("ride first, pay later"), are settled afterwards, one holder at a
+//     time and in record order: what is left in the wallet, the rest as
+//     debt up to the scenario's credit limit (counting the holder's
+//     outstanding offline debt). So within one batch the records a wallet
+//     covers are charged first, and the ones it cannot cover then take what
+//     is left and credit; the totals are those of applying them one by one.
+//
+// A record whose code was used by an earlier record (or scan) is declined
+// replayed; a record decided on a card whose status changed meanwhile is
+// decided again.
+
+// offlineRec is one record on its way through the bulk path.
+type offlineRec struct {
+	i      int
+	r      terminal.Record
+	sc     catalog.Scenario
+	e      eval
+	force  apperr.Code // decline with this reason (e.g. replayed)
+	w      *attachRow
+	plan   []leg
+	debtOK bool
+}
+
+// applyRecords applies b.Records[idx] and fills their reports.
+func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []terminal.Record, idx []int, items []RecordReport) error {
+	if len(idx) == 0 {
+		return nil
+	}
+	if s.rows == nil {
+		return apperr.Newf(apperr.Unavailable, "offline batches need the ledger", "离线批次需要账本")
+	}
+	// 1. Re-sent records.
+	keys := make([]string, len(idx))
+	for j, i := range idx {
+		keys[j] = "off:" + recs[i].ID
+	}
+	stored, err := lookupMany(ctx, s, t.ID, keys)
+	if err != nil {
+		return err
+	}
+	var firstErr error
+	fail := func(i int, err error) {
+		items[i] = RecordReport{ID: recs[i].ID, Status: StatusRejected, Reason: apperr.CodeOf(err)}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	var todo []*offlineRec
+	for _, i := range idx {
+		if ex := stored["off:"+recs[i].ID]; ex != nil {
+			rr, err := s.recordAgain(ctx, ex, recordHash(recs[i]))
+			items[i] = rr
+			if err != nil {
+				fail(i, err)
+			}
+			continue
+		}
+		todo = append(todo, &offlineRec{i: i, r: recs[i]})
+	}
+	// 2–3, in rounds: a record refused by the scans' Claim (its code used by
+	// an earlier record, or its card changed) goes round again.
+	var debts []*offlineRec
+	for round := 0; len(todo) > 0; round++ {
+		if round == 4 {
+			for _, o := range todo {
+				fail(o.i, apperr.Newf(apperr.Unavailable, "the record could not be settled; re-send the batch", "记录未能处理，请重新上传批次"))
+			}
+			break
+		}
+		s.evaluateAll(ctx, t, todo)
+		var reqs []ledger.Attached
+		var live []*offlineRec
+		for _, o := range todo {
+			if o.w == nil {
+				if c := apperr.CodeOf(o.e.err); c == apperr.Unavailable || c == apperr.Internal {
+					fail(o.i, o.e.err)
+				} else { // the scenario is unknown or not for offline use
+					items[o.i] = RecordReport{ID: o.r.ID, Status: StatusRejected, Reason: c}
+				}
+				continue
+			}
+			var trs []ledger.TransferRequest
+			for k, l := range o.plan {
+				trs = append(trs, l.request(o.w.rec, k))
+			}
+			reqs = append(reqs, ledger.Attached{Transfers: trs, Att: &ledger.Attachment{To: s.rows, Value: o.w}})
+			live = append(live, o)
+		}
+		outs, errs := s.Ledger.AttachMany(ctx, reqs)
+		var again []*offlineRec
+		for j, o := range live {
+			if errs[j] != nil {
+				fail(o.i, errs[j])
+				continue
+			}
+			out := outs[j]
+			if out.Refused != nil {
+				kind, ex, err := s.outcome(ctx, o.w.rec, out.Refused)
+				switch {
+				case errors.Is(err, errStaleCard):
+					again = append(again, &offlineRec{i: o.i, r: o.r})
+				case err != nil:
+					fail(o.i, err)
+				case kind == dupKey: // a concurrent re-send wrote it
+					items[o.i] = reportOf(ex, true)
+				default: // the code was used already
+					again = append(again, &offlineRec{i: o.i, r: o.r, force: apperr.Replayed})
+				}
+				continue
+			}
+			if o.w.written == nil {
+				if o.debtOK && apperr.CodeOf(out.Err) == apperr.InsufficientFunds {
+					debts = append(debts, o)
+					continue
+				}
+				fail(o.i, out.Err)
+				continue
+			}
+			items[o.i] = reportOf(o.w.written, false)
+		}
+		todo = again
+	}
+	// 4. Credit, holder by holder.
+	if err := s.settleDebts(ctx, debts, items); err != nil && firstErr == nil {
+		firstErr = err
+	}
+	return firstErr
+}
+
+// evaluateAll evaluates the records on every core and prepares their rows.
+func (s *Service) evaluateAll(ctx context.Context, t terminal.Terminal, todo []*offlineRec) {
+	workers := min(runtime.GOMAXPROCS(0), len(todo))
+	var next sync.Mutex
+	n := 0
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				next.Lock()
+				j := n
+				n++
+				next.Unlock()
+				if j >= len(todo) {
+					return
+				}
+				s.prepareRecord(ctx, t, todo[j])
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// prepareRecord evaluates one record and builds its row (o.w nil: the
+// record is rejected, o.e.err says why).
+func (s *Service) prepareRecord(ctx context.Context, t terminal.Terminal, o *offlineRec) {
+	o.w, o.plan, o.debtOK = nil, nil, false
+	r := o.r
+	sc, err := s.Catalog.Scenario(ctx, r.Scenario)
+	if err == nil && !sc.OfflineAllowed {
+		err = apperr.New(apperr.Forbidden)
+	}
+	if err != nil {
+		o.e = eval{err: err}
+		return
+	}
+	o.sc = sc
+	rec := &record{terminal: t.ID, key: "off:" + r.ID, hash: recordHash(r), provider: t.ProviderID, scenario: r.Scenario, offline: true, at: r.At.UnixMilli(), state: stateFinal}
+	if o.force != "" {
+		o.e = eval{err: apperr.New(o.force)}
+	} else {
+		o.e = s.evaluateOffline(ctx, sc, t, r)
+	}
+	e := o.e
+	if e.err != nil {
+		c := apperr.CodeOf(e.err)
+		if c == apperr.Unavailable || c == apperr.Internal {
+			return
+		}
+		rec.decision, rec.reason, rec.residentID, rec.card = Declined, string(c), e.res.ID, e.card
+		rec.answer = s.seal(rec, finish(sc, nil, Declined, c, e))
+		o.w = rowFor(rec)
+		return
+	}
+	rec.residentID, rec.cti, rec.decision, rec.charged, rec.card = e.res.ID, e.id.CTI, Accepted, e.dec.Amount, e.card
+	// The stored answer of an offline record is never sent to anyone (the
+	// report is built from the row's columns); it is sealed here, on every
+	// core, without the balances after, so the committer only seals
+	// declines.
+	rec.answer = s.seal(rec, finish(sc, s.facts(sc, e), Accepted, "", e))
+	o.w = rowFor(rec)
+	if len(e.plan) == 0 {
+		return
+	}
+	o.plan = e.plan
+	b, _ := json.Marshal(e.plan)
+	rec.plan = string(b)
+	o.debtOK = sc.Kind == catalog.KindCharge && sc.CreditLimitFen > 0 && len(e.plan) == 1
+	debtOK := o.debtOK
+	o.w.build = func(_ []ledger.Transfer, err error) *record {
+		if err == nil {
+			return rec
+		}
+		code := apperr.CodeOf(err)
+		switch {
+		case code == apperr.Unavailable, code == apperr.Internal, code == apperr.IdempotencyConflict:
+			return nil
+		case debtOK && code == apperr.InsufficientFunds:
+			return nil // settled with credit afterwards
+		}
+		fin := *rec
+		fin.decision, fin.reason, fin.charged = Declined, string(code), 0
+		fin.answer = s.seal(&fin, finish(sc, nil, Declined, code, eval{}))
+		return &fin
+	}
+}
+
+// settleDebts settles the records the wallet could not cover, holder by
+// holder (in parallel across holders, in record order for each).
+func (s *Service) settleDebts(ctx context.Context, debts []*offlineRec, items []RecordReport) error {
+	if len(debts) == 0 {
+		return nil
+	}
+	byHolder := map[string][]*offlineRec{}
+	var order []string
+	for _, o := range debts {
+		h := o.w.rec.residentID
+		if _, ok := byHolder[h]; !ok {
+			order = append(order, h)
+		}
+		byHolder[h] = append(byHolder[h], o)
+	}
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	ch := make(chan []*offlineRec)
+	for w := 0; w < min(8, len(order)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for list := range ch {
+				for _, o := range list {
+					rr, err := s.debtRecord(ctx, o)
+					items[o.i] = rr
+					if err != nil {
+						mu.Lock()
+						if firstErr == nil {
+							firstErr = err
+						}
+						mu.Unlock()
+					}
+				}
+			}
+		}()
+	}
+	for _, h := range order {
+		ch <- byHolder[h]
+	}
+	close(ch)
+	wg.Wait()
+	return firstErr
+}
+
+// debtRecord charges what the wallet holds and advances the rest as
+// credit, within the scenario's credit limit, writing the record's row in
+// the same transaction.
+func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, error) {
+	rec, l, sc := o.w.rec, o.plan[0], o.sc
+	id := o.r.ID
+	reject := func(err error) (RecordReport, error) {
+		return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
+	}
+	wb, err := s.Ledger.Balance(ctx, l.Debit)
+	if err != nil {
+		return reject(err)
+	}
+	var owed int64
+	if err := s.DB.R.QueryRowContext(ctx, `SELECT COALESCE(SUM(debt_fen), 0) FROM scans WHERE resident_id = $1 AND decision = 'accepted'`, rec.residentID).Scan(&owed); err != nil {
+		return reject(apperr.Wrap(apperr.Unavailable, err))
+	}
+	fromWallet := min(max(wb.Available, 0), l.Amount)
+	debt := l.Amount - fromWallet
+	declined := func(code apperr.Code) *record {
+		fin := *rec
+		fin.decision, fin.reason, fin.charged, fin.debt = Declined, string(code), 0, 0
+		fin.answer = s.seal(&fin, finish(sc, nil, Declined, code, eval{}))
+		return &fin
+	}
+	var reqs []ledger.TransferRequest
+	w := &attachRow{rec: rec} // the card was checked with the first attempt
+	if owed+debt > sc.CreditLimitFen {
+		w.rec = declined(apperr.InsufficientFunds)
+	} else {
+		base := "scan:" + rec.terminal + ":" + rec.key + ":debt"
+		if fromWallet > 0 {
+			reqs = append(reqs, leg{Key: base + "0", Debit: l.Debit, Credit: l.Credit, Amount: fromWallet, Kind: l.Kind}.request(rec, 0))
+		}
+		reqs = append(reqs, leg{Key: base + "1", Debit: CreditAccount, Credit: l.Credit, Amount: debt, Kind: "scan_credit"}.request(rec, 1))
+		fin := *rec
+		fin.charged, fin.debt = l.Amount, debt
+		w.rec = &fin
+		w.build = func(_ []ledger.Transfer, err error) *record {
+			if err == nil {
+				return &fin
+			}
+			switch code := apperr.CodeOf(err); code {
+			case apperr.Unavailable, apperr.Internal, apperr.IdempotencyConflict:
+				return nil
+			default:
+				return declined(code)
+			}
+		}
+	}
+	out, err := s.Ledger.Attach(ctx, reqs, &ledger.Attachment{To: s.rows, Value: w})
+	if err != nil {
+		return reject(err)
+	}
+	if out.Refused != nil {
+		kind, ex, err := s.outcome(ctx, rec, out.Refused)
+		switch {
+		case err != nil:
+			return reject(err)
+		case kind == dupKey:
+			return reportOf(ex, true), nil
+		}
+		return reject(apperr.New(apperr.Replayed))
+	}
+	if w.written == nil {
+		return reject(out.Err)
+	}
+	return reportOf(w.written, false), nil
+}
+
+// lookupMany reads the scans of terminal under keys (at most 256 per query).
+func lookupMany(ctx context.Context, s *Service, terminal string, keys []string) (map[string]*record, error) {
+	out := make(map[string]*record, len(keys))
+	pg := s.rows.pg
+	for len(keys) > 0 {
+		n := min(len(keys), maxClass)
+		c := class(n)
+		var sb strings.Builder
+		sb.WriteString(`SELECT ` + recordCols + ` FROM scans WHERE terminal_id = `)
+		ph(&sb, pg, 1)
+		sb.WriteString(` AND idem_key IN (`)
+		args := make([]any, 0, c+1)
+		args = append(args, terminal)
+		for i := 0; i < c; i++ {
+			if i > 0 {
+				sb.WriteString(", ")
+			}
+			ph(&sb, pg, i+2)
+			args = append(args, keys[min(i, n-1)])
+		}
+		sb.WriteByte(')')
+		rows, err := s.DB.R.QueryContext(ctx, sb.String(), args...)
+		if err != nil {
+			return nil, apperr.Wrap(apperr.Unavailable, err)
+		}
+		for rows.Next() {
+			r, err := scanRecord(rows)
+			if err != nil {
+				rows.Close()
+				return nil, apperr.Wrap(apperr.Unavailable, err)
+			}
+			out[r.key] = r
+		}
+		if err := rows.Close(); err != nil {
+			return nil, apperr.Wrap(apperr.Unavailable, err)
+		}
+		keys = keys[n:]
+	}
+	return out, nil
+}

@@ -1,0 +1,331 @@
+package scan
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strconv"
+	"strings"
+
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/store"
+)
+
+// rows is the scans table's ledger.Attacher: a scan's row rides in the
+// ledger's group-commit transaction that applies its transfers (one
+// commit per charging scan, shared by the whole batch). Scans that move no
+// money (identify-only scans, declines) ride along the same way, with no
+// transfers, so every new scan row goes through one committer.
+//
+// Claim, per batch and under the batch's lock, reads in three IN queries:
+// the rows already stored under the batch's (terminal, key) pairs
+// (refusal: dupKey, the caller answers from the stored row), the codes'
+// nonces already used (refusal: replayed), and the status of the cards
+// the scans were decided on (refusal: stale card, the caller forgets its
+// cached card and decides again). A key or nonce used twice inside the
+// batch refuses only the later scan. Write inserts the rows of the batch
+// in multi-row INSERTs; each row is built from the ledger's outcome (the
+// accepted answer carries the balance after the fare; a refused fare is
+// stored as a declined scan with the ledger's reason, keeping its nonce,
+// so the code cannot be presented again). The UNIQUE index on cti and the
+// primary key stay the authority across processes: a row another process
+// committed after Claim read fails the INSERT, and the ledger re-runs the
+// batch, whose Claim then sees it.
+type rows struct {
+	s     *Service
+	pg    bool
+	stmts map[string]*sql.Stmt // SQLite: prepared on the writer connection
+}
+
+// A row to write (Attachment.Value).
+type attachRow struct {
+	rec *record
+	// card the scan was decided on ("" = none, e.g. another city's code).
+	cardNumber  string
+	cardStatus  string
+	cardChanged int64
+	// build returns the final record for the ledger's outcome, or nil to
+	// write nothing. nil build: write rec as it is.
+	build func(trs []ledger.Transfer, err error) *record
+	// written is what Write stored.
+	written *record
+}
+
+// Refusals set by Claim.
+type dupKeyErr struct{ existing *record } // key already stored (existing nil: earlier in this batch)
+
+func (e *dupKeyErr) Error() string { return "scan: idempotency key already used" }
+
+var (
+	errReplayed  = errors.New("scan: the code was used already")
+	errStaleCard = errors.New("scan: the card changed since it was read")
+)
+
+const (
+	rowCols  = 16
+	maxClass = 256
+)
+
+func class(n int) int {
+	c := 1
+	for c < n {
+		c <<= 1
+	}
+	return c
+}
+
+func floorClass(n int) int {
+	c := 1
+	for c*2 <= n && c*2 <= maxClass {
+		c <<= 1
+	}
+	return c
+}
+
+func ph(sb *strings.Builder, pg bool, i int) {
+	if pg {
+		sb.WriteByte('$')
+		sb.WriteString(strconv.Itoa(i))
+		return
+	}
+	sb.WriteByte('?')
+}
+
+func tuples(sb *strings.Builder, pg bool, n, width int) {
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteByte('(')
+		for j := 0; j < width; j++ {
+			if j > 0 {
+				sb.WriteString(", ")
+			}
+			ph(sb, pg, i*width+j+1)
+		}
+		sb.WriteByte(')')
+	}
+}
+
+func keysSQL(pg bool, n int) string {
+	var sb strings.Builder
+	sb.WriteString(`SELECT ` + recordCols + ` FROM scans WHERE (terminal_id, idem_key) IN (VALUES `)
+	tuples(&sb, pg, n, 2)
+	sb.WriteByte(')')
+	return sb.String()
+}
+
+func listSQL(pg bool, prefix string, n int) string {
+	var sb strings.Builder
+	sb.WriteString(prefix)
+	sb.WriteByte('(')
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		ph(&sb, pg, i+1)
+	}
+	sb.WriteByte(')')
+	return sb.String()
+}
+
+const (
+	ctiPrefix  = `SELECT cti FROM scans WHERE cti IN `
+	cardPrefix = `SELECT number, status, status_changed_at FROM cards WHERE number IN `
+)
+
+func insertSQL(pg bool, n int) string {
+	var sb strings.Builder
+	sb.WriteString(`INSERT `)
+	if !pg {
+		// A failed batch is rolled back whole: no statement journal.
+		sb.WriteString(`OR ROLLBACK `)
+	}
+	sb.WriteString(`INTO scans(terminal_id, idem_key, req_hash, cti, provider_id, scenario, resident_id, state, decision, reason, charged_fen, debt_fen, offline, plan, answer, at) VALUES `)
+	tuples(&sb, pg, n, rowCols)
+	return sb.String()
+}
+
+// newRows prepares the statements of every size class on SQLite's writer
+// connection (the ledger's committer holds it during a batch, so they
+// cannot be prepared inside one). PostgreSQL (pgx) caches them by text.
+func newRows(ctx context.Context, s *Service) (*rows, error) {
+	r := &rows{s: s, pg: s.DB.Dialect == store.Postgres, stmts: map[string]*sql.Stmt{}}
+	if r.pg {
+		return r, nil
+	}
+	for c := 1; c <= maxClass; c <<= 1 {
+		for _, q := range []string{keysSQL(false, c), listSQL(false, ctiPrefix, c), listSQL(false, cardPrefix, c), insertSQL(false, c)} {
+			st, err := s.DB.W.PrepareContext(ctx, q)
+			if err != nil {
+				r.close()
+				return nil, err
+			}
+			r.stmts[q] = st
+		}
+	}
+	return r, nil
+}
+
+func (r *rows) close() {
+	for _, st := range r.stmts {
+		st.Close()
+	}
+	r.stmts = nil
+}
+
+func (r *rows) query(ctx context.Context, tx *sql.Tx, q string, args ...any) (*sql.Rows, error) {
+	if st := r.stmts[q]; st != nil {
+		return tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
+	return tx.QueryContext(ctx, q, args...)
+}
+
+func (r *rows) exec(ctx context.Context, tx *sql.Tx, q string, args ...any) error {
+	var err error
+	if st := r.stmts[q]; st != nil {
+		_, err = tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	} else {
+		_, err = tx.ExecContext(ctx, q, args...)
+	}
+	return err
+}
+
+// in runs sqlFor(class) over args (width values per item) in chunks, each
+// padded to its size class by repeating its last item.
+func (r *rows) in(ctx context.Context, tx *sql.Tx, sqlFor func(int) string, args []any, width int, fn func(*sql.Rows) error) error {
+	for len(args) > 0 {
+		n := min(maxClass, len(args)/width)
+		c := class(n)
+		chunk := make([]any, 0, c*width)
+		chunk = append(chunk, args[:n*width]...)
+		for len(chunk) < c*width {
+			chunk = append(chunk, args[(n-1)*width:n*width]...)
+		}
+		rs, err := r.query(ctx, tx, sqlFor(c), chunk...)
+		if err != nil {
+			return err
+		}
+		for rs.Next() {
+			if err := fn(rs); err != nil {
+				rs.Close()
+				return err
+			}
+		}
+		if err := rs.Close(); err != nil {
+			return err
+		}
+		if err := rs.Err(); err != nil {
+			return err
+		}
+		args = args[n*width:]
+	}
+	return nil
+}
+
+type tk struct{ terminal, key string }
+
+// Claim implements ledger.Attacher.
+func (r *rows) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
+	var keyArgs, ctiArgs, cardArgs []any
+	seenCard := map[string]bool{}
+	for _, a := range atts {
+		w := a.Value.(*attachRow)
+		keyArgs = append(keyArgs, w.rec.terminal, w.rec.key)
+		if w.rec.cti != "" {
+			ctiArgs = append(ctiArgs, w.rec.cti)
+		}
+		if w.cardNumber != "" && !seenCard[w.cardNumber] {
+			seenCard[w.cardNumber] = true
+			cardArgs = append(cardArgs, w.cardNumber)
+		}
+	}
+	stored := map[tk]*record{}
+	err := r.in(ctx, tx, func(c int) string { return keysSQL(r.pg, c) }, keyArgs, 2, func(rs *sql.Rows) error {
+		rec, err := scanRecord(rs)
+		if err == nil {
+			stored[tk{rec.terminal, rec.key}] = rec
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	used := map[string]bool{}
+	err = r.in(ctx, tx, func(c int) string { return listSQL(r.pg, ctiPrefix, c) }, ctiArgs, 1, func(rs *sql.Rows) error {
+		var c string
+		err := rs.Scan(&c)
+		used[c] = true
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	type cardState struct {
+		status  string
+		changed int64
+	}
+	cards := map[string]cardState{}
+	err = r.in(ctx, tx, func(c int) string { return listSQL(r.pg, cardPrefix, c) }, cardArgs, 1, func(rs *sql.Rows) error {
+		var n string
+		var st cardState
+		err := rs.Scan(&n, &st.status, &st.changed)
+		cards[n] = st
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	inBatch := map[tk]bool{}
+	for _, a := range atts {
+		w := a.Value.(*attachRow)
+		k := tk{w.rec.terminal, w.rec.key}
+		switch {
+		case stored[k] != nil:
+			a.Refused = &dupKeyErr{existing: stored[k]}
+		case inBatch[k]:
+			a.Refused = &dupKeyErr{}
+		case w.rec.cti != "" && used[w.rec.cti]:
+			a.Refused = errReplayed
+		case w.cardNumber != "" && (cards[w.cardNumber].status != w.cardStatus || cards[w.cardNumber].changed != w.cardChanged):
+			a.Refused = errStaleCard
+			r.s.cards.forget(w.cardNumber)
+		}
+		if a.Refused != nil {
+			continue
+		}
+		inBatch[k] = true
+		if w.rec.cti != "" {
+			used[w.rec.cti] = true
+		}
+	}
+	return nil
+}
+
+// Write implements ledger.Attacher.
+func (r *rows) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
+	args := make([]any, 0, len(atts)*rowCols)
+	n := 0
+	for _, a := range atts {
+		w := a.Value.(*attachRow)
+		rec := w.rec
+		if w.build != nil {
+			rec = w.build(a.Transfers, a.Err)
+		}
+		w.written = rec
+		if rec == nil {
+			continue
+		}
+		n++
+		args = append(args, rec.terminal, rec.key, rec.hash, nullable(rec.cti), rec.provider, rec.scenario, rec.residentID, rec.state, rec.decision, rec.reason,
+			rec.charged, rec.debt, b2i(rec.offline), rec.plan, rec.answer, rec.at)
+	}
+	for n > 0 {
+		c := floorClass(n)
+		if err := r.exec(ctx, tx, insertSQL(r.pg, c), args[:c*rowCols]...); err != nil {
+			return err
+		}
+		args, n = args[c*rowCols:], n-c
+	}
+	return nil
+}
