@@ -12,14 +12,12 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emmansun/gmsm/sm3"
 
 	"github.com/yikatong/yikatong/internal/apperr"
-	"github.com/yikatong/yikatong/internal/catalog"
-	"github.com/yikatong/yikatong/internal/ledger"
-	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/scan"
 	"github.com/yikatong/yikatong/internal/store"
 )
@@ -322,38 +320,11 @@ func (s *Service) HandleMessages(ctx context.Context, data []byte) ([]byte, erro
 	if len(b.Messages) > MaxBatch {
 		return nil, apperr.Invalid("messages", fmt.Sprintf("at most %d messages per batch", MaxBatch), fmt.Sprintf("每批最多 %d 条消息", MaxBatch))
 	}
-	// Messages are independent: apply them concurrently so that the
-	// ledger and the row writer group-commit them (a message id twice in
-	// one batch is applied once and answered twice).
-	first := map[string]int{}
-	out := batchAnswer{Results: make([]ChargeAnswer, len(b.Messages))}
-	errs := make([]error, len(b.Messages))
-	sem := make(chan struct{}, applyParallel)
-	var wg sync.WaitGroup
-	for i, c := range b.Messages {
-		if _, dup := first[c.ID]; dup {
-			continue
-		}
-		first[c.ID] = i
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(i int, c Charge) {
-			defer func() { <-sem; wg.Done() }()
-			out.Results[i], errs[i] = s.apply(ctx, env.From, c)
-		}(i, c)
+	res, err := s.applyMany(ctx, env.From, b.Messages)
+	if err != nil {
+		return nil, err
 	}
-	wg.Wait()
-	for i, c := range b.Messages {
-		if errs[i] != nil {
-			return nil, errs[i]
-		}
-		if j := first[c.ID]; j != i {
-			out.Results[i] = out.Results[j]
-			if errs[j] != nil {
-				return nil, errs[j]
-			}
-		}
-	}
+	out := batchAnswer{Results: res}
 	return Seal(s.City, env.From, KindAnswer, s.Now(), out, s.Node())
 }
 
@@ -368,192 +339,6 @@ func strictJSON(b []byte, v any) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return apperr.Newf(apperr.ValidationFailed, "the message body is not valid: "+err.Error(), "消息内容无效")
-	}
-	return nil
-}
-
-type inRow struct {
-	state   string
-	answer  []byte
-	amount  int64
-	subject string
-}
-
-// apply books a charge from peer exactly once (its id is the idempotency
-// key) and answers. Errors are transient (the sender retries).
-func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
-	if c.ID == "" || len(c.ID) > 80 || !strings.HasPrefix(c.ID, peer+".") {
-		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}, nil
-	}
-	if c.AmountFen <= 0 || c.Subject == "" || len(c.Subject) > 128 || len(c.Scenario) > 64 {
-		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}, nil
-	}
-	var prev *inRow
-	{
-		var r inRow
-		err := s.DB.R.QueryRowContext(ctx, `SELECT state, answer, amount_fen, subject FROM fed_messages WHERE id = $1 AND direction = 'in'`, c.ID).
-			Scan(&r.state, &r.answer, &r.amount, &r.subject)
-		switch {
-		case err == nil:
-			prev = &r
-		case !errors.Is(err, sql.ErrNoRows):
-			return ChargeAnswer{}, unavailable(err)
-		}
-	}
-	if prev != nil {
-		var a ChargeAnswer
-		json.Unmarshal(prev.answer, &a)
-		if prev.amount != c.AmountFen || prev.subject != c.Subject {
-			// Same id, other content: a forged or corrupted message.
-			return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.IdempotencyConflict}, nil
-		}
-		switch {
-		case c.Mode == ModeVoid && prev.state == StateApplied:
-			return s.voidApplied(ctx, peer, c, a)
-		case c.Mode == ModeVoid:
-			if prev.state != StateVoided {
-				a = ChargeAnswer{ID: c.ID, State: StateVoided}
-				if err := s.saveIn(ctx, peer, c, a, true); err != nil {
-					return ChargeAnswer{}, err
-				}
-			}
-			return ChargeAnswer{ID: c.ID, State: StateVoided}, nil
-		case c.Mode == ModeGuaranteed && prev.state == StateDeclined:
-			// Declined online, but then accepted offline by the sender
-			// (our answer came too late): we must book it after all.
-		default:
-			return a, nil
-		}
-	}
-	if c.Mode == ModeVoid {
-		a := ChargeAnswer{ID: c.ID, State: StateVoided}
-		return a, s.saveIn(ctx, peer, c, a, prev != nil)
-	}
-	a, err := s.book(ctx, peer, c)
-	if err != nil {
-		return ChargeAnswer{}, err
-	}
-	return a, s.saveIn(ctx, peer, c, a, prev != nil)
-}
-
-// book moves the money at home: the resident's medical account (medical
-// charges, first) and wallet → our clearing account for the peer.
-func (s *Service) book(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
-	a := ChargeAnswer{ID: c.ID, State: StateDeclined}
-	clr := ledger.ClearingID(peer)
-	card, err := s.Residents.CardByToken(ctx, c.Subject)
-	var resID string
-	switch {
-	case err == nil && card.Status == resident.StatusActive && !card.Locked:
-		resID = card.ResidentID
-	case err == nil || apperr.CodeOf(err) == apperr.NotFound:
-		if c.Mode == ModeOnline {
-			a.Reason = apperr.Revoked
-			if err != nil {
-				a.Reason = apperr.UnknownHolder
-			} else if card.Locked {
-				a.Reason = apperr.CardLocked
-			}
-			return a, nil
-		}
-	default:
-		return ChargeAnswer{}, unavailable(err)
-	}
-	if resID != "" && c.Mode == ModeOnline && c.PIN != "" {
-		if _, err := s.Residents.VerifyPIN(ctx, card.Number, c.PIN); err != nil {
-			if code := apperr.CodeOf(err); code == apperr.Unavailable || code == apperr.Internal {
-				return ChargeAnswer{}, err
-			}
-			a.Reason = apperr.CodeOf(err)
-			return a, nil
-		}
-	}
-	meta := map[string]string{"peer": peer, "message": c.ID, "scenario": c.Scenario}
-	if resID != "" {
-		var legs []ledger.TransferRequest
-		m, w := int64(0), c.AmountFen
-		if c.Medical {
-			mb, err := s.Ledger.Balance(ctx, ledger.MedicalID(resID))
-			if err != nil && apperr.CodeOf(err) != apperr.UnknownAccount {
-				return ChargeAnswer{}, err
-			}
-			m, w = catalog.SplitMedical(c.AmountFen, mb.Available)
-		}
-		if m > 0 {
-			legs = append(legs, ledger.TransferRequest{Key: "fed:in:" + c.ID + ":m", Debit: ledger.MedicalID(resID), Credit: clr, Amount: m, Kind: "fed_medical", Meta: meta})
-		}
-		if w > 0 {
-			legs = append(legs, ledger.TransferRequest{Key: "fed:in:" + c.ID + ":w", Debit: ledger.WalletID(resID), Credit: clr, Amount: w, Kind: "fed_charge", Meta: meta})
-		}
-		var trs []ledger.Transfer
-		if len(legs) == 1 {
-			var tr ledger.Transfer
-			if tr, err = s.Ledger.Transfer(ctx, legs[0]); err == nil {
-				trs = []ledger.Transfer{tr}
-			}
-		} else {
-			trs, err = s.Ledger.Linked(ctx, legs)
-		}
-		if err == nil {
-			a.State, a.MedicalFen, a.WalletFen = StateApplied, m, w
-			for _, t := range trs {
-				a.Transfers = append(a.Transfers, t.ID)
-			}
-			return a, nil
-		}
-		code := apperr.CodeOf(err)
-		if code == apperr.Unavailable || code == apperr.Internal {
-			return ChargeAnswer{}, err
-		}
-		if c.Mode == ModeOnline {
-			a.Reason = code
-			return a, nil
-		}
-	}
-	// Guaranteed: the sender accepted within the region's risk limit; we
-	// owe it whatever our resident's wallet holds. The resident's debt is
-	// advanced by the credit account.
-	tr, err := s.Ledger.Transfer(ctx, ledger.TransferRequest{Key: "fed:in:" + c.ID + ":credit", Debit: FedCreditAccount, Credit: clr, Amount: c.AmountFen, Kind: "fed_credit", Meta: meta})
-	if err != nil {
-		return ChargeAnswer{}, err
-	}
-	a.State, a.CreditFen, a.Transfers = StateApplied, c.AmountFen, []string{tr.ID}
-	return a, nil
-}
-
-// voidApplied reverses a charge applied here that the sender gave up on.
-func (s *Service) voidApplied(ctx context.Context, peer string, c Charge, prev ChargeAnswer) (ChargeAnswer, error) {
-	for i, id := range prev.Transfers {
-		tr, err := s.Ledger.GetTransfer(ctx, id)
-		if err != nil {
-			return ChargeAnswer{}, err
-		}
-		if _, err := s.Ledger.Reverse(ctx, fmt.Sprintf("fed:void:%s:%d", c.ID, i), id, tr.Amount); err != nil {
-			return ChargeAnswer{}, err
-		}
-	}
-	a := ChargeAnswer{ID: c.ID, State: StateVoided}
-	return a, s.saveIn(ctx, peer, c, a, true)
-}
-
-func (s *Service) saveIn(ctx context.Context, peer string, c Charge, a ChargeAnswer, update bool) error {
-	ans, _ := json.Marshal(a)
-	now := s.Now().UnixMilli()
-	if update {
-		err := s.w.exec(ctx, `UPDATE fed_messages SET state = $1, answer = $2, updated_at = $3 WHERE id = $4 AND direction = 'in'`, a.State, ans, now, c.ID)
-		if err != nil {
-			return unavailable(err)
-		}
-		return nil
-	}
-	c.PIN = ""
-	body, _ := json.Marshal(c)
-	err := s.w.exec(ctx, `INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, answer, updated_at)
-		VALUES ($1, 'in', $2, 'charge', $3, $4, $5, $6, $7, $8, $9)
-		ON CONFLICT (id, direction) DO UPDATE SET state = EXCLUDED.state, answer = EXCLUDED.answer, updated_at = EXCLUDED.updated_at`,
-		c.ID, peer, c.Subject, c.AmountFen, c.CreatedAt.UnixMilli(), a.State, body, ans, now)
-	if err != nil {
-		return unavailable(err)
 	}
 	return nil
 }
@@ -575,11 +360,6 @@ func (s *Service) DrainOutbox(ctx context.Context) (int, error) {
 		WHERE direction = 'out' AND state IN ('pending', 'voiding') AND next_at <= $1 ORDER BY next_at LIMIT 5000`, now.UnixMilli())
 	if err != nil {
 		return 0, err
-	}
-	type due struct {
-		c        Charge
-		attempts int
-		state    string
 	}
 	byPeer := map[string][]due{}
 	for rows.Next() {
@@ -604,7 +384,13 @@ func (s *Service) DrainOutbox(ctx context.Context) (int, error) {
 	if err := rows.Err(); err != nil {
 		return 0, err
 	}
-	acked := 0
+	// Each peer's batches go out up to InFlight at a time, so that the
+	// peer's signature checks and JSON work overlap its commits.
+	var acked atomic.Int64
+	var firstErr error
+	var emu sync.Mutex
+	sem := make(chan struct{}, InFlight)
+	var wg sync.WaitGroup
 	for peer, list := range byPeer {
 		m, err := s.member(peer)
 		if err != nil {
@@ -612,46 +398,75 @@ func (s *Service) DrainOutbox(ctx context.Context) (int, error) {
 		}
 		for start := 0; start < len(list); start += MaxBatch {
 			part := list[start:min(start+MaxBatch, len(list))]
-			b := batch{Messages: make([]Charge, len(part))}
-			for i, d := range part {
-				b.Messages[i] = d.c
-			}
-			var ans batchAnswer
-			cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-			err := s.call(cctx, m, KindMessages, b, &ans)
-			cancel()
-			if err != nil {
-				s.backoff(ctx, part[0].attempts, ids(b.Messages), err.Error())
-				continue
-			}
-			byID := map[string]ChargeAnswer{}
-			for _, a := range ans.Results {
-				byID[a.ID] = a
-			}
-			var updates []outUpdate
-			for _, d := range part {
-				a, ok := byID[d.c.ID]
-				if !ok {
-					continue
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				n, err := s.deliver(ctx, m, part)
+				acked.Add(int64(n))
+				if err != nil {
+					emu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					emu.Unlock()
 				}
-				st := "acked"
-				switch {
-				case d.c.Mode == ModeVoid && a.State == StateVoided:
-					st = "voided"
-				case d.c.Mode == ModeGuaranteed && a.State == StateApplied:
-				default:
-					st = "failed"
-				}
-				ab, _ := json.Marshal(a)
-				updates = append(updates, outUpdate{d.c.ID, st, ab})
-			}
-			if err := s.applyUpdates(ctx, updates); err != nil {
-				return acked, err
-			}
-			acked += len(updates)
+			}()
 		}
 	}
-	return acked, nil
+	wg.Wait()
+	return int(acked.Load()), firstErr
+}
+
+// InFlight bounds the outbox batches in flight to one peer.
+const InFlight = 4
+
+// due is an outbox message to deliver.
+type due struct {
+	c        Charge
+	attempts int
+	state    string
+}
+
+// deliver sends one batch to m and records the answers.
+func (s *Service) deliver(ctx context.Context, m Member, part []due) (int, error) {
+	b := batch{Messages: make([]Charge, len(part))}
+	for i, d := range part {
+		b.Messages[i] = d.c
+	}
+	var ans batchAnswer
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	err := s.call(cctx, m, KindMessages, b, &ans)
+	cancel()
+	if err != nil {
+		s.backoff(ctx, part[0].attempts, ids(b.Messages), err.Error())
+		return 0, nil
+	}
+	byID := map[string]ChargeAnswer{}
+	for _, a := range ans.Results {
+		byID[a.ID] = a
+	}
+	var updates []outUpdate
+	for _, d := range part {
+		a, ok := byID[d.c.ID]
+		if !ok {
+			continue
+		}
+		st := "acked"
+		switch {
+		case d.c.Mode == ModeVoid && a.State == StateVoided:
+			st = "voided"
+		case d.c.Mode == ModeGuaranteed && a.State == StateApplied:
+		default:
+			st = "failed"
+		}
+		ab, _ := json.Marshal(a)
+		updates = append(updates, outUpdate{d.c.ID, st, ab})
+	}
+	if err := s.applyUpdates(ctx, updates); err != nil {
+		return 0, err
+	}
+	return len(updates), nil
 }
 
 type outUpdate struct {

@@ -24,6 +24,7 @@ type writer struct {
 type wop struct {
 	q    string
 	args []any
+	n    int64 // rows affected, set before done
 	done chan error
 }
 
@@ -37,20 +38,31 @@ func newWriter(db *store.DB) *writer {
 }
 
 func (w *writer) exec(ctx context.Context, q string, args ...any) error {
+	_, err := w.execN(ctx, q, args...)
+	return err
+}
+
+// execN is exec returning the number of rows the statement affected (a
+// conditional UPDATE or an INSERT … ON CONFLICT DO NOTHING tells whether it
+// took the row).
+func (w *writer) execN(ctx context.Context, q string, args ...any) (int64, error) {
 	op := &wop{q: q, args: args, done: make(chan error, 1)}
 	select {
 	case w.ch <- op:
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	case <-w.stop:
-		_, err := w.db.W.ExecContext(ctx, q, args...)
-		return err
+		r, err := w.db.W.ExecContext(ctx, q, args...)
+		if err != nil {
+			return 0, err
+		}
+		return r.RowsAffected()
 	}
 	select {
 	case err := <-op.done:
-		return err
+		return op.n, err
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
 }
 
@@ -132,7 +144,11 @@ func (w *writer) run(ops []*wop) {
 	if err == nil {
 		err = w.db.Tx(ctx, func(tx *sql.Tx) error {
 			for i, op := range ops {
-				if _, err := tx.StmtContext(ctx, sts[i]).ExecContext(ctx, op.args...); err != nil {
+				r, err := tx.StmtContext(ctx, sts[i]).ExecContext(ctx, op.args...)
+				if err != nil {
+					return err
+				}
+				if op.n, err = r.RowsAffected(); err != nil {
 					return err
 				}
 			}
@@ -150,7 +166,10 @@ func (w *writer) run(ops []*wop) {
 		return
 	}
 	for _, op := range ops {
-		_, err := w.db.W.ExecContext(ctx, op.q, op.args...)
+		r, err := w.db.W.ExecContext(ctx, op.q, op.args...)
+		if err == nil {
+			op.n, err = r.RowsAffected()
+		}
 		op.done <- err
 	}
 }

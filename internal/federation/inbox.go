@@ -1,0 +1,407 @@
+package federation
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/catalog"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/resident"
+)
+
+// The home city (A) applying a peer's charges: the inbox.
+//
+// A message's inbox row and the money it moves commit in one database
+// transaction: the row rides in the ledger's group-commit batch that
+// applies the transfers (ledger.Attach, the inbox Attacher in bulk.go).
+// So there is never money without its row, nor a row saying applied
+// without the money. The Attacher's Claim, inside that transaction,
+// refuses a message that already has a row — in particular one a void
+// marked voided — and nothing is moved for it.
+//
+// A void marks the row voided first (an upsert that never moves a row out
+// of voided) and then looks up the ledger for the message's transfer keys
+// (fed:in:<id>:m, :w, :credit) and reverses whatever exists (reversal keys
+// fed:void:<id>:<leg>, so a repeated void is a replay). Whichever of the
+// booking's commit and the void's mark comes first, the resident ends up
+// not charged: the booking's Claim sees the mark, or the void sees the
+// booking's transfers (on PostgreSQL a row the void inserts after Claim
+// read makes the batch's INSERT fail with a unique violation, and the
+// ledger re-runs the batch, whose Claim then sees it).
+//
+// Booking runs detached from the caller's context (context.WithoutCancel
+// with bookTimeout): the peer disconnecting (its authorisation timed out)
+// must not abandon a booking whose ledger batch is already queued. If the
+// ledger's answer is lost anyway (unavailable), the row and the money are
+// still all or nothing, and a retry or a void finds out which.
+
+// bookTimeout bounds the booking of one message or batch.
+const bookTimeout = time.Minute
+
+func detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
+}
+
+func busy(id string) error {
+	return apperr.Newf(apperr.Unavailable, "message "+id+" is being applied; retry later", "该消息正在处理，请稍后重试")
+}
+
+type inRow struct {
+	state   string
+	answer  []byte
+	amount  int64
+	subject string
+	updated int64
+}
+
+const inCols = `state, answer, amount_fen, subject, updated_at`
+
+func (s *Service) inRow(ctx context.Context, id string) (*inRow, error) {
+	var r inRow
+	err := s.DB.R.QueryRowContext(ctx, `SELECT `+inCols+` FROM fed_messages WHERE id = $1 AND direction = 'in'`, id).
+		Scan(&r.state, &r.answer, &r.amount, &r.subject, &r.updated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	return &r, nil
+}
+
+// validCharge checks what a message must be for us to consider it at all.
+func validCharge(peer string, c Charge) bool {
+	if c.ID == "" || len(c.ID) > 80 || !strings.HasPrefix(c.ID, peer+".") {
+		return false
+	}
+	switch c.Mode {
+	case ModeOnline, ModeGuaranteed, ModeVoid:
+	default:
+		return false
+	}
+	return c.AmountFen > 0 && c.Subject != "" && len(c.Subject) <= 128 && len(c.Scenario) <= 64
+}
+
+// apply books a charge from peer exactly once (its id is the idempotency
+// key) and answers. Errors are transient (the sender retries).
+func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
+	if !validCharge(peer, c) {
+		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}, nil
+	}
+	ctx, cancel := detach(ctx)
+	defer cancel()
+	prev, err := s.inRow(ctx, c.ID)
+	if err != nil {
+		return ChargeAnswer{}, err
+	}
+	return s.applyAfter(ctx, peer, c, prev)
+}
+
+// applyAfter applies c given its inbox row as read (nil: none).
+func (s *Service) applyAfter(ctx context.Context, peer string, c Charge, prev *inRow) (ChargeAnswer, error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		if prev != nil {
+			if prev.amount != c.AmountFen || prev.subject != c.Subject {
+				// Same id, other content: a forged or corrupted message.
+				return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.IdempotencyConflict}, nil
+			}
+			if c.Mode == ModeVoid {
+				return s.void(ctx, peer, c)
+			}
+			if prev.state != StateDeclined || c.Mode != ModeGuaranteed {
+				return storedAnswer(c.ID, prev), nil
+			}
+			// Declined online, but then accepted offline by the sender
+			// (our answer came too late): we must book it after all. The
+			// declined row moved no money; it makes way for the booking's.
+			n, err := s.w.execN(ctx, `DELETE FROM fed_messages WHERE id = $1 AND direction = 'in' AND state = 'declined'`, c.ID)
+			if err != nil {
+				return ChargeAnswer{}, unavailable(err)
+			}
+			if n == 0 { // changed meanwhile (voided?): look again
+				if prev, err = s.inRow(ctx, c.ID); err != nil {
+					return ChargeAnswer{}, err
+				}
+				continue
+			}
+		}
+		if c.Mode == ModeVoid {
+			return s.void(ctx, peer, c)
+		}
+		a, taken, err := s.book(ctx, peer, c)
+		if err != nil || !taken {
+			return a, err
+		}
+		// A row appeared meanwhile (a void overtook the booking, or
+		// another delivery booked it): answer by it.
+		if prev, err = s.inRow(ctx, c.ID); err != nil {
+			return ChargeAnswer{}, err
+		}
+	}
+	return ChargeAnswer{}, busy(c.ID)
+}
+
+func storedAnswer(id string, r *inRow) ChargeAnswer {
+	var a ChargeAnswer
+	json.Unmarshal(r.answer, &a)
+	if a.ID == "" {
+		a = ChargeAnswer{ID: id, State: r.state}
+	}
+	return a
+}
+
+func inBody(c Charge) []byte {
+	c.PIN = ""
+	b, _ := json.Marshal(c)
+	return b
+}
+
+// attach applies legs with c's inbox row in the same transaction (no legs:
+// the row alone, answering pre). taken: the message already had a row
+// (nothing moved, nothing written). Otherwise the Outcome's Err is the
+// ledger's refusal, and m.written tells whether a row was written.
+func (s *Service) attach(ctx context.Context, peer string, c Charge, legs []ledger.TransferRequest, pre ChargeAnswer) (m *inMsg, o ledger.Outcome, taken bool, err error) {
+	m = &inMsg{c: c, peer: peer, pre: pre}
+	o, err = s.Ledger.Attach(ctx, legs, &ledger.Attachment{To: s.inbox, Value: m})
+	if err != nil {
+		return m, o, false, err
+	}
+	return m, o, o.Refused != nil, nil
+}
+
+// record stores an answer that moved no money.
+func (s *Service) record(ctx context.Context, peer string, c Charge, a ChargeAnswer) (ChargeAnswer, bool, error) {
+	_, _, taken, err := s.attach(ctx, peer, c, nil, a)
+	if err != nil || taken {
+		return ChargeAnswer{}, taken, err
+	}
+	return a, false, nil
+}
+
+// void marks a message voided (creating its row if needed) and reverses
+// whatever its booking moved.
+func (s *Service) void(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
+	a := ChargeAnswer{ID: c.ID, State: StateVoided}
+	ans, _ := json.Marshal(a)
+	now := s.Now().UnixMilli()
+	// Mark first: a booking not yet committed is refused by its Claim
+	// after this; one committed before has its transfers found below.
+	err := s.w.exec(ctx, `INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, answer, updated_at)
+		VALUES ($1, 'in', $2, 'charge', $3, $4, $5, 'voided', $6, $7, $8)
+		ON CONFLICT (id, direction) DO UPDATE SET state = 'voided', answer = EXCLUDED.answer, updated_at = EXCLUDED.updated_at
+		WHERE fed_messages.state <> 'voided'`,
+		c.ID, peer, c.Subject, c.AmountFen, c.CreatedAt.UnixMilli(), inBody(c), ans, now)
+	if err != nil {
+		return ChargeAnswer{}, unavailable(err)
+	}
+	if err := s.reverseAll(ctx, c.ID); err != nil {
+		return ChargeAnswer{}, err
+	}
+	return a, nil
+}
+
+// Ledger keys of a message's legs at home.
+var legNames = []string{"m", "w", "credit"}
+
+func legKey(id, leg string) string { return "fed:in:" + id + ":" + leg }
+
+type movedLeg struct {
+	leg      string
+	transfer string
+	amount   int64
+}
+
+// movedLegs looks up, by their idempotency keys, the transfers the
+// bookings of the messages ids made. It reads the ledger's journal by its
+// unique key column (the ledger has no look-up by key).
+func (s *Service) movedLegs(ctx context.Context, ids []string) (map[string][]movedLeg, error) {
+	out := map[string][]movedLeg{}
+	for start := 0; start < len(ids); start += 300 {
+		part := ids[start:min(start+300, len(ids))]
+		var q strings.Builder
+		q.WriteString(`SELECT idem_key, seq, amount FROM ledger_journal WHERE idem_key IN (`)
+		args := make([]any, 0, len(part)*len(legNames))
+		for _, id := range part {
+			for _, l := range legNames {
+				if len(args) > 0 {
+					q.WriteString(", ")
+				}
+				args = append(args, legKey(id, l))
+				q.WriteString(s.ph(len(args)))
+			}
+		}
+		q.WriteString(`)`)
+		rows, err := s.DB.R.QueryContext(ctx, q.String(), args...)
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		for rows.Next() {
+			var key string
+			var seq, amount int64
+			if err := rows.Scan(&key, &seq, &amount); err != nil {
+				rows.Close()
+				return nil, unavailable(err)
+			}
+			rest := strings.TrimPrefix(key, "fed:in:")
+			i := strings.LastIndexByte(rest, ':')
+			id, leg := rest[:i], rest[i+1:]
+			out[id] = append(out[id], movedLeg{leg: leg, transfer: ledger.TransferID(seq), amount: amount})
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, unavailable(err)
+		}
+	}
+	return out, nil
+}
+
+func answerFrom(id string, legs []movedLeg) ChargeAnswer {
+	a := ChargeAnswer{ID: id, State: StateApplied}
+	for _, l := range legs {
+		switch l.leg {
+		case "m":
+			a.MedicalFen = l.amount
+		case "w":
+			a.WalletFen = l.amount
+		case "credit":
+			a.CreditFen = l.amount
+		}
+	}
+	// In leg order, like a fresh booking's answer.
+	for _, name := range legNames {
+		for _, l := range legs {
+			if l.leg == name {
+				a.Transfers = append(a.Transfers, l.transfer)
+			}
+		}
+	}
+	return a
+}
+
+// reverseAll reverses every transfer the bookings of message id made
+// (idempotent: the reversal keys derive from the message and the leg).
+func (s *Service) reverseAll(ctx context.Context, id string) error {
+	moved, err := s.movedLegs(ctx, []string{id})
+	if err != nil {
+		return err
+	}
+	for _, l := range moved[id] {
+		if _, err := s.Ledger.Reverse(ctx, "fed:void:"+id+":"+l.leg, l.transfer, l.amount); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// book moves the money at home — the resident's medical account (medical
+// charges, first) and wallet → our clearing account for the peer — with
+// the message's inbox row in the same transaction, and answers. A ledger
+// refusal is a declined answer for an online charge; a guaranteed charge
+// the wallet cannot cover is booked from FedCreditAccount. taken: the
+// message already had a row (nothing moved). Errors are transient.
+func (s *Service) book(ctx context.Context, peer string, c Charge) (a ChargeAnswer, taken bool, err error) {
+	defer s.at(ctx, "booked", c.ID)
+	declined := ChargeAnswer{ID: c.ID, State: StateDeclined}
+	clr := ledger.ClearingID(peer)
+	card, err := s.Residents.CardByToken(ctx, c.Subject)
+	var resID string
+	switch {
+	case err == nil && card.Status == resident.StatusActive && !card.Locked:
+		resID = card.ResidentID
+	case err == nil || apperr.CodeOf(err) == apperr.NotFound:
+		if c.Mode == ModeOnline {
+			declined.Reason = apperr.Revoked
+			if err != nil {
+				declined.Reason = apperr.UnknownHolder
+			} else if card.Locked {
+				declined.Reason = apperr.CardLocked
+			}
+			return s.record(ctx, peer, c, declined)
+		}
+	default:
+		return ChargeAnswer{}, false, unavailable(err)
+	}
+	if resID != "" && c.Mode == ModeOnline && c.PIN != "" {
+		if _, err := s.Residents.VerifyPIN(ctx, card.Number, c.PIN); err != nil {
+			if code := apperr.CodeOf(err); code == apperr.Unavailable || code == apperr.Internal {
+				return ChargeAnswer{}, false, err
+			}
+			declined.Reason = apperr.CodeOf(err)
+			return s.record(ctx, peer, c, declined)
+		}
+	}
+	meta := map[string]string{"peer": peer, "message": c.ID, "scenario": c.Scenario}
+	if resID != "" {
+		var legs []ledger.TransferRequest
+		m, w := int64(0), c.AmountFen
+		if c.Medical {
+			mb, err := s.Ledger.Balance(ctx, ledger.MedicalID(resID))
+			if err != nil && apperr.CodeOf(err) != apperr.UnknownAccount {
+				return ChargeAnswer{}, false, err
+			}
+			m, w = catalog.SplitMedical(c.AmountFen, mb.Available)
+		}
+		if m > 0 {
+			legs = append(legs, ledger.TransferRequest{Key: legKey(c.ID, "m"), Debit: ledger.MedicalID(resID), Credit: clr, Amount: m, Kind: "fed_medical", Meta: meta})
+		}
+		if w > 0 {
+			legs = append(legs, ledger.TransferRequest{Key: legKey(c.ID, "w"), Debit: ledger.WalletID(resID), Credit: clr, Amount: w, Kind: "fed_charge", Meta: meta})
+		}
+		s.at(ctx, "before_ledger", c.ID)
+		msg, o, taken, err := s.attach(ctx, peer, c, legs, ChargeAnswer{})
+		s.at(ctx, "after_ledger", c.ID)
+		switch {
+		case err != nil || taken:
+			return ChargeAnswer{}, taken, err
+		case o.Err == nil || msg.written:
+			return msg.answer, false, nil // applied, or declined (online) and recorded
+		case apperr.CodeOf(o.Err) == apperr.IdempotencyConflict:
+			return s.resume(ctx, peer, c)
+		}
+		// Guaranteed, and the wallet cannot pay: the credit account
+		// advances it.
+	}
+	// Guaranteed: the sender accepted within the region's risk limit; we
+	// owe it whatever our resident's wallet holds. The resident's debt is
+	// advanced by the credit account.
+	msg, o, taken, err := s.attach(ctx, peer, c, []ledger.TransferRequest{creditLeg(peer, c, meta)}, ChargeAnswer{})
+	switch {
+	case err != nil || taken:
+		return ChargeAnswer{}, taken, err
+	case o.Err == nil:
+		return msg.answer, false, nil
+	case apperr.CodeOf(o.Err) == apperr.IdempotencyConflict:
+		return s.resume(ctx, peer, c)
+	}
+	return ChargeAnswer{}, false, o.Err
+}
+
+// resume handles a message whose ledger keys were used before without a
+// row (a booking by an earlier version of this code that stopped between
+// its transfer and its row): it answers what they moved, and records it.
+func (s *Service) resume(ctx context.Context, peer string, c Charge) (ChargeAnswer, bool, error) {
+	moved, err := s.movedLegs(ctx, []string{c.ID})
+	if err != nil {
+		return ChargeAnswer{}, false, err
+	}
+	legs := moved[c.ID]
+	if len(legs) == 0 {
+		return ChargeAnswer{}, false, apperr.Newf(apperr.Internal, "the ledger keys of "+c.ID+" conflict but hold no transfer", "消息的账本幂等键冲突")
+	}
+	return s.record(ctx, peer, c, answerFrom(c.ID, legs))
+}
+
+func creditLeg(peer string, c Charge, meta map[string]string) ledger.TransferRequest {
+	return ledger.TransferRequest{Key: legKey(c.ID, "credit"), Debit: FedCreditAccount, Credit: ledger.ClearingID(peer), Amount: c.AmountFen, Kind: "fed_credit", Meta: meta}
+}
+
+func (s *Service) at(ctx context.Context, stage, id string) {
+	if s.hook != nil {
+		s.hook(ctx, stage, id)
+	}
+}
