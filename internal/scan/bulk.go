@@ -32,9 +32,13 @@ import (
 //     its row exists. The reports are built from what was written.
 //  4. Records the wallet could not cover, in scenarios that advance credit
 //     ("ride first, pay later"), are settled afterwards, one holder at a
-//     time and in record order: what is left in the wallet, the rest as
-//     debt up to the scenario's credit limit (counting the holder's
-//     outstanding offline debt). So within one batch the records a wallet
+//     time (card and code records of one resident together) and in record
+//     order: what is left in the wallet, the rest as debt up to the
+//     scenario's credit limit (counting the holder's outstanding offline
+//     debt, read by the scans' Claim under the ledger batch's lock, so
+//     concurrent batches cannot both pass it). The split is decided once
+//     and its legs commit with the record's row: a re-sent record is a
+//     duplicate and is never planned again. So within one batch the records a wallet
 //     covers are charged first, and the ones it cannot cover then take what
 //     is left and credit; the totals are those of applying them one by one.
 //
@@ -130,12 +134,19 @@ func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []
 			if out.Refused != nil {
 				kind, ex, err := s.outcome(ctx, o.w.rec, out.Refused)
 				switch {
-				case errors.Is(err, errStaleCard):
+				case errors.Is(err, errStaleCard), errors.Is(err, errKeyPending):
+					// errKeyPending: an overlapping upload of the record,
+					// earlier in the same batch, wrote nothing (its credit
+					// step follows); next round finds its row or settles it.
 					again = append(again, &offlineRec{i: o.i, r: o.r})
 				case err != nil:
 					fail(o.i, err)
 				case kind == dupKey: // a concurrent re-send wrote it
-					items[o.i] = reportOf(ex, true)
+					rr, err := s.recordAgain(ctx, ex, o.w.rec.hash)
+					items[o.i] = rr
+					if err != nil {
+						fail(o.i, err)
+					}
 				default: // the code was used already
 					again = append(again, &offlineRec{i: o.i, r: o.r, force: apperr.Replayed})
 				}
@@ -297,7 +308,10 @@ func (s *Service) settleDebts(ctx context.Context, debts []*offlineRec, items []
 
 // debtRecord charges what the wallet holds and advances the rest as
 // credit, within the scenario's credit limit, writing the record's row in
-// the same transaction.
+// the same transaction. The split is decided here once: its legs (keys
+// "…:debt0" from the wallet, "…:debt1" credit) commit together with the
+// row that records it, so a re-send finds the row and never plans again.
+// The limit is checked by the scans' Claim under the ledger batch's lock.
 func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, error) {
 	rec, l, sc := o.w.rec, o.plan[0], o.sc
 	id := o.r.ID
@@ -308,10 +322,6 @@ func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, 
 	if err != nil {
 		return reject(err)
 	}
-	var owed int64
-	if err := s.DB.R.QueryRowContext(ctx, `SELECT COALESCE(SUM(debt_fen), 0) FROM scans WHERE resident_id = $1 AND decision = 'accepted'`, rec.residentID).Scan(&owed); err != nil {
-		return reject(apperr.Wrap(apperr.Unavailable, err))
-	}
 	fromWallet := min(max(wb.Available, 0), l.Amount)
 	debt := l.Amount - fromWallet
 	declined := func(code apperr.Code) *record {
@@ -320,32 +330,35 @@ func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, 
 		fin.answer = s.seal(&fin, finish(sc, nil, Declined, code, eval{}))
 		return &fin
 	}
+	base := "scan:" + rec.terminal + ":" + rec.key + ":debt"
 	var reqs []ledger.TransferRequest
-	w := &attachRow{rec: rec} // the card was checked with the first attempt
-	if owed+debt > sc.CreditLimitFen {
-		w.rec = declined(apperr.InsufficientFunds)
-	} else {
-		base := "scan:" + rec.terminal + ":" + rec.key + ":debt"
-		if fromWallet > 0 {
-			reqs = append(reqs, leg{Key: base + "0", Debit: l.Debit, Credit: l.Credit, Amount: fromWallet, Kind: l.Kind}.request(rec, 0))
-		}
+	if fromWallet > 0 {
+		reqs = append(reqs, leg{Key: base + "0", Debit: l.Debit, Credit: l.Credit, Amount: fromWallet, Kind: l.Kind}.request(rec, 0))
+	}
+	if debt > 0 {
 		reqs = append(reqs, leg{Key: base + "1", Debit: CreditAccount, Credit: l.Credit, Amount: debt, Kind: "scan_credit"}.request(rec, 1))
-		fin := *rec
-		fin.charged, fin.debt = l.Amount, debt
-		w.rec = &fin
-		w.build = func(_ []ledger.Transfer, err error) *record {
-			if err == nil {
-				return &fin
-			}
-			switch code := apperr.CodeOf(err); code {
-			case apperr.Unavailable, apperr.Internal, apperr.IdempotencyConflict:
-				return nil
-			default:
-				return declined(code)
-			}
+	}
+	fin := *rec
+	fin.decision, fin.reason, fin.charged, fin.debt = Accepted, "", l.Amount, debt
+	// the card was checked with the first attempt
+	w := &attachRow{rec: &fin, update: o.w.update, debt: debt, limit: sc.CreditLimitFen}
+	w.build = func(_ []ledger.Transfer, err error) *record {
+		if err == nil {
+			return &fin
+		}
+		switch code := apperr.CodeOf(err); code {
+		case apperr.Unavailable, apperr.Internal, apperr.IdempotencyConflict:
+			return nil
+		default:
+			return declined(code)
 		}
 	}
 	out, err := s.Ledger.Attach(ctx, reqs, &ledger.Attachment{To: s.rows, Value: w})
+	if err == nil && errors.Is(out.Refused, errOverLimit) {
+		// Over the limit: stored declined (no transfers).
+		w = &attachRow{rec: declined(apperr.InsufficientFunds), update: o.w.update}
+		out, err = s.Ledger.Attach(ctx, nil, &ledger.Attachment{To: s.rows, Value: w})
+	}
 	if err != nil {
 		return reject(err)
 	}
@@ -354,8 +367,8 @@ func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, 
 		switch {
 		case err != nil:
 			return reject(err)
-		case kind == dupKey:
-			return reportOf(ex, true), nil
+		case kind == dupKey: // a concurrent upload of the record wrote it
+			return s.recordAgain(ctx, ex, rec.hash)
 		}
 		return reject(apperr.New(apperr.Replayed))
 	}

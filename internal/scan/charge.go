@@ -49,7 +49,11 @@ func (s *Service) outcome(ctx context.Context, rec *record, err error) (int, *re
 			return 0, nil, err
 		}
 		if ex == nil {
-			return 0, nil, apperr.Newf(apperr.Unavailable, "the scan is being written; retry", "扫码记录正在写入，请重试")
+			// The earlier one wrote nothing (e.g. an offline record of an
+			// overlapping upload, deferred to its credit step).
+			e := apperr.Wrap(apperr.Unavailable, errKeyPending)
+			e.Detail, e.DetailZh = "the scan is being written; retry", "扫码记录正在写入，请重试"
+			return 0, nil, e
 		}
 		return dupKey, ex, nil
 	case errors.Is(err, errReplayed):

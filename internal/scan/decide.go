@@ -43,6 +43,9 @@ type eval struct {
 	// medical split
 	medical, wallet int64
 	err             error
+	// remote: a verified code of another city that a Remote handles; the
+	// caller runs evaluateRemote after checking the idempotency key.
+	remote bool
 }
 
 func (s *Service) resident(ctx context.Context, id string) (resident.Resident, error) {
@@ -114,7 +117,10 @@ func (s *Service) identify(ctx context.Context, code, cardNumber string, at time
 func (s *Service) evaluate(ctx context.Context, sc catalog.Scenario, t terminal.Terminal, code, cardNumber string, amount int64, pin string, at time.Time) (e eval) {
 	e.id, e.card, e.res, e.err = s.identify(ctx, code, cardNumber, at)
 	if s.foreign(e) {
-		return s.evaluateRemote(ctx, sc, t, e.id, amount, pin, at)
+		// The caller first checks the idempotency key, then asks the home
+		// city (evaluateRemote): a reused key must never reach it.
+		e.remote = true
+		return e
 	}
 	if e.err != nil {
 		return e

@@ -2,7 +2,9 @@ package scan
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"slices"
 	"time"
 
@@ -154,12 +156,10 @@ func (s *Service) recordAgain(ctx context.Context, ex *record, hash []byte) (Rec
 	}
 	normalise(all)
 	var plan []leg
-	json.Unmarshal([]byte(ex.plan), &plan)
-	// A pending row is left by an older version of this node (today's rows
-	// are written final, with their transfers): finish it. Its report says
-	// what happened now (applied or declined), never "applied" for a
-	// decline.
-	return s.settleOffline(ctx, ex, sc, plan, all)
+	if err := json.Unmarshal([]byte(ex.plan), &plan); err != nil {
+		return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.Internal}, apperr.Wrap(apperr.Internal, err)
+	}
+	return s.redriveOffline(ctx, ex, sc, plan, all)
 }
 
 // evaluateOffline is evaluate as of the record's time: the code is checked
@@ -193,68 +193,121 @@ func (s *Service) evaluateOffline(ctx context.Context, sc catalog.Scenario, t te
 	return e
 }
 
-// settleOffline applies the plan; a charge the wallet cannot cover is
-// advanced as credit (debt) up to the scenario's credit limit, counting the
-// resident's outstanding offline debt.
-func (s *Service) settleOffline(ctx context.Context, rec *record, sc catalog.Scenario, plan []leg, all map[string]any) (RecordReport, error) {
+// redriveOffline finishes an offline record left pending by an older
+// version of this node (today's rows are written final with their
+// transfers). Its report says what happened now (applied or declined).
+//
+// The older version could have applied the record's "ride first, pay
+// later" legs (…:debt0 from the wallet, …:debt1 credit) and stopped before
+// finalising the row: then the split was decided, and the row is finalised
+// from those legs as they are in the journal, never planned again (a
+// top-up meanwhile must not pay the fare a second time). Otherwise nothing
+// of the record moved money but possibly its own plan (replayed by its
+// keys), and it goes the way of a new record, its row finalised in the
+// ledger batch that applies its transfers, only while it is still pending:
+// of two re-sends at once, one finishes it and the other reports it.
+func (s *Service) redriveOffline(ctx context.Context, ex *record, sc catalog.Scenario, plan []leg, all map[string]any) (RecordReport, error) {
+	id := ex.key[len(offlinePrefix):]
+	reject := func(err error) (RecordReport, error) {
+		return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
+	}
+	rec := *ex
+	rec.state = stateFinal
+	var fare int64
+	for _, l := range plan {
+		fare += l.Amount
+	}
 	debtOK := sc.Kind == catalog.KindCharge && sc.CreditLimitFen > 0 && len(plan) == 1
-	resp, err := s.settleOpt(ctx, rec, sc, plan, all, func(c apperr.Code) bool { return debtOK && c == apperr.InsufficientFunds })
-	if err != nil {
-		return RecordReport{ID: rec.key[len("off:"):], Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
-	}
-	id := rec.key[len("off:"):]
-	if resp.Decision == Accepted {
-		return RecordReport{ID: id, Status: StatusApplied, Decision: Accepted, ChargedFen: rec.charged}, nil
-	}
-	if !debtOK || resp.Reason != apperr.InsufficientFunds {
-		return RecordReport{ID: id, Status: StatusDeclined, Decision: Declined, Reason: resp.Reason}, nil
-	}
-	return s.chargeWithDebt(ctx, rec, sc, plan[0])
-}
-
-func (s *Service) chargeWithDebt(ctx context.Context, rec *record, sc catalog.Scenario, l leg) (RecordReport, error) {
-	id := rec.key[len("off:"):]
-	w, err := s.Ledger.Balance(ctx, l.Debit)
-	if err != nil {
-		return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
-	}
-	var owed int64
-	if err := s.DB.R.QueryRowContext(ctx, `SELECT COALESCE(SUM(debt_fen), 0) FROM scans WHERE resident_id = $1 AND decision = 'accepted'`, rec.residentID).Scan(&owed); err != nil {
-		return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.Unavailable}, apperr.Wrap(apperr.Unavailable, err)
-	}
-	fromWallet := min(max(w.Available, 0), l.Amount)
-	debt := l.Amount - fromWallet
-	if owed+debt > sc.CreditLimitFen {
-		return s.finishDeclined(ctx, rec, sc, apperr.InsufficientFunds)
-	}
-	base := "scan:" + rec.terminal + ":" + rec.key + ":debt"
-	var reqs []ledger.TransferRequest
-	if fromWallet > 0 {
-		reqs = append(reqs, leg{Key: base + "0", Debit: l.Debit, Credit: l.Credit, Amount: fromWallet, Kind: l.Kind}.request(rec, 0))
-	}
-	reqs = append(reqs, leg{Key: base + "1", Debit: CreditAccount, Credit: l.Credit, Amount: debt, Kind: "scan_credit"}.request(rec, 1))
-	if _, err := s.Ledger.Linked(ctx, reqs); err != nil {
-		if c := apperr.CodeOf(err); c == apperr.Unavailable || c == apperr.Internal {
-			return RecordReport{ID: id, Status: StatusRejected, Reason: c}, err
+	if debtOK {
+		legs, err := s.journalAmounts(ctx, "scan:"+rec.terminal+":"+rec.key+":debt0", "scan:"+rec.terminal+":"+rec.key+":debt1")
+		if err != nil {
+			return reject(err)
 		}
-		return s.finishDeclined(ctx, rec, sc, apperr.CodeOf(err))
+		if len(legs) > 0 {
+			fin := rec
+			fin.decision, fin.reason, fin.charged, fin.debt = Accepted, "", fare, legs[1]
+			fin.answer = s.seal(&fin, finish(sc, all, Accepted, "", eval{}))
+			return s.writeOffline(ctx, &attachRow{rec: &fin, update: true}, nil, id)
+		}
 	}
-	fin := *rec
-	fin.state, fin.decision, fin.reason, fin.charged, fin.debt = stateFinal, Accepted, "", l.Amount, debt
-	fin.answer = s.seal(&fin, Response{Decision: Accepted, View: map[string]any{}})
-	// Synchronous: the next record of this holder counts this debt.
-	if err := s.w.finalizeSync(ctx, &fin); err != nil {
-		return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
+	w := &attachRow{rec: &rec, update: true}
+	w.build = func(_ []ledger.Transfer, err error) *record {
+		fin := rec
+		if err == nil {
+			fin.decision, fin.reason = Accepted, ""
+			fin.answer = s.seal(&fin, finish(sc, all, Accepted, "", eval{}))
+			return &fin
+		}
+		code := apperr.CodeOf(err)
+		switch {
+		case code == apperr.Unavailable, code == apperr.Internal, code == apperr.IdempotencyConflict:
+			return nil
+		case debtOK && code == apperr.InsufficientFunds:
+			return nil // settled with credit below
+		}
+		fin.decision, fin.reason, fin.charged = Declined, string(code), 0
+		fin.answer = s.seal(&fin, finish(sc, nil, Declined, code, eval{}))
+		return &fin
 	}
-	return RecordReport{ID: id, Status: StatusApplied, Decision: Accepted, ChargedFen: l.Amount, DebtFen: debt}, nil
+	reqs := make([]ledger.TransferRequest, len(plan))
+	for i, l := range plan {
+		reqs[i] = l.request(&rec, i)
+	}
+	out, err := s.Ledger.Attach(ctx, reqs, &ledger.Attachment{To: s.rows, Value: w})
+	if err != nil {
+		return reject(err)
+	}
+	if out.Refused == nil && w.written == nil && debtOK && apperr.CodeOf(out.Err) == apperr.InsufficientFunds {
+		return s.debtRecord(ctx, &offlineRec{r: terminal.Record{ID: id}, sc: sc, w: w, plan: plan})
+	}
+	return s.attached(ctx, w, out, id)
 }
 
-func (s *Service) finishDeclined(ctx context.Context, rec *record, sc catalog.Scenario, reason apperr.Code) (RecordReport, error) {
-	fin := *rec
-	fin.state, fin.decision, fin.reason, fin.charged, fin.debt = stateFinal, Declined, string(reason), 0, 0
-	fin.answer = s.seal(&fin, finish(sc, nil, Declined, reason, eval{}))
-	if err := s.w.finalizeSync(ctx, &fin); err != nil {
-		return RecordReport{ID: rec.key[len("off:"):], Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
+// writeOffline writes w (with reqs) through the ledger and reports it.
+func (s *Service) writeOffline(ctx context.Context, w *attachRow, reqs []ledger.TransferRequest, id string) (RecordReport, error) {
+	out, err := s.Ledger.Attach(ctx, reqs, &ledger.Attachment{To: s.rows, Value: w})
+	if err != nil {
+		return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
 	}
-	return RecordReport{ID: rec.key[len("off:"):], Status: StatusDeclined, Decision: Declined, Reason: reason}, nil
+	return s.attached(ctx, w, out, id)
+}
+
+// attached reports an offline record's Attach outcome.
+func (s *Service) attached(ctx context.Context, w *attachRow, out ledger.Outcome, id string) (RecordReport, error) {
+	if out.Refused != nil {
+		kind, ex, err := s.outcome(ctx, w.rec, out.Refused)
+		switch {
+		case err != nil:
+			return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.CodeOf(err)}, err
+		case kind == dupKey && ex.state == stateFinal: // finished by a concurrent re-send
+			return reportOf(ex, true), nil
+		}
+		err = apperr.Newf(apperr.Unavailable, "the record is being settled; re-send the batch", "记录正在处理，请重新上传批次")
+		return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.Unavailable}, err
+	}
+	if w.written == nil {
+		return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.CodeOf(out.Err)}, apperr.As(out.Err)
+	}
+	return reportOf(w.written, false), nil
+}
+
+// journalAmounts returns the amounts of the ledger transfers under keys
+// (nil if none of them exists). It reads the ledger's journal directly:
+// the ledger has no lookup by key, and only the scan path writes these.
+func (s *Service) journalAmounts(ctx context.Context, keys ...string) ([]int64, error) {
+	out := make([]int64, len(keys))
+	found := false
+	for i, k := range keys {
+		err := s.DB.R.QueryRowContext(ctx, `SELECT amount FROM ledger_journal WHERE idem_key = $1`, k).Scan(&out[i])
+		switch {
+		case err == nil:
+			found = true
+		case !errors.Is(err, sql.ErrNoRows):
+			return nil, apperr.Wrap(apperr.Unavailable, err)
+		}
+	}
+	if !found {
+		return nil, nil
+	}
+	return out, nil
 }

@@ -49,6 +49,15 @@ type attachRow struct {
 	build func(trs []ledger.Transfer, err error) *record
 	// written is what Write stored.
 	written *record
+	// update: the row is stored already, pending (left by an older
+	// version); Claim admits it only while it is still pending, and Write
+	// finalises it with an UPDATE instead of inserting it.
+	update bool
+	// debt > 0: the row advances this much "ride first, pay later" credit
+	// to residentID; Claim admits it only if the resident's outstanding
+	// debt (stored rows, and earlier rows of the batch) plus debt stays
+	// within limit (refusal: errOverLimit).
+	debt, limit int64
 }
 
 // Refusals set by Claim.
@@ -59,7 +68,14 @@ func (e *dupKeyErr) Error() string { return "scan: idempotency key already used"
 var (
 	errReplayed  = errors.New("scan: the code was used already")
 	errStaleCard = errors.New("scan: the card changed since it was read")
+	// errKeyPending: the key was taken by an earlier row of the same batch
+	// that then wrote nothing (the caller may try again).
+	errKeyPending = errors.New("scan: the key's row was not written")
+	errOverLimit  = errors.New("scan: the credit would exceed the resident's limit")
 )
+
+// owedSQL is a resident's outstanding offline debt (index scans_debt).
+const owedSQL = `SELECT COALESCE(SUM(debt_fen), 0) FROM scans WHERE resident_id = $1 AND debt_fen > 0 AND decision = 'accepted'`
 
 const (
 	rowCols  = 16
@@ -276,11 +292,34 @@ func (r *rows) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment)
 	if err != nil {
 		return err
 	}
+	// Outstanding debt of the residents the batch advances credit to, read
+	// under the batch's lock: two batches (or two rows of one) cannot both
+	// pass the limit.
+	owed := map[string]int64{}
+	for _, a := range atts {
+		w := a.Value.(*attachRow)
+		if w.debt <= 0 {
+			continue
+		}
+		if _, ok := owed[w.rec.residentID]; ok {
+			continue
+		}
+		var n int64
+		if err := tx.QueryRowContext(ctx, owedSQL, w.rec.residentID).Scan(&n); err != nil {
+			return err
+		}
+		owed[w.rec.residentID] = n
+	}
 	inBatch := map[tk]bool{}
 	for _, a := range atts {
 		w := a.Value.(*attachRow)
 		k := tk{w.rec.terminal, w.rec.key}
 		switch {
+		case w.update && (stored[k] == nil || stored[k].state != statePending):
+			a.Refused = &dupKeyErr{existing: stored[k]}
+		case w.update && inBatch[k]:
+			a.Refused = &dupKeyErr{}
+		case w.update: // the pending row holds its nonce already
 		case stored[k] != nil:
 			a.Refused = &dupKeyErr{existing: stored[k]}
 		case inBatch[k]:
@@ -290,6 +329,16 @@ func (r *rows) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment)
 		case w.cardNumber != "" && (cards[w.cardNumber].status != w.cardStatus || cards[w.cardNumber].changed != w.cardChanged):
 			a.Refused = errStaleCard
 			r.s.cards.forget(w.cardNumber)
+		}
+		if a.Refused == nil && w.debt > 0 {
+			if owed[w.rec.residentID]+w.debt > w.limit {
+				a.Refused = errOverLimit
+			} else {
+				// Counted even if the ledger then refuses its transfers: a
+				// later row of the batch may be declined that could have
+				// passed, never the other way round.
+				owed[w.rec.residentID] += w.debt
+			}
 		}
 		if a.Refused != nil {
 			continue
@@ -314,6 +363,14 @@ func (r *rows) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment)
 		}
 		w.written = rec
 		if rec == nil {
+			continue
+		}
+		if w.update {
+			if _, err := tx.ExecContext(ctx, `UPDATE scans SET state = $3, decision = $4, reason = $5, charged_fen = $6, debt_fen = $7, answer = $8, plan = $9
+				WHERE terminal_id = $1 AND idem_key = $2 AND state = 'pending'`,
+				rec.terminal, rec.key, rec.state, rec.decision, rec.reason, rec.charged, rec.debt, rec.answer, rec.plan); err != nil {
+				return err
+			}
 			continue
 		}
 		n++

@@ -36,6 +36,17 @@
 //     refused at once.
 //   - Offline batches are applied in bulk (bulk.go): signatures verified
 //     on every core first, then one ledger submission for all records.
+//     Online keys must not start with "off:" (offline records' keys).
+//   - "Ride first, pay later": an offline charge the wallet cannot cover
+//     takes what is left and advances the rest from CreditAccount, up to
+//     the scenario's credit limit counting the resident's outstanding
+//     debt (checked in the ledger batch that writes it, so it holds under
+//     concurrency). The split is decided once and committed with the
+//     record's row; re-sends replay it. The debt is kept on the scan rows
+//     (debt_fen); collecting it from later top-ups is NOT implemented yet
+//     (outstanding debt only counts against the limit).
+//   - Another city's code: the idempotency key is checked before the home
+//     city is asked to charge (remote.go).
 //   - Answers carry only the scenario's view fields (catalog.View); a full
 //     ID number is never among them. Stored answers are sealed by the vault.
 package scan
@@ -170,6 +181,11 @@ func requestHash(req Request) []byte {
 	return h.Sum(nil)
 }
 
+// offlinePrefix starts the keys of offline records in the scans table
+// ("off:<record id>"); online keys must not start with it, so the two
+// never share a key.
+const offlinePrefix = "off:"
+
 func validKey(k string) bool {
 	if k == "" || len(k) > MaxKeyLen {
 		return false
@@ -186,6 +202,9 @@ func validKey(k string) bool {
 func (req Request) Validate() error {
 	if !validKey(req.IdempotencyKey) {
 		return apperr.Invalid("idempotency_key", "idempotency_key must be 1-64 printable ASCII characters", "幂等键须为1至64个可打印ASCII字符")
+	}
+	if strings.HasPrefix(req.IdempotencyKey, offlinePrefix) {
+		return apperr.Invalid("idempotency_key", "idempotency_key must not start with \"off:\" (reserved for offline records)", "幂等键不能以“off:”开头（离线记录专用）")
 	}
 	if err := requiredField("scenario", req.Scenario); err != nil {
 		return err
@@ -255,6 +274,20 @@ func (s *Service) scanOnce(ctx context.Context, t terminal.Terminal, req Request
 	now := s.Now()
 	rec := &record{terminal: t.ID, key: req.IdempotencyKey, hash: hash, provider: t.ProviderID, scenario: sc.ID, at: now.UnixMilli()}
 	e := s.evaluate(ctx, sc, t, req.Code, req.CardNumber, req.AmountFen, req.PIN, now)
+	if e.remote {
+		// Another city's code: the home city is asked to charge only once
+		// the key is known to be new (a reused key with another body is
+		// idempotency_conflict, and a retry gets the stored answer, without
+		// the home city hearing of it). A PIN request looked already.
+		if req.PIN == "" {
+			if ex, err := lookup(ctx, s.DB, t.ID, req.IdempotencyKey); err != nil {
+				return Response{}, err
+			} else if ex != nil {
+				return s.again(ctx, ex, hash)
+			}
+		}
+		e = s.evaluateRemote(ctx, sc, t, e.id, req.AmountFen, req.PIN, now)
+	}
 	if e.err != nil {
 		if apperr.CodeOf(e.err) == apperr.Unavailable || apperr.CodeOf(e.err) == apperr.Internal {
 			return Response{}, e.err
