@@ -21,7 +21,8 @@ command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ -d e2e ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
-  fc-list 2>/dev/null | grep -qi "noto.*cjk" || need_apt+=(fonts-noto-cjk)
+  # (no pipe into grep -q here: with pipefail its early exit reads as failure)
+  [ "$(dpkg-query -W -f='${Status}' fonts-noto-cjk 2>/dev/null)" = "install ok installed" ] || need_apt+=(fonts-noto-cjk)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
