@@ -153,6 +153,52 @@ func (b *batch) applyOps(ops []*op) {
 	}
 }
 
+// batchRefs is what a batch must read before it applies: its idempotency
+// keys (once each), the holds it posts or voids, the transfers it reverses,
+// the accounts it moves, and whether it expires holds.
+type batchRefs struct {
+	keys             []string
+	holdIDs, origIDs []int64
+	accounts         map[string]bool
+	expire           bool
+}
+
+// collectRefs gathers a batch's references (shared by both backends).
+func collectRefs(ops []*op) batchRefs {
+	r := batchRefs{accounts: map[string]bool{}}
+	seenKey := map[string]bool{}
+	for _, o := range ops {
+		if o.kind == opExpire {
+			r.expire = true
+		}
+		for i := range o.items {
+			it := &o.items[i]
+			if !seenKey[it.key] {
+				seenKey[it.key] = true
+				r.keys = append(r.keys, it.key)
+			}
+			switch it.typ {
+			case TypeTransfer, TypeHold:
+				r.accounts[it.debit] = true
+				r.accounts[it.credit] = true
+			case TypePost, TypeVoid:
+				r.holdIDs = append(r.holdIDs, it.ref)
+			case TypeReversal:
+				r.origIDs = append(r.origIDs, it.ref)
+			}
+		}
+	}
+	return r
+}
+
+func anys[T any](xs []T) []any {
+	out := make([]any, len(xs))
+	for i, x := range xs {
+		out[i] = x
+	}
+	return out
+}
+
 // load reads, under lock, everything the batch may touch: the chain head,
 // the entries of known idempotency keys, referenced holds and transfers,
 // and the accounts (in id order).
@@ -169,31 +215,9 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 			return err
 		}
 	}
-	var keys, holdIDs, origIDs []any
-	accounts := map[string]bool{}
-	seenKey := map[string]bool{}
-	expire := false
-	for _, o := range ops {
-		if o.kind == opExpire {
-			expire = true
-		}
-		for i := range o.items {
-			it := &o.items[i]
-			if !seenKey[it.key] {
-				seenKey[it.key] = true
-				keys = append(keys, it.key)
-			}
-			switch it.typ {
-			case TypeTransfer, TypeHold:
-				accounts[it.debit] = true
-				accounts[it.credit] = true
-			case TypePost, TypeVoid:
-				holdIDs = append(holdIDs, it.ref)
-			case TypeReversal:
-				origIDs = append(origIDs, it.ref)
-			}
-		}
-	}
+	refs := collectRefs(ops)
+	keys, holdIDs, origIDs := anys(refs.keys), anys(refs.holdIDs), anys(refs.origIDs)
+	accounts, expire := refs.accounts, refs.expire
 	if len(keys) > 0 {
 		err := b.inQuery(ctx, inQueries[0][0], inQueries[0][1], keys, func(r *sql.Rows) error {
 			e, err := scanEntry(r)

@@ -188,32 +188,8 @@ func pgRollback(conn *sql.Conn) {
 // pgLoad reads and locks, in one pipeline (two when the batch refers to
 // holds or transfers), what the batch may touch; begin puts BEGIN first.
 func (b *batch) pgLoad(ctx context.Context, conn *sql.Conn, ops []*op, begin bool) error {
-	var keys []string
-	var holdIDs, origIDs []int64
-	accounts := map[string]bool{}
-	seenKey := map[string]bool{}
-	expire := false
-	for _, o := range ops {
-		if o.kind == opExpire {
-			expire = true
-		}
-		for i := range o.items {
-			it := &o.items[i]
-			if !seenKey[it.key] {
-				seenKey[it.key] = true
-				keys = append(keys, it.key)
-			}
-			switch it.typ {
-			case TypeTransfer, TypeHold:
-				accounts[it.debit] = true
-				accounts[it.credit] = true
-			case TypePost, TypeVoid:
-				holdIDs = append(holdIDs, it.ref)
-			case TypeReversal:
-				origIDs = append(origIDs, it.ref)
-			}
-		}
-	}
+	refs := collectRefs(ops)
+	keys, holdIDs, origIDs, accounts, expire := refs.keys, refs.holdIDs, refs.origIDs, refs.accounts, refs.expire
 	pb := &pgx.Batch{}
 	if begin {
 		pb.Queue(`BEGIN`)
