@@ -23,23 +23,9 @@ import (
 
 const maxClass = 512
 
-// class is the smallest power of two ≥ n (n ≤ maxClass).
-func class(n int) int {
-	c := 1
-	for c < n {
-		c <<= 1
-	}
-	return c
-}
+func class(n int) int { return store.SizeClass(n) }
 
-// floorClass is the largest power of two ≤ n, at most maxClass.
-func floorClass(n int) int {
-	c := 1
-	for c*2 <= n && c*2 <= maxClass {
-		c <<= 1
-	}
-	return c
-}
+func floorClass(n int) int { return store.FloorSizeClass(n, maxClass) }
 
 // placeholders writes n parameter markers: "$from, $from+1, …" on
 // PostgreSQL, "?, ?, …" on SQLite. SQLite resolves each "$N" name through

@@ -82,21 +82,9 @@ const (
 	maxClass = 256
 )
 
-func class(n int) int {
-	c := 1
-	for c < n {
-		c <<= 1
-	}
-	return c
-}
+func class(n int) int { return store.SizeClass(n) }
 
-func floorClass(n int) int {
-	c := 1
-	for c*2 <= n && c*2 <= maxClass {
-		c <<= 1
-	}
-	return c
-}
+func floorClass(n int) int { return store.FloorSizeClass(n, maxClass) }
 
 func ph(sb *strings.Builder, pg bool, i int) {
 	if pg {
