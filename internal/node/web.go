@@ -35,6 +35,13 @@ func (n *Node) wireWeb(ctx context.Context) error {
 		d.CreateTerminal = n.CreateTerminal
 		d.DisableTerminal = n.DisableTerminal
 	}
+	// The clearing page: only for a node in a region (otherwise the page
+	// says it is not in one).
+	if n.Fed != nil && n.Fed.Config().Enabled() {
+		d.ClearingPositions = n.Fed.Positions
+		d.ClearingReconcile = n.Fed.Reconcile
+		d.ClearingSettle = n.Fed.Settle
+	}
 	w, err := web.New(d)
 	if err != nil {
 		return err

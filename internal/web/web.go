@@ -35,6 +35,9 @@
 //     page polls a progress URL. Payout lists are paid by internal/subsidy
 //     in chunks (subsidies.go), so the bar moves and every line is still
 //     paid at most once however often the list is uploaded.
+//   - Cross-city clearing (/console/clearing, clearing.go) reads the
+//     node's federation through Deps function fields; a node not in a
+//     region leaves them nil and the page says so.
 //   - Money actions in the console (funding, refunds) are idempotent by
 //     construction: a funding form carries a key made when it was drawn, a
 //     refund's ledger key is its dispute id. Every staff action is audited.
@@ -51,6 +54,7 @@ import (
 
 	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/catalog"
+	"github.com/yikatong/yikatong/internal/federation"
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/store"
@@ -150,6 +154,18 @@ type Deps struct {
 	CreateTerminal func(ctx context.Context, providerID, name string, scenarios []string) (id, token, batchKey string, err error)
 	// DisableTerminal disables a terminal at once.
 	DisableTerminal func(ctx context.Context, id string) error
+
+	// ClearingPositions lists, per peer city of the region, what it owes
+	// this city and the reverse, and the messages not yet acknowledged.
+	// Nil when the node is not in a region (the clearing page says so).
+	ClearingPositions func(ctx context.Context) ([]federation.Position, error)
+	// ClearingReconcile compares this city's clearing messages created in
+	// [from, to) (zero: unbounded) with the peer's own list.
+	ClearingReconcile func(ctx context.Context, peer string, from, to time.Time) (federation.Reconciliation, error)
+	// ClearingSettle runs the settlement of day (YYYY-MM-DD, UTC) with
+	// every peer: a statement per peer, signed here and countersigned by
+	// the peer if its figures agree.
+	ClearingSettle func(ctx context.Context, day string) ([]federation.SignedStatement, error)
 }
 
 // Web is the web interface.
@@ -198,6 +214,7 @@ func (w *Web) Mount(mux *http.ServeMux) {
 
 	w.residentRoutes(mux)
 	w.consoleRoutes(mux)
+	w.clearingRoutes(mux)
 	w.gateRoutes(mux)
 	// Anything else under the page prefixes is a plain "not found" page.
 	for _, p := range []string{"/r/", "/console/"} {
