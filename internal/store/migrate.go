@@ -6,14 +6,17 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
 )
 
-// Migrations live in migrations/<dialect>/NNNN_name.sql; both dialects have
-// the same file names. They run in name order, each in its own transaction,
-// exactly once; applied names are kept in schema_migrations.
+// Migrations live in migrations/NNNN_name.sql, written once in the SQL both
+// backends share (see the package doc) with SQLite's spelling of the few
+// things that differ; ForPostgres translates those. They run in name order,
+// each in its own transaction, exactly once; applied names are kept in
+// schema_migrations.
 //
 // Number ranges by domain (keeps parallel work from colliding):
 //
@@ -33,7 +36,7 @@ type Migration struct {
 
 // Migrations returns the embedded migrations for dialect d, in order.
 func Migrations(d Dialect) ([]Migration, error) {
-	dir := "migrations/" + d.String()
+	const dir = "migrations"
 	entries, err := fs.ReadDir(migrationFS, dir)
 	if err != nil {
 		return nil, err
@@ -47,11 +50,30 @@ func Migrations(d Dialect) ([]Migration, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, Migration{Name: strings.TrimSuffix(e.Name(), ".sql"), SQL: string(b)})
+		sql := string(b)
+		if d == Postgres {
+			sql = ForPostgres(sql)
+		}
+		out = append(out, Migration{Name: strings.TrimSuffix(e.Name(), ".sql"), SQL: sql})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
+
+var hexLiteral = regexp.MustCompile(`X'([0-9A-Fa-f]*)'`)
+
+// ForPostgres rewrites a migration's SQLite spellings for PostgreSQL:
+// BLOB → BYTEA, INTEGER PRIMARY KEY AUTOINCREMENT → BIGSERIAL PRIMARY KEY,
+// INTEGER PRIMARY KEY (SQLite's 64-bit rowid) → BIGINT PRIMARY KEY, and
+// X'…' hex literals → decode('…', 'hex'). Everything else is shared.
+func ForPostgres(sql string) string {
+	sql = strings.ReplaceAll(sql, "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+	sql = strings.ReplaceAll(sql, "INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY")
+	sql = blobType.ReplaceAllString(sql, "BYTEA")
+	return hexLiteral.ReplaceAllString(sql, "decode('$1', 'hex')")
+}
+
+var blobType = regexp.MustCompile(`\bBLOB\b`)
 
 func (db *DB) migrate(ctx context.Context) error {
 	ms, err := Migrations(db.Dialect)
@@ -104,6 +126,15 @@ func runMigration(ctx context.Context, conn *sql.Conn, m Migration) error {
 		return err
 	}
 	defer tx.Rollback()
+	// Another process may have applied it since we looked (SQLite has no
+	// advisory lock; its write transaction serialises this check).
+	var done int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE name = $1`, m.Name).Scan(&done); err != nil {
+		return err
+	}
+	if done > 0 {
+		return nil
+	}
 	for _, stmt := range splitStatements(m.SQL) {
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {
 			return fmt.Errorf("%w\n%s", err, stmt)

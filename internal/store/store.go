@@ -5,7 +5,8 @@
 // Domain packages write plain SQL against *DB. The SQL is shared by both
 // backends: placeholders are $1, $2 …; times are BIGINT Unix milliseconds
 // (UTC); money is BIGINT fen; booleans are INTEGER 0/1; binary data is
-// declared BLOB in SQLite and BYTEA in PostgreSQL (migrations only).
+// BLOB. Migrations are written once, in SQLite's spelling, and ForPostgres
+// translates the few words that differ (BLOB, AUTOINCREMENT keys, X'…').
 // Where the dialects must differ, branch on DB.Dialect.
 package store
 

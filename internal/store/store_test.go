@@ -71,6 +71,22 @@ func TestBothDialectsHaveTheSameMigrations(t *testing.T) {
 	}
 }
 
+func TestForPostgresTranslatesSQLiteSpellings(t *testing.T) {
+	in := "CREATE TABLE t (\n    id INTEGER PRIMARY KEY AUTOINCREMENT,\n    seq INTEGER PRIMARY KEY,\n    h BLOB NOT NULL, blobby TEXT);\nINSERT INTO t(h) VALUES (X'00ff');"
+	want := "CREATE TABLE t (\n    id BIGSERIAL PRIMARY KEY,\n    seq BIGINT PRIMARY KEY,\n    h BYTEA NOT NULL, blobby TEXT);\nINSERT INTO t(h) VALUES (decode('00ff', 'hex'));"
+	if got := store.ForPostgres(in); got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+	ms, _ := store.Migrations(store.Postgres)
+	for _, m := range ms {
+		for _, sqliteOnly := range []string{"BLOB", "AUTOINCREMENT", "X'"} {
+			if strings.Contains(m.SQL, sqliteOnly) {
+				t.Errorf("migration %s still says %s on PostgreSQL", m.Name, sqliteOnly)
+			}
+		}
+	}
+}
+
 func TestWrongPostgresPasswordIsAPlainMessage(t *testing.T) {
 	c, err := storetest.SharedCluster()
 	if err != nil {
@@ -178,4 +194,38 @@ func TestReconnectsAfterServerRestart(t *testing.T) {
 	if !ok {
 		t.Fatalf("the pool did not reconnect: %v", err)
 	}
+}
+
+// TestConcurrentOpenersMigrateOnce: several processes' worth of openers on
+// one fresh database all succeed and apply each migration once.
+func TestConcurrentOpenersMigrateOnce(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		errs := make(chan error, 4)
+		for i := 0; i < 4; i++ {
+			go func() {
+				db, err := store.Open(ctx, dsn, store.Options{})
+				if err == nil {
+					db.Close()
+				}
+				errs <- err
+			}()
+		}
+		for i := 0; i < 4; i++ {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		db, err := store.Open(ctx, dsn, store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		ms, _ := store.Migrations(db.Dialect)
+		var n int
+		db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations`).Scan(&n)
+		if n != len(ms) {
+			t.Fatalf("%d migrations recorded, %d embedded", n, len(ms))
+		}
+	})
 }
