@@ -134,6 +134,17 @@ func TestCrashDuringTopUps(t *testing.T) {
 				}
 			}()
 		}
+		// Arm the kill only once the node has answered something (a busy
+		// machine can take longer than killAfter to answer the first one).
+		for waited := time.Duration(0); waited < 10*time.Second; waited += 5 * time.Millisecond {
+			mu.Lock()
+			n := len(acked)
+			mu.Unlock()
+			if n > 0 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 		time.Sleep(killAfter)
 		p.Kill()
 		dead.Store(true)
