@@ -112,7 +112,17 @@ func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	if err := w.PingContext(ctx); err != nil {
+	// Switching a brand-new file to WAL can answer SQLITE_BUSY without
+	// consulting the busy timeout when another process is creating it at
+	// the same moment: retry for a bounded time.
+	for try := 0; ; try++ {
+		err = w.PingContext(ctx)
+		if err == nil || !IsRetryable(err) || try >= 200 {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if err != nil {
 		w.Close()
 		return nil, fmt.Errorf("opening SQLite database %s: %w", path, err)
 	}
