@@ -79,9 +79,29 @@ func (l *Ledger) applyBatch(ctx context.Context, ops []*op) (err error) {
 		return l.applyBatchPG(ctx, ops) // pgbatch.go
 	}
 	t0 := time.Now()
-	tx, err := l.db.W.BeginTx(ctx, nil)
-	if err != nil {
-		return err
+	var tx *sql.Tx
+	if l.deferSync {
+		// The batch commits with synchronous=NORMAL on the reserved writer
+		// connection (no fsync in COMMIT); its callers are answered only
+		// after the syncer's SyncWAL (sync.go). The connection goes back
+		// to the pool in FULL mode, so other writers keep their fsync.
+		conn, err := l.db.W.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer l.releaseConn(conn)
+		if _, err := conn.ExecContext(ctx, "PRAGMA synchronous=NORMAL"); err != nil {
+			return err
+		}
+		tx, err = conn.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+	} else {
+		tx, err = l.db.W.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -709,7 +729,8 @@ const (
 	phaseLoad   = iota // BEGIN and reads
 	phaseApply         // applying items in memory
 	phaseWrite         // hashing and writing rows
-	phaseCommit        // COMMIT (WAL append and fsync)
+	phaseCommit        // COMMIT (WAL append, and fsync unless deferred)
+	phaseSync          // SQLite: the syncer's fsync of the WAL (sync.go), off the committer
 	nPhases
 )
 

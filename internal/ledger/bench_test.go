@@ -51,6 +51,13 @@ func BenchmarkLedgerTransfers64(b *testing.B) {
 	benchTransfers(b, filepath.Join(b.TempDir(), "ledger.db"), false)
 }
 
+// BenchmarkLedgerTransfers64SyncInCommit: the same load with the fsync
+// inside every batch's COMMIT (synchronous=FULL), as before the deferred
+// sync of sync.go; compare within one run.
+func BenchmarkLedgerTransfers64SyncInCommit(b *testing.B) {
+	benchTransfers(b, filepath.Join(b.TempDir(), "ledger.db"), false, Options{SyncInCommit: true})
+}
+
 // BenchmarkLedgerTransfers64Pairs: random wallet → wallet transfers (no
 // hot account; twice the random account pages per transfer).
 func BenchmarkLedgerTransfers64Pairs(b *testing.B) {
@@ -78,14 +85,18 @@ const benchWallets, benchCallers = 4000, 64
 
 // benchLedger opens a ledger on dsn with 4,000 funded wallets and the hot
 // account.
-func benchLedger(tb testing.TB, dsn string) *Ledger {
+func benchLedger(tb testing.TB, dsn string, opts ...Options) *Ledger {
 	ctx := context.Background()
 	db, err := store.Open(ctx, dsn, store.Options{MaxConns: 8})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { db.Close() })
-	l, err := Open(ctx, db, Options{})
+	var opt Options
+	if len(opts) > 0 {
+		opt = opts[0]
+	}
+	l, err := Open(ctx, db, opt)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -172,8 +183,8 @@ func runLoad(l *Ledger, prefix string, n int, dur time.Duration, pairs bool) loa
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func benchTransfers(b *testing.B, dsn string, pairs bool) {
-	l := benchLedger(b, dsn)
+func benchTransfers(b *testing.B, dsn string, pairs bool, opts ...Options) {
+	l := benchLedger(b, dsn, opts...)
 	b.ResetTimer()
 	res := runLoad(l, "b-", b.N, 0, pairs)
 	b.StopTimer()
@@ -186,7 +197,7 @@ func benchTransfers(b *testing.B, dsn string, pairs bool) {
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(res.entriesPerBatch, "entries/batch")
 	b.ReportMetric(res.msPerBatch, "ms/batch")
-	for i, name := range []string{"load", "apply", "write", "commit"} {
+	for i, name := range []string{"load", "apply", "write", "commit", "sync"} {
 		b.ReportMetric(res.phases[i], name+"-ms")
 	}
 	if r, err := l.Check(context.Background()); err != nil || !r.OK() {

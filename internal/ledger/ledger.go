@@ -24,10 +24,16 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives batch failures (default slog.Default()).
 	Logger *slog.Logger
+	// SyncInCommit keeps SQLite's fsync inside every batch's COMMIT
+	// (synchronous=FULL) instead of the deferred sync of sync.go; for
+	// comparison benchmarks. PostgreSQL always syncs in COMMIT.
+	SyncInCommit bool
 
 	// beforeCommit, if set (tests only), runs inside the batch transaction
 	// after all writes and before COMMIT, with the number of entries written.
 	beforeCommit func(ctx context.Context, tx *sql.Tx, entries int) error
+	// syncWAL, if set (tests only), replaces the deferred sync's fsync.
+	syncWAL func() error
 }
 
 // Ledger is the double-entry ledger of one node process. All writes go
@@ -49,6 +55,10 @@ type Ledger struct {
 	cache     acctCache            // SQLite: committed account state (cache.go)
 	acctEpoch atomic.Int64         // bumped by CloseAccount inside its transaction
 	lg        lingerState          // adaptive group commit, PostgreSQL (linger.go)
+
+	deferSync bool       // SQLite: answer after the syncer's fsync (sync.go)
+	syncq     chan []*op // committed batches waiting for their fsync
+	synced    chan struct{}
 }
 
 // Stats are counters since Open (for metrics).
@@ -81,6 +91,7 @@ func Open(ctx context.Context, db *store.DB, opt Options) (*Ledger, error) {
 		l.log = slog.Default()
 	}
 	l.lg.on = db.Dialect == store.Postgres
+	l.deferSync = db.DeferredSync() && !opt.SyncInCommit
 	for _, a := range []Account{
 		{ID: AccountBank, Kind: KindExternal, Label: "bank top-up channel"},
 		{ID: AccountTreasury, Kind: KindExternal, Label: "treasury funding"},
@@ -93,6 +104,10 @@ func Open(ctx context.Context, db *store.DB, opt Options) (*Ledger, error) {
 	}
 	if err := l.prepareAll(ctx); err != nil {
 		return nil, err
+	}
+	if l.deferSync {
+		l.syncq, l.synced = make(chan []*op), make(chan struct{})
+		go l.syncLoop()
 	}
 	go l.committer()
 	return l, nil
@@ -177,6 +192,12 @@ func (l *Ledger) submit(ctx context.Context, o *op) error {
 
 func (l *Ledger) committer() {
 	defer close(l.done)
+	defer func() {
+		if l.deferSync {
+			close(l.syncq)
+			<-l.synced
+		}
+	}()
 	var batch []*op
 	for {
 		batch = batch[:0]
@@ -252,6 +273,10 @@ func (l *Ledger) runBatch(batch []*op) {
 			o.n = 0
 			o.err = apperr.Wrap(apperr.Unavailable, err)
 		}
+	}
+	if err == nil && l.deferSync {
+		l.syncq <- live
+		return
 	}
 	for _, o := range live {
 		close(o.done)

@@ -55,6 +55,7 @@ type DB struct {
 	R       *sql.DB
 	// Where is a human description without secrets (file path or host/db).
 	Where string
+	path  string // SQLite: the database file
 }
 
 // Options tune Open.
@@ -98,8 +99,14 @@ func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
 			return nil, fmt.Errorf("creating database directory: %w", err)
 		}
 	}
+	// cache_size: 8 MiB per connection. SQLite empties a connection's page
+	// cache on every commit (pager_end_transaction truncates it, walking
+	// the whole hash table of a large cache) and a reader's whenever
+	// another connection has written, so a large cache cost more CPU per
+	// commit than it saved in reads (measured: 7 % of a node's CPU at
+	// 4,400 scans/s with 64 MiB; none with 8 MiB).
 	q := url.Values{}
-	for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(ON)", "cache_size(-65536)"} {
+	for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(ON)", "cache_size(-8192)"} {
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", "immediate")
@@ -143,7 +150,7 @@ func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
 		r.Close()
 		return nil, err
 	}
-	return &DB{Dialect: SQLite, W: w, R: r, Where: path}, nil
+	return &DB{Dialect: SQLite, W: w, R: r, Where: path, path: path}, nil
 }
 
 func openPostgres(ctx context.Context, dsn string, opt Options) (*DB, error) {
@@ -303,4 +310,34 @@ func IsRetryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// DeferredSync reports whether db can commit a transaction without waiting
+// for its fsync and make it durable afterwards with SyncWAL: SQLite in WAL
+// mode. Callers that use it (the ledger's committer) switch their own
+// transaction to synchronous=NORMAL on a reserved connection, commit, and
+// answer nobody until SyncWAL has returned — so the next batch's work
+// overlaps the previous batch's fsync, and every answered write is still
+// on disk.
+func (db *DB) DeferredSync() bool { return db.Dialect == SQLite && db.path != "" }
+
+// SyncWAL makes every transaction committed so far durable: it fdatasyncs
+// the SQLite write-ahead log. SQLite's WAL is replayed on open up to the
+// first frame whose checksum fails, so what survives a power cut is always
+// a prefix of the commits, and everything committed before SyncWAL began
+// is in it. A WAL that does not exist (checkpointed and removed) has
+// nothing left to sync: a checkpoint syncs the database file itself.
+func (db *DB) SyncWAL() error {
+	f, err := os.OpenFile(db.path+"-wal", os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("opening the write-ahead log to sync it: %w", err)
+	}
+	defer f.Close()
+	if err := datasync(f); err != nil {
+		return fmt.Errorf("syncing the write-ahead log: %w", err)
+	}
+	return nil
 }
