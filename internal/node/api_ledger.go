@@ -88,6 +88,7 @@ type meView struct {
 	Card           resident.Card `json:"card"`
 	Wallet         accountView   `json:"wallet"`
 	Medical        accountView   `json:"medical"`
+	OwedFen        int64         `json:"owed_fen" doc:"outstanding offline \"ride first, pay later\" debt, collected from the next top-ups (GET /v1/residents/{id}/debts)"`
 }
 
 type reversalRequest struct {
@@ -182,6 +183,11 @@ func (n *Node) ledgerRoutes() {
 			}
 			if err != nil {
 				return err
+			}
+			if t.Credit == wallet {
+				// Offline debt is collected from the money just credited
+				// (a retried top-up collects only what is still owed).
+				n.collectDebts(r.Context(), residentID)
 			}
 			return httpapi.WriteJSON(w, http.StatusOK, viewTransfer(t))
 		},
@@ -372,5 +378,9 @@ func (n *Node) Me(ctx context.Context, cardNumber string) (meView, error) {
 	if err != nil {
 		return meView{}, err
 	}
-	return meView{Name: res.Name, IDNumberMasked: res.IDMasked, Category: res.Category, Card: c, Wallet: viewAccount(wa), Medical: viewAccount(ma)}, nil
+	owed, err := n.scans().Debts.Owed(ctx, res.ID)
+	if err != nil {
+		return meView{}, err
+	}
+	return meView{Name: res.Name, IDNumberMasked: res.IDMasked, Category: res.Category, Card: c, Wallet: viewAccount(wa), Medical: viewAccount(ma), OwedFen: owed}, nil
 }

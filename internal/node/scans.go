@@ -27,6 +27,8 @@ type scanServices struct {
 	Scans     *scan.Service
 	Schemes   *scan.Registry
 	TC1       *scan.TC1
+	// Debts collects offline "ride first, pay later" debt (api_debts.go).
+	Debts *scan.Collector
 }
 
 func (n *Node) scans() *scanServices { return n.scan }
@@ -53,9 +55,10 @@ func (n *Node) wireScans(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("starting the scan service: %w", err)
 	}
-	n.scan = &scanServices{Terminals: ts, Scans: svc, Schemes: reg, TC1: tc1}
+	n.scan = &scanServices{Terminals: ts, Scans: svc, Schemes: reg, TC1: tc1, Debts: scan.NewCollector(svc)}
 	n.closers = append(n.closers, func() error { svc.Close(); return nil })
 	n.scanRoutes()
+	n.debtRoutes()
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/catalog"
@@ -43,8 +44,19 @@ func (s *Service) outcome(ctx context.Context, rec *record, err error) (int, *re
 		if dk.existing != nil {
 			return dupKey, dk.existing, nil
 		}
-		// Taken earlier in the same batch, which has committed by now.
+		// Taken earlier in the same batch, which has committed by now —
+		// unless the earlier one wrote nothing yet: an offline record of an
+		// overlapping upload, deferred to its credit step, which commits
+		// moments later. Wait for it briefly before asking for a retry.
 		ex, err := lookup(ctx, s.DB, rec.terminal, rec.key)
+		for wait := 2 * time.Millisecond; err == nil && ex == nil && wait <= time.Second; wait *= 2 {
+			select {
+			case <-ctx.Done():
+				return 0, nil, apperr.Wrap(apperr.Unavailable, ctx.Err())
+			case <-time.After(wait):
+			}
+			ex, err = lookup(ctx, s.DB, rec.terminal, rec.key)
+		}
 		if err != nil {
 			return 0, nil, err
 		}

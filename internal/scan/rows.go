@@ -74,8 +74,11 @@ var (
 	errOverLimit  = errors.New("scan: the credit would exceed the resident's limit")
 )
 
-// owedSQL is a resident's outstanding offline debt (index scans_debt).
-const owedSQL = `SELECT COALESCE(SUM(debt_fen), 0) FROM scans WHERE resident_id = $1 AND debt_fen > 0 AND decision = 'accepted'`
+// owedSQL is a resident's outstanding offline debt ($1: resident id): the
+// debt advanced on accepted scans (index scans_debt) minus what later
+// top-ups collected (scan_debt_collections, collect.go).
+const owedSQL = `SELECT COALESCE(SUM(debt_fen), 0) - (SELECT COALESCE(SUM(amount_fen), 0) FROM scan_debt_collections WHERE resident_id = $1)
+	FROM scans WHERE resident_id = $1 AND debt_fen > 0 AND decision = 'accepted'`
 
 const (
 	rowCols  = 16

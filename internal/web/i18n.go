@@ -278,6 +278,7 @@ var messages = map[string][2]string{
 	"kind.charge":            {"消费", "payment"},
 	"kind.payout":            {"补贴/发放", "payout"},
 	"kind.medical":           {"医保结算", "medical settlement"},
+	"kind.debt_collection":   {"先乘后付补扣", "ride-first debt repaid"},
 
 	"gate.title":    {"扫码体验", "Gate simulator"},
 	"gate.lead":     {"选择终端，粘贴电子码或上传二维码照片，查看终端得到的判定和它能看到的信息。", "Pick a terminal, paste a code or upload a photo of a QR code, and see the decision the terminal gets and what it may see."},

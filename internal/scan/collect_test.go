@@ -1,0 +1,428 @@
+package scan_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/store"
+	"github.com/yikatong/yikatong/internal/store/storetest"
+	"github.com/yikatong/yikatong/internal/terminal"
+)
+
+// debtor enrols a resident with an empty wallet.
+func debtor(t testing.TB, c *city, seed uint64) person {
+	t.Helper()
+	return enrol(t, c.tn.Node, rand.New(rand.NewPCG(seed, seed+1)), resident.CategoryLocal, time.Now().AddDate(-30, 0, -3), 0, 0)
+}
+
+// rides uploads n offline bus rides (200 fen each) of p's card in one batch.
+func rides(t testing.TB, c *city, p person, batch string, n int) scan.BatchReport {
+	t.Helper()
+	now := time.Now()
+	recs := make([]terminal.Record, n)
+	for i := range recs {
+		recs[i] = terminal.Record{ID: fmt.Sprintf("%s-%d", batch, i), Seq: int64(i + 1), At: now.Add(time.Duration(i-n) * time.Minute), Scenario: "transit.bus", CardNumber: p.card}
+	}
+	return upload(t, c, batch, recs)
+}
+
+// topUp tops up p's wallet over HTTP (the operator's counter).
+func topUp(t testing.TB, c *city, p person, key string, fen int64) {
+	t.Helper()
+	c.op.JSON(t, "POST", "/v1/topups", map[string]any{"idempotency_key": key, "resident_id": p.id, "amount_fen": fen}, 200, nil)
+}
+
+func owed(t testing.TB, c *city, p person) int64 {
+	t.Helper()
+	n, err := c.tn.Node.DebtCollector().Owed(context.Background(), p.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func balanceOf(t testing.TB, c *city, id string) int64 {
+	t.Helper()
+	a, err := c.tn.Ledger.Balance(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.Balance
+}
+
+// checkCollections asserts the collection invariants over the whole
+// database: per debt row the collections are numbered 1..n and sum to at
+// most its debt; each collection row has exactly one ledger transfer
+// (wallet → its creditor, same amount), and there is no collection
+// transfer without a row; the advancing account's balance is minus what
+// is still owed; the books balance. It returns the sum collected.
+func checkCollections(t testing.TB, c *city) int64 {
+	t.Helper()
+	ctx := context.Background()
+	db := c.tn.DB.R
+	var bad int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM (SELECT s.terminal_id, s.idem_key FROM scans s JOIN scan_debt_collections k ON k.terminal_id = s.terminal_id AND k.idem_key = s.idem_key
+		GROUP BY s.terminal_id, s.idem_key, s.debt_fen HAVING SUM(k.amount_fen) > s.debt_fen OR COUNT(*) <> MAX(k.seq) OR MIN(k.seq) <> 1) x`).Scan(&bad); err != nil {
+		t.Fatal(err)
+	}
+	if bad != 0 {
+		t.Fatalf("%d debt rows over-collected or with gaps in their collection numbers", bad)
+	}
+	rows, err := db.QueryContext(ctx, `SELECT resident_id, amount_fen, credit_account, transfer_id FROM scan_debt_collections`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type coll struct {
+		res, credit, tr string
+		amount          int64
+	}
+	var all []coll
+	for rows.Next() {
+		var k coll
+		if err := rows.Scan(&k.res, &k.amount, &k.credit, &k.tr); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, k)
+	}
+	rows.Close()
+	var sum int64
+	for _, k := range all {
+		tr, err := c.tn.Ledger.GetTransfer(ctx, k.tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tr.Debit != ledger.WalletID(k.res) || tr.Credit != k.credit || tr.Amount != k.amount || tr.Kind != scan.KindDebtCollection || tr.Meta["kind"] != scan.KindDebtCollection {
+			t.Fatalf("collection %+v recorded as transfer %+v", k, tr)
+		}
+		sum += k.amount
+	}
+	var transfers int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM ledger_journal WHERE kind = $1`, scan.KindDebtCollection).Scan(&transfers); err != nil {
+		t.Fatal(err)
+	}
+	if transfers != len(all) {
+		t.Fatalf("%d collection transfers for %d collection rows", transfers, len(all))
+	}
+	var outstanding, advanced int64
+	if err := db.QueryRowContext(ctx, `SELECT COALESCE(SUM(debt_fen), 0) FROM scans WHERE debt_fen > 0 AND decision = 'accepted'`).Scan(&advanced); err != nil {
+		t.Fatal(err)
+	}
+	outstanding = advanced - sum
+	if b := balanceOf(t, c, scan.CreditAccount); b != -outstanding {
+		t.Fatalf("credit account balance %d, want %d (minus the outstanding debt: %d advanced, %d collected)", b, -outstanding, advanced, sum)
+	}
+	chk, err := c.tn.Ledger.Check(ctx)
+	if err != nil || !chk.OK() {
+		t.Fatalf("ledger check: %+v %v", chk, err)
+	}
+	return sum
+}
+
+// TestDebtCollectedByTopUps: offline debt is collected by later top-ups,
+// oldest ride first, partially and then fully, into the account that
+// advanced it (the provider was paid at the ride and gets nothing more);
+// the collections are ordinary statement lines; a retried top-up collects
+// nothing twice; collected debt makes room for new credit up to the limit.
+func TestDebtCollectedByTopUps(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		ctx := context.Background()
+		col := c.tn.Node.DebtCollector()
+		p := debtor(t, c, 11)
+		wal := ledger.WalletID(p.id)
+		// Three rides with an empty wallet: two on credit (400), the third
+		// over the limit (500).
+		rep := rides(t, c, p, "r1", 3)
+		if rep.Items[0].DebtFen != 200 || rep.Items[1].DebtFen != 200 || rep.Items[2].Status != scan.StatusDeclined {
+			t.Fatalf("rides: %+v", rep.Items)
+		}
+		if o := owed(t, c, p); o != 400 {
+			t.Fatalf("owed %d, want 400", o)
+		}
+		c.checkBooks(t, 400)
+
+		// 150 topped up: all of it pays the oldest ride.
+		topUp(t, c, p, "t1", 150)
+		debts, err := col.Debts(ctx, p.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(debts) != 2 || debts[0].OwedFen != 50 || debts[0].CollectedFen != 150 || debts[1].OwedFen != 200 || !debts[0].At.Before(debts[1].At) {
+			t.Fatalf("after 150: %+v", debts)
+		}
+		if w := wallet(t, c, p); w != 0 {
+			t.Fatalf("wallet %d, want 0", w)
+		}
+		// The same top-up retried (a lost answer): no new money, nothing
+		// collected again.
+		topUp(t, c, p, "t1", 150)
+		if o := owed(t, c, p); o != 250 {
+			t.Fatalf("owed %d after the retried top-up, want 250", o)
+		}
+		// A new limit: 250 owed + one more ride of 200 fits under 500.
+		rep = rides(t, c, p, "r2", 1)
+		if it := rep.Items[0]; it.Status != scan.StatusApplied || it.DebtFen != 200 {
+			t.Fatalf("ride after partial collection: %+v", it)
+		}
+		rep = rides(t, c, p, "r3", 1)
+		if it := rep.Items[0]; it.Status != scan.StatusDeclined {
+			t.Fatalf("ride over the limit: %+v", it)
+		}
+		c.checkBooks(t, 600)
+
+		// 1000 topped up: the 450 owed is collected (three rows), 550 stays.
+		topUp(t, c, p, "t2", 1000)
+		if o := owed(t, c, p); o != 0 {
+			t.Fatalf("owed %d after the full collection", o)
+		}
+		if w := wallet(t, c, p); w != 550 {
+			t.Fatalf("wallet %d, want 550", w)
+		}
+		if debts, _ := col.Debts(ctx, p.id); len(debts) != 0 {
+			t.Fatalf("debts left: %+v", debts)
+		}
+		// Collections are statement lines with their scan.
+		st, _, err := c.tn.Ledger.Statement(ctx, wal, time.Time{}, time.Time{}, "", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lines []ledger.StatementEntry
+		for _, e := range st {
+			if e.Kind == scan.KindDebtCollection {
+				lines = append(lines, e)
+			}
+		}
+		if len(lines) != 4 || lines[0].Delta != -150 || lines[1].Delta != -50 || lines[2].Delta != -200 || lines[3].Delta != -200 ||
+			lines[0].Meta["scan"] != lines[1].Meta["scan"] || lines[0].Meta["seq"] != "1" || lines[1].Meta["seq"] != "2" || lines[0].Credit != scan.CreditAccount {
+			b, _ := json.Marshal(lines)
+			t.Fatalf("collection lines: %s", b)
+		}
+		if got := checkCollections(t, c); got != 600 {
+			t.Fatalf("collected %d, want 600", got)
+		}
+		// The provider was paid 600 at the rides and nothing since.
+		c.checkBooks(t, 600)
+		// With nothing owed, a ride on an empty wallet gets credit again.
+		if st := col.Stats(); st.Collections != 4 || st.CollectedFen != 600 {
+			t.Fatalf("stats %+v", st)
+		}
+		if _, err := c.tn.Ledger.Transfer(ctx, ledger.TransferRequest{Key: "out", Debit: wal, Credit: ledger.AccountBank, Amount: 550, Kind: "withdrawal"}); err != nil {
+			t.Fatal(err)
+		}
+		rep = rides(t, c, p, "r4", 3)
+		if rep.Items[0].DebtFen != 200 || rep.Items[1].DebtFen != 200 || rep.Items[2].Status != scan.StatusDeclined {
+			t.Fatalf("rides after repaying: %+v", rep.Items)
+		}
+		checkCollections(t, c)
+	})
+}
+
+// secondProcess opens the same database again, with its own ledger and
+// collector, as another node process would.
+func secondProcess(t testing.TB, dsn string) *scan.Collector {
+	t.Helper()
+	ctx := context.Background()
+	db, err := store.Open(ctx, dsn, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ledger.Open(ctx, db, ledger.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := scan.New(ctx, scan.Deps{DB: db, Ledger: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close(); l.Close(); db.Close() })
+	return scan.NewCollector(svc)
+}
+
+// TestDebtCollectionConcurrent: top-ups at once (some retried), direct
+// collections and sweeps in this and another process, and fares charged
+// from the same wallet meanwhile, never collect more than is owed (per
+// row and in total), never take the wallet below zero, and collect all
+// that the money allows.
+func TestDebtCollectionConcurrent(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		ctx := context.Background()
+		other := secondProcess(t, dsn)
+		here := c.tn.Node.DebtCollector()
+		p, q := debtor(t, c, 21), debtor(t, c, 23)
+		rides(t, c, p, "p1", 2) // p owes 400
+		rides(t, c, q, "q1", 2) // q owes 400
+		if owed(t, c, p) != 400 || owed(t, c, q) != 400 {
+			t.Fatal("setup debt")
+		}
+		round := func(name string, each int64) {
+			var wg sync.WaitGroup
+			run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
+			for i := 0; i < 3; i++ {
+				key := fmt.Sprintf("%s-%d", name, i)
+				run(func() { topUp(t, c, p, "p-"+key, each) })
+				run(func() { topUp(t, c, p, "p-"+key, each) }) // the same top-up retried at once
+				run(func() { topUp(t, c, q, "q-"+key, each) })
+			}
+			for i := 0; i < 2; i++ {
+				run(func() {
+					if _, err := other.Collect(ctx, p.id); err != nil {
+						t.Error(err)
+					}
+				})
+				run(func() {
+					if _, err := here.Sweep(ctx); err != nil {
+						t.Error(err)
+					}
+				})
+				run(func() {
+					if _, err := other.Sweep(ctx); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+			// A top-up's collection runs after the top-up committed; a
+			// sweep after all of them settles anything a lost race left.
+			if _, err := here.Sweep(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// 3 × 100 each: everything goes to the debt, 100 stays owed.
+		round("a", 100)
+		for _, x := range []person{p, q} {
+			if o, w := owed(t, c, x), wallet(t, c, x); o != 100 || w != 0 {
+				t.Fatalf("after 300 topped up: owed %d, wallet %d; want 100 and 0", o, w)
+			}
+		}
+		if got := checkCollections(t, c); got != 600 {
+			t.Fatalf("collected %d, want 600", got)
+		}
+		// 3 × 100 more: 100 collected each, 200 left in the wallet.
+		round("b", 100)
+		for _, x := range []person{p, q} {
+			if o, w := owed(t, c, x), wallet(t, c, x); o != 0 || w != 200 {
+				t.Fatalf("after 600 topped up: owed %d, wallet %d; want 0 and 200", o, w)
+			}
+		}
+		if got := checkCollections(t, c); got != 800 {
+			t.Fatalf("collected %d, want 800", got)
+		}
+		c.checkBooks(t, 800)
+
+		// Fares charged online while top-ups collect: the wallet pays
+		// fares and debt together and never goes below zero.
+		r := debtor(t, c, 25)
+		rides(t, c, r, "r1", 2) // owes 400
+		var wg sync.WaitGroup
+		var fares sync.Map
+		for i := 0; i < 4; i++ {
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				topUp(t, c, r, fmt.Sprintf("c-%d", i), 150)
+			}()
+			go func() {
+				defer wg.Done()
+				a, resp := c.scan(t, map[string]any{"idempotency_key": fmt.Sprintf("fare-%d", i), "scenario": "transit.bus", "card_number": r.card})
+				if resp.Status != 200 {
+					t.Errorf("fare: %d %s", resp.Status, resp.Body)
+					return
+				}
+				if a.Decision == scan.Accepted {
+					fares.Store(i, *a.ChargedFen)
+				} else if a.Reason != string(apperr.InsufficientFunds) {
+					t.Errorf("fare declined: %+v", a)
+				}
+			}()
+		}
+		wg.Wait()
+		if _, err := here.Sweep(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var charged int64
+		fares.Range(func(_, v any) bool { charged += v.(int64); return true })
+		w, o := wallet(t, c, r), owed(t, c, r)
+		collected := 400 - o
+		if w < 0 || 600 != w+charged+collected || (o > 0 && w > 0) {
+			t.Fatalf("wallet %d, fares %d, collected %d, owed %d: 600 topped up must be wallet + fares + collected, and money left only when nothing is owed", w, charged, collected, o)
+		}
+		checkCollections(t, c)
+		c.checkBooks(t, 800+400+charged)
+	})
+}
+
+// TestDebtSweepAfterCrash: a top-up that committed without its collection
+// (the node stopped in between, or money came by another way) is
+// collected by the sweep; a second sweep finds nothing to do.
+func TestDebtSweepAfterCrash(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		ctx := context.Background()
+		p, q := debtor(t, c, 31), debtor(t, c, 33)
+		rides(t, c, p, "p", 2)
+		rides(t, c, q, "q", 1)
+		// The top-ups commit; their collections never ran.
+		for _, x := range []person{p, q} {
+			if _, err := c.tn.Ledger.TopUp(ctx, "crash:"+x.id, ledger.WalletID(x.id), 300, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if owed(t, c, p) != 400 || owed(t, c, q) != 200 {
+			t.Fatal("debt collected without a collection")
+		}
+		res, err := secondProcess(t, dsn).Sweep(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Collections != 3 || res.CollectedFen != 500 || res.OwedFen != 100 {
+			t.Fatalf("sweep: %+v", res)
+		}
+		if owed(t, c, p) != 100 || wallet(t, c, p) != 0 || owed(t, c, q) != 0 || wallet(t, c, q) != 100 {
+			t.Fatalf("after the sweep: p owes %d (wallet %d), q owes %d (wallet %d)", owed(t, c, p), wallet(t, c, p), owed(t, c, q), wallet(t, c, q))
+		}
+		res, err = c.tn.Node.DebtCollector().Sweep(ctx)
+		if err != nil || res.Collections != 0 || res.OwedFen != 100 {
+			t.Fatalf("second sweep: %+v %v", res, err)
+		}
+		if got := checkCollections(t, c); got != 500 {
+			t.Fatalf("collected %d", got)
+		}
+	})
+}
+
+// TestDebtWithoutAdvanceRepaysProvider: a debt row whose fare was not
+// advanced to the provider (no "…:debt1" leg) is repaid to the provider
+// account its charge's plan credited.
+func TestDebtWithoutAdvanceRepaysProvider(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		ctx := context.Background()
+		p := debtor(t, c, 41)
+		wal, prv := ledger.WalletID(p.id), ledger.ReceivableID(c.provider)
+		plan, _ := json.Marshal([]map[string]any{{"d": wal, "c": prv, "a": 200, "t": "scan_charge"}})
+		answer := c.tn.Vault.Seal([]byte(`{}`), "x")
+		if _, err := c.tn.DB.W.ExecContext(ctx, `INSERT INTO scans(terminal_id, idem_key, req_hash, cti, provider_id, scenario, resident_id, state, decision, reason, charged_fen, debt_fen, offline, plan, answer, at)
+			VALUES ($1, 'off:x1', $2, NULL, $3, 'transit.bus', $4, 'final', 'accepted', '', 200, 150, 1, $5, $6, $7)`,
+			c.term, []byte{1}, c.provider, p.id, string(plan), answer, time.Now().UnixMilli()); err != nil {
+			t.Fatal(err)
+		}
+		before := balanceOf(t, c, prv)
+		topUp(t, c, p, "t", 1000)
+		if got := balanceOf(t, c, prv) - before; got != 150 {
+			t.Fatalf("provider received %d, want 150", got)
+		}
+		if owed(t, c, p) != 0 || wallet(t, c, p) != 850 {
+			t.Fatalf("owed %d, wallet %d", owed(t, c, p), wallet(t, c, p))
+		}
+	})
+}
