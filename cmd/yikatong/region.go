@@ -22,7 +22,7 @@ import (
 )
 
 func init() {
-	register("region", "region federation: keygen, sign, up (a local demo region)", cmdRegion)
+	register("region", "region federation: keygen, sign, up (a local demo region), simulate", cmdRegion)
 }
 
 // regionFlags adds the serve flags that join a node to a region and
@@ -56,7 +56,7 @@ func regionFlags(fs *flag.FlagSet) func() (federation.Config, error) {
 
 func cmdRegion(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: yikatong region keygen|sign|up [flags]")
+		fmt.Fprintln(stderr, "usage: yikatong region keygen|sign|up|simulate [flags]")
 		return 2
 	}
 	switch args[0] {
@@ -66,8 +66,10 @@ func cmdRegion(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return regionSign(args[1:], stdout, stderr)
 	case "up":
 		return regionUp(args[1:], stdout, stderr)
+	case "simulate":
+		return regionSimulate(args[1:], stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "region: unknown subcommand %q (keygen, sign, up)\n", args[0])
+	fmt.Fprintf(stderr, "region: unknown subcommand %q (keygen, sign, up, simulate)\n", args[0])
 	return 2
 }
 

@@ -162,9 +162,10 @@ func (s *Service) bookMany(ctx context.Context, peer string, msgs []Charge, idx 
 	if len(idx) == 0 {
 		return
 	}
-	// 1. The cards, each token once, concurrently.
+	// 1. The cards, each token (or card number) once, concurrently.
 	type holder struct {
-		resID string
+		card  resident.Card
+		found bool
 		err   error
 	}
 	cards := map[string]*holder{}
@@ -183,11 +184,11 @@ func (s *Service) bookMany(ctx context.Context, peer string, msgs []Charge, idx 
 			defer wg.Done()
 			for tok := range next {
 				h := cards[tok] // the map is only read here
-				card, err := s.Residents.CardByToken(ctx, tok)
+				card, err := s.holderCard(ctx, tok)
 				switch {
-				case err == nil && card.Status == resident.StatusActive && !card.Locked:
-					h.resID = card.ResidentID
-				case err == nil || apperr.CodeOf(err) == apperr.NotFound:
+				case err == nil:
+					h.card, h.found = card, true
+				case apperr.CodeOf(err) == apperr.NotFound:
 				default:
 					h.err = unavailable(err)
 				}
@@ -212,7 +213,7 @@ func (s *Service) bookMany(ctx context.Context, peer string, msgs []Charge, idx 
 		switch {
 		case h.err != nil:
 			errs[i] = h.err
-		case h.resID != "":
+		case h.found && usable(h.card, msgs[i]):
 			wallet = append(wallet, i)
 		default:
 			credit = append(credit, i)
@@ -251,7 +252,7 @@ func (s *Service) bookMany(ctx context.Context, peer string, msgs []Charge, idx 
 	}
 	short := round(wallet, func(c Charge) ledger.TransferRequest {
 		h := cards[c.Subject]
-		return ledger.TransferRequest{Key: legKey(c.ID, "w"), Debit: ledger.WalletID(h.resID), Credit: ledger.ClearingID(peer),
+		return ledger.TransferRequest{Key: legKey(c.ID, "w"), Debit: ledger.WalletID(h.card.ResidentID), Credit: ledger.ClearingID(peer),
 			Amount: c.AmountFen, Kind: "fed_charge", Meta: metaOf(c)}
 	})
 	// The wallet could not pay (the ledger refused: insufficient funds, a
@@ -275,6 +276,8 @@ type inMsg struct {
 	peer string
 	// pre is the answer to store when the request has no transfers.
 	pre ChargeAnswer
+	// cl: the holder's claims, answered with an applied physical card.
+	cl *claims
 	// Set by Write: whether a row was written, and its answer.
 	written bool
 	answer  ChargeAnswer
@@ -354,6 +357,9 @@ func (ib inbox) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment
 			m.answer = m.pre
 		case a.Err == nil:
 			m.answer = answerOf(m.c.ID, a.Transfers)
+			if m.cl != nil {
+				m.answer.Category, m.answer.Flags = m.cl.category, m.cl.flags
+			}
 		case m.c.Mode == ModeOnline && code != apperr.IdempotencyConflict:
 			m.answer = ChargeAnswer{ID: m.c.ID, State: StateDeclined, Reason: code}
 		default:

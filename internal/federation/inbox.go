@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -84,6 +85,14 @@ func validCharge(peer string, c Charge) bool {
 	default:
 		return false
 	}
+	if len(c.Fares) > 32 {
+		return false
+	}
+	for _, f := range c.Fares {
+		if f.AmountFen < 0 || f.AmountFen > c.AmountFen || len(f.Category) > 32 || len(f.Flags) > 16 {
+			return false
+		}
+	}
 	return c.AmountFen > 0 && c.Subject != "" && len(c.Subject) <= 128 && len(c.Scenario) <= 64
 }
 
@@ -106,7 +115,7 @@ func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswe
 func (s *Service) applyAfter(ctx context.Context, peer string, c Charge, prev *inRow) (ChargeAnswer, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		if prev != nil {
-			if prev.amount != c.AmountFen || prev.subject != c.Subject {
+			if !amountOK(prev.amount, c) || prev.subject != c.Subject {
 				// Same id, other content: a forged or corrupted message.
 				return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.IdempotencyConflict}, nil
 			}
@@ -165,8 +174,8 @@ func inBody(c Charge) []byte {
 // the row alone, answering pre). taken: the message already had a row
 // (nothing moved, nothing written). Otherwise the Outcome's Err is the
 // ledger's refusal, and m.written tells whether a row was written.
-func (s *Service) attach(ctx context.Context, peer string, c Charge, legs []ledger.TransferRequest, pre ChargeAnswer) (m *inMsg, o ledger.Outcome, taken bool, err error) {
-	m = &inMsg{c: c, peer: peer, pre: pre}
+func (s *Service) attach(ctx context.Context, peer string, c Charge, legs []ledger.TransferRequest, pre ChargeAnswer, cl *claims) (m *inMsg, o ledger.Outcome, taken bool, err error) {
+	m = &inMsg{c: c, peer: peer, pre: pre, cl: cl}
 	o, err = s.Ledger.Attach(ctx, legs, &ledger.Attachment{To: s.inbox, Value: m})
 	if err != nil {
 		return m, o, false, err
@@ -176,7 +185,7 @@ func (s *Service) attach(ctx context.Context, peer string, c Charge, legs []ledg
 
 // record stores an answer that moved no money.
 func (s *Service) record(ctx context.Context, peer string, c Charge, a ChargeAnswer) (ChargeAnswer, bool, error) {
-	_, _, taken, err := s.attach(ctx, peer, c, nil, a)
+	_, _, taken, err := s.attach(ctx, peer, c, nil, a, nil)
 	if err != nil || taken {
 		return ChargeAnswer{}, taken, err
 	}
@@ -308,23 +317,35 @@ func (s *Service) book(ctx context.Context, peer string, c Charge) (a ChargeAnsw
 	defer s.at(ctx, "booked", c.ID)
 	declined := ChargeAnswer{ID: c.ID, State: StateDeclined}
 	clr := ledger.ClearingID(peer)
-	card, err := s.Residents.CardByToken(ctx, c.Subject)
+	card, err := s.holderCard(ctx, c.Subject)
 	var resID string
 	switch {
-	case err == nil && card.Status == resident.StatusActive && !card.Locked:
+	case err == nil && usable(card, c):
 		resID = card.ResidentID
 	case err == nil || apperr.CodeOf(err) == apperr.NotFound:
 		if c.Mode == ModeOnline {
 			declined.Reason = apperr.Revoked
+			if strings.HasPrefix(c.Subject, CardSubject) {
+				declined.Reason = apperr.CardNotActive
+			}
 			if err != nil {
 				declined.Reason = apperr.UnknownHolder
-			} else if card.Locked {
+			} else if card.Status == resident.StatusActive && card.Locked {
 				declined.Reason = apperr.CardLocked
 			}
 			return s.record(ctx, peer, c, declined)
 		}
 	default:
 		return ChargeAnswer{}, false, unavailable(err)
+	}
+	var cl *claims
+	if resID != "" && c.Mode == ModeOnline && strings.HasPrefix(c.Subject, CardSubject) {
+		// A physical card carries no claims: answer them, and charge the
+		// fare of B's they match (equal treatment, 同城待遇).
+		if cl, err = s.claimsOf(ctx, resID, c); err != nil {
+			return ChargeAnswer{}, false, err
+		}
+		c.AmountFen = cl.fare(c)
 	}
 	if resID != "" && c.Mode == ModeOnline && c.PIN != "" {
 		if _, err := s.Residents.VerifyPIN(ctx, card.Number, c.PIN); err != nil {
@@ -334,6 +355,10 @@ func (s *Service) book(ctx context.Context, peer string, c Charge) (a ChargeAnsw
 			declined.Reason = apperr.CodeOf(err)
 			return s.record(ctx, peer, c, declined)
 		}
+	}
+	if cl != nil && c.AmountFen == 0 {
+		// A free fare for these claims (e.g. 65 and over): nothing moves.
+		return s.record(ctx, peer, c, ChargeAnswer{ID: c.ID, State: StateApplied, Category: cl.category, Flags: cl.flags})
 	}
 	meta := map[string]string{"peer": peer, "message": c.ID, "scenario": c.Scenario}
 	if resID != "" {
@@ -353,7 +378,7 @@ func (s *Service) book(ctx context.Context, peer string, c Charge) (a ChargeAnsw
 			legs = append(legs, ledger.TransferRequest{Key: legKey(c.ID, "w"), Debit: ledger.WalletID(resID), Credit: clr, Amount: w, Kind: "fed_charge", Meta: meta})
 		}
 		s.at(ctx, "before_ledger", c.ID)
-		msg, o, taken, err := s.attach(ctx, peer, c, legs, ChargeAnswer{})
+		msg, o, taken, err := s.attach(ctx, peer, c, legs, ChargeAnswer{}, cl)
 		s.at(ctx, "after_ledger", c.ID)
 		switch {
 		case err != nil || taken:
@@ -369,7 +394,7 @@ func (s *Service) book(ctx context.Context, peer string, c Charge) (a ChargeAnsw
 	// Guaranteed: the sender accepted within the region's risk limit; we
 	// owe it whatever our resident's wallet holds. The resident's debt is
 	// advanced by the credit account.
-	msg, o, taken, err := s.attach(ctx, peer, c, []ledger.TransferRequest{creditLeg(peer, c, meta)}, ChargeAnswer{})
+	msg, o, taken, err := s.attach(ctx, peer, c, []ledger.TransferRequest{creditLeg(peer, c, meta)}, ChargeAnswer{}, nil)
 	switch {
 	case err != nil || taken:
 		return ChargeAnswer{}, taken, err
@@ -404,4 +429,68 @@ func (s *Service) at(ctx context.Context, stage, id string) {
 	if s.hook != nil {
 		s.hook(ctx, stage, id)
 	}
+}
+
+// holderCard finds the card a charge names: by token (an e-code's
+// subject) or, for a physical card, by number (CardSubject + number).
+// not_found for a card this city does not know.
+func (s *Service) holderCard(ctx context.Context, subject string) (resident.Card, error) {
+	if n, ok := strings.CutPrefix(subject, CardSubject); ok {
+		c, err := s.Residents.Card(ctx, n)
+		if apperr.CodeOf(err) == apperr.ValidationFailed {
+			return c, apperr.Newf(apperr.NotFound, "no card with this number", "未找到该卡")
+		}
+		return c, err
+	}
+	return s.Residents.CardByToken(ctx, subject)
+}
+
+// usable reports whether card may be charged by c. Online, it must be
+// active and not locked. A scan an offline terminal made (ScanAt set) is
+// judged as of the scan, as this city judges its own offline records: a
+// card reported lost or cancelled after it is still charged, and the PIN
+// lock does not matter (no PIN was asked).
+func usable(card resident.Card, c Charge) bool {
+	if c.ScanAt.IsZero() {
+		return card.Status == resident.StatusActive && !card.Locked
+	}
+	return card.Status == resident.StatusActive || card.StatusChangedAt.After(c.ScanAt)
+}
+
+// claims are a resident's category and concession flags, as an e-code of
+// the card would carry them.
+type claims struct {
+	category string
+	flags    []string
+}
+
+func (s *Service) claimsOf(ctx context.Context, residentID string, c Charge) (*claims, error) {
+	r, err := s.Residents.Get(ctx, residentID)
+	if err != nil {
+		if code := apperr.CodeOf(err); code == apperr.NotFound {
+			return nil, apperr.Newf(apperr.Internal, "the card's resident is missing", "卡片对应的居民不存在")
+		}
+		return nil, unavailable(err)
+	}
+	at := s.Now()
+	if !c.ScanAt.IsZero() {
+		at = c.ScanAt
+	}
+	cl := &claims{category: r.Category}
+	if s.HolderFlags != nil {
+		cl.flags = s.HolderFlags(r, at)
+	}
+	return cl, nil
+}
+
+// fare is what c costs a holder with these claims: the lowest of B's
+// fares whose claims are exactly these, else c's amount.
+func (cl *claims) fare(c Charge) int64 {
+	amount := c.AmountFen
+	for _, f := range c.Fares {
+		if f.Category == cl.category && slices.Equal(f.Flags, cl.flags) && f.AmountFen >= 0 && f.AmountFen < amount {
+			amount = f.AmountFen
+		}
+	}
+	return amount
 }

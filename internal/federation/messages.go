@@ -3,11 +3,13 @@ package federation
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net/http"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"github.com/emmansun/gmsm/sm3"
 
 	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/scan"
 	"github.com/yikatong/yikatong/internal/store"
 )
@@ -39,7 +42,10 @@ const (
 )
 
 // Charge is a clearing message: the sender (city B) tells the home city
-// (A) that A's resident (by card token) owes Amount to B.
+// (A) that A's resident owes Amount to B. The resident is named by the
+// card token of an e-code (Subject), or for a physical card by
+// "card:" + the card number (CardSubject): card numbers are printed on
+// the card and not secret, and B never learns more about the holder.
 type Charge struct {
 	ID        string    `json:"id"`
 	Mode      string    `json:"mode"`
@@ -49,6 +55,30 @@ type Charge struct {
 	Scenario  string    `json:"scenario"`
 	PIN       string    `json:"pin,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// ScanAt is set for a scan an offline terminal made (uploaded in a
+	// batch): the home city judges the card's status as of then.
+	ScanAt time.Time `json:"scan_at,omitzero"`
+	// Fares (physical cards, online): B's lower prices for holders with
+	// other claims than the adult AmountFen was priced for. A charges the
+	// fare its resident's category and flags match and answers them.
+	Fares []scan.Fare `json:"fares,omitempty"`
+}
+
+// CardSubject is the Subject prefix of a charge on a physical card.
+const CardSubject = "card:"
+
+// amountOK reports whether amount is one c may have booked: its own, or
+// one of its fares.
+func amountOK(amount int64, c Charge) bool {
+	if amount == c.AmountFen {
+		return true
+	}
+	for _, f := range c.Fares {
+		if f.AmountFen == amount {
+			return true
+		}
+	}
+	return false
 }
 
 // Answer states.
@@ -67,6 +97,11 @@ type ChargeAnswer struct {
 	WalletFen  int64       `json:"wallet_fen,omitempty"`
 	CreditFen  int64       `json:"credit_fen,omitempty"`
 	Transfers  []string    `json:"transfers,omitempty"`
+	// Category and Flags: the holder's claims (a physical card's charge
+	// answered online), as an e-code of the card would carry them — never
+	// the birth date, name or ID number.
+	Category string   `json:"category,omitempty"`
+	Flags    []string `json:"flags,omitempty"`
 }
 
 type batch struct {
@@ -86,15 +121,36 @@ func MessageID(from, cti string) string {
 
 // ---- the visiting city (B): scan.Remote ----
 
-// Admit implements scan.Remote.
+// Admit implements scan.Remote: the issuer must be a trusted member, and
+// the code's card token or the physical card's number (by its deny-list
+// hash) must not be on the issuer's deny list as of at.
 func (s *Service) Admit(ctx context.Context, id scan.Identity, at time.Time) error {
 	if _, _, ok := s.trusted(id.Issuer); !ok {
 		return apperr.Newf(apperr.UnknownIssuer, id.Issuer+" is not a trusted member of this region", "该城市不是本区域受信任成员")
 	}
-	if s.Revoked(id.Issuer, id.Token, at) {
+	if id.Token != "" && s.Revoked(id.Issuer, id.Token, at) {
 		return apperr.New(apperr.Revoked)
 	}
+	if id.Token == "" && id.CardNumber != "" && s.CardRevoked(id.Issuer, id.CardNumber, at) {
+		return apperr.Newf(apperr.Revoked, "the card is on its home city's deny list", "该卡已被发卡城市列入黑名单")
+	}
 	return nil
+}
+
+// CardIssuer implements scan.CardIssuers: the member city (not this one)
+// whose region code the card number starts with (resident.CardRegion).
+func (s *Service) CardIssuer(number string) (string, bool) {
+	region := resident.CardRegion(number)
+	l := s.Members()
+	if region == "" || l == nil {
+		return "", false
+	}
+	for _, m := range l.Members {
+		if m.City != s.City && resident.RegionCode(m.City) == region {
+			return m.City, true
+		}
+	}
+	return "", false
 }
 
 // outRow is this node's record of a message it sends.
@@ -116,12 +172,18 @@ func (s *Service) outRow(ctx context.Context, q store.Querier, id string) (*outR
 	return &r, nil
 }
 
+// approved is the scan's result for an applied answer.
+func approved(a ChargeAnswer) scan.RemoteResult {
+	return scan.RemoteResult{Approved: true, MedicalFen: a.MedicalFen, WalletFen: a.WalletFen + a.CreditFen,
+		Answered: true, AmountFen: a.MedicalFen + a.WalletFen + a.CreditFen, Category: a.Category, Flags: a.Flags}
+}
+
 func resultOf(r *outRow) scan.RemoteResult {
 	var a ChargeAnswer
 	json.Unmarshal(r.answer, &a)
 	switch r.state {
 	case "acked":
-		return scan.RemoteResult{Approved: true, MedicalFen: a.MedicalFen, WalletFen: a.WalletFen + a.CreditFen}
+		return approved(a)
 	case "pending":
 		return scan.RemoteResult{Approved: true, Queued: true}
 	case "declined":
@@ -140,7 +202,18 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 	if err != nil {
 		return scan.RemoteResult{Reason: apperr.UnknownIssuer}, nil
 	}
-	id := MessageID(s.City, req.CTI)
+	subject := req.Subject
+	if req.CardNumber != "" {
+		subject = CardSubject + req.CardNumber
+	}
+	cti := req.CTI
+	if cti == "" {
+		// A physical card scanned without a known key: a fresh id.
+		var nb [16]byte
+		rand.Read(nb[:])
+		cti = "card:" + hex.EncodeToString(nb[:])
+	}
+	id := MessageID(s.City, cti)
 	prev, err := s.outRow(ctx, s.DB.R, id)
 	if err != nil {
 		return scan.RemoteResult{}, err
@@ -149,8 +222,11 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		return resultOf(prev), nil
 	}
 	now := s.Now()
-	c := Charge{ID: id, Mode: ModeOnline, Subject: req.Subject, AmountFen: req.AmountFen, Medical: req.Medical, Scenario: req.Scenario,
-		PIN: req.PIN, CreatedAt: now.UTC().Truncate(time.Millisecond)}
+	c := Charge{ID: id, Mode: ModeOnline, Subject: subject, AmountFen: req.AmountFen, Medical: req.Medical, Scenario: req.Scenario,
+		PIN: req.PIN, CreatedAt: now.UTC().Truncate(time.Millisecond), Fares: req.Fares}
+	if req.Offline {
+		c.ScanAt = req.At.UTC().Truncate(time.Millisecond)
+	}
 	if prev == nil {
 		stored := c
 		stored.PIN = ""
@@ -162,20 +238,31 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		// change of the row is awaited (and queued after this insert).
 		s.w.execAsync(`INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, updated_at)
 			VALUES ($1, 'out', $2, 'charge', $3, $4, $5, 'sending', $6, $7) ON CONFLICT (id, direction) DO NOTHING`,
-			id, home, req.Subject, req.AmountFen, c.CreatedAt.UnixMilli(), body, now.UnixMilli())
+			id, home, subject, req.AmountFen, c.CreatedAt.UnixMilli(), body, now.UnixMilli())
 	}
-	actx, cancel := context.WithTimeout(ctx, s.cfg.AuthTimeout)
 	var ans ChargeAnswer
-	err = s.call(actx, m, KindCharge, c, &ans)
-	cancel()
 	var pe *peerError
+	if req.Offline && s.downRecently(home) {
+		// An uploaded batch: the home city did not answer a moment ago;
+		// the rest of the batch does not wait for it record by record.
+		err = errors.New("the home city did not answer an earlier record")
+	} else {
+		actx, cancel := context.WithTimeout(ctx, s.cfg.AuthTimeout)
+		err = s.call(actx, m, KindCharge, c, &ans)
+		cancel()
+		if err != nil && !errors.As(err, &pe) {
+			s.markDown(home)
+		} else {
+			s.markUp(home)
+		}
+	}
 	switch {
 	case err == nil && ans.ID == id && ans.State == StateApplied:
 		b, _ := json.Marshal(ans)
-		if err := s.setState(ctx, id, "acked", b, ""); err != nil {
+		if err := s.setAcked(ctx, id, b, ans.MedicalFen+ans.WalletFen+ans.CreditFen); err != nil {
 			return scan.RemoteResult{}, err
 		}
-		return scan.RemoteResult{Approved: true, MedicalFen: ans.MedicalFen, WalletFen: ans.WalletFen + ans.CreditFen}, nil
+		return approved(ans), nil
 	case err == nil && ans.ID == id && ans.State == StateDeclined:
 		b, _ := json.Marshal(ans)
 		if err := s.setState(ctx, id, "declined", b, ""); err != nil {
@@ -196,9 +283,15 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		why = err.Error()
 	}
 	if req.OfflineAllowed {
+		// One card's offline acceptances are decided one at a time (the
+		// records of an uploaded batch are evaluated concurrently), so
+		// that the limit holds.
+		mu := &s.risk[riskStripe(subject)]
+		mu.Lock()
+		defer mu.Unlock()
 		var exposure int64
 		if err := s.DB.R.QueryRowContext(ctx, `SELECT COALESCE(SUM(amount_fen), 0) FROM fed_messages
-			WHERE direction = 'out' AND peer = $1 AND subject = $2 AND state = 'pending'`, home, req.Subject).Scan(&exposure); err != nil {
+			WHERE direction = 'out' AND peer = $1 AND subject = $2 AND state = 'pending'`, home, subject).Scan(&exposure); err != nil {
 			return scan.RemoteResult{}, unavailable(err)
 		}
 		if exposure+req.AmountFen <= s.cfg.RiskLimitFen {
@@ -221,6 +314,16 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 	return scan.RemoteResult{Reason: apperr.HomeUnreachable}, nil
 }
 
+// riskStripes is the number of risk-limit locks.
+const riskStripes = 64
+
+// riskStripe picks the risk-limit lock of a card.
+func riskStripe(subject string) int {
+	h := fnv.New32a()
+	h.Write([]byte(subject))
+	return int(h.Sum32() % riskStripes)
+}
+
 func (s *Service) setState(ctx context.Context, id, state string, answer []byte, lastErr string) error {
 	err := s.w.exec(ctx, `UPDATE fed_messages SET state = $1, answer = COALESCE($2, answer), last_error = $3, updated_at = $4, next_at = $4
 		WHERE id = $5 AND direction = 'out'`, state, answer, truncate(lastErr, 200), s.Now().UnixMilli(), id)
@@ -228,6 +331,50 @@ func (s *Service) setState(ctx context.Context, id, state string, answer []byte,
 		return unavailable(err)
 	}
 	return nil
+}
+
+// setAcked records an applied answer and the amount the home city booked
+// (a physical card's fare may be lower than the amount asked), so both
+// sides list the message with the same amount.
+func (s *Service) setAcked(ctx context.Context, id string, answer []byte, amount int64) error {
+	err := s.w.exec(ctx, `UPDATE fed_messages SET state = 'acked', answer = $1, amount_fen = $2, last_error = '', updated_at = $3, next_at = $3
+		WHERE id = $4 AND direction = 'out'`, answer, amount, s.Now().UnixMilli(), id)
+	if err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+// downFor is how many AuthTimeouts an uploaded batch's records skip
+// asking a home city that did not answer (AuthTimeout each otherwise: a
+// batch of a thousand records would wait minutes). An answer from the city
+// (an online charge, or an outbox delivery) ends it at once.
+const downFor = 4
+
+func (s *Service) markDown(city string) {
+	s.mu.Lock()
+	if s.down == nil {
+		s.down = map[string]time.Time{}
+	}
+	s.down[city] = s.Now().Add(downFor * s.cfg.AuthTimeout)
+	s.mu.Unlock()
+}
+
+func (s *Service) markUp(city string) {
+	s.mu.RLock()
+	_, ok := s.down[city]
+	s.mu.RUnlock()
+	if ok {
+		s.mu.Lock()
+		delete(s.down, city)
+		s.mu.Unlock()
+	}
+}
+
+func (s *Service) downRecently(city string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.Now().Before(s.down[city])
 }
 
 func truncate(s string, n int) string {
@@ -442,6 +589,7 @@ func (s *Service) deliver(ctx context.Context, m Member, part []due) (int, error
 		s.backoff(ctx, part[0].attempts, ids(b.Messages), err.Error())
 		return 0, nil
 	}
+	s.markUp(m.City)
 	byID := map[string]ChargeAnswer{}
 	for _, a := range ans.Results {
 		byID[a.ID] = a

@@ -15,6 +15,8 @@ import (
 	"github.com/yikatong/yikatong/internal/federation"
 	"github.com/yikatong/yikatong/internal/node"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
+	yscan "github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/terminal"
 )
 
 // proc is a `yikatong serve` child process on a fixed address, so that it
@@ -177,9 +179,9 @@ func TestProcessesPeerDownAndBack(t *testing.T) {
 	} else {
 		total += *r.ChargedFen
 	}
-	pending := codes(3) // codes issued before the home city goes down
+	pending := codes(4) // codes issued before the home city goes down
 	a.kill()
-	for i, c := range pending {
+	for i, c := range pending[:3] {
 		r := scan("p-down-"+string(rune('a'+i)), c)
 		if r.Decision != "accepted" {
 			t.Fatalf("ride %d with the home city down: %+v", i, r)
@@ -207,6 +209,43 @@ func TestProcessesPeerDownAndBack(t *testing.T) {
 	if _, n, _ := finance(b.url, demoB.Staff["finance"].Token); n != 3 {
 		t.Fatalf("pending messages at B with A down: %d, want 3", n)
 	}
+	// A's physical card, online and in an offline batch (with one of A's
+	// codes), while A is down: accepted under the risk limit and queued;
+	// the batch re-sent is applied once.
+	var card scanAnswer
+	nodetest.NewClient(b.url, bus.Token).JSON(t, "POST", "/v1/scans", map[string]any{"idempotency_key": "p-card", "scenario": "transit.bus", "card_number": res.CardNumber}, 200, &card)
+	if card.Decision != "accepted" {
+		t.Fatalf("A's card with A down: %+v", card)
+	}
+	total += *card.ChargedFen
+	key, err := terminal.ParseBatchKey(bus.BatchKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	sb, err := terminal.SignBatch(terminal.Batch{Terminal: bus.ID, ID: "p-batch", CreatedAt: now, Records: []terminal.Record{
+		{ID: "p-rec-card", Seq: 1, At: now, Scenario: "transit.bus", CardNumber: res.CardNumber},
+		{ID: "p-rec-code", Seq: 2, At: now, Scenario: "transit.bus", Code: pending[3]},
+	}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upload := func() yscan.BatchReport {
+		var rep yscan.BatchReport
+		nodetest.NewClient(b.url, bus.Token).JSON(t, "POST", "/v1/terminals/"+bus.ID+"/batches", sb, 200, &rep)
+		return rep
+	}
+	rep := upload()
+	if rep.Applied != 2 {
+		t.Fatalf("offline batch with A down: %+v", rep)
+	}
+	total += rep.ChargedFen
+	if again := upload(); again.Duplicates != 2 {
+		t.Fatalf("re-sent batch: %+v", again)
+	}
+	if _, n, _ := finance(b.url, demoB.Staff["finance"].Token); n != 6 {
+		t.Fatalf("pending messages at B with A down: %d, want 6", n)
+	}
 	time.Sleep(time.Second) // B keeps retrying meanwhile
 	a.start()
 	eventually(t, "B's outbox to drain after A's restart", 15*time.Second, func() bool {
@@ -220,6 +259,12 @@ func TestProcessesPeerDownAndBack(t *testing.T) {
 	}
 	if w := wallet(); w != w0-total {
 		t.Fatalf("A's wallet %d, want %d (every ride charged exactly once)", w, w0-total)
+	}
+	if again := upload(); again.Duplicates != 2 {
+		t.Fatalf("batch re-sent after the catch-up: %+v", again)
+	}
+	if w := wallet(); w != w0-total {
+		t.Fatalf("A's wallet %d after a re-send, want %d", w, w0-total)
 	}
 	a.terminate()
 	b.terminate()

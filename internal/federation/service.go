@@ -50,6 +50,16 @@
 // the code's claims and the opaque card token are used at B — no name or
 // ID number of A's resident ever leaves A.
 //
+// Physical cards: a card number starts with its issuing city's region code
+// (resident.CardRegion), so B resolves a number it does not know to a
+// member (CardIssuer), checks the number's hash against the member's deny
+// list (Admit) and asks it to charge "card:<number>". A card carries no
+// claims: B prices it for an adult and offers the lower fares its scenario
+// gives other claims; A charges the one its resident's category and flags
+// match and answers those claims (never the birth date). Offline batch
+// records of other cities' codes and cards take the same path, judged at
+// home as of the scan (Charge.ScanAt). See docs/federation.md.
+//
 // # Clearing, reconciliation, settlement
 //
 // The outbox is the fed_messages table (direction "out", state pending or
@@ -142,6 +152,10 @@ type Deps struct {
 	// OnChange is called when the peers' trust data changes (the node
 	// rebuilds its bundle).
 	OnChange func()
+	// HolderFlags are the concession flags this city's e-codes carry for a
+	// resident at an instant (node.HolderFlags); a physical card's charge
+	// is answered with them. Nil: no flags.
+	HolderFlags func(r resident.Resident, at time.Time) []string
 }
 
 // Service is a node's federation. Safe for concurrent use.
@@ -158,6 +172,11 @@ type Service struct {
 	lastErr  string
 	lastLoad time.Time
 	kick     chan struct{}
+	// down: home cities that did not answer an online authorisation,
+	// until when (offline batches skip asking them meanwhile).
+	down map[string]time.Time
+	// risk serialises each card's offline acceptances (by riskStripe).
+	risk [riskStripes]sync.Mutex
 
 	// hook, if set (tests only, export_test.go), is called at named stages
 	// of applying a message: "before_ledger" and "after_ledger".
@@ -602,6 +621,23 @@ func (s *Service) PeerKeys() map[string][]ecode.PublicKey {
 		out[pb.Issuer] = pb.Keys
 	}
 	return out
+}
+
+// CardRevoked reports whether a peer's physical card (by number) is on its
+// deny list as of at. The list carries only each card number's hash
+// (resident.CardNumberHash).
+func (s *Service) CardRevoked(city, number string, at time.Time) bool {
+	b, _, ok := s.trusted(city)
+	if !ok {
+		return false
+	}
+	h := resident.CardNumberHash(number)
+	for _, d := range b.Deny.Cards {
+		if d.CardHash == h && !d.At.After(at) {
+			return true
+		}
+	}
+	return false
 }
 
 // Revoked reports whether a peer's card token is on its deny list as of at.

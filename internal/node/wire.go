@@ -37,6 +37,9 @@ func (n *Node) wire(ctx context.Context) error {
 	}
 	n.Vault = v
 	n.Residents = resident.New(n.DB, v, n.Now)
+	// New cards carry the city's region code as prefix, so that other
+	// cities' nodes can tell where a physical card comes from.
+	n.Residents.SetCardIssuer(n.City)
 	if n.Catalog, err = catalog.Open(ctx, n.DB); err != nil {
 		return fmt.Errorf("opening the service catalogue: %w", err)
 	}
@@ -86,6 +89,7 @@ func (n *Node) registerMetrics() {
 // background runs periodic work until ctx ends.
 func (n *Node) background(ctx context.Context) {
 	go n.Keys.RefreshLoop(ctx, keyRefreshEvery())
+	n.sweepDebts(ctx) // debt a crash left uncollected after its top-up
 	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
 	for {

@@ -118,14 +118,68 @@ func checkCardNumber(s string) (string, error) {
 
 var cardSpace = big.NewInt(900_000_000_000_000) // 15-digit bodies 1e14 … 1e15-1
 
-// newCardNumber draws a random card number.
-func newCardNumber() string {
-	n, err := rand.Int(rand.Reader, cardSpace)
+// issuedSpace: the random part of a card number that starts with its
+// issuing region's code (6 digits + 9 random digits + check digit).
+var issuedSpace = big.NewInt(1_000_000_000)
+
+// newCardNumber draws a random card number without a region prefix.
+func newCardNumber() string { return newCardNumberIn("") }
+
+// newCardNumberIn draws a card number: the issuing region's 6-digit code
+// (prefix, "" for none) then random digits, then the Luhn check digit.
+func newCardNumberIn(prefix string) string {
+	space, base := cardSpace, big.NewInt(100_000_000_000_000)
+	if prefix != "" {
+		space, base = issuedSpace, big.NewInt(0)
+	}
+	n, err := rand.Int(rand.Reader, space)
 	if err != nil {
 		panic("resident: no randomness: " + err.Error())
 	}
-	body := new(big.Int).Add(n, big.NewInt(100_000_000_000_000)).String()
+	body := new(big.Int).Add(n, base).String()
+	if prefix != "" {
+		body = prefix + strings.Repeat("0", 9-len(body)) + body
+	}
 	return body + string(luhn(body))
+}
+
+// RegionCode is the 6-digit administrative region code of a city node id
+// ("CN-310000" → "310000"), or "" if the id does not end in one (the first
+// digit of a region code is never 0).
+func RegionCode(city string) string {
+	i := strings.LastIndexByte(city, '-')
+	code := city[i+1:]
+	if len(code) != 6 || !isDigits(code) || code[0] == '0' {
+		return ""
+	}
+	return code
+}
+
+// CardRegion is the region code a card number starts with: the issuing
+// city's, for cards issued since card numbers carry it (as the chip of a
+// real social security card carries its issuing region). Older cards
+// carry random digits there, so the answer is only a hint for numbers
+// that are not this city's own; "" for a malformed number.
+func CardRegion(number string) string {
+	n := NormalizeCardNumber(number)
+	if !ValidCardNumber(n) {
+		return ""
+	}
+	return n[:6]
+}
+
+// SetCardIssuer makes the cards this service issues from now on start
+// with city's region code (RegionCode), so that another city's node can
+// tell where a card number comes from. Cards issued before keep their
+// numbers and stay valid. A city id without a region code leaves numbers
+// random.
+func (s *Service) SetCardIssuer(city string) {
+	s.prefix.Store(RegionCode(city))
+}
+
+func (s *Service) cardPrefix() string {
+	v, _ := s.prefix.Load().(string)
+	return v
 }
 
 // newToken draws an opaque card token (128 random bits, base64url).
@@ -173,7 +227,7 @@ func scanCard(row interface{ Scan(...any) error }) (Card, error) {
 func (s *Service) insertCard(ctx context.Context, tx *sql.Tx, residentID, pinHash string, now time.Time, actor string) (Card, error) {
 	for attempt := 0; attempt < 8; attempt++ {
 		c := Card{
-			Number: newCardNumber(), ResidentID: residentID, Token: newToken(), Status: StatusActive,
+			Number: newCardNumberIn(s.cardPrefix()), ResidentID: residentID, Token: newToken(), Status: StatusActive,
 			PINSet: pinHash != "", IssuedAt: time.UnixMilli(now.UnixMilli()).UTC(),
 		}
 		c.StatusChangedAt = c.IssuedAt

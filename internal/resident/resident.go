@@ -16,7 +16,10 @@
 //
 // Cards. A card number is 16 digits, the first non-zero and the last a Luhn
 // check digit (as on bank cards: every single-digit typo and most adjacent
-// swaps are caught), drawn at random, never sequential. Each card has an
+// swaps are caught). A node that knows its city (SetCardIssuer) starts new
+// numbers with the city's 6-digit region code, so another city's node can
+// tell where a card comes from, as the chip of a real card does; the rest is
+// drawn at random, never sequential. Each card has an
 // opaque random token, the subject of its e-codes, unrelated to the ID number
 // and new on replacement. Status moves:
 //
@@ -56,6 +59,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -127,6 +131,7 @@ type Service struct {
 	now     func() time.Time
 	pepper  []byte
 	pinIter int
+	prefix  atomic.Value // string: region code new card numbers start with (SetCardIssuer)
 }
 
 // DefaultPINIterations is the PBKDF2 iteration count of new PIN hashes.

@@ -45,6 +45,16 @@ import (
 // A record whose code was used by an earlier record (or scan) is declined
 // replayed; a record decided on a card whose status changed meanwhile is
 // decided again.
+//
+// Records of another city's code or card (the terminal verified the code
+// with the region's keys in its bundle) are evaluated through the Remote
+// in step 2, like online scans (evaluateOffline): authorised by the home
+// city, or accepted under the card's risk limit and queued when it is
+// down; their row then books clr:<home> → the provider in step 3. Their
+// clearing message ids derive from the code's nonce or the record's key,
+// so evaluating a record again (a re-send whose row was never written, a
+// second round) asks the home city the same question and gets the same
+// answer: the home city charges once, and the row is written once.
 
 // offlineRec is one record on its way through the bulk path.
 type offlineRec struct {
@@ -173,7 +183,12 @@ func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []
 
 // evaluateAll evaluates the records on every core and prepares their rows.
 func (s *Service) evaluateAll(ctx context.Context, t terminal.Terminal, todo []*offlineRec) {
-	workers := min(runtime.GOMAXPROCS(0), len(todo))
+	workers := runtime.GOMAXPROCS(0)
+	if s.Remote != nil {
+		// Other cities' records wait on their home city's answer.
+		workers = max(workers, 16)
+	}
+	workers = min(workers, len(todo))
 	var next sync.Mutex
 	n := 0
 	var wg sync.WaitGroup

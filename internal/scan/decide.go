@@ -186,7 +186,7 @@ func (s *Service) facts(sc catalog.Scenario, e eval) map[string]any {
 		"card_status":      e.card.Status,
 		"home_city":        s.City,
 	}
-	if e.id.Issuer != "" && e.id.Issuer != s.City && e.id.Scheme == SchemeYK1 {
+	if e.id.Issuer != "" && e.id.Issuer != s.City && (e.id.Scheme == SchemeYK1 || e.id.Scheme == SchemeCard) {
 		// Another city's resident: nothing personal is known here.
 		all["home_city"] = e.id.Issuer
 		delete(all, "name")

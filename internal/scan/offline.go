@@ -164,8 +164,20 @@ func (s *Service) recordAgain(ctx context.Context, ex *record, hash []byte) (Rec
 
 // evaluateOffline is evaluate as of the record's time: the code is checked
 // at r.At, and a card counts as lost only if it was reported before r.At.
+//
+// Another city's code or card (verified by the terminal with the region's
+// keys in its bundle) takes the cross-city path, as an online scan does:
+// the home city is asked to authorise it (its clearing message named by
+// the code's nonce, or for a card by the record's key, so a re-sent batch
+// asks the same question and gets the same answer), or, if it cannot be
+// reached, the record is accepted under the card's risk limit and the
+// charge queued; either way it is booked through clearing. A record is
+// only evaluated when it has no row yet (re-sent records are duplicates).
 func (s *Service) evaluateOffline(ctx context.Context, sc catalog.Scenario, t terminal.Terminal, r terminal.Record) (e eval) {
 	e.id, e.card, e.res, e.err = s.identify(ctx, r.Code, r.CardNumber, r.At)
+	if s.foreign(e) {
+		return s.evaluateRemoteKey(ctx, sc, t, e.id, offlinePrefix+r.ID, r.AmountFen, "", r.At, remoteOpts{offline: true})
+	}
 	status := e.card.Status
 	if apperr.CodeOf(e.err) == apperr.Revoked || e.err == nil && status != resident.StatusActive {
 		if !e.card.StatusChangedAt.After(r.At) {

@@ -43,8 +43,9 @@
 //     debt (checked in the ledger batch that writes it, so it holds under
 //     concurrency). The split is decided once and committed with the
 //     record's row; re-sends replay it. The debt is kept on the scan rows
-//     (debt_fen); collecting it from later top-ups is NOT implemented yet
-//     (outstanding debt only counts against the limit).
+//     (debt_fen) and collected from the wallet after later top-ups
+//     (collect.go: Collector), oldest first, each collection written in
+//     the ledger batch of its transfer so it happens exactly once.
 //   - Another city's code: the idempotency key is checked before the home
 //     city is asked to charge (remote.go).
 //   - Answers carry only the scenario's view fields (catalog.View); a full
@@ -286,7 +287,7 @@ func (s *Service) scanOnce(ctx context.Context, t terminal.Terminal, req Request
 				return s.again(ctx, ex, hash)
 			}
 		}
-		e = s.evaluateRemote(ctx, sc, t, e.id, req.AmountFen, req.PIN, now)
+		e = s.evaluateRemoteKey(ctx, sc, t, e.id, req.IdempotencyKey, req.AmountFen, req.PIN, now, remoteOpts{})
 	}
 	if e.err != nil {
 		if apperr.CodeOf(e.err) == apperr.Unavailable || apperr.CodeOf(e.err) == apperr.Internal {
