@@ -67,12 +67,22 @@ type Stats struct {
 	Entries       int64 // journal entries written
 	FailedBatches int64 // batches failed by a database error
 	BatchTime     time.Duration
+	Phases        [nPhases]time.Duration // time spent per phase (PhaseNames)
 }
 
 // Stats returns the ledger's counters.
 func (l *Ledger) Stats() Stats {
-	return Stats{Batches: l.batches.Load(), Entries: l.entries.Load(), FailedBatches: l.failed.Load(), BatchTime: time.Duration(l.batchNanos.Load())}
+	st := Stats{Batches: l.batches.Load(), Entries: l.entries.Load(), FailedBatches: l.failed.Load(), BatchTime: time.Duration(l.batchNanos.Load())}
+	for i := range st.Phases {
+		st.Phases[i] = time.Duration(l.phases[i].Load())
+	}
+	return st
 }
+
+// PhaseNames name Stats.Phases: BEGIN and reads; applying in memory;
+// hashing and row writes; COMMIT; and, on SQLite, the deferred fsync of
+// the write-ahead log, which runs beside the next batch.
+var PhaseNames = [nPhases]string{"load", "apply", "write", "commit", "sync"}
 
 // Open starts a Ledger over db (already migrated) and makes sure the
 // well-known external and fee accounts exist.

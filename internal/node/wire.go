@@ -84,6 +84,12 @@ func (n *Node) registerMetrics() {
 		func() float64 { return float64(n.Ledger.Stats().Entries) }))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_ledger_failed_batches_total", Help: "Ledger batches failed by the database."},
 		func() float64 { return float64(n.Ledger.Stats().FailedBatches) }))
+	for i, name := range ledger.PhaseNames {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_ledger_phase_seconds_total",
+			Help:        "Time the ledger's group commit spent per phase (load, apply, write, commit; sync: SQLite's deferred WAL fsync, beside the next batch).",
+			ConstLabels: prometheus.Labels{"phase": name}},
+			func() float64 { return n.Ledger.Stats().Phases[i].Seconds() }))
+	}
 }
 
 // background runs periodic work until ctx ends.
