@@ -25,7 +25,8 @@
 //
 // All writes go through one committer goroutine per Ledger. It takes what
 // is queued (up to MaxBatch entries, never waiting when idle) and applies
-// the whole batch in one database transaction with one commit (one fsync):
+// the whole batch in one database transaction with one commit (one fsync,
+// on SQLite deferred: see below):
 // one query finds known keys, one loads the touched accounts (on
 // PostgreSQL SELECT … FOR UPDATE in id order, after locking the single
 // chain-head row, so several node processes over one database serialise
@@ -47,7 +48,14 @@
 // reads only accounts it has not seen. The cache is checked under the
 // write lock at the start of every batch — PRAGMA data_version (another
 // process wrote), the chain head's seq, CloseAccount's epoch — and dropped
-// on any doubt and after any failed batch. On PostgreSQL, where several
+// on any doubt and after any failed batch. And its fsync is deferred
+// (sync.go): the batch commits with synchronous=NORMAL on the reserved
+// writer connection, and a syncer goroutine fdatasyncs the write-ahead log
+// before any of its callers is answered, while the committer already
+// applies the next batch. An answered transfer is on disk exactly as with
+// synchronous=FULL; SQLite replays the log up to its first bad frame, so a
+// power cut keeps a prefix of the commits. Other writers of the database
+// keep synchronous=FULL. On PostgreSQL, where several
 // node processes may write, nothing is cached: each batch locks and
 // re-reads its accounts. There a batch's cost is its round trips, so it
 // is two pipelines on one connection (pgbatch.go): BEGIN, the chain-head

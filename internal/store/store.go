@@ -1,6 +1,6 @@
 // Package store opens yikatong's database — SQLite (embedded default, pure Go,
-// WAL, synchronous=FULL) or PostgreSQL (pgx) — and runs the embedded,
-// ordered migrations at start.
+// WAL, synchronous=FULL; the ledger defers its own fsync with SyncWAL) or
+// PostgreSQL (pgx) — and runs the embedded, ordered migrations at start.
 //
 // Domain packages write plain SQL against *DB. The SQL is shared by both
 // backends: placeholders are $1, $2 …; times are BIGINT Unix milliseconds
