@@ -39,6 +39,10 @@ func (s *Service) applyMany(ctx context.Context, peer string, msgs []Charge) ([]
 			out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}
 			continue
 		}
+		if !s.scanAtOK(c) {
+			out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}
+			continue
+		}
 		if _, dup := first[c.ID]; dup {
 			continue // applied once, answered twice
 		}

@@ -83,7 +83,7 @@ func TestForeignCardsAndBatches(t *testing.T) {
 	ctx := context.Background()
 	rs := a.demo.Residents // 0: local 34, 1: insured non-local 29, 2: permanent 41, 3: local 67, 4: local 62, 5: local 19
 	for _, r := range rs {
-		if !strings.HasPrefix(r.CardNumber, "330100") {
+		if !strings.HasPrefix(r.CardNumber, "3301") {
 			t.Fatalf("A's card %s does not carry A's region code", r.CardNumber)
 		}
 	}
@@ -153,13 +153,35 @@ func TestForeignCardsAndBatches(t *testing.T) {
 		checkBooks(t, a, b)
 	})
 
+	t.Run("A's answer lost: B queued the adult fare, A charged the concession; B books the difference", func(t *testing.T) {
+		senior60 := rs[4]
+		w0 := a.wallet(t, senior60.CardNumber)
+		c0, p0 := b.balance(t, ledger.ClearingID(a.id)), b.balance(t, ledger.ReceivableID(b.terminal(t, "transit.bus").Provider))
+		n0 := inRows(t, a, "card:"+senior60.CardNumber)
+		defer px.mode.Store("ok")
+		px.mode.Store("lost") // A applies the online request; its answer is lost
+		r := b.scanCard(t, "transit.bus", "late-60", senior60.CardNumber)
+		if r.Decision != "accepted" || *r.ChargedFen != 200 {
+			t.Fatalf("lost answer: B should accept offline at the adult fare: %+v", r)
+		}
+		eventually(t, "A to apply the online request", 5*time.Second, func() bool { return inRows(t, a, "card:"+senior60.CardNumber) == n0+1 })
+		px.mode.Store("ok") // the outbox re-delivers: A answers what it charged
+		checkBooks(t, a, b)
+		if w := a.wallet(t, senior60.CardNumber); w != w0-100 {
+			t.Fatalf("A charged %d, want the half fare 100", w0-w)
+		}
+		if c, p := b.balance(t, ledger.ClearingID(a.id)), b.balance(t, ledger.ReceivableID(b.terminal(t, "transit.bus").Provider)); c != c0-100 || p != p0+100 {
+			t.Fatalf("B's clr:A moved %d and the bus company %d, want -100 and +100", c-c0, p-p0)
+		}
+	})
+
 	t.Run("unknown cards", func(t *testing.T) {
-		n := "330100000000001"
+		n := "330100000000001" // A's prefix 3301
 		n += string(luhnDigit(n))
 		if r := b.scanCard(t, "transit.bus", "unk-1", n); r.Decision != "declined" || r.Reason != "unknown_holder" {
 			t.Fatalf("unknown card with A's prefix: %+v", r)
 		}
-		n = "999999000000001"
+		n = "999999000000001" // no member's prefix
 		n += string(luhnDigit(n))
 		if r := b.scanCard(t, "transit.bus", "unk-2", n); r.Decision != "declined" || r.Reason != "unknown_holder" {
 			t.Fatalf("card of no member: %+v", r)
@@ -295,7 +317,10 @@ func TestForeignCardsAndBatches(t *testing.T) {
 	t.Run("a card lost after an offline scan is still charged", func(t *testing.T) {
 		res := rs[0]
 		w0 := a.wallet(t, res.CardNumber)
-		at := time.Now().Add(-2 * time.Minute)
+		// After the card was issued (a scan before that is refused) and
+		// before it was lost, a second apart (deny lists count seconds).
+		at := time.Now()
+		time.Sleep(1100 * time.Millisecond)
 		a.reportLost(t, res.CardNumber)
 		eventually(t, "B to learn A's deny list", 10*time.Second, func() bool { return b.Fed.CardRevoked(a.id, res.CardNumber, time.Now()) })
 		rep := b.upload(t, "transit.bus", "fb-lost", []terminal.Record{

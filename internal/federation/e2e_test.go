@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
@@ -135,7 +136,7 @@ func (c *city) wallet(t *testing.T, card string) int64 {
 // proxy stands between a node and its peers: normal, slow or down.
 type proxy struct {
 	url   string
-	mode  atomic.Value // "ok", "down", "slow"
+	mode  atomic.Value // "ok", "down", "slow", "lost" (online charges applied, answers dropped)
 	delay time.Duration
 	mu    sync.Mutex
 	seen  [][]byte // request bodies of /v1/federation/ calls
@@ -166,6 +167,20 @@ func newProxy(t *testing.T, target string) *proxy {
 		case "slow":
 			if strings.HasPrefix(r.URL.Path, "/v1/federation/charge") {
 				time.Sleep(p.delay)
+			}
+		case "lost":
+			// The home city gets the online charge and applies it, but
+			// its answer never arrives.
+			if strings.HasPrefix(r.URL.Path, "/v1/federation/charge") {
+				rp.ServeHTTP(httptest.NewRecorder(), r.WithContext(context.WithoutCancel(r.Context())))
+				if hj, ok := w.(http.Hijacker); ok {
+					if conn, _, err := hj.Hijack(); err == nil {
+						conn.Close()
+						return
+					}
+				}
+				w.WriteHeader(502)
+				return
 			}
 		}
 		if strings.HasPrefix(r.URL.Path, "/v1/federation/") {

@@ -13,6 +13,7 @@ import (
 	"github.com/yikatong/yikatong/internal/catalog"
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/scan"
 )
 
 // The home city (A) applying a peer's charges: the inbox.
@@ -96,11 +97,22 @@ func validCharge(peer string, c Charge) bool {
 	return c.AmountFen > 0 && c.Subject != "" && len(c.Subject) <= 128 && len(c.Scenario) <= 64
 }
 
+// scanAtOK: an offline scan's time decides the card's status (usable),
+// so it gets the same clock tolerance as this city's own offline records:
+// a backdated scan cannot charge a card reported lost since.
+func (s *Service) scanAtOK(c Charge) bool {
+	now := s.Now()
+	return c.ScanAt.IsZero() || !c.ScanAt.After(now.Add(scan.OfflineFutureSkew)) && !c.ScanAt.Before(now.Add(-scan.OfflineMaxAge))
+}
+
 // apply books a charge from peer exactly once (its id is the idempotency
 // key) and answers. Errors are transient (the sender retries).
 func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
 	if !validCharge(peer, c) {
 		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}, nil
+	}
+	if !s.scanAtOK(c) {
+		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}, nil
 	}
 	ctx, cancel := detach(ctx)
 	defer cancel()
@@ -123,6 +135,11 @@ func (s *Service) applyAfter(ctx context.Context, peer string, c Charge, prev *i
 				return s.void(ctx, peer, c)
 			}
 			if prev.state != StateDeclined || c.Mode != ModeGuaranteed {
+				// Answered from a row the ledger may not have synced yet
+				// (SQLite's deferred fsync): make it durable first.
+				if err := s.Ledger.Durable(ctx); err != nil {
+					return ChargeAnswer{}, err
+				}
 				return storedAnswer(c.ID, prev), nil
 			}
 			// Declined online, but then accepted offline by the sender
@@ -345,7 +362,11 @@ func (s *Service) book(ctx context.Context, peer string, c Charge) (a ChargeAnsw
 		if cl, err = s.claimsOf(ctx, resID, c); err != nil {
 			return ChargeAnswer{}, false, err
 		}
-		c.AmountFen = cl.fare(c)
+		if fare := cl.fare(c); fare != c.AmountFen {
+			c.AmountFen = fare
+		} else {
+			cl = nil // no concession applies: the holder's claims stay at home
+		}
 	}
 	if resID != "" && c.Mode == ModeOnline && c.PIN != "" {
 		if _, err := s.Residents.VerifyPIN(ctx, card.Number, c.PIN); err != nil {
@@ -453,6 +474,9 @@ func (s *Service) holderCard(ctx context.Context, subject string) (resident.Card
 func usable(card resident.Card, c Charge) bool {
 	if c.ScanAt.IsZero() {
 		return card.Status == resident.StatusActive && !card.Locked
+	}
+	if card.IssuedAt.After(c.ScanAt) {
+		return false // the card did not exist yet at the scan's time
 	}
 	return card.Status == resident.StatusActive || card.StatusChangedAt.After(c.ScanAt)
 }

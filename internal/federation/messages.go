@@ -20,6 +20,7 @@ import (
 	"github.com/emmansun/gmsm/sm3"
 
 	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/scan"
 	"github.com/yikatong/yikatong/internal/store"
@@ -58,6 +59,10 @@ type Charge struct {
 	// ScanAt is set for a scan an offline terminal made (uploaded in a
 	// batch): the home city judges the card's status as of then.
 	ScanAt time.Time `json:"scan_at,omitzero"`
+	// Provider is kept in the sender's own outbox row only (never sent):
+	// the provider whose receivable the scan credited, so that a late
+	// answer charging another fare can be booked (deliver).
+	Provider string `json:"provider,omitempty"`
 	// Fares (physical cards, online): B's lower prices for holders with
 	// other claims than the adult AmountFen was priced for. A charges the
 	// fare its resident's category and flags match and answers them.
@@ -229,7 +234,7 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 	}
 	if prev == nil {
 		stored := c
-		stored.PIN = ""
+		stored.PIN, stored.Provider = "", req.Provider
 		body, _ := json.Marshal(stored)
 		// Not awaited: the row only lets the outbox void an authorisation
 		// this process abandons mid-flight; if it is lost in a crash, the
@@ -250,11 +255,24 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		actx, cancel := context.WithTimeout(ctx, s.cfg.AuthTimeout)
 		err = s.call(actx, m, KindCharge, c, &ans)
 		cancel()
-		if err != nil && !errors.As(err, &pe) {
+		if err != nil && !errors.As(err, &pe) && ctx.Err() == nil {
+			// (A caller that gave up is not the home city being down.)
 			s.markDown(home)
 		} else {
 			s.markUp(home)
 		}
+	}
+	if err == nil && ans.ID == id && ans.State == StateApplied && !amountOK(ans.MedicalFen+ans.WalletFen+ans.CreditFen, c) {
+		// The home city says it charged an amount we never asked for (a
+		// bug or a compromised peer): not an answer we book. The charge
+		// is voided at home like an abandoned authorisation.
+		s.Log.Warn("federation: the home city charged an amount not asked for; voiding", "peer", home, "id", id,
+			"asked_fen", c.AmountFen, "charged_fen", ans.MedicalFen+ans.WalletFen+ans.CreditFen)
+		if err := s.setState(ctx, id, "voiding", nil, "the home city charged an amount not asked for"); err != nil {
+			return scan.RemoteResult{}, err
+		}
+		s.Kick()
+		return scan.RemoteResult{Reason: apperr.HomeUnreachable}, nil
 	}
 	switch {
 	case err == nil && ans.ID == id && ans.State == StateApplied:
@@ -580,6 +598,7 @@ func (s *Service) deliver(ctx context.Context, m Member, part []due) (int, error
 	b := batch{Messages: make([]Charge, len(part))}
 	for i, d := range part {
 		b.Messages[i] = d.c
+		b.Messages[i].Provider = ""
 	}
 	var ans batchAnswer
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -601,15 +620,28 @@ func (s *Service) deliver(ctx context.Context, m Member, part []due) (int, error
 			continue
 		}
 		st := "acked"
+		amount := int64(-1) // unchanged
 		switch {
 		case d.c.Mode == ModeVoid && a.State == StateVoided:
 			st = "voided"
 		case d.c.Mode == ModeGuaranteed && a.State == StateApplied:
+			if charged := a.MedicalFen + a.WalletFen + a.CreditFen; charged != d.c.AmountFen {
+				// The home city had applied our online request after we
+				// gave up and queued the charge: it charged the fare its
+				// resident's claims match (a card's concession), not the
+				// adult fare we booked. Book the difference with the
+				// provider, so the clearing accounts mirror.
+				if err := s.adjust(ctx, m.City, d.c, charged); err != nil {
+					s.Log.Warn("federation: booking a late answer's fare failed; retried with the next delivery", "peer", m.City, "id", d.c.ID, "err", err)
+					continue
+				}
+				amount = charged
+			}
 		default:
 			st = "failed"
 		}
 		ab, _ := json.Marshal(a)
-		updates = append(updates, outUpdate{d.c.ID, st, ab})
+		updates = append(updates, outUpdate{d.c.ID, st, ab, amount})
 	}
 	if err := s.applyUpdates(ctx, updates); err != nil {
 		return 0, err
@@ -620,6 +652,25 @@ func (s *Service) deliver(ctx context.Context, m Member, part []due) (int, error
 type outUpdate struct {
 	id, state string
 	answer    []byte
+	amount    int64 // the amount booked, if it changed (else -1)
+}
+
+// adjust books, once, the difference between the fare the home city
+// charged for c and the amount c booked here (clearing ↔ provider).
+func (s *Service) adjust(ctx context.Context, peer string, c Charge, charged int64) error {
+	if c.Provider == "" || !amountOK(charged, c) {
+		return fmt.Errorf("cannot book %d fen for %s (asked %d, provider %q)", charged, c.ID, c.AmountFen, c.Provider)
+	}
+	req := ledger.TransferRequest{Key: "fed:adjust:" + c.ID, Kind: "fed_adjust",
+		Memo: "cross-city fare corrected by the home city's late answer / 异地消费按归属地迟到应答调整",
+		Meta: map[string]string{"message": c.ID, "peer": peer}}
+	if charged < c.AmountFen {
+		req.Debit, req.Credit, req.Amount = ledger.ReceivableID(c.Provider), ledger.ClearingID(peer), c.AmountFen-charged
+	} else {
+		req.Debit, req.Credit, req.Amount = ledger.ClearingID(peer), ledger.ReceivableID(c.Provider), charged-c.AmountFen
+	}
+	_, err := s.Ledger.Transfer(ctx, req)
+	return err
 }
 
 func (s *Service) applyUpdates(ctx context.Context, ups []outUpdate) error {
@@ -629,8 +680,9 @@ func (s *Service) applyUpdates(ctx context.Context, ups []outUpdate) error {
 	now := s.Now().UnixMilli()
 	return s.DB.Tx(ctx, func(tx *sql.Tx) error {
 		for _, u := range ups {
-			if _, err := tx.ExecContext(ctx, `UPDATE fed_messages SET state = $1, answer = $2, updated_at = $3, last_error = '' WHERE id = $4 AND direction = 'out'`,
-				u.state, u.answer, now, u.id); err != nil {
+			if _, err := tx.ExecContext(ctx, `UPDATE fed_messages SET state = $1, answer = $2, updated_at = $3, last_error = '',
+				amount_fen = CASE WHEN CAST($5 AS BIGINT) >= 0 THEN CAST($5 AS BIGINT) ELSE amount_fen END WHERE id = $4 AND direction = 'out'`,
+				u.state, u.answer, now, u.id, u.amount); err != nil {
 				return err
 			}
 		}

@@ -59,6 +59,7 @@ type Ledger struct {
 	deferSync bool       // SQLite: answer after the syncer's fsync (sync.go)
 	syncq     chan []*op // committed batches waiting for their fsync
 	synced    chan struct{}
+	stopped   atomic.Pointer[error] // a failed fsync stopped the ledger (sync.go)
 }
 
 // Stats are counters since Open (for metrics).
@@ -178,6 +179,9 @@ type op struct {
 func (l *Ledger) submit(ctx context.Context, o *op) error {
 	o.ctx = ctx
 	o.done = make(chan struct{})
+	if err := l.broken(); err != nil {
+		return err
+	}
 	select {
 	case <-l.quit:
 		return apperr.Newf(apperr.Unavailable, "the ledger is shutting down", "账本正在关闭")
@@ -264,6 +268,13 @@ func (l *Ledger) runBatch(batch []*op) {
 	var err error
 	t0 := time.Now()
 	defer func() { l.batchNanos.Add(int64(time.Since(t0))) }()
+	if err := l.broken(); err != nil {
+		for _, o := range live {
+			o.err = err
+			close(o.done)
+		}
+		return
+	}
 	for attempt := 0; attempt < 5; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), l.opt.BatchTimeout)
 		err = l.applyBatch(ctx, live)

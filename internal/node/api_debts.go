@@ -69,7 +69,9 @@ func (n *Node) debtRoutes() {
 			if err != nil {
 				return err
 			}
-			n.Auth.Audit(r.Context(), p, "collect_debts", "", "collected_fen="+itoa(int(res.CollectedFen)))
+			if err := n.Auth.Audit(r.Context(), p, "collect_debts", "", "collected_fen="+itoa(int(res.CollectedFen))); err != nil {
+				return err
+			}
 			return httpapi.WriteJSON(w, http.StatusOK, res)
 		},
 	})

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emmansun/gmsm/sm3"
+	"github.com/yikatong/yikatong/internal/trust"
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/store"
@@ -119,13 +119,13 @@ func checkCardNumber(s string) (string, error) {
 var cardSpace = big.NewInt(900_000_000_000_000) // 15-digit bodies 1e14 … 1e15-1
 
 // issuedSpace: the random part of a card number that starts with its
-// issuing region's code (6 digits + 9 random digits + check digit).
-var issuedSpace = big.NewInt(1_000_000_000)
+// issuing city's code (4 digits + 11 random digits + check digit).
+var issuedSpace = big.NewInt(100_000_000_000)
 
 // newCardNumber draws a random card number without a region prefix.
 func newCardNumber() string { return newCardNumberIn("") }
 
-// newCardNumberIn draws a card number: the issuing region's 6-digit code
+// newCardNumberIn draws a card number: the issuing city's 4-digit code
 // (prefix, "" for none) then random digits, then the Luhn check digit.
 func newCardNumberIn(prefix string) string {
 	space, base := cardSpace, big.NewInt(100_000_000_000_000)
@@ -138,22 +138,29 @@ func newCardNumberIn(prefix string) string {
 	}
 	body := new(big.Int).Add(n, base).String()
 	if prefix != "" {
-		body = prefix + strings.Repeat("0", 9-len(body)) + body
+		body = prefix + strings.Repeat("0", 15-len(prefix)-len(body)) + body
 	}
 	return body + string(luhn(body))
 }
 
-// RegionCode is the 6-digit administrative region code of a city node id
-// ("CN-310000" → "310000"), or "" if the id does not end in one (the first
-// digit of a region code is never 0).
+// RegionCode is the card number prefix of a city node id: the first
+// RegionDigits digits of its 6-digit administrative division code
+// ("CN-330100" → "3301"), or "" if the id does not end in one (the first
+// digit of a division code is never 0).
 func RegionCode(city string) string {
 	i := strings.LastIndexByte(city, '-')
 	code := city[i+1:]
 	if len(code) != 6 || !isDigits(code) || code[0] == '0' {
 		return ""
 	}
-	return code
+	return code[:RegionDigits]
 }
+
+// RegionDigits is the length of the region code a card number starts
+// with: the first four digits of the city's administrative division code
+// (province and prefecture: CN-330100 Hangzhou → 3301), which tell the
+// cities of a region apart and leave 11 random digits to each card.
+const RegionDigits = 4
 
 // CardRegion is the region code a card number starts with: the issuing
 // city's, for cards issued since card numbers carry it (as the chip of a
@@ -165,7 +172,7 @@ func CardRegion(number string) string {
 	if !ValidCardNumber(n) {
 		return ""
 	}
-	return n[:6]
+	return n[:RegionDigits]
 }
 
 // SetCardIssuer makes the cards this service issues from now on start
@@ -189,18 +196,12 @@ func newToken() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// CardNumberHash is the deny-list form of a card number: SM3 of a fixed
-// label and the number. It is deliberately unkeyed so that an offline
-// terminal that reads a physical card can compute it and look it up; it only
-// keeps card numbers out of the published list in plain text.
-//
-// It is the same function as trust.CardHash (base64url of SM3 over
-// "yikatong/card/v1:" + number), so a terminal that reads a physical card
-// finds it in the bundle's deny list; a test keeps the two equal.
-func CardNumberHash(number string) string {
-	h := sm3.Sum([]byte("yikatong/card/v1:" + number))
-	return base64.RawURLEncoding.EncodeToString(h[:])
-}
+// CardNumberHash is the deny-list form of a card number: trust.CardHash
+// (iterated SM3, unkeyed, so that an offline terminal that reads a physical
+// card can compute it and look it up in its bundle's deny list). It keeps
+// card numbers out of the published list in plain text and makes
+// recovering them slow, not impossible.
+func CardNumberHash(number string) string { return trust.CardHash(number) }
 
 const cardCols = `number, resident_id, token, status, locked, pin_fails, CASE WHEN pin_hash = '' THEN 0 ELSE 1 END, issued_at, status_changed_at, replaced_by`
 

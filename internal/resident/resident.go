@@ -17,11 +17,11 @@
 // Cards. A card number is 16 digits, the first non-zero and the last a Luhn
 // check digit (as on bank cards: every single-digit typo and most adjacent
 // swaps are caught). A node that knows its city (SetCardIssuer) starts new
-// numbers with the city's 6-digit region code, so another city's node can
-// tell where a card comes from, as the chip of a real card does; the rest is
-// drawn at random, never sequential. Each card has an
-// opaque random token, the subject of its e-codes, unrelated to the ID number
-// and new on replacement. Status moves:
+// numbers with the first 4 digits of the city's division code, so another
+// city's node can tell where a card comes from, as the chip of a real card
+// does; the other 11 digits are drawn at random, never sequential. Each
+// card has an opaque random token, the subject of its e-codes, unrelated to
+// the ID number and new on replacement. Status moves:
 //
 //	active → lost (挂失) → active (解挂)
 //	active | lost → replaced (补换: new number and token; the old card is dead)

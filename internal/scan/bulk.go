@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/catalog"
@@ -70,6 +71,7 @@ type offlineRec struct {
 
 // applyRecords applies b.Records[idx] and fills their reports.
 func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []terminal.Record, idx []int, items []RecordReport) error {
+	ctx = withPendingWait(ctx, 2*time.Second)
 	if len(idx) == 0 {
 		return nil
 	}

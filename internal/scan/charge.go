@@ -33,6 +33,16 @@ func (s *Service) insert(ctx context.Context, rec *record) (int, *record, error)
 	return s.outcome(ctx, rec, out.Refused)
 }
 
+type pendingWaitKey struct{}
+
+// withPendingWait bounds the total time everything done under ctx (one
+// batch upload's records) waits for records an overlapping upload is still
+// writing (outcome), so that many such records cannot stall an upload
+// record after record.
+func withPendingWait(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, pendingWaitKey{}, time.Now().Add(d))
+}
+
 // outcome maps a Claim refusal to the writer's insert outcomes; other
 // errors (stale card, unavailable) are returned.
 func (s *Service) outcome(ctx context.Context, rec *record, err error) (int, *record, error) {
@@ -47,9 +57,14 @@ func (s *Service) outcome(ctx context.Context, rec *record, err error) (int, *re
 		// Taken earlier in the same batch, which has committed by now —
 		// unless the earlier one wrote nothing yet: an offline record of an
 		// overlapping upload, deferred to its credit step, which commits
-		// moments later. Wait for it briefly before asking for a retry.
+		// moments later. Wait for it briefly before asking for a retry
+		// (at most a second, and within an upload's shared budget).
+		limit := time.Now().Add(time.Second)
+		if d, ok := ctx.Value(pendingWaitKey{}).(time.Time); ok && d.Before(limit) {
+			limit = d
+		}
 		ex, err := lookup(ctx, s.DB, rec.terminal, rec.key)
-		for wait := 2 * time.Millisecond; err == nil && ex == nil && wait <= time.Second; wait *= 2 {
+		for wait := 2 * time.Millisecond; err == nil && ex == nil && time.Now().Add(wait).Before(limit); wait *= 2 {
 			select {
 			case <-ctx.Done():
 				return 0, nil, apperr.Wrap(apperr.Unavailable, ctx.Err())

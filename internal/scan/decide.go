@@ -261,6 +261,11 @@ func (s *Service) again(ctx context.Context, rec *record, hash []byte) (Response
 		return Response{}, apperr.New(apperr.IdempotencyConflict)
 	}
 	if rec.state == stateFinal {
+		// Answered from a row the ledger may not have synced yet
+		// (SQLite's deferred fsync): make it durable first.
+		if err := s.Ledger.Durable(ctx); err != nil {
+			return Response{}, err
+		}
 		var resp Response
 		if err := s.unseal(rec, &resp); err != nil {
 			return Response{}, err

@@ -144,6 +144,11 @@ func (s *Service) recordAgain(ctx context.Context, ex *record, hash []byte) (Rec
 		return RecordReport{ID: id, Status: StatusRejected, Reason: apperr.IdempotencyConflict}, nil
 	}
 	if ex.state == stateFinal {
+		// Reported from a row the ledger may not have synced yet
+		// (SQLite's deferred fsync): make it durable first.
+		if err := s.Ledger.Durable(ctx); err != nil {
+			return RecordReport{}, err
+		}
 		return reportOf(ex, true), nil
 	}
 	sc, err := s.Catalog.Scenario(ctx, ex.scenario)

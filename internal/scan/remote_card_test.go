@@ -15,7 +15,7 @@ import (
 	"github.com/yikatong/yikatong/internal/terminal"
 )
 
-// cardRemote is a home city "CN-999999" whose cards start with 999999: it
+// cardRemote is a home city "CN-999999" whose cards start with 9999: it
 // records what it is asked and answers every card as a 60-64 local
 // resident, charging the fare offered for those claims.
 type cardRemote struct {
@@ -25,7 +25,7 @@ type cardRemote struct {
 
 func (*cardRemote) Admit(context.Context, scan.Identity, time.Time) error { return nil }
 func (*cardRemote) CardIssuer(n string) (string, bool) {
-	return "CN-999999", resident.CardRegion(n) == "999999"
+	return "CN-999999", resident.CardRegion(n) == "9999"
 }
 func (r *cardRemote) Authorize(_ context.Context, _ string, req scan.RemoteCharge) (scan.RemoteResult, error) {
 	r.mu.Lock()

@@ -54,8 +54,8 @@ type DB struct {
 	W       *sql.DB
 	R       *sql.DB
 	// Where is a human description without secrets (file path or host/db).
-	Where string
-	path  string // SQLite: the database file
+	Where   string
+	walPath string // SQLite in WAL mode: the database file (SyncWAL)
 }
 
 // Options tune Open.
@@ -133,6 +133,17 @@ func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
 		w.Close()
 		return nil, fmt.Errorf("opening SQLite database %s: %w", path, err)
 	}
+	// The ledger defers its fsync only where SQLite really is in WAL mode
+	// (a file system may refuse it; then every commit keeps its own fsync).
+	var mode string
+	if err := w.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("opening SQLite database %s: %w", path, err)
+	}
+	walPath := ""
+	if strings.EqualFold(mode, "wal") {
+		walPath = path
+	}
 	r, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		w.Close()
@@ -150,7 +161,7 @@ func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
 		r.Close()
 		return nil, err
 	}
-	return &DB{Dialect: SQLite, W: w, R: r, Where: path, path: path}, nil
+	return &DB{Dialect: SQLite, W: w, R: r, Where: path, walPath: walPath}, nil
 }
 
 func openPostgres(ctx context.Context, dsn string, opt Options) (*DB, error) {
@@ -319,19 +330,20 @@ func IsRetryable(err error) bool {
 // answer nobody until SyncWAL has returned — so the next batch's work
 // overlaps the previous batch's fsync, and every answered write is still
 // on disk.
-func (db *DB) DeferredSync() bool { return db.Dialect == SQLite && db.path != "" }
+func (db *DB) DeferredSync() bool { return db.Dialect == SQLite && db.walPath != "" }
 
 // SyncWAL makes every transaction committed so far durable: it fdatasyncs
 // the SQLite write-ahead log. SQLite's WAL is replayed on open up to the
 // first frame whose checksum fails, so what survives a power cut is always
 // a prefix of the commits, and everything committed before SyncWAL began
-// is in it. A WAL that does not exist (checkpointed and removed) has
-// nothing left to sync: a checkpoint syncs the database file itself.
+// is in it. The log exists as long as the database is open (SQLite
+// removes it when its last connection closes), so a missing log is an
+// error, not "nothing to sync".
 func (db *DB) SyncWAL() error {
-	f, err := os.OpenFile(db.path+"-wal", os.O_RDWR, 0)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+	if db.walPath == "" {
+		return errors.New("SyncWAL: not an SQLite database in WAL mode")
 	}
+	f, err := os.OpenFile(db.walPath+"-wal", os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("opening the write-ahead log to sync it: %w", err)
 	}
