@@ -98,16 +98,17 @@ func (n *Node) collectDebts(ctx context.Context, residentID string) {
 	}
 }
 
-// sweepDebts collects, at start, debt whose wallet has money (a top-up
-// whose collection a crash cut short).
+// sweepDebts collects debt whose wallet has money: at start (a top-up
+// whose collection a crash cut short) and every few minutes (wallets
+// credited otherwise, collections that failed).
 func (n *Node) sweepDebts(ctx context.Context) {
 	res, err := n.scans().Debts.Sweep(ctx)
 	if err != nil && ctx.Err() == nil {
-		n.Log.Warn("sweeping offline debt at start", "collected_fen", res.CollectedFen, "err", err)
+		n.Log.Warn("sweeping offline debt", "collected_fen", res.CollectedFen, "err", err)
 		return
 	}
 	if res.Collections > 0 {
-		n.Log.Info("offline debt collected at start", "collections", res.Collections, "collected_fen", res.CollectedFen, "owed_fen", res.OwedFen)
+		n.Log.Info("offline debt collected by the sweep", "collections", res.Collections, "collected_fen", res.CollectedFen, "owed_fen", res.OwedFen)
 	}
 }
 

@@ -98,7 +98,7 @@ func (n *Node) background(ctx context.Context) {
 	n.sweepDebts(ctx) // debt a crash left uncollected after its top-up
 	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
-	for {
+	for i := 1; ; i++ {
 		select {
 		case <-ctx.Done():
 			return
@@ -107,6 +107,12 @@ func (n *Node) background(ctx context.Context) {
 				n.Log.Warn("expiring holds", "err", err)
 			}
 			n.Auth.PurgeExpired(ctx, n.Now().Add(-24*time.Hour))
+			if i%10 == 0 {
+				// Every 5 minutes: debt whose wallet got money other than
+				// by a top-up (a subsidy, a refund) or whose collection
+				// after a top-up failed.
+				n.sweepDebts(ctx)
+			}
 		}
 	}
 }
