@@ -71,12 +71,16 @@ func scanEntry(rows interface{ Scan(...any) error }) (*entry, error) {
 	return e, err
 }
 
-func (l *Ledger) applyBatch(ctx context.Context, ops []*op) (err error) {
+// applyBatch applies *opsp in one transaction. On PostgreSQL the batch
+// may grow while it waits for another process's chain-head lock
+// (pgbatch.go): *opsp then holds the requests that joined it.
+func (l *Ledger) applyBatch(ctx context.Context, opsp *[]*op) (err error) {
+	ops := *opsp
 	for _, o := range ops {
 		o.res, o.n, o.err = nil, 0, nil
 	}
 	if l.db.Dialect == store.Postgres {
-		return l.applyBatchPG(ctx, ops) // pgbatch.go
+		return l.applyBatchPG(ctx, opsp) // pgbatch.go
 	}
 	t0 := time.Now()
 	var tx *sql.Tx

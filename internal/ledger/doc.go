@@ -62,8 +62,8 @@
 // lock, the keys and the accounts FOR UPDATE in one; the journal, holds,
 // accounts, chain head and COMMIT in the other, every statement with a
 // fixed text (rows bound as arrays). And when several processes take turns
-// on the chain-head lock, the committer waits a little (≤ 1 ms) for its
-// callers to fill the batch (linger.go).
+// on the chain-head lock, a batch that finds it taken waits for it and
+// then takes in the requests that arrived meanwhile (linger.go).
 //
 // # Attachments
 //

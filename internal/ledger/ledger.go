@@ -54,7 +54,7 @@ type Ledger struct {
 	stmts     map[string]*sql.Stmt // SQLite: prepared batch statements (stmts.go)
 	cache     acctCache            // SQLite: committed account state (cache.go)
 	acctEpoch atomic.Int64         // bumped by CloseAccount inside its transaction
-	lg        lingerState          // adaptive group commit, PostgreSQL (linger.go)
+	lg        lingerState          // sharing the chain head, PostgreSQL (linger.go)
 
 	deferSync bool       // SQLite: answer after the syncer's fsync (sync.go)
 	syncq     chan []*op // committed batches waiting for their fsync
@@ -233,7 +233,6 @@ func (l *Ledger) committer() {
 				break fill
 			}
 		}
-		batch, n = l.linger(batch, n) // linger.go
 		l.runBatch(batch)
 	}
 }
@@ -277,7 +276,7 @@ func (l *Ledger) runBatch(batch []*op) {
 	}
 	for attempt := 0; attempt < 5; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), l.opt.BatchTimeout)
-		err = l.applyBatch(ctx, live)
+		err = l.applyBatch(ctx, &live)
 		cancel()
 		if err == nil {
 			break

@@ -2,67 +2,36 @@ package ledger
 
 import "time"
 
-// Adaptive group commit (PostgreSQL).
+// Sharing the chain head with other processes (PostgreSQL).
 //
-// The committer takes whatever is queued and never waits while the
-// database is idle. With one process that fills batches: requests queue up
-// while the previous batch commits. With several node processes on one
-// database, their batches take turns on the chain-head lock, and each
-// process's callers are split between the batch it is committing and the
-// one queuing behind it, so batches shrink (two processes halved them) and
-// the per-batch cost (round trips, the chain row, COMMIT's WAL flush) is
-// spread over fewer requests.
+// With several node processes on one database, their batches take turns
+// on the chain-head lock, which each holds through its COMMIT's WAL flush.
+// A batch formed while another process's batch commits used to hold only
+// the requests queued at that moment: each process's callers split into
+// the batch committing and the one waiting, and batches shrank to about
+// half (two processes: 7–8 requests against 12–15 alone).
 //
-// So on PostgreSQL, when another process committed since this one's last
-// batch (the chain head's seq is not the one it wrote) and the batch just
-// collected holds fewer requests than the last two batches did together
-// (in a closed loop, about the callers this process has), the committer
-// waits a little for the rest: at most a quarter of the last batch's
-// database time and at most maxLinger, and not at all when the last
-// batches were single requests. While another process holds the
-// chain-head lock, that wait costs nothing: the batch could not have
-// started anyway. A process alone on its database never waits: there,
-// waiting only merged the two halves of a closed loop's callers into
-// lockstep batches, which raised p99 (docs/benchmarks.md).
+// Now a batch that finds the chain head locked waits for it and then takes
+// in every request that arrived meanwhile (absorb, pgbatch.go): the wait
+// costs nothing, since the batch could not have started anyway, and a
+// process's batch again holds all its waiting callers. A process alone
+// tries the lock with NOWAIT in its first pipeline and never pays for
+// this; a process that saw another's commits at its last batch (shared)
+// goes straight to the waiting path, saving the failed attempt.
+// (An earlier version lingered up to 1 ms before each batch instead; it
+// raised the two-process ratio from 0.78 to 1.01 but did not refill the
+// batches. docs/benchmarks.md.)
 type lingerState struct {
-	on               bool
-	shared           bool          // the last batch saw another process's commits
-	lastSeq          int64         // chain head seq after this process's last batch
-	prevOps, lastOps int           // requests in the last two batches
-	dbTime           time.Duration // database time of the last batch (applyBatchPG)
+	on      bool
+	shared  bool          // the last batch saw another process's commits
+	lastSeq int64         // chain head seq after this process's last batch
+	dbTime  time.Duration // database time of the last batch (applyBatchPG)
 }
 
 // observe records, after a committed batch, whether another process had
 // committed since the previous one (seqBefore: the chain head as locked;
 // seqAfter: as written).
 func (s *lingerState) observe(seqBefore, seqAfter int64, dbTime time.Duration) {
-	s.shared = s.lastSeq != 0 && seqBefore != s.lastSeq
+	s.shared = s.on && s.lastSeq != 0 && seqBefore != s.lastSeq
 	s.lastSeq, s.dbTime = seqAfter, dbTime
-}
-
-const maxLinger = time.Millisecond
-
-// linger extends batch (n items) by the requests arriving within the wait
-// described on lingerState, and records its size.
-func (l *Ledger) linger(batch []*op, n int) ([]*op, int) {
-	s := &l.lg
-	target := min(s.prevOps+s.lastOps, l.opt.MaxBatch)
-	if s.on && s.shared && len(batch) < target && s.lastOps+s.prevOps > 2 {
-		t := time.NewTimer(min(maxLinger, s.dbTime/4))
-	wait:
-		for len(batch) < target && n < l.opt.MaxBatch {
-			select {
-			case o := <-l.in:
-				batch = append(batch, o)
-				n += max(len(o.items), 1)
-			case <-t.C:
-				break wait
-			case <-l.quit:
-				break wait
-			}
-		}
-		t.Stop()
-	}
-	s.prevOps, s.lastOps = s.lastOps, len(batch)
-	return batch, n
 }

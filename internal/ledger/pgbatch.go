@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/yikatong/yikatong/internal/apperr"
 )
 
 // The PostgreSQL execution of a batch.
@@ -23,7 +26,7 @@ import (
 // COMMIT) a batch took about eight. Here it takes two, pipelined on the
 // pgx connection under database/sql (sql.Conn.Raw):
 //
-//  1. load: BEGIN; the chain-head row FOR UPDATE; the journal entries of
+//  1. load: BEGIN; the chain-head row FOR UPDATE NOWAIT; the journal entries of
 //     the batch's keys; the accounts FOR UPDATE in id order; the expired
 //     pending holds on them. The server runs a pipeline's statements in
 //     order, so the lock order (chain head, then accounts by id) is the
@@ -31,7 +34,10 @@ import (
 //     before the chain head was locked. A batch that posts, voids or
 //     expires holds, or reverses transfers, learns some of its accounts
 //     only from those rows: it reads them in the first pipeline and its
-//     accounts in a second one.
+//     accounts in a second one. If another process holds the chain
+//     head, NOWAIT fails the pipeline: the batch then begins again, waits
+//     for the lock alone, takes in the requests queued meanwhile (absorb)
+//     and loads (linger.go).
 //  2. write and commit: one INSERT for the journal, one each for new and
 //     resolved holds, one statement that updates every touched account and
 //     the chain head, and COMMIT. If the account UPDATE does not match
@@ -48,11 +54,12 @@ import (
 // ledger's rows in the two pipelines.
 
 const (
-	pgChainLock = chainHead + ` FOR UPDATE`
-	pgKeys      = `SELECT ` + entryCols + ` FROM ledger_journal WHERE idem_key = ANY($1::text[])`
-	pgHoldsByID = holdCols + `WHERE id = ANY($1::bigint[])`
-	pgExpiring  = holdCols + `WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT 1000`
-	pgOrigs     = `SELECT ` + entryCols + ` FROM ledger_journal WHERE seq = ANY($1::bigint[])`
+	pgChainLock       = chainHead + ` FOR UPDATE`
+	pgChainLockNowait = chainHead + ` FOR UPDATE NOWAIT`
+	pgKeys            = `SELECT ` + entryCols + ` FROM ledger_journal WHERE idem_key = ANY($1::text[])`
+	pgHoldsByID       = holdCols + `WHERE id = ANY($1::bigint[])`
+	pgExpiring        = holdCols + `WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT 1000`
+	pgOrigs           = `SELECT ` + entryCols + ` FROM ledger_journal WHERE seq = ANY($1::bigint[])`
 	// ref <> 0 lets the planner use the partial index ledger_journal_ref.
 	pgReversed = `SELECT ref, CAST(SUM(amount) AS BIGINT) FROM ledger_journal WHERE type = 'reversal' AND ref <> 0 AND ref = ANY($1::bigint[]) GROUP BY ref`
 	pgAccounts = `SELECT id, kind, currency, floor_fen, unbounded, status, balance_fen, pending_fen FROM ledger_accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`
@@ -73,7 +80,8 @@ WHERE id = 1`
 )
 
 // applyBatchPG is applyBatch on PostgreSQL.
-func (l *Ledger) applyBatchPG(ctx context.Context, ops []*op) (err error) {
+func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
+	ops := *opsp
 	start := time.Now()
 	t0 := start
 	conn, err := l.db.W.Conn(ctx)
@@ -105,10 +113,39 @@ func (l *Ledger) applyBatchPG(ctx context.Context, ops []*op) (err error) {
 		}
 		pgRollback(conn)
 	}()
-	if err := b.pgLoad(ctx, conn, ops, !useTx); err != nil {
+	if !l.lg.shared {
+		err = b.pgLoad(ctx, conn, ops, !useTx, true)
+	}
+	if l.lg.shared || isLockNotAvailable(err) {
+		// Another process holds the chain head (its batch is committing):
+		// wait for it in a transaction of our own, and let the requests
+		// that arrive meanwhile join this batch, so that processes taking
+		// turns commit full batches instead of halves.
+		if b.tx != nil {
+			b.tx.Rollback()
+		} else if !l.lg.shared {
+			pgRollback(conn)
+		}
+		b = &batch{l: l, pg: true, now: b.now,
+			accts: map[string]*acct{}, holds: map[int64]*holdState{}, origs: map[int64]*entry{},
+			reversed: map[int64]int64{}, existing: map[string]*entry{}, applied: map[string]*entry{}}
+		if b.tx, err = conn.BeginTx(ctx, nil); err != nil {
+			return err
+		}
+		useTx = true
+		lock := &pgx.Batch{}
+		lock.Queue(pgChainLock)
+		if err = pgSend(ctx, conn, lock); err != nil {
+			return err
+		}
+		ops = l.absorb(ops)
+		*opsp = ops
+		err = b.pgLoad(ctx, conn, ops, false, false)
+	}
+	if err != nil {
 		return err
 	}
-	seq0 := b.seq // the chain head as locked (linger.go)
+	seq0 := b.seq // the chain head as locked (linger.go: shared)
 	if err := b.claimAttached(ctx, ops); err != nil {
 		return err
 	}
@@ -143,6 +180,36 @@ func (l *Ledger) applyBatchPG(ctx context.Context, ops []*op) (err error) {
 	l.batches.Add(1)
 	l.entries.Add(int64(len(b.entries)))
 	return nil
+}
+
+// isLockNotAvailable: a NOWAIT lock found the row locked (55P03).
+func isLockNotAvailable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "55P03"
+}
+
+// absorb adds to ops the requests queued meanwhile, up to MaxBatch
+// entries; a request whose caller has gone is answered at once.
+func (l *Ledger) absorb(ops []*op) []*op {
+	n := 0
+	for _, o := range ops {
+		n += max(len(o.items), 1)
+	}
+	for n < l.opt.MaxBatch {
+		select {
+		case o := <-l.in:
+			if err := o.ctx.Err(); err != nil {
+				o.err = apperr.Wrap(apperr.Unavailable, err)
+				close(o.done)
+				continue
+			}
+			ops = append(ops, o)
+			n += max(len(o.items), 1)
+		default:
+			return ops
+		}
+	}
+	return ops
 }
 
 // pgSend runs pb as one pipeline on conn's pgx connection and calls the
@@ -187,14 +254,18 @@ func pgRollback(conn *sql.Conn) {
 
 // pgLoad reads and locks, in one pipeline (two when the batch refers to
 // holds or transfers), what the batch may touch; begin puts BEGIN first.
-func (b *batch) pgLoad(ctx context.Context, conn *sql.Conn, ops []*op, begin bool) error {
+func (b *batch) pgLoad(ctx context.Context, conn *sql.Conn, ops []*op, begin, nowait bool) error {
 	refs := collectRefs(ops)
 	keys, holdIDs, origIDs, accounts, expire := refs.keys, refs.holdIDs, refs.origIDs, refs.accounts, refs.expire
 	pb := &pgx.Batch{}
 	if begin {
 		pb.Queue(`BEGIN`)
 	}
-	pb.Queue(pgChainLock).QueryRow(func(r pgx.Row) error { return r.Scan(&b.seq, &b.prevHash) })
+	lock := pgChainLock
+	if nowait {
+		lock = pgChainLockNowait
+	}
+	pb.Queue(lock).QueryRow(func(r pgx.Row) error { return r.Scan(&b.seq, &b.prevHash) })
 	if len(keys) > 0 {
 		pb.Queue(pgKeys, keys).Query(func(r pgx.Rows) error {
 			for r.Next() {

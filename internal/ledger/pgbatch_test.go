@@ -173,62 +173,77 @@ func TestTwoLedgersSameKeys(t *testing.T) {
 	}
 }
 
-// TestLinger checks the committer's adaptive wait (linger.go): none while
-// this process is alone on the database, and, when another process
-// commits in between, a bounded wait that stops as soon as the batch holds
-// as many requests as the last two batches did.
-func TestLinger(t *testing.T) {
-	newL := func() *Ledger {
-		l := &Ledger{in: make(chan *op, 64), quit: make(chan struct{}), opt: Options{MaxBatch: 1024}}
-		l.lg.on = true
-		return l
-	}
-	ops := func(n int) []*op {
-		var b []*op
-		for i := 0; i < n; i++ {
-			b = append(b, &op{items: make([]item, 1)})
-		}
-		return b
-	}
-	// Alone: our own seq follows on; no wait even with callers arriving.
-	l := newL()
-	l.lg.observe(0, 10, 4*time.Millisecond)
-	l.lg.observe(10, 42, 4*time.Millisecond)
-	if l.lg.shared {
+// TestShared: a process notices another's commits on the chain head.
+func TestShared(t *testing.T) {
+	s := &lingerState{on: true}
+	s.observe(0, 10, 4*time.Millisecond)
+	s.observe(10, 42, 4*time.Millisecond)
+	if s.shared {
 		t.Fatal("a process alone on the database counts as shared")
 	}
-	l.lg.prevOps, l.lg.lastOps = 8, 8
-	for _, o := range ops(6) {
-		l.in <- o
-	}
-	if b, _ := l.linger(ops(2), 2); len(b) != 2 {
-		t.Fatalf("lingered alone: %d requests", len(b))
-	}
-	// Shared: another process moved the chain head from 42 to 50.
-	l = newL()
-	l.lg.observe(0, 42, 4*time.Millisecond)
-	l.lg.observe(50, 80, 4*time.Millisecond)
-	if !l.lg.shared {
+	s.observe(50, 80, 4*time.Millisecond) // another process moved it from 42 to 50
+	if !s.shared {
 		t.Fatal("another process's commits were not noticed")
 	}
-	l.lg.prevOps, l.lg.lastOps = 8, 8
-	for _, o := range ops(20) {
-		l.in <- o
+	s.observe(80, 90, 4*time.Millisecond)
+	if s.shared {
+		t.Fatal("still shared after a batch that followed on its own")
 	}
-	b, n := l.linger(ops(2), 2)
-	if len(b) != 16 || n != 16 {
-		t.Fatalf("lingered to %d requests (%d items), want 16: the last two batches' size", len(b), n)
+}
+
+// TestChainLockWaitAbsorbs: while another process holds the chain head (its
+// batch committing), the waiting batch takes in the requests that arrive
+// meanwhile, so they commit together once the lock is free; each is
+// applied once and answered.
+func TestChainLockWaitAbsorbs(t *testing.T) {
+	dsn := storetest.Postgres(t)
+	ctx := context.Background()
+	db := openDB(t, dsn)
+	other := openDB(t, dsn) // "another process"
+	l := openLedger(t, db, Options{})
+	f := &fixture{t: t, ctx: ctx, db: db, l: l, clk: newClock()}
+	f.account("bus", KindReceivable, 0)
+	f.account("w", KindWallet, 0)
+	if _, err := l.TopUp(ctx, "fund", "w", 100_000, nil); err != nil {
+		t.Fatal(err)
 	}
-	// Nobody comes: the wait is bounded by maxLinger.
-	l = newL()
-	l.lg.observe(0, 42, time.Second)
-	l.lg.observe(50, 80, time.Second)
-	l.lg.prevOps, l.lg.lastOps = 8, 8
-	t0 := time.Now()
-	if b, _ := l.linger(ops(2), 2); len(b) != 2 {
-		t.Fatal(len(b))
+	tx, err := other.W.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if d := time.Since(t0); d < maxLinger || d > 500*time.Millisecond {
-		t.Fatalf("waited %v; want maxLinger (%v), give or take scheduling", d, maxLinger)
+	if _, err := tx.ExecContext(ctx, `SELECT seq FROM ledger_chain WHERE id = 1 FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	b0 := l.Stats().Batches
+	const n = 20
+	errs := make(chan error, n)
+	go func() { // the first request: its batch finds the lock taken and waits
+		_, err := l.Transfer(ctx, TransferRequest{Key: "fare-0", Debit: "w", Credit: "bus", Amount: 100, Kind: "fare"})
+		errs <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	for i := 1; i < n; i++ { // these queue behind it
+		go func() {
+			_, err := l.Transfer(ctx, TransferRequest{Key: fmt.Sprint("fare-", i), Debit: "w", Credit: "bus", Amount: 100, Kind: "fare"})
+			errs <- err
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := tx.Commit(); err != nil { // the other process's batch is done
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := l.Stats().Batches - b0; got != 1 {
+		t.Fatalf("%d transfers committed in %d batches, want 1: the waiting batch should take in the requests queued behind it", n, got)
+	}
+	if a, err := l.Balance(ctx, "w"); err != nil || a.Balance != 100_000-n*100 {
+		t.Fatalf("wallet %+v %v, want %d", a, err, 100_000-n*100)
+	}
+	if r, err := l.Check(ctx); err != nil || !r.OK() {
+		t.Fatalf("check: %+v %v", r, err)
 	}
 }
