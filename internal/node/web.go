@@ -107,8 +107,10 @@ func (n *Node) webScan(ctx context.Context, r web.ScanRequest) (web.ScanResult, 
 
 // webScanCounts aggregates the scans table by hour for the dashboard.
 func (n *Node) webScanCounts(ctx context.Context, since time.Time) ([]web.ScanCount, error) {
+	// provider_id IN (all providers) lets the query walk the index
+	// scans_provider_at from since on, instead of the whole scans table.
 	rows, err := n.DB.R.QueryContext(ctx, `SELECT at / 3600000, scenario, decision, reason, COUNT(*) FROM scans
-		WHERE at >= $1 GROUP BY at / 3600000, scenario, decision, reason`, since.UnixMilli())
+		WHERE provider_id IN (SELECT id FROM providers) AND at >= $1 GROUP BY at / 3600000, scenario, decision, reason`, since.UnixMilli())
 	if err != nil {
 		return nil, apperr.Wrap(apperr.Internal, err)
 	}
