@@ -71,6 +71,15 @@ func (l *Ledger) fail(cause error) {
 	}
 }
 
+// Broken is the error every write gets once a failed fsync has stopped
+// the ledger (nil while it runs): for the node's health check.
+func (l *Ledger) Broken() error {
+	if l == nil {
+		return nil
+	}
+	return l.broken()
+}
+
 // broken is the error every request gets once the ledger has stopped.
 func (l *Ledger) broken() error {
 	c := l.stopped.Load()

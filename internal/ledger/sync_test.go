@@ -63,6 +63,9 @@ func TestDeferredSync(t *testing.T) {
 		t.Fatalf("writer connection left in synchronous=%d (%v), want 2 (FULL)", mode, err)
 	}
 
+	if err := l.Broken(); err != nil {
+		t.Fatalf("a running ledger reports %v", err)
+	}
 	// A failed sync stops the ledger: the batch's caller and every later
 	// request are refused (a later fsync might succeed without the lost
 	// pages), until a restart recovers from what is on disk.
@@ -79,6 +82,9 @@ func TestDeferredSync(t *testing.T) {
 		if _, err := l.Transfer(ctx, TransferRequest{Key: key, Debit: "w1", Credit: "bus", Amount: 200, Kind: "fare"}); apperr.CodeOf(err) != apperr.Unavailable {
 			t.Fatalf("transfer %s after a failed sync: %v, want unavailable", key, err)
 		}
+	}
+	if err := l.Broken(); apperr.CodeOf(err) != apperr.Unavailable {
+		t.Fatalf("Broken after a failed sync: %v, want unavailable (the health check's answer)", err)
 	}
 	if err := l.Durable(ctx); apperr.CodeOf(err) != apperr.Unavailable {
 		t.Fatalf("Durable after a failed sync: %v, want unavailable", err)

@@ -120,7 +120,14 @@ func (n *Node) init(ctx context.Context) error {
 	n.Auth = auth.New(n.DB, n.Now)
 	reg := prometheus.NewRegistry()
 	n.API = httpapi.NewServer(n.Log, n.Auth, reg)
-	n.API.Ready = func(ctx context.Context) error { return n.DB.R.PingContext(ctx) }
+	n.API.Ready = func(ctx context.Context) error {
+		// A ledger stopped by a failed disk sync takes the node out of
+		// its load balancer's rotation until it is restarted.
+		if err := n.Ledger.Broken(); err != nil {
+			return err
+		}
+		return n.DB.R.PingContext(ctx)
+	}
 	if err := n.wire(ctx); err != nil {
 		return err
 	}
