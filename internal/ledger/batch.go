@@ -113,9 +113,8 @@ func (l *Ledger) applyBatch(ctx context.Context, opsp *[]*op) (err error) {
 			l.cache.drop()
 		}
 	}()
-	b := &batch{l: l, tx: tx, pg: l.db.Dialect == store.Postgres, now: l.opt.Now().UnixMilli(),
-		accts: map[string]*acct{}, holds: map[int64]*holdState{}, origs: map[int64]*entry{},
-		reversed: map[int64]int64{}, existing: map[string]*entry{}, applied: map[string]*entry{}}
+	b := l.newBatch(l.opt.Now().UnixMilli())
+	b.tx = tx
 	if err := b.load(ctx, ops); err != nil {
 		return err
 	}
@@ -145,6 +144,13 @@ func (l *Ledger) applyBatch(ctx context.Context, opsp *[]*op) (err error) {
 	l.batches.Add(1)
 	l.entries.Add(int64(len(b.entries)))
 	return nil
+}
+
+// newBatch is an empty batch as of now (Unix ms).
+func (l *Ledger) newBatch(now int64) *batch {
+	return &batch{l: l, pg: l.db.Dialect == store.Postgres, now: now,
+		accts: map[string]*acct{}, holds: map[int64]*holdState{}, origs: map[int64]*entry{},
+		reversed: map[int64]int64{}, existing: map[string]*entry{}, applied: map[string]*entry{}}
 }
 
 // applyOps applies the batch's requests in memory, in queue order.

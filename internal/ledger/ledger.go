@@ -222,19 +222,35 @@ func (l *Ledger) committer() {
 			l.drainClosed()
 			return
 		}
-		n := len(batch[0].items)
-	fill:
-		for n < l.opt.MaxBatch {
-			select {
-			case o := <-l.in:
-				batch = append(batch, o)
-				n += max(len(o.items), 1)
-			default:
-				break fill
-			}
-		}
-		l.runBatch(batch)
+		l.runBatch(l.absorb(batch))
 	}
+}
+
+// absorb adds to ops the requests queued meanwhile, up to MaxBatch
+// entries, without waiting; a request whose caller has gone is answered
+// at once. The committer fills each batch with it, and a PostgreSQL batch
+// that waited for another process's chain-head lock takes in what came
+// during the wait (pgbatch.go).
+func (l *Ledger) absorb(ops []*op) []*op {
+	n := 0
+	for _, o := range ops {
+		n += max(len(o.items), 1)
+	}
+	for n < l.opt.MaxBatch {
+		select {
+		case o := <-l.in:
+			if err := o.ctx.Err(); err != nil {
+				o.err = apperr.Wrap(apperr.Unavailable, err)
+				close(o.done)
+				continue
+			}
+			ops = append(ops, o)
+			n += max(len(o.items), 1)
+		default:
+			return ops
+		}
+	}
+	return ops
 }
 
 func (l *Ledger) drainClosed() {

@@ -12,8 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
-
-	"github.com/yikatong/yikatong/internal/apperr"
 )
 
 // The PostgreSQL execution of a batch.
@@ -89,9 +87,7 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 		return err
 	}
 	defer conn.Close()
-	b := &batch{l: l, pg: true, now: l.opt.Now().UnixMilli(),
-		accts: map[string]*acct{}, holds: map[int64]*holdState{}, origs: map[int64]*entry{},
-		reversed: map[int64]int64{}, existing: map[string]*entry{}, applied: map[string]*entry{}}
+	b := l.newBatch(l.opt.Now().UnixMilli())
 	useTx := l.opt.beforeCommit != nil
 	for _, o := range ops {
 		if o.att != nil {
@@ -126,9 +122,7 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 		} else if !l.lg.shared {
 			pgRollback(conn)
 		}
-		b = &batch{l: l, pg: true, now: b.now,
-			accts: map[string]*acct{}, holds: map[int64]*holdState{}, origs: map[int64]*entry{},
-			reversed: map[int64]int64{}, existing: map[string]*entry{}, applied: map[string]*entry{}}
+		b = l.newBatch(b.now)
 		if b.tx, err = conn.BeginTx(ctx, nil); err != nil {
 			return err
 		}
@@ -186,30 +180,6 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 func isLockNotAvailable(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == "55P03"
-}
-
-// absorb adds to ops the requests queued meanwhile, up to MaxBatch
-// entries; a request whose caller has gone is answered at once.
-func (l *Ledger) absorb(ops []*op) []*op {
-	n := 0
-	for _, o := range ops {
-		n += max(len(o.items), 1)
-	}
-	for n < l.opt.MaxBatch {
-		select {
-		case o := <-l.in:
-			if err := o.ctx.Err(); err != nil {
-				o.err = apperr.Wrap(apperr.Unavailable, err)
-				close(o.done)
-				continue
-			}
-			ops = append(ops, o)
-			n += max(len(o.items), 1)
-		default:
-			return ops
-		}
-	}
-	return ops
 }
 
 // pgSend runs pb as one pipeline on conn's pgx connection and calls the
