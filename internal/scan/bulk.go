@@ -244,7 +244,8 @@ func (s *Service) prepareRecord(ctx context.Context, t terminal.Terminal, o *off
 		o.w = rowFor(rec)
 		return
 	}
-	rec.residentID, rec.cti, rec.decision, rec.charged, rec.card = e.res.ID, e.id.CTI, Accepted, e.dec.Amount, e.card
+	rec.residentID, rec.decision, rec.charged, rec.card = e.res.ID, Accepted, e.dec.Amount, e.card
+	rec.cti, rec.legacyCTI = s.replayKeys(e.id)
 	// The stored answer of an offline record is never sent to anyone (the
 	// report is built from the row's columns); it is sealed here, on every
 	// core, without the balances after, so the committer only seals

@@ -306,7 +306,7 @@ func normalise(m map[string]any) {
 
 // decline records and returns a declined answer.
 func (s *Service) decline(ctx context.Context, rec *record, sc catalog.Scenario, e eval, reason apperr.Code) (Response, error) {
-	rec.state, rec.decision, rec.reason, rec.cti, rec.charged, rec.plan = stateFinal, Declined, string(reason), "", 0, ""
+	rec.state, rec.decision, rec.reason, rec.cti, rec.legacyCTI, rec.charged, rec.plan = stateFinal, Declined, string(reason), "", "", 0, ""
 	rec.residentID, rec.card = e.res.ID, e.card
 	resp := finish(sc, nil, Declined, reason, e)
 	rec.answer = s.seal(rec, resp)

@@ -242,6 +242,9 @@ func (r *rows) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment)
 		if w.rec.cti != "" {
 			ctiArgs = append(ctiArgs, w.rec.cti)
 		}
+		if w.rec.legacyCTI != "" {
+			ctiArgs = append(ctiArgs, w.rec.legacyCTI)
+		}
 		if w.cardNumber != "" && !seenCard[w.cardNumber] {
 			seenCard[w.cardNumber] = true
 			cardArgs = append(cardArgs, w.cardNumber)
@@ -315,7 +318,7 @@ func (r *rows) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment)
 			a.Refused = &dupKeyErr{existing: stored[k]}
 		case inBatch[k]:
 			a.Refused = &dupKeyErr{}
-		case w.rec.cti != "" && used[w.rec.cti]:
+		case w.rec.cti != "" && (used[w.rec.cti] || w.rec.legacyCTI != "" && used[w.rec.legacyCTI]):
 			a.Refused = errReplayed
 		case w.cardNumber != "" && (cards[w.cardNumber].status != w.cardStatus || cards[w.cardNumber].changed != w.cardChanged):
 			a.Refused = errStaleCard

@@ -131,6 +131,10 @@ type Service struct {
 
 	mu    sync.Mutex
 	cache map[string]cachedResident
+
+	// replayCutover: codes issued before it may have their nonce stored
+	// under the old key (replay.go).
+	replayCutover time.Time
 }
 
 type cachedResident struct {
@@ -152,6 +156,7 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		}
 	}
 	s := &Service{Deps: d, w: newWriter(d.DB, d.Log), cache: map[string]cachedResident{}}
+	s.loadReplayCutover(ctx)
 	if d.Ledger != nil {
 		r, err := newRows(ctx, s)
 		if err != nil {
@@ -295,7 +300,8 @@ func (s *Service) scanOnce(ctx context.Context, t terminal.Terminal, req Request
 		}
 		return s.decline(ctx, rec, sc, e, apperr.CodeOf(e.err))
 	}
-	rec.residentID, rec.cti, rec.decision = e.res.ID, e.id.CTI, Accepted
+	rec.residentID, rec.decision = e.res.ID, Accepted
+	rec.cti, rec.legacyCTI = s.replayKeys(e.id)
 	rec.charged = e.dec.Amount
 	rec.card = e.card
 	all := s.facts(sc, e)

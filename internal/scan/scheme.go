@@ -27,8 +27,12 @@ type Identity struct {
 	// number (card, or TC1 after its binding is resolved).
 	Token      string
 	CardNumber string
-	// CTI is the code's one-use nonce, "" for a physical card.
+	// CTI is the code's one-use nonce, "" for a physical card. It is what
+	// other cities see (federation message ids derive from it); the scans
+	// table stores it under replayKey's time-ordered form.
 	CTI string
+	// IssuedAt is the code's issue time (YK1, TC1); zero for a card.
+	IssuedAt time.Time
 	// Category and Flags as the code claims them (YK1 only).
 	Category string
 	Flags    []string
@@ -162,7 +166,7 @@ func (y *YK1) Verify(ctx context.Context, code string, at time.Time) (Identity, 
 	}
 	cl := d.Claims
 	return Identity{Scheme: SchemeYK1, Issuer: cl.Issuer, Token: cl.Subject, CTI: SchemeYK1 + ":" + cl.Issuer + ":" + hex.EncodeToString(cl.CTI),
-		Category: cl.Category, Flags: cl.Flags}, nil
+		IssuedAt: cl.IssuedAt, Category: cl.Category, Flags: cl.Flags}, nil
 }
 
 // ---- TC1: a city transit company's own code ----
@@ -346,6 +350,6 @@ func (t *TC1) Verify(ctx context.Context, code string, at time.Time) (Identity, 
 	}
 	var nb [8]byte
 	hex.Decode(nb[:], []byte(parts[3]))
-	return Identity{Scheme: SchemeTC1, Issuer: parts[0], CardNumber: card,
+	return Identity{Scheme: SchemeTC1, Issuer: parts[0], CardNumber: card, IssuedAt: issued,
 		CTI: "TC1:" + parts[0] + ":" + parts[2] + ":" + strconv.FormatUint(binary.BigEndian.Uint64(nb[:]), 16)}, nil
 }

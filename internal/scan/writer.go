@@ -17,7 +17,10 @@ import (
 type record struct {
 	terminal, key string
 	hash          []byte
-	cti           string // "" = NULL
+	cti           string // "" = NULL (replayKeys)
+	// legacyCTI (not a column): the key a code issued before the
+	// time-ordered keys began may have been stored under (replayKeys).
+	legacyCTI     string
 	provider      string
 	scenario      string
 	residentID    string
@@ -227,6 +230,22 @@ func (w *writer) apply(batch []*wop) error {
 					return err
 				}
 				continue
+			}
+			if r.legacyCTI != "" {
+				var n int
+				if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM scans WHERE cti = $1`, r.legacyCTI).Scan(&n); err != nil {
+					return err
+				}
+				if n > 0 {
+					if ex, err := scanRecord(tx.QueryRowContext(ctx, `SELECT `+recordCols+` FROM scans WHERE terminal_id = $1 AND idem_key = $2`, r.terminal, r.key)); err == nil {
+						o.outcome, o.existing = dupKey, ex
+					} else if errors.Is(err, sql.ErrNoRows) {
+						o.outcome = dupCTI
+					} else {
+						return err
+					}
+					continue
+				}
 			}
 			res, err := ins.ExecContext(ctx, r.terminal, r.key, r.hash, nullable(r.cti), r.provider, r.scenario, r.residentID, r.state, r.decision, r.reason,
 				r.charged, r.debt, b2i(r.offline), r.plan, r.answer, r.at)
