@@ -27,7 +27,7 @@ const replayKeysMigration = "0046_replay_keys_by_time"
 // of the index, a few megabytes that stay cached however large the table
 // grows. (Within that minute they are still spread out, so a batch still
 // writes about one index page per code: BenchmarkReplayKeyOrder measures
-// 54–56 µs per row with random keys and 48–52 µs time-ordered on a table
+// 53–56 µs per row with random keys and 48–50 µs time-ordered on a table
 // of 200,000 rows that still fits the cache.)
 //
 // The key stays one per code: the issue time is signed into the code, so

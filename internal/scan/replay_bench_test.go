@@ -16,9 +16,8 @@ import (
 // per commit, one multi-row INSERT) into a scans table that already holds
 // 200,000 rows, with the nonce keyed as it comes (random) or time-ordered
 // (replayKeys). Reported: µs per row, and WAL frames (pages) per commit.
-// Durability is off (synchronous=OFF)
-// so the figure is the B-tree and WAL work the committer does, not the
-// disk's fsync.
+// Durability is off (synchronous=OFF), so the figure is the B-tree and WAL
+// work the committer does, not the disk's fsync.
 //
 //	go test ./internal/scan -run '^$' -bench ReplayKeyOrder -benchtime 3000x
 func BenchmarkReplayKeyOrder(b *testing.B) {
