@@ -231,29 +231,22 @@ func (w *writer) apply(batch []*wop) error {
 				}
 				continue
 			}
+			// A nonce stored under its old key (replayKeys) is taken too.
+			taken := 0
 			if r.legacyCTI != "" {
-				var n int
-				if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM scans WHERE cti = $1`, r.legacyCTI).Scan(&n); err != nil {
+				if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM scans WHERE cti = $1`, r.legacyCTI).Scan(&taken); err != nil {
 					return err
 				}
-				if n > 0 {
-					if ex, err := scanRecord(tx.QueryRowContext(ctx, `SELECT `+recordCols+` FROM scans WHERE terminal_id = $1 AND idem_key = $2`, r.terminal, r.key)); err == nil {
-						o.outcome, o.existing = dupKey, ex
-					} else if errors.Is(err, sql.ErrNoRows) {
-						o.outcome = dupCTI
-					} else {
-						return err
-					}
+			}
+			if taken == 0 {
+				res, err := ins.ExecContext(ctx, r.terminal, r.key, r.hash, nullable(r.cti), r.provider, r.scenario, r.residentID, r.state, r.decision, r.reason,
+					r.charged, r.debt, b2i(r.offline), r.plan, r.answer, r.at)
+				if err != nil {
+					return err
+				}
+				if n, _ := res.RowsAffected(); n == 1 {
 					continue
 				}
-			}
-			res, err := ins.ExecContext(ctx, r.terminal, r.key, r.hash, nullable(r.cti), r.provider, r.scenario, r.residentID, r.state, r.decision, r.reason,
-				r.charged, r.debt, b2i(r.offline), r.plan, r.answer, r.at)
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n == 1 {
-				continue
 			}
 			ex, err := scanRecord(tx.QueryRowContext(ctx, `SELECT `+recordCols+` FROM scans WHERE terminal_id = $1 AND idem_key = $2`, r.terminal, r.key))
 			switch {
