@@ -292,7 +292,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 	var kind, role string
 	var exp int64
 	var revoked int
-	err := s.db.R.QueryRowContext(ctx, `SELECT kind, subject, role, provider_id, expires_at, revoked FROM auth_tokens WHERE hash = $1`, h).
+	err := s.db.QueryRow(ctx, `SELECT kind, subject, role, provider_id, expires_at, revoked FROM auth_tokens WHERE hash = $1`, h).
 		Scan(&kind, &p.Subject, &role, &p.ProviderID, &exp, &revoked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Principal{}, apperr.New(apperr.Unauthorized)

@@ -233,7 +233,7 @@ func (c *Catalog) snapshotFor(ctx context.Context) (*snapshot, error) {
 		return snap, nil // another caller refreshed while we waited
 	}
 	var gen int64
-	if err := c.db.R.QueryRowContext(ctx, `SELECT generation FROM catalog_generation WHERE id = 1`).Scan(&gen); err != nil {
+	if err := c.db.QueryRow(ctx, `SELECT generation FROM catalog_generation WHERE id = 1`).Scan(&gen); err != nil {
 		return nil, apperr.Wrap(apperr.Unavailable, err)
 	}
 	if snap != nil && snap.gen == gen {
@@ -457,7 +457,7 @@ func (c *Catalog) SetEnabled(ctx context.Context, id string, enabled bool) (Scen
 
 // reread reads one scenario straight from the database (after a write).
 func (c *Catalog) reread(ctx context.Context, id string) (Scenario, error) {
-	s, _, err := scanScenario(c.db.R.QueryRowContext(ctx, `SELECT `+scenarioCols+` FROM catalog_scenarios WHERE id = $1`, id))
+	s, _, err := scanScenario(c.db.QueryRow(ctx, `SELECT `+scenarioCols+` FROM catalog_scenarios WHERE id = $1`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Scenario{}, notFound(id)
 	}

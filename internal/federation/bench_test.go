@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -53,6 +55,14 @@ func TestBenchFederation(t *testing.T) {
 	lat := make([]time.Duration, n)
 	var fails atomic.Int64
 	var wg sync.WaitGroup
+	if f := os.Getenv("YIKATONG_FED_BENCH_CPUPROFILE"); f != "" {
+		out, err := os.Create(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pprof.StartCPUProfile(out)
+	}
+	cpu0, st0 := processCPU(), a.Ledger.Stats()
 	start := time.Now()
 	for i := 0; i < n; i++ {
 		due := start.Add(time.Duration(i) * time.Second / time.Duration(rate))
@@ -70,9 +80,22 @@ func TestBenchFederation(t *testing.T) {
 	}
 	wg.Wait()
 	el := time.Since(start)
+	cpu := processCPU() - cpu0
+	pprof.StopCPUProfile()
+	st := a.Ledger.Stats()
+	t.Logf("home city's ledger during the authorisations: %d batches, %.1f entries per batch; per batch %s",
+		st.Batches-st0.Batches, float64(st.Entries-st0.Entries)/float64(max(1, st.Batches-st0.Batches)), phasesPerBatch(st, st0))
+	if os.Getenv("YIKATONG_FED_BENCH_WINDOWS") != "" {
+		for w := 0; w < n; w += rate / 4 {
+			part := append([]time.Duration(nil), lat[w:min(w+rate/4, n)]...)
+			sort.Slice(part, func(i, j int) bool { return part[i] < part[j] })
+			t.Logf("window %5.2fs: p50 %v p99 %v max %v", float64(w)/float64(rate), part[len(part)/2], part[len(part)*99/100], part[len(part)-1])
+		}
+	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	t.Logf("online authorisation B→A: %d requests offered at %d/s in %v (%.0f/s); p50 %v p99 %v max %v; failures %d",
-		n, rate, el.Round(time.Millisecond), float64(n)/el.Seconds(), lat[n/2], lat[n*99/100], lat[n-1], fails.Load())
+	t.Logf("online authorisation B→A: %d requests offered at %d/s in %v (%.0f/s); p50 %v p99 %v max %v; failures %d; CPU of both nodes %.0f µs per authorisation (%.2f of the machine's cores busy)",
+		n, rate, el.Round(time.Millisecond), float64(n)/el.Seconds(), lat[n/2], lat[n*99/100], lat[n-1], fails.Load(),
+		float64(cpu.Microseconds())/float64(n), cpu.Seconds()/el.Seconds())
 
 	// B's outbox holds a void for every authorisation it gave up on: let
 	// it drain first, so that the clearing figures are clearing alone.
@@ -140,4 +163,20 @@ func TestBenchFederation(t *testing.T) {
 	if err != nil || chk.SumFen != 0 {
 		t.Fatalf("ledger after the benchmark: %+v %v", chk, err)
 	}
+}
+
+// processCPU is the CPU time (user and system) this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func phasesPerBatch(st, st0 ledger.Stats) string {
+	n := max(1, st.Batches-st0.Batches)
+	out := ""
+	for i, name := range ledger.PhaseNames {
+		out += fmt.Sprintf(" %s %.2f ms", name, float64((st.Phases[i]-st0.Phases[i]).Microseconds())/1000/float64(n))
+	}
+	return out
 }

@@ -301,28 +301,93 @@ type inMsg struct {
 // they moved). The primary key stays the authority across processes: a
 // row another process committed after Claim read fails the INSERT, and
 // the ledger re-runs the batch, whose Claim then sees it.
-type inbox struct{ s *Service }
+type inbox struct {
+	s     *Service
+	stmts map[string]*sql.Stmt // by text, prepared by newInbox (SQLite)
+}
 
 var errTaken = errors.New("federation: the message already has an inbox row")
 
+// The inbox's statements run inside the ledger's batch, on SQLite's one
+// writer connection, so they are prepared beforehand (newInbox), one per
+// size class: parsing them was a tenth of an authorisation's ledger time.
+const inboxMaxClass = 256
+
+func inboxClaimSQL(s *Service, n int) string {
+	var q strings.Builder
+	q.WriteString(`SELECT id FROM fed_messages WHERE direction = 'in' AND id IN (`)
+	for k := 0; k < n; k++ {
+		if k > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString(s.ph(k + 1))
+	}
+	q.WriteString(`)`)
+	return q.String()
+}
+
+func inboxWriteSQL(s *Service, n int) string {
+	var q strings.Builder
+	q.WriteString(`INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, answer, updated_at) VALUES `)
+	s.values(&q, n, 9, func(p []string) string {
+		return "(" + p[0] + ", 'in', " + p[1] + ", 'charge', " + p[2] + ", " + p[3] + ", " + p[4] + ", " + p[5] + ", " + p[6] + ", " + p[7] + ", " + p[8] + ")"
+	})
+	return q.String()
+}
+
+// newInbox prepares the inbox's statements on SQLite's writer connection
+// (PostgreSQL's driver caches statements by text itself).
+func newInbox(ctx context.Context, s *Service) (*inbox, error) {
+	ib := &inbox{s: s, stmts: map[string]*sql.Stmt{}}
+	if s.DB.Dialect != store.SQLite {
+		return ib, nil
+	}
+	for c := 1; c <= inboxMaxClass; c <<= 1 {
+		for _, q := range []string{inboxClaimSQL(s, c), inboxWriteSQL(s, c)} {
+			st, err := s.DB.W.PrepareContext(ctx, q)
+			if err != nil {
+				ib.close()
+				return nil, err
+			}
+			ib.stmts[q] = st
+		}
+	}
+	return ib, nil
+}
+
+func (ib *inbox) close() {
+	for _, st := range ib.stmts {
+		st.Close()
+	}
+}
+
+func (ib *inbox) stmt(ctx context.Context, tx *sql.Tx, q string) *sql.Stmt {
+	if st := ib.stmts[q]; st != nil {
+		return tx.StmtContext(ctx, st)
+	}
+	return nil
+}
+
 // Claim implements ledger.Attacher.
-func (ib inbox) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
+func (ib *inbox) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
 	s := ib.s
 	seen := make(map[string]bool, len(atts))
-	for start := 0; start < len(atts); start += sqlChunk {
-		part := atts[start:min(start+sqlChunk, len(atts))]
-		var q strings.Builder
-		q.WriteString(`SELECT id FROM fed_messages WHERE direction = 'in' AND id IN (`)
-		args := make([]any, len(part))
-		for k, a := range part {
-			if k > 0 {
-				q.WriteString(", ")
-			}
-			q.WriteString(s.ph(k + 1))
-			args[k] = a.Value.(*inMsg).c.ID
+	for start := 0; start < len(atts); start += inboxMaxClass {
+		part := atts[start:min(start+inboxMaxClass, len(atts))]
+		// Padded to its size class by repeating the last id.
+		c := store.SizeClass(len(part))
+		args := make([]any, c)
+		for k := range args {
+			args[k] = part[min(k, len(part)-1)].Value.(*inMsg).c.ID
 		}
-		q.WriteString(`)`)
-		rows, err := tx.QueryContext(ctx, q.String(), args...)
+		q := inboxClaimSQL(s, c)
+		var rows *sql.Rows
+		var err error
+		if st := ib.stmt(ctx, tx, q); st != nil {
+			rows, err = st.QueryContext(ctx, args...)
+		} else {
+			rows, err = tx.QueryContext(ctx, q, args...)
+		}
 		if err != nil {
 			return err
 		}
@@ -351,7 +416,7 @@ func (ib inbox) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment
 }
 
 // Write implements ledger.Attacher.
-func (ib inbox) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
+func (ib *inbox) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
 	s := ib.s
 	var rows []*inMsg
 	for _, a := range atts {
@@ -372,19 +437,23 @@ func (ib inbox) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment
 		rows = append(rows, m)
 	}
 	now := s.Now().UnixMilli()
-	for start := 0; start < len(rows); start += sqlChunk {
-		part := rows[start:min(start+sqlChunk, len(rows))]
-		var q strings.Builder
-		q.WriteString(`INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, answer, updated_at) VALUES `)
-		s.values(&q, len(part), 9, func(p []string) string {
-			return "(" + p[0] + ", 'in', " + p[1] + ", 'charge', " + p[2] + ", " + p[3] + ", " + p[4] + ", " + p[5] + ", " + p[6] + ", " + p[7] + ", " + p[8] + ")"
-		})
+	for rest := rows; len(rest) > 0; {
+		// Whole size classes (37 rows: 32 + 4 + 1).
+		part := rest[:store.FloorSizeClass(len(rest), inboxMaxClass)]
+		rest = rest[len(part):]
 		args := make([]any, 0, len(part)*9)
 		for _, m := range part {
 			ans, _ := json.Marshal(m.answer)
 			args = append(args, m.c.ID, m.peer, m.c.Subject, m.c.AmountFen, m.c.CreatedAt.UnixMilli(), m.answer.State, inBody(m.c), ans, now)
 		}
-		if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+		q := inboxWriteSQL(s, len(part))
+		var err error
+		if st := ib.stmt(ctx, tx, q); st != nil {
+			_, err = st.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, q, args...)
+		}
+		if err != nil {
 			return err
 		}
 	}

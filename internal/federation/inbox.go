@@ -65,7 +65,7 @@ const inCols = `state, answer, amount_fen, subject, updated_at`
 
 func (s *Service) inRow(ctx context.Context, id string) (*inRow, error) {
 	var r inRow
-	err := s.DB.R.QueryRowContext(ctx, `SELECT `+inCols+` FROM fed_messages WHERE id = $1 AND direction = 'in'`, id).
+	err := s.DB.QueryRow(ctx, `SELECT `+inCols+` FROM fed_messages WHERE id = $1 AND direction = 'in'`, id).
 		Scan(&r.state, &r.answer, &r.amount, &r.subject, &r.updated)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
@@ -116,9 +116,17 @@ func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswe
 	}
 	ctx, cancel := detach(ctx)
 	defer cancel()
-	prev, err := s.inRow(ctx, c.ID)
-	if err != nil {
-		return ChargeAnswer{}, err
+	// A charge is booked without looking for its row first: nearly every
+	// message is new, and a re-sent one is refused by the inbox's Claim in
+	// the ledger batch (taken), after which applyAfter answers by its row.
+	// A void needs the row's content; a charge with a PIN must not have a
+	// re-send check the PIN again (a wrong one would count twice).
+	var prev *inRow
+	if c.Mode == ModeVoid || c.PIN != "" {
+		var err error
+		if prev, err = s.inRow(ctx, c.ID); err != nil {
+			return ChargeAnswer{}, err
+		}
 	}
 	return s.applyAfter(ctx, peer, c, prev)
 }

@@ -23,7 +23,6 @@ import (
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/scan"
-	"github.com/yikatong/yikatong/internal/store"
 )
 
 // Message modes.
@@ -165,9 +164,9 @@ type outRow struct {
 	amount int64
 }
 
-func (s *Service) outRow(ctx context.Context, q store.Querier, id string) (*outRow, error) {
+func (s *Service) outRow(ctx context.Context, id string) (*outRow, error) {
 	var r outRow
-	err := q.QueryRowContext(ctx, `SELECT state, answer, amount_fen FROM fed_messages WHERE id = $1 AND direction = 'out'`, id).Scan(&r.state, &r.answer, &r.amount)
+	err := s.DB.QueryRow(ctx, `SELECT state, answer, amount_fen FROM fed_messages WHERE id = $1 AND direction = 'out'`, id).Scan(&r.state, &r.answer, &r.amount)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -200,6 +199,11 @@ func resultOf(r *outRow) scan.RemoteResult {
 	return scan.RemoteResult{Reason: apperr.HomeUnreachable}
 }
 
+// ExposureSQL sums a card's offline acceptances not yet cleared with its
+// home city. Its terms match the partial index fed_messages_subject.
+const ExposureSQL = `SELECT COALESCE(SUM(amount_fen), 0) FROM fed_messages
+	WHERE direction = 'out' AND peer = $1 AND subject = $2 AND state = 'pending'`
+
 // Authorize implements scan.Remote: the online authorisation by the home
 // city, or the offline acceptance under the card's risk limit.
 func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCharge) (scan.RemoteResult, error) {
@@ -219,7 +223,7 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		cti = "card:" + hex.EncodeToString(nb[:])
 	}
 	id := MessageID(s.City, cti)
-	prev, err := s.outRow(ctx, s.DB.R, id)
+	prev, err := s.outRow(ctx, id)
 	if err != nil {
 		return scan.RemoteResult{}, err
 	}
@@ -308,8 +312,7 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		mu.Lock()
 		defer mu.Unlock()
 		var exposure int64
-		if err := s.DB.R.QueryRowContext(ctx, `SELECT COALESCE(SUM(amount_fen), 0) FROM fed_messages
-			WHERE direction = 'out' AND peer = $1 AND subject = $2 AND state = 'pending'`, home, subject).Scan(&exposure); err != nil {
+		if err := s.DB.QueryRow(ctx, ExposureSQL, home, subject).Scan(&exposure); err != nil {
 			return scan.RemoteResult{}, unavailable(err)
 		}
 		if exposure+req.AmountFen <= s.cfg.RiskLimitFen {

@@ -164,7 +164,7 @@ type Service struct {
 	cfg    Config
 	client *http.Client
 	w      *writer
-	inbox  inbox // the bulk path's ledger.Attacher
+	inbox  *inbox // the bulk path's ledger.Attacher
 
 	mu       sync.RWMutex
 	members  *MemberList
@@ -223,7 +223,12 @@ func New(ctx context.Context, d Deps, cfg Config) (*Service, error) {
 	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	s := &Service{Deps: d, cfg: cfg, client: &http.Client{Transport: tr, Timeout: 30 * time.Second},
 		peers: map[string]*peerState{}, kick: make(chan struct{}, 1), w: newWriter(d.DB)}
-	s.inbox = inbox{s}
+	ib, err := newInbox(ctx, s)
+	if err != nil {
+		s.w.close()
+		return nil, err
+	}
+	s.inbox = ib
 	if _, err := d.Ledger.CreateAccount(ctx, ledger.Account{ID: FedCreditAccount, Kind: ledger.KindExternal, Label: "cross-city ride first, pay later"}); err != nil {
 		return nil, err
 	}
@@ -236,7 +241,10 @@ func New(ctx context.Context, d Deps, cfg Config) (*Service, error) {
 }
 
 // Close stops the group-commit writer (after Run has returned).
-func (s *Service) Close() { s.w.close() }
+func (s *Service) Close() {
+	s.w.close()
+	s.inbox.close()
+}
 
 // Config returns the service's configuration.
 func (s *Service) Config() Config { return s.cfg }

@@ -45,7 +45,7 @@ func (l *Ledger) GetTransfer(ctx context.Context, id string) (Transfer, error) {
 	if !ok {
 		return Transfer{}, apperr.Newf(apperr.NotFound, "no such transfer", "交易不存在")
 	}
-	e, err := scanEntry(l.db.R.QueryRowContext(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE seq = $1`, seq))
+	e, err := scanEntry(l.db.QueryRow(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE seq = $1`, seq))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Transfer{}, apperr.Newf(apperr.NotFound, "no such transfer", "交易不存在")
 	}
@@ -64,7 +64,7 @@ func (l *Ledger) GetHold(ctx context.Context, id string) (HoldInfo, error) {
 	}
 	var h HoldInfo
 	var exp, res int64
-	err := l.db.R.QueryRowContext(ctx, `SELECT debit, credit, amount, expires_at, status, resolved_seq FROM ledger_holds WHERE id = $1`, seq).
+	err := l.db.QueryRow(ctx, `SELECT debit, credit, amount, expires_at, status, resolved_seq FROM ledger_holds WHERE id = $1`, seq).
 		Scan(&h.Debit, &h.Credit, &h.Amount, &exp, &h.Status, &res)
 	if errors.Is(err, sql.ErrNoRows) {
 		return HoldInfo{}, apperr.Newf(apperr.NotFound, "no such hold", "预授权不存在")

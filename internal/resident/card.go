@@ -330,12 +330,12 @@ func (s *Service) Card(ctx context.Context, cardNumber string) (Card, error) {
 	if err != nil {
 		return Card{}, err
 	}
-	return scanCard(s.db.R.QueryRowContext(ctx, `SELECT `+cardCols+` FROM cards WHERE number = $1`, n))
+	return scanCard(s.db.QueryRow(ctx, `SELECT `+cardCols+` FROM cards WHERE number = $1`, n))
 }
 
 // CardByToken returns the card whose e-code subject is token (not_found).
 func (s *Service) CardByToken(ctx context.Context, token string) (Card, error) {
-	return scanCard(s.db.R.QueryRowContext(ctx, `SELECT `+cardCols+` FROM cards WHERE token = $1`, token))
+	return scanCard(s.db.QueryRow(ctx, `SELECT `+cardCols+` FROM cards WHERE token = $1`, token))
 }
 
 // CardsOf lists a resident's cards, oldest first.

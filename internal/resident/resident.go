@@ -374,7 +374,7 @@ func (s *Service) unseal(id string, sealed []byte) (pii, error) {
 
 // Get returns the resident with the given id (not_found if none).
 func (s *Service) Get(ctx context.Context, residentID string) (Resident, error) {
-	return s.scanResident(s.db.R.QueryRowContext(ctx, `SELECT `+residentCols+` FROM residents WHERE id = $1`, residentID))
+	return s.scanResident(s.db.QueryRow(ctx, `SELECT `+residentCols+` FROM residents WHERE id = $1`, residentID))
 }
 
 // FindByIDNumber finds a resident by full ID number (exact, through the keyed
@@ -384,7 +384,7 @@ func (s *Service) FindByIDNumber(ctx context.Context, idNumber string) (Resident
 	if err != nil {
 		return Resident{}, err
 	}
-	return s.scanResident(s.db.R.QueryRowContext(ctx, `SELECT `+residentCols+` FROM residents WHERE id_hash = $1`,
+	return s.scanResident(s.db.QueryRow(ctx, `SELECT `+residentCols+` FROM residents WHERE id_hash = $1`,
 		s.v.LookupHash(hashKindID, num.Raw)))
 }
 

@@ -341,7 +341,7 @@ func (t *TC1) Verify(ctx context.Context, code string, at time.Time) (Identity, 
 		return Identity{}, apperr.New(apperr.NotYetValid)
 	}
 	var card string
-	err = t.db.R.QueryRowContext(ctx, `SELECT card_number FROM code_bindings WHERE scheme = 'TC1' AND issuer = $1 AND account = $2`, parts[0], parts[1]).Scan(&card)
+	err = t.db.QueryRow(ctx, `SELECT card_number FROM code_bindings WHERE scheme = 'TC1' AND issuer = $1 AND account = $2`, parts[0], parts[1]).Scan(&card)
 	if err != nil {
 		if store.IsRetryable(err) {
 			return Identity{}, apperr.Wrap(apperr.Unavailable, err)

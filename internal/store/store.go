@@ -56,6 +56,7 @@ type DB struct {
 	// Where is a human description without secrets (file path or host/db).
 	Where   string
 	walPath string // SQLite in WAL mode: the database file (SyncWAL)
+	reads   readStmts
 }
 
 // Options tune Open.
@@ -224,6 +225,7 @@ func (db *DB) Close() error {
 	if db == nil {
 		return nil
 	}
+	db.closeReads()
 	err := db.W.Close()
 	if db.R != db.W {
 		if e := db.R.Close(); err == nil {

@@ -202,7 +202,7 @@ func scanProvider(row interface{ Scan(...any) error }) (Provider, error) {
 
 // Provider returns one provider.
 func (s *Service) Provider(ctx context.Context, id string) (Provider, error) {
-	return scanProvider(s.db.R.QueryRowContext(ctx, `SELECT id, name, kind, scenarios, disabled, created_at FROM providers WHERE id = $1`, id))
+	return scanProvider(s.db.QueryRow(ctx, `SELECT id, name, kind, scenarios, disabled, created_at FROM providers WHERE id = $1`, id))
 }
 
 // Providers lists every provider, oldest first.
@@ -289,7 +289,7 @@ func scanTerminal(row interface{ Scan(...any) error }) (Terminal, error) {
 
 // Terminal returns a terminal (read from the database, not the cache).
 func (s *Service) Terminal(ctx context.Context, id string) (Terminal, error) {
-	t, err := scanTerminal(s.db.R.QueryRowContext(ctx, `SELECT `+terminalCols+` FROM terminals t JOIN providers p ON p.id = t.provider_id WHERE t.id = $1`, id))
+	t, err := scanTerminal(s.db.QueryRow(ctx, `SELECT `+terminalCols+` FROM terminals t JOIN providers p ON p.id = t.provider_id WHERE t.id = $1`, id))
 	if err != nil {
 		return Terminal{}, err
 	}
