@@ -126,6 +126,14 @@ func TestBenchFederation(t *testing.T) {
 			msgs = append(msgs, federation.Charge{ID: fmt.Sprintf("%s.bench-%d-%d", b.id, now.UnixNano(), i), Mode: federation.ModeGuaranteed,
 				Subject: cards[i%len(cards)], AmountFen: 200, Scenario: "transit.bus", CreatedAt: now})
 		}
+		if f := os.Getenv("YIKATONG_FED_BENCH_CLEARING_CPUPROFILE"); f != "" && inFlight > 1 {
+			out, err := os.Create(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pprof.StartCPUProfile(out)
+		}
+		cpu0, st0 := processCPU(), a.Ledger.Stats()
 		start = time.Now()
 		sem := make(chan struct{}, inFlight)
 		errs := make(chan error, total/batchSize+1)
@@ -145,12 +153,16 @@ func TestBenchFederation(t *testing.T) {
 		}
 		wg.Wait()
 		el = time.Since(start)
+		cpu := processCPU() - cpu0
+		pprof.StopCPUProfile()
+		st := a.Ledger.Stats()
 		close(errs)
 		for err := range errs {
 			t.Fatal(err)
 		}
-		t.Logf("clearing: %d guaranteed charges in batches of %d, %d in flight, applied by the home city in %v: %.0f messages/s",
-			total, batchSize, inFlight, el.Round(time.Millisecond), float64(total)/el.Seconds())
+		t.Logf("clearing: %d guaranteed charges in batches of %d, %d in flight, applied by the home city in %v: %.0f messages/s; CPU %.0f µs per message; ledger %d batches, %.1f entries per batch; per batch %s",
+			total, batchSize, inFlight, el.Round(time.Millisecond), float64(total)/el.Seconds(), float64(cpu.Microseconds())/float64(total),
+			st.Batches-st0.Batches, float64(st.Entries-st0.Entries)/float64(max(1, st.Batches-st0.Batches)), phasesPerBatch(st, st0))
 	}
 	var applied int64
 	if err := a.DB.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM fed_messages WHERE direction = 'in' AND state = 'applied'`).Scan(&applied); err != nil {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"math/bits"
 	"strconv"
 	"strings"
 	"sync"
@@ -230,7 +231,7 @@ func (s *Service) bookMany(ctx context.Context, peer string, msgs []Charge, idx 
 		reqs := make([]ledger.Attached, len(idx))
 		vals := make([]*inMsg, len(idx))
 		for k, i := range idx {
-			vals[k] = &inMsg{c: msgs[i], peer: peer}
+			vals[k] = newInMsg(msgs[i], peer)
 			reqs[k] = ledger.Attached{Transfers: []ledger.TransferRequest{leg(msgs[i])}, Att: &ledger.Attachment{To: s.inbox, Value: vals[k]}}
 			s.at(ctx, "before_ledger", msgs[i].ID)
 		}
@@ -278,6 +279,7 @@ func (s *Service) bookMany(ctx context.Context, peer string, msgs []Charge, idx 
 type inMsg struct {
 	c    Charge
 	peer string
+	body []byte // the row's body (inBody), encoded before the ledger batch
 	// pre is the answer to store when the request has no transfers.
 	pre ChargeAnswer
 	// cl: the holder's claims, answered with an applied physical card.
@@ -285,6 +287,10 @@ type inMsg struct {
 	// Set by Write: whether a row was written, and its answer.
 	written bool
 	answer  ChargeAnswer
+}
+
+func newInMsg(c Charge, peer string) *inMsg {
+	return &inMsg{c: c, peer: peer, body: inBody(c)}
 }
 
 // inbox is the fed_messages inbox's ledger.Attacher: a new message's row
@@ -304,6 +310,8 @@ type inMsg struct {
 type inbox struct {
 	s     *Service
 	stmts map[string]*sql.Stmt // by text, prepared by newInbox (SQLite)
+	// The statement texts per size class (index: log2 of the class).
+	claimSQL, writeSQL []string
 }
 
 var errTaken = errors.New("federation: the message already has an inbox row")
@@ -339,11 +347,15 @@ func inboxWriteSQL(s *Service, n int) string {
 // (PostgreSQL's driver caches statements by text itself).
 func newInbox(ctx context.Context, s *Service) (*inbox, error) {
 	ib := &inbox{s: s, stmts: map[string]*sql.Stmt{}}
+	for c := 1; c <= inboxMaxClass; c <<= 1 {
+		ib.claimSQL = append(ib.claimSQL, inboxClaimSQL(s, c))
+		ib.writeSQL = append(ib.writeSQL, inboxWriteSQL(s, c))
+	}
 	if s.DB.Dialect != store.SQLite {
 		return ib, nil
 	}
-	for c := 1; c <= inboxMaxClass; c <<= 1 {
-		for _, q := range []string{inboxClaimSQL(s, c), inboxWriteSQL(s, c)} {
+	for k := range ib.claimSQL {
+		for _, q := range []string{ib.claimSQL[k], ib.writeSQL[k]} {
 			st, err := s.DB.W.PrepareContext(ctx, q)
 			if err != nil {
 				ib.close()
@@ -370,7 +382,6 @@ func (ib *inbox) stmt(ctx context.Context, tx *sql.Tx, q string) *sql.Stmt {
 
 // Claim implements ledger.Attacher.
 func (ib *inbox) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
-	s := ib.s
 	seen := make(map[string]bool, len(atts))
 	for start := 0; start < len(atts); start += inboxMaxClass {
 		part := atts[start:min(start+inboxMaxClass, len(atts))]
@@ -380,7 +391,7 @@ func (ib *inbox) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachmen
 		for k := range args {
 			args[k] = part[min(k, len(part)-1)].Value.(*inMsg).c.ID
 		}
-		q := inboxClaimSQL(s, c)
+		q := ib.claimSQL[bits.TrailingZeros(uint(c))]
 		var rows *sql.Rows
 		var err error
 		if st := ib.stmt(ctx, tx, q); st != nil {
@@ -444,9 +455,9 @@ func (ib *inbox) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachmen
 		args := make([]any, 0, len(part)*9)
 		for _, m := range part {
 			ans, _ := json.Marshal(m.answer)
-			args = append(args, m.c.ID, m.peer, m.c.Subject, m.c.AmountFen, m.c.CreatedAt.UnixMilli(), m.answer.State, inBody(m.c), ans, now)
+			args = append(args, m.c.ID, m.peer, m.c.Subject, m.c.AmountFen, m.c.CreatedAt.UnixMilli(), m.answer.State, m.body, ans, now)
 		}
-		q := inboxWriteSQL(s, len(part))
+		q := ib.writeSQL[bits.TrailingZeros(uint(len(part)))]
 		var err error
 		if st := ib.stmt(ctx, tx, q); st != nil {
 			_, err = st.ExecContext(ctx, args...)

@@ -200,7 +200,8 @@ func inBody(c Charge) []byte {
 // (nothing moved, nothing written). Otherwise the Outcome's Err is the
 // ledger's refusal, and m.written tells whether a row was written.
 func (s *Service) attach(ctx context.Context, peer string, c Charge, legs []ledger.TransferRequest, pre ChargeAnswer, cl *claims) (m *inMsg, o ledger.Outcome, taken bool, err error) {
-	m = &inMsg{c: c, peer: peer, pre: pre, cl: cl}
+	m = newInMsg(c, peer)
+	m.pre, m.cl = pre, cl
 	o, err = s.Ledger.Attach(ctx, legs, &ledger.Attachment{To: s.inbox, Value: m})
 	if err != nil {
 		return m, o, false, err

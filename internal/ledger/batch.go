@@ -499,7 +499,7 @@ func (b *batch) apply(it *item, link int64) itemResult {
 		d.bal, c.bal, d.pending = nd, nc, np
 		e := b.newEntry(it.typ, it.key, it.hash, link)
 		e.kind, e.debit, e.credit, e.amount, e.currency = it.kind, it.debit, it.credit, it.amount, d.currency
-		e.memo, e.meta = it.memo, metaJSON(it.meta)
+		e.memo, e.meta = it.memo, it.meta
 		e.debitAfter, e.creditAfter = nd, nc
 		if it.typ == TypeHold {
 			e.expiresAt = b.now + it.timeout.Milliseconds()
