@@ -156,7 +156,7 @@ type item struct {
 	kind    string
 	memo    string
 	meta    string // stored form (metaJSON), encoded by the caller, not the committer
-	ref     int64 // hold (post/void) or original (reversal)
+	ref     int64  // hold (post/void) or original (reversal)
 	timeout time.Duration
 }
 
