@@ -92,6 +92,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
@@ -177,6 +178,16 @@ type Service struct {
 	down map[string]time.Time
 	// risk serialises each card's offline acceptances (by riskStripe).
 	risk [riskStripes]sync.Mutex
+
+	// announce and fetching coalesce bundle notices (announce.go).
+	announce struct {
+		sync.Mutex
+		running, again bool
+	}
+	fetching struct {
+		sync.Mutex
+		m map[string]*bool // peer → fetch again after the one in flight
+	}
 
 	// hook, if set (tests only, export_test.go), is called at named stages
 	// of applying a message: "before_ledger" and "after_ledger".
@@ -426,8 +437,7 @@ func (s *Service) FetchBundles(ctx context.Context) {
 		return
 	}
 	var wg sync.WaitGroup
-	changed := false
-	var cmu sync.Mutex
+	var changed atomic.Bool
 	for _, m := range l.Members {
 		if m.City == s.City {
 			continue
@@ -435,60 +445,72 @@ func (s *Service) FetchBundles(ctx context.Context) {
 		wg.Add(1)
 		go func(m Member) {
 			defer wg.Done()
-			_, key, _ := l.Member(m.City)
-			s.mu.RLock()
-			var last []byte
-			var content string
-			var signalled time.Time
-			if ps := s.peers[m.City]; ps != nil && ps.checked && ps.bundle != nil && ps.bundle.Signature != nil && ps.bundle.Signature.Kid == key.KidString() {
-				last, content, signalled = ps.raw, ps.content, ps.signalled
+			if s.fetchBundle(ctx, l, m) {
+				changed.Store(true)
 			}
-			s.mu.RUnlock()
-			raw, err := s.get(ctx, m.TrustURL(), 5*time.Second)
-			var b *trust.Bundle
-			if err == nil && !bytes.Equal(raw, last) {
-				// Re-issued with the same keys and deny lists (and an
-				// expiry not far on): keep the verified bundle we hold,
-				// without verifying this one.
-				var h bundleHead
-				if last == nil || json.Unmarshal(raw, &h) != nil || h.Issuer != m.City || content != trustContent(h.Keys, h.Deny) ||
-					h.ExpiresAt.Sub(signalled) > h.ExpiresAt.Sub(h.IssuedAt)/4 {
-					b, err = parseBundle(raw, m, key)
-				}
-			}
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if s.members != l {
-				return // the list changed meanwhile; the next round fetches
-			}
-			ps := s.peers[m.City]
-			if ps == nil {
-				ps = &peerState{}
-				s.peers[m.City] = ps
-			}
-			if err != nil {
-				ps.err = err.Error()
-				return
-			}
-			ps.fetched, ps.err = s.Now(), ""
-			if b == nil {
-				return // the same bytes as last time
-			}
-			c := trustContent(b.Keys, b.Deny)
-			if ps.bundle == nil || !ps.checked || ps.content != c || b.ExpiresAt.Sub(ps.signalled) > b.ExpiresAt.Sub(b.IssuedAt)/4 {
-				cmu.Lock()
-				changed = true
-				cmu.Unlock()
-				ps.signalled = b.ExpiresAt
-				s.storeBundle(ctx, m.City, raw)
-			}
-			ps.bundle, ps.raw, ps.checked, ps.content = b, raw, true, c
 		}(m)
 	}
 	wg.Wait()
-	if changed {
+	if changed.Load() {
 		s.changed()
 	}
+}
+
+// fetchBundle fetches member m's bundle (l: the member list in use) and
+// reports whether what this node takes from it changed.
+func (s *Service) fetchBundle(ctx context.Context, l *MemberList, m Member) (changed bool) {
+	_, key, _ := l.Member(m.City)
+	s.mu.RLock()
+	var last []byte
+	var content string
+	var signalled time.Time
+	if ps := s.peers[m.City]; ps != nil && ps.checked && ps.bundle != nil && ps.bundle.Signature != nil && ps.bundle.Signature.Kid == key.KidString() {
+		last, content, signalled = ps.raw, ps.content, ps.signalled
+	}
+	s.mu.RUnlock()
+	raw, err := s.get(ctx, m.TrustURL(), 5*time.Second)
+	var b *trust.Bundle
+	if err == nil && !bytes.Equal(raw, last) {
+		// Re-issued with the same keys and deny lists (and an
+		// expiry not far on): keep the verified bundle we hold,
+		// without verifying this one.
+		var h bundleHead
+		if last == nil || json.Unmarshal(raw, &h) != nil || h.Issuer != m.City || content != trustContent(h.Keys, h.Deny) ||
+			h.ExpiresAt.Sub(signalled) > h.ExpiresAt.Sub(h.IssuedAt)/4 {
+			b, err = parseBundle(raw, m, key)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.members != l {
+		return false // the list changed meanwhile; the next round fetches
+	}
+	ps := s.peers[m.City]
+	if ps == nil {
+		ps = &peerState{}
+		s.peers[m.City] = ps
+	}
+	if err != nil {
+		ps.err = err.Error()
+		return false
+	}
+	ps.fetched, ps.err = s.Now(), ""
+	if b == nil {
+		return false // the same bytes as last time
+	}
+	if ps.bundle != nil && ps.checked && b.IssuedAt.Before(ps.bundle.IssuedAt) {
+		// A poll and an announced fetch overlapped, and this one read
+		// the older bundle: keep the newer.
+		return false
+	}
+	c := trustContent(b.Keys, b.Deny)
+	if ps.bundle == nil || !ps.checked || ps.content != c || b.ExpiresAt.Sub(ps.signalled) > b.ExpiresAt.Sub(b.IssuedAt)/4 {
+		changed = true
+		ps.signalled = b.ExpiresAt
+		s.storeBundle(ctx, m.City, raw)
+	}
+	ps.bundle, ps.raw, ps.checked, ps.content = b, raw, true, c
+	return changed
 }
 
 // trustContent is what this node takes from a peer's bundle: its keys and

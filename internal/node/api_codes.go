@@ -80,7 +80,7 @@ func (n *Node) codeRoutes() {
 				return err
 			}
 			n.Auth.Audit(r.Context(), p, "rotate_keys", kid, "")
-			n.invalidateTrust()
+			n.trustChanged()
 			return httpapi.WriteJSON(w, http.StatusOK, rotateResponse{Kid: kid})
 		},
 	})
@@ -167,4 +167,13 @@ func (n *Node) TrustBundle(ctx context.Context) ([]byte, error) {
 }
 
 // afterCardChange refreshes what depends on card statuses (the deny list).
-func (n *Node) afterCardChange(ctx context.Context) { n.invalidateTrust() }
+func (n *Node) afterCardChange(ctx context.Context) { n.trustChanged() }
+
+// trustChanged rebuilds this node's own trust bundle (its keys or deny
+// list changed) and tells the region's members to fetch it now.
+func (n *Node) trustChanged() {
+	n.invalidateTrust()
+	if n.Fed != nil {
+		n.Fed.Announce()
+	}
+}

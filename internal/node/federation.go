@@ -92,6 +92,7 @@ func (n *Node) federationRoutes() {
 	peer(federation.KindMessages, n.Fed.HandleMessages)
 	peer(federation.KindList, n.Fed.HandleList)
 	peer(federation.KindStatement, n.Fed.HandleStatement)
+	peer(federation.KindBundle, n.Fed.HandleBundle)
 
 	n.API.Handle(httpapi.Route{
 		Pattern: "GET /v1/federation/status", Summary: "The region member list and each peer's trust state as this node sees it", Tag: "federation",

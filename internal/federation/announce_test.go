@@ -1,0 +1,95 @@
+package federation_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/federation"
+	"github.com/yikatong/yikatong/internal/node/nodetest"
+)
+
+// TestBundleAnnounced: with polling an hour apart, a key rotation and a
+// lost card at A still reach B within seconds, because A announces its
+// changed bundle and B fetches it at once. A notice that does not verify
+// is refused and fetches nothing.
+func TestBundleAnnounced(t *testing.T) {
+	reg := newRegion(t)
+	cfg := testConfig(reg.anchor.Public(), reg.path)
+	cfg.Refresh = time.Hour
+	a := startCity(t, "CN-330100", "", cfg)
+	b := startCity(t, "CN-310000", "", cfg)
+	reg.write(t, reg.anchor, member(a, a.url), member(b, b.url))
+	ctx := context.Background()
+	a.Fed.Refresh(ctx)
+	b.Fed.Refresh(ctx)
+	if !trusts(b, a.id) || !trusts(a, b.id) {
+		t.Fatal("the cities do not trust each other after a refresh")
+	}
+	peerOfA := func() string {
+		for _, p := range b.Fed.PeerBundles() {
+			if p.Issuer == a.id {
+				var kids, deny []string
+				for _, k := range p.Keys {
+					kids = append(kids, k.KidString())
+				}
+				for _, d := range p.Deny {
+					deny = append(deny, d.Subject)
+				}
+				return "keys " + strings.Join(kids, ",") + " deny " + strings.Join(deny, ",")
+			}
+		}
+		return ""
+	}
+
+	var rot struct {
+		Kid string `json:"kid"`
+	}
+	start := time.Now()
+	nodetest.NewClient(a.url, a.demo.Staff["operator"].Token).JSON(t, "POST", "/v1/keys/rotate", nil, 200, &rot)
+	eventually(t, "B to hold A's new key", 5*time.Second, func() bool { return strings.Contains(peerOfA(), rot.Kid) })
+	t.Logf("rotation reached B in %v (polling: every %v)", time.Since(start).Round(time.Millisecond), cfg.Refresh)
+	if r := b.scan(t, "library.loan", "ann-1", a.code(t, a.demo.Residents[0].CardNumber), 0, ""); r.Decision != "accepted" {
+		t.Fatalf("code signed with the new key at B: %+v", r)
+	}
+
+	res := a.demo.Residents[2]
+	cd, err := a.Residents.Card(ctx, res.CardNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	nodetest.NewClient(a.url, a.demo.Staff["hr_admin"].Token).JSON(t, "POST", "/v1/cards/"+res.CardNumber+"/lost", nil, 200, nil)
+	eventually(t, "B to hold A's deny list with the lost card", 5*time.Second, func() bool { return strings.Contains(peerOfA(), cd.Token) })
+	t.Logf("lost card reached B's copy of A's deny list in %v", time.Since(start).Round(time.Millisecond))
+
+	// Notices that do not verify: refused with their error code.
+	rogue, _ := ecode.GenerateSM2()
+	bad, _ := federation.Seal(a.id, b.id, federation.KindBundle, time.Now(), map[string]any{"changed_at": time.Now()}, rogue)
+	if r := nodetest.NewClient(b.url, "").Do(t, "POST", "/v1/federation/bundle", bad); r.Code() != "bad_signature" {
+		t.Fatalf("forged notice: %d %s", r.Status, r.Body)
+	}
+	stranger, _ := federation.Seal("CN-999999", b.id, federation.KindBundle, time.Now(), map[string]any{"changed_at": time.Now()}, a.Keys.NodeSigner())
+	if r := nodetest.NewClient(b.url, "").Do(t, "POST", "/v1/federation/bundle", stranger); r.Code() != "unknown_peer" {
+		t.Fatalf("notice from a non-member: %d %s", r.Status, r.Body)
+	}
+	extra, _ := federation.Seal(a.id, b.id, federation.KindBundle, time.Now(), map[string]any{"changed_at": time.Now(), "keys": "mine"}, a.Keys.NodeSigner())
+	if r := nodetest.NewClient(b.url, "").Do(t, "POST", "/v1/federation/bundle", extra); r.Code() != "validation_failed" {
+		t.Fatalf("notice with unknown fields: %d %s", r.Status, r.Body)
+	}
+	// A genuine notice repeated many times at once: answered, and B still
+	// holds A's bundle as it is.
+	good, _ := federation.Seal(a.id, b.id, federation.KindBundle, time.Now(), map[string]any{"changed_at": time.Now()}, a.Keys.NodeSigner())
+	before := peerOfA()
+	for i := 0; i < 20; i++ {
+		if r := nodetest.NewClient(b.url, "").Do(t, "POST", "/v1/federation/bundle", good); r.Status != 200 {
+			t.Fatalf("notice %d: %d %s", i, r.Status, r.Body)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if after := peerOfA(); after != before || !trusts(b, a.id) {
+		t.Fatalf("after repeated notices B holds %q, before %q", after, before)
+	}
+}
