@@ -506,7 +506,7 @@ func (b *batch) apply(it *item, link int64) itemResult {
 			b.holds[e.seq] = &holdState{id: e.seq, debit: d.id, credit: c.id, amount: it.amount, expiresAt: e.expiresAt,
 				status: HoldPending, isNew: true, dirty: true}
 		}
-		return itemResult{t: e.transfer()}
+		return itemResult{t: e.transferMeta(it.metaMap)}
 	case TypePost, TypeVoid:
 		h := b.holds[it.ref]
 		if h == nil {

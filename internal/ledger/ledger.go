@@ -155,8 +155,9 @@ type item struct {
 	amount  int64
 	kind    string
 	memo    string
-	meta    string // stored form (metaJSON), encoded by the caller, not the committer
-	ref     int64  // hold (post/void) or original (reversal)
+	meta    string            // stored form (metaJSON), encoded by the caller, not the committer
+	metaMap map[string]string // the caller's, answered as is (not decoded again)
+	ref     int64             // hold (post/void) or original (reversal)
 	timeout time.Duration
 }
 
@@ -347,7 +348,7 @@ func (l *Ledger) Transfer(ctx context.Context, req TransferRequest) (Transfer, e
 
 func transferItem(req TransferRequest, n, i int) item {
 	return item{typ: TypeTransfer, key: req.Key, debit: req.Debit, credit: req.Credit, amount: req.Amount,
-		kind: req.Kind, memo: req.Memo, meta: metaJSON(req.Meta),
+		kind: req.Kind, memo: req.Memo, meta: metaJSON(req.Meta), metaMap: metaCopy(req.Meta),
 		hash: requestHash(TypeTransfer, req.Debit, req.Credit, req.Amount, req.Kind, req.Memo, req.Meta, 0, 0, n, i)}
 }
 

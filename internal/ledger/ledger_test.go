@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -167,11 +168,13 @@ func TestTransfersAndBadInput(t *testing.T) {
 		}
 		f.fund("a", 1000)
 
+		meta := map[string]string{"scenario": "bus", "terminal": "T1"}
 		tr, err := f.l.Transfer(f.ctx, TransferRequest{Key: "k1", Debit: "a", Credit: "bus", Amount: 200, Kind: "fare",
-			Memo: "line 1", Meta: map[string]string{"scenario": "bus", "terminal": "T1"}})
+			Memo: "line 1", Meta: meta})
 		if err != nil {
 			t.Fatal(err)
 		}
+		meta["terminal"] = "changed by the caller afterwards"
 		if tr.Amount != 200 || tr.Debit != "a" || tr.Credit != "bus" || tr.DebitAfter != 800 || tr.CreditAfter != 200 || tr.Currency != "CNY" || tr.Meta["terminal"] != "T1" {
 			t.Fatalf("transfer %+v", tr)
 		}
@@ -184,6 +187,21 @@ func TestTransfersAndBadInput(t *testing.T) {
 		if err != nil || again.ID != tr.ID || !again.At.Equal(tr.At) || !again.Replayed || f.bal("a") != 800 {
 			t.Fatalf("replay: %+v %v", again, err)
 		}
+		// The replay (read back from the journal) answers what the
+		// original answered, metadata included.
+		again.Replayed = false
+		if !reflect.DeepEqual(again, tr) {
+			t.Fatalf("replay %+v, original %+v", again, tr)
+		}
+		stored, err := f.l.GetTransfer(f.ctx, tr.ID)
+		if err != nil || !reflect.DeepEqual(stored, tr) {
+			t.Fatalf("stored %+v %v, answered %+v", stored, err, tr)
+		}
+		plain, err := f.l.Transfer(f.ctx, TransferRequest{Key: "k-plain", Debit: "a", Credit: "bus", Amount: 1, Meta: map[string]string{}})
+		if err != nil || plain.Meta != nil {
+			t.Fatalf("empty metadata answered as %#v (%v), stored as none", plain.Meta, err)
+		}
+		f.fund("a", 1)
 		// Same key, other content.
 		f.refused(apperr.IdempotencyConflict, func() error {
 			_, err := f.l.Transfer(f.ctx, TransferRequest{Key: "k1", Debit: "a", Credit: "bus", Amount: 201, Kind: "fare"})

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -372,6 +373,15 @@ func metaJSON(m map[string]string) string {
 	return string(b)
 }
 
+// metaCopy is m as a transfer answers it: a copy, nil when empty (as
+// parseMeta gives for a stored entry).
+func metaCopy(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	return maps.Clone(m)
+}
+
 func parseMeta(s string) map[string]string {
 	if s == "" {
 		return nil
@@ -432,11 +442,14 @@ func (en *entry) chainHash(prev []byte) []byte {
 	return h[:]
 }
 
-func (en *entry) transfer() Transfer {
+func (en *entry) transfer() Transfer { return en.transferMeta(parseMeta(en.meta)) }
+
+// transferMeta is transfer with its metadata given (already decoded).
+func (en *entry) transferMeta(meta map[string]string) Transfer {
 	t := Transfer{
 		ID: TransferID(en.seq), Key: en.key, Type: en.typ, Kind: en.kind, Debit: en.debit, Credit: en.credit,
 		Amount: en.amount, Currency: en.currency, Ref: refID(en.ref), Link: refID(en.link), Memo: en.memo,
-		Meta: parseMeta(en.meta), At: time.UnixMilli(en.at).UTC(), DebitAfter: en.debitAfter, CreditAfter: en.creditAfter,
+		Meta: meta, At: time.UnixMilli(en.at).UTC(), DebitAfter: en.debitAfter, CreditAfter: en.creditAfter,
 	}
 	if en.expiresAt != 0 {
 		t.ExpiresAt = time.UnixMilli(en.expiresAt).UTC()
