@@ -499,8 +499,10 @@ func (s *Service) fetchBundle(ctx context.Context, l *MemberList, m Member) (cha
 		return false // the same bytes as last time
 	}
 	if ps.bundle != nil && ps.checked && b.IssuedAt.Before(ps.bundle.IssuedAt) {
-		// A poll and an announced fetch overlapped, and this one read
-		// the older bundle: keep the newer.
+		// Older than the bundle held: a poll and an announced fetch
+		// overlapped and this one read the bundle from before the change
+		// (or an old bundle was replayed to us). Keep the newer; a peer
+		// whose clock went back is taken again once it passes the time.
 		return false
 	}
 	c := trustContent(b.Keys, b.Deny)
