@@ -2,7 +2,13 @@ package federation_test
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,5 +97,60 @@ func TestBundleAnnounced(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if after := peerOfA(); after != before || !trusts(b, a.id) {
 		t.Fatalf("after repeated notices B holds %q, before %q", after, before)
+	}
+}
+
+// TestOlderBundleNotTaken: a bundle older than the one a node holds (an
+// old bundle replayed on the way) does not replace it.
+func TestOlderBundleNotTaken(t *testing.T) {
+	reg := newRegion(t)
+	cfg := testConfig(reg.anchor.Public(), reg.path)
+	cfg.Refresh = time.Hour
+	a := startCity(t, "CN-330100", "", cfg)
+	b := startCity(t, "CN-310000", "", cfg)
+	target, _ := url.Parse(a.url)
+	pass := httputil.NewSingleHostReverseProxy(target)
+	var old atomic.Value // []byte: served as A's bundle when set
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if raw, _ := old.Load().([]byte); raw != nil && r.URL.Path == "/v1/trust" {
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(raw)
+			return
+		}
+		pass.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	reg.write(t, reg.anchor, member(a, front.URL), member(b, b.url))
+	ctx := context.Background()
+	a.Fed.Refresh(ctx)
+	b.Fed.Refresh(ctx)
+	resp, err := http.Get(a.url + "/v1/trust")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	// Bundles carry their issue time in whole seconds: rotate in the next.
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
+
+	var rot struct {
+		Kid string `json:"kid"`
+	}
+	nodetest.NewClient(a.url, a.demo.Staff["operator"].Token).JSON(t, "POST", "/v1/keys/rotate", nil, 200, &rot)
+	holds := func() bool {
+		for _, p := range b.Fed.PeerBundles() {
+			for _, k := range p.Keys {
+				if p.Issuer == a.id && k.KidString() == rot.Kid {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	eventually(t, "B to hold A's new key", 5*time.Second, holds)
+	old.Store(before)
+	b.Fed.FetchBundles(ctx)
+	if !holds() || !trusts(b, a.id) {
+		t.Fatal("an older bundle of A replaced the newer one at B")
 	}
 }

@@ -188,6 +188,7 @@ type Service struct {
 		sync.Mutex
 		m map[string]*bool // peer → fetch again after the one in flight
 	}
+	peerFetch sync.Map // peer → *sync.Mutex held through a fetch of its bundle
 
 	// hook, if set (tests only, export_test.go), is called at named stages
 	// of applying a message: "before_ledger" and "after_ledger".
@@ -459,6 +460,13 @@ func (s *Service) FetchBundles(ctx context.Context) {
 // fetchBundle fetches member m's bundle (l: the member list in use) and
 // reports whether what this node takes from it changed.
 func (s *Service) fetchBundle(ctx context.Context, l *MemberList, m Member) (changed bool) {
+	// One fetch of a peer at a time (a poll and an announced fetch): one
+	// that read the bundle from before a change never lands after one
+	// that read the bundle from after it.
+	v, _ := s.peerFetch.LoadOrStore(m.City, new(sync.Mutex))
+	pm := v.(*sync.Mutex)
+	pm.Lock()
+	defer pm.Unlock()
 	_, key, _ := l.Member(m.City)
 	s.mu.RLock()
 	var last []byte
@@ -499,10 +507,9 @@ func (s *Service) fetchBundle(ctx context.Context, l *MemberList, m Member) (cha
 		return false // the same bytes as last time
 	}
 	if ps.bundle != nil && ps.checked && b.IssuedAt.Before(ps.bundle.IssuedAt) {
-		// Older than the bundle held: a poll and an announced fetch
-		// overlapped and this one read the bundle from before the change
-		// (or an old bundle was replayed to us). Keep the newer; a peer
-		// whose clock went back is taken again once it passes the time.
+		// Older than the bundle held (replayed to us on the way): keep
+		// the newer. A peer whose clock went back is taken again once it
+		// passes the time.
 		return false
 	}
 	c := trustContent(b.Keys, b.Deny)
