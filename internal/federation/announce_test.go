@@ -19,15 +19,27 @@ import (
 
 // TestBundleAnnounced: with polling an hour apart, a key rotation and a
 // lost card at A still reach B within seconds, because A announces its
-// changed bundle and B fetches it at once. A notice that does not verify
-// is refused and fetches nothing.
+// changed bundle and B fetches it at once. A card change that leaves A's
+// keys and deny list as they were sends no notice. A notice that does not
+// verify is refused and fetches nothing.
 func TestBundleAnnounced(t *testing.T) {
 	reg := newRegion(t)
 	cfg := testConfig(reg.anchor.Public(), reg.path)
 	cfg.Refresh = time.Hour
 	a := startCity(t, "CN-330100", "", cfg)
 	b := startCity(t, "CN-310000", "", cfg)
-	reg.write(t, reg.anchor, member(a, a.url), member(b, b.url))
+	// B reaches A through a front that counts the fetches of A's bundle.
+	target, _ := url.Parse(a.url)
+	pass := httputil.NewSingleHostReverseProxy(target)
+	var fetches atomic.Int64
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/trust" {
+			fetches.Add(1)
+		}
+		pass.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	reg.write(t, reg.anchor, member(a, front.URL), member(b, b.url))
 	ctx := context.Background()
 	a.Fed.Refresh(ctx)
 	b.Fed.Refresh(ctx)
@@ -66,6 +78,14 @@ func TestBundleAnnounced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Unlocking a card's PIN changes neither keys nor deny list: no notice.
+	time.Sleep(200 * time.Millisecond) // let the rotation's fetch finish
+	before := fetches.Load()
+	nodetest.NewClient(a.url, a.demo.Staff["hr_admin"].Token).JSON(t, "POST", "/v1/cards/"+res.CardNumber+"/unlock", nil, 200, nil)
+	time.Sleep(500 * time.Millisecond)
+	if n := fetches.Load() - before; n != 0 {
+		t.Fatalf("B fetched A's bundle %d times after a change peers do not see", n)
+	}
 	start = time.Now()
 	nodetest.NewClient(a.url, a.demo.Staff["hr_admin"].Token).JSON(t, "POST", "/v1/cards/"+res.CardNumber+"/lost", nil, 200, nil)
 	eventually(t, "B to hold A's deny list with the lost card", 5*time.Second, func() bool { return strings.Contains(peerOfA(), cd.Token) })
@@ -88,15 +108,15 @@ func TestBundleAnnounced(t *testing.T) {
 	// A genuine notice repeated many times at once: answered, and B still
 	// holds A's bundle as it is.
 	good, _ := federation.Seal(a.id, b.id, federation.KindBundle, time.Now(), map[string]any{"changed_at": time.Now()}, a.Keys.NodeSigner())
-	before := peerOfA()
+	held := peerOfA()
 	for i := 0; i < 20; i++ {
 		if r := nodetest.NewClient(b.url, "").Do(t, "POST", "/v1/federation/bundle", good); r.Status != 200 {
 			t.Fatalf("notice %d: %d %s", i, r.Status, r.Body)
 		}
 	}
 	time.Sleep(300 * time.Millisecond)
-	if after := peerOfA(); after != before || !trusts(b, a.id) {
-		t.Fatalf("after repeated notices B holds %q, before %q", after, before)
+	if after := peerOfA(); after != held || !trusts(b, a.id) {
+		t.Fatalf("after repeated notices B holds %q, before %q", after, held)
 	}
 }
 

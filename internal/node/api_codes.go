@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"net/http"
 	"sync"
 	"time"
@@ -20,6 +22,11 @@ type trustCache struct {
 	mu    sync.Mutex
 	json  []byte
 	built time.Time
+	// own is a digest of what peers take from this node's bundle (its
+	// issuer keys and deny list) at the last build; a build that finds it
+	// changed tells the region's members (federation.Announce).
+	own    [32]byte
+	hasOwn bool
 }
 
 // trustCacheFor bounds how stale a served bundle may be.
@@ -132,19 +139,31 @@ func (n *Node) invalidateTrust() {
 
 // TrustBundle returns the signed trust bundle JSON (cached briefly).
 func (n *Node) TrustBundle(ctx context.Context) ([]byte, error) {
+	b, changed, err := n.buildTrust(ctx)
+	if changed && n.Fed != nil {
+		n.Fed.Announce()
+	}
+	return b, err
+}
+
+// buildTrust returns the bundle, and whether its issuer keys or deny list
+// differ from the previous build's (not on the first build: a starting
+// node does not notify the whole region; its peers fetch it on their
+// schedule, and a key rotated while it was stopped reaches them then).
+func (n *Node) buildTrust(ctx context.Context) (b []byte, changed bool, err error) {
 	n.trust.mu.Lock()
 	defer n.trust.mu.Unlock()
 	now := n.Now()
 	if n.trust.json != nil && now.Sub(n.trust.built) < trustCacheFor && now.After(n.trust.built) {
-		return n.trust.json, nil
+		return n.trust.json, false, nil
 	}
 	keys, err := n.Keys.PublicKeys(ctx)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	revs, err := n.Residents.Revocations(ctx, time.Time{})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	deny := make([]trust.Revocation, 0, len(revs))
 	for _, r := range revs {
@@ -158,22 +177,45 @@ func (n *Node) TrustBundle(ctx context.Context) ([]byte, error) {
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	_, b, err := trust.Build(trust.BuildInput{Issuer: n.City, Keys: keys, Deny: deny, Peers: n.trustPeers(), IssuedAt: now, TTL: ttl}, n.Keys.NodeSigner())
+	bundle, b, err := trust.Build(trust.BuildInput{Issuer: n.City, Keys: keys, Deny: deny, Peers: n.trustPeers(), IssuedAt: now, TTL: ttl}, n.Keys.NodeSigner())
 	if err != nil {
-		return nil, apperr.Wrap(apperr.Internal, err)
+		return nil, false, apperr.Wrap(apperr.Internal, err)
 	}
-	n.trust.json, n.trust.built = b, now
-	return b, nil
+	own, _ := json.Marshal(struct {
+		K []trust.Key
+		D trust.Deny
+	}{bundle.Keys, bundle.Deny})
+	digest := sha256.Sum256(own)
+	changed = n.trust.hasOwn && digest != n.trust.own
+	n.trust.json, n.trust.built, n.trust.own, n.trust.hasOwn = b, now, digest, true
+	return b, changed, nil
 }
 
 // afterCardChange refreshes what depends on card statuses (the deny list).
 func (n *Node) afterCardChange(ctx context.Context) { n.trustChanged() }
 
-// trustChanged rebuilds this node's own trust bundle (its keys or deny
-// list changed) and tells the region's members to fetch it now.
+// trustChanged rebuilds this node's trust bundle now (its keys or card
+// statuses changed); if what peers take from it changed, the build tells
+// the region's members to fetch it (TrustBundle).
 func (n *Node) trustChanged() {
 	n.invalidateTrust()
-	if n.Fed != nil {
-		n.Fed.Announce()
+	if n.Fed == nil || !n.Fed.Config().Enabled() {
+		return
 	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		n.trust.mu.Lock()
+		known := n.trust.hasOwn
+		n.trust.mu.Unlock()
+		_, changed, err := n.buildTrust(ctx)
+		if err != nil {
+			n.Log.Warn("rebuilding the trust bundle", "err", err)
+			return
+		}
+		if changed || !known {
+			// (Not built before this change: nothing to compare with.)
+			n.Fed.Announce()
+		}
+	}()
 }
