@@ -105,7 +105,7 @@ func TestChargeResent(t *testing.T) {
 	}
 
 	// A card's exposure under the risk limit is read through the partial
-	// subject index (migration 0061), not by scanning the outbox.
+	// subject index (migration 0051), not by scanning the outbox.
 	if b.DB.Dialect == store.SQLite {
 		rows, err := b.DB.R.QueryContext(ctx, `EXPLAIN QUERY PLAN `+federation.ExposureSQL, a.id, cd.Token)
 		if err != nil {
