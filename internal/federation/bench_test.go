@@ -18,9 +18,14 @@ import (
 )
 
 // TestBenchFederation measures cross-city figures (docs/benchmarks.md,
-// "Federation"). It runs only with YIKATONG_FED_BENCH=1:
+// "Federation" and "Session 4"). It runs only with YIKATONG_FED_BENCH=1:
 //
 //	YIKATONG_FED_BENCH=1 go test ./internal/federation -run TestBenchFederation -v
+//
+// Also: YIKATONG_FED_BENCH_WINDOWS=1 prints p50/p99 per quarter second of
+// the authorisations; YIKATONG_FED_BENCH_CPUPROFILE=F and
+// YIKATONG_FED_BENCH_CLEARING_CPUPROFILE=F write CPU profiles of the
+// authorisation phase and of the clearing phase (4 batches in flight).
 func TestBenchFederation(t *testing.T) {
 	if os.Getenv("YIKATONG_FED_BENCH") == "" {
 		t.Skip("set YIKATONG_FED_BENCH=1")
@@ -56,11 +61,7 @@ func TestBenchFederation(t *testing.T) {
 	var fails atomic.Int64
 	var wg sync.WaitGroup
 	if f := os.Getenv("YIKATONG_FED_BENCH_CPUPROFILE"); f != "" {
-		out, err := os.Create(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pprof.StartCPUProfile(out)
+		startProfile(t, f)
 	}
 	cpu0, st0 := processCPU(), a.Ledger.Stats()
 	start := time.Now()
@@ -127,11 +128,7 @@ func TestBenchFederation(t *testing.T) {
 				Subject: cards[i%len(cards)], AmountFen: 200, Scenario: "transit.bus", CreatedAt: now})
 		}
 		if f := os.Getenv("YIKATONG_FED_BENCH_CLEARING_CPUPROFILE"); f != "" && inFlight > 1 {
-			out, err := os.Create(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pprof.StartCPUProfile(out)
+			startProfile(t, f)
 		}
 		cpu0, st0 := processCPU(), a.Ledger.Stats()
 		start = time.Now()
@@ -191,4 +188,17 @@ func phasesPerBatch(st, st0 ledger.Stats) string {
 		out += fmt.Sprintf(" %s %.2f ms", name, float64((st.Phases[i]-st0.Phases[i]).Microseconds())/1000/float64(n))
 	}
 	return out
+}
+
+// startProfile starts a CPU profile into file f (pprof.StopCPUProfile
+// ends it; the file is closed when the test ends).
+func startProfile(t *testing.T, f string) {
+	out, err := os.Create(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { out.Close() })
+	if err := pprof.StartCPUProfile(out); err != nil {
+		t.Fatal(err)
+	}
 }
