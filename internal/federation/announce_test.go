@@ -174,3 +174,83 @@ func TestOlderBundleNotTaken(t *testing.T) {
 		t.Fatal("an older bundle of A replaced the newer one at B")
 	}
 }
+
+// TestNoticesCoalesced: a burst of deny-list changes at A (a card lost and
+// recovered again and again, then another card lost) reaches B in its
+// final state, with fewer fetches than changes: the notices that arrive
+// while B's fetch of A's bundle is on its way cause one more fetch after
+// it, so the last change is not lost (the test fails if they are dropped).
+func TestNoticesCoalesced(t *testing.T) {
+	reg := newRegion(t)
+	cfg := testConfig(reg.anchor.Public(), reg.path)
+	cfg.Refresh = time.Hour
+	a := startCity(t, "CN-330100", "", cfg)
+	b := startCity(t, "CN-310000", "", cfg)
+	target, _ := url.Parse(a.url)
+	pass := httputil.NewSingleHostReverseProxy(target)
+	var fetches atomic.Int64
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/trust" {
+			// A's answer reaches B only after a while: changes made
+			// meanwhile are not in it, and pile up behind the fetch.
+			fetches.Add(1)
+			rec := httptest.NewRecorder()
+			pass.ServeHTTP(rec, r)
+			time.Sleep(100 * time.Millisecond)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			w.Write(rec.Body.Bytes())
+			return
+		}
+		pass.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	reg.write(t, reg.anchor, member(a, front.URL), member(b, b.url))
+	ctx := context.Background()
+	a.Fed.Refresh(ctx)
+	b.Fed.Refresh(ctx)
+	x, y := a.demo.Residents[3], a.demo.Residents[4]
+	tokenOf := func(number string) string {
+		cd, err := a.Residents.Card(ctx, number)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cd.Token
+	}
+	xt, yt := tokenOf(x.CardNumber), tokenOf(y.CardNumber)
+	denied := func(token string) bool {
+		for _, p := range b.Fed.PeerBundles() {
+			for _, d := range p.Deny {
+				if p.Issuer == a.id && d.Subject == token {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	hr := nodetest.NewClient(a.url, a.demo.Staff["hr_admin"].Token)
+	const changes = 13
+	before := fetches.Load()
+	// X lost and recovered in turn, then Y lost at once, while the
+	// rounds X started are still in flight: Y's notice must not be lost.
+	for i := 0; i < changes-1; i++ {
+		op := "lost"
+		if i%2 == 1 {
+			op = "recover"
+		}
+		hr.JSON(t, "POST", "/v1/cards/"+x.CardNumber+"/"+op, nil, 200, nil)
+	}
+	hr.JSON(t, "POST", "/v1/cards/"+y.CardNumber+"/lost", nil, 200, nil)
+	eventually(t, "B to deny Y, lost last", 5*time.Second, func() bool { return denied(yt) })
+	if denied(xt) {
+		t.Fatal("B denies X, recovered before Y was lost")
+	}
+	time.Sleep(300 * time.Millisecond)
+	n := fetches.Load() - before
+	t.Logf("%d deny-list changes at A, %d fetches by B", changes, n)
+	if n == 0 || n >= changes {
+		t.Fatalf("%d fetches for %d changes: the notices were not coalesced", n, changes)
+	}
+}
