@@ -309,7 +309,7 @@ func newInMsg(c Charge, peer string) *inMsg {
 // the ledger re-runs the batch, whose Claim then sees it.
 type inbox struct {
 	s     *Service
-	stmts map[string]*sql.Stmt // by text, prepared by newInbox (SQLite)
+	stmts store.WriterStmts
 	// The statement texts per size class (index: log2 of the class).
 	claimSQL, writeSQL []string
 }
@@ -343,42 +343,21 @@ func inboxWriteSQL(s *Service, n int) string {
 	return q.String()
 }
 
-// newInbox prepares the inbox's statements on SQLite's writer connection
-// (PostgreSQL's driver caches statements by text itself).
+// newInbox prepares the inbox's statements (store.WriterStmts).
 func newInbox(ctx context.Context, s *Service) (*inbox, error) {
-	ib := &inbox{s: s, stmts: map[string]*sql.Stmt{}}
+	ib := &inbox{s: s}
 	for c := 1; c <= inboxMaxClass; c <<= 1 {
 		ib.claimSQL = append(ib.claimSQL, inboxClaimSQL(s, c))
 		ib.writeSQL = append(ib.writeSQL, inboxWriteSQL(s, c))
 	}
-	if s.DB.Dialect != store.SQLite {
-		return ib, nil
-	}
-	for k := range ib.claimSQL {
-		for _, q := range []string{ib.claimSQL[k], ib.writeSQL[k]} {
-			st, err := s.DB.W.PrepareContext(ctx, q)
-			if err != nil {
-				ib.close()
-				return nil, err
-			}
-			ib.stmts[q] = st
-		}
+	var err error
+	if ib.stmts, err = store.PrepareWriter(ctx, s.DB, append(append([]string(nil), ib.claimSQL...), ib.writeSQL...)); err != nil {
+		return nil, err
 	}
 	return ib, nil
 }
 
-func (ib *inbox) close() {
-	for _, st := range ib.stmts {
-		st.Close()
-	}
-}
-
-func (ib *inbox) stmt(ctx context.Context, tx *sql.Tx, q string) *sql.Stmt {
-	if st := ib.stmts[q]; st != nil {
-		return tx.StmtContext(ctx, st)
-	}
-	return nil
-}
+func (ib *inbox) close() { ib.stmts.Close() }
 
 // Claim implements ledger.Attacher.
 func (ib *inbox) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
@@ -391,14 +370,7 @@ func (ib *inbox) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachmen
 		for k := range args {
 			args[k] = part[min(k, len(part)-1)].Value.(*inMsg).c.ID
 		}
-		q := ib.claimSQL[bits.TrailingZeros(uint(c))]
-		var rows *sql.Rows
-		var err error
-		if st := ib.stmt(ctx, tx, q); st != nil {
-			rows, err = st.QueryContext(ctx, args...)
-		} else {
-			rows, err = tx.QueryContext(ctx, q, args...)
-		}
+		rows, err := ib.stmts.Query(ctx, tx, ib.claimSQL[bits.TrailingZeros(uint(c))], args...)
 		if err != nil {
 			return err
 		}
@@ -457,14 +429,7 @@ func (ib *inbox) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachmen
 			ans, _ := json.Marshal(m.answer)
 			args = append(args, m.c.ID, m.peer, m.c.Subject, m.c.AmountFen, m.c.CreatedAt.UnixMilli(), m.answer.State, m.body, ans, now)
 		}
-		q := ib.writeSQL[bits.TrailingZeros(uint(len(part)))]
-		var err error
-		if st := ib.stmt(ctx, tx, q); st != nil {
-			_, err = st.ExecContext(ctx, args...)
-		} else {
-			_, err = tx.ExecContext(ctx, q, args...)
-		}
-		if err != nil {
+		if _, err := ib.stmts.Exec(ctx, tx, ib.writeSQL[bits.TrailingZeros(uint(len(part)))], args...); err != nil {
 			return err
 		}
 	}

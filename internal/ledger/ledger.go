@@ -51,10 +51,10 @@ type Ledger struct {
 	batchNanos               atomic.Int64
 	phases                   [nPhases]atomic.Int64
 
-	stmts     map[string]*sql.Stmt // SQLite: prepared batch statements (stmts.go)
-	cache     acctCache            // SQLite: committed account state (cache.go)
-	acctEpoch atomic.Int64         // bumped by CloseAccount inside its transaction
-	lg        lingerState          // sharing the chain head, PostgreSQL (linger.go)
+	stmts     store.WriterStmts // SQLite: prepared batch statements (stmts.go)
+	cache     acctCache         // SQLite: committed account state (cache.go)
+	acctEpoch atomic.Int64      // bumped by CloseAccount inside its transaction
+	lg        lingerState       // sharing the chain head, PostgreSQL (linger.go)
 
 	deferSync bool       // SQLite: answer after the syncer's fsync (sync.go)
 	syncq     chan []*op // committed batches waiting for their fsync

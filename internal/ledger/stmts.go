@@ -142,62 +142,41 @@ func acctUpdateSQL(pg bool, n int) string {
 // prepareAll prepares every batch statement of every size class on the
 // SQLite writer connection (nothing on PostgreSQL).
 func (l *Ledger) prepareAll(ctx context.Context) error {
-	l.stmts = map[string]*sql.Stmt{}
-	if l.db.Dialect != store.SQLite {
-		return nil
-	}
-	texts := []string{chainHead, chainSet, `PRAGMA data_version`}
-	for c := 1; c <= maxClass; c <<= 1 {
-		for _, q := range inQueries {
-			if strings.HasSuffix(q[1], "FOR UPDATE") {
-				continue // PostgreSQL only
+	var texts []string
+	if l.db.Dialect == store.SQLite {
+		texts = []string{chainHead, chainSet, `PRAGMA data_version`}
+		for c := 1; c <= maxClass; c <<= 1 {
+			for _, q := range inQueries {
+				if strings.HasSuffix(q[1], "FOR UPDATE") {
+					continue // PostgreSQL only
+				}
+				texts = append(texts, inSQL(false, q[0], q[1], c))
 			}
-			texts = append(texts, inSQL(false, q[0], q[1], c))
+			texts = append(texts, journalInsertSQL(false, c), holdInsertSQL(false, c), acctUpdateSQL(false, c))
 		}
-		texts = append(texts, journalInsertSQL(false, c), holdInsertSQL(false, c), acctUpdateSQL(false, c))
 	}
-	for _, q := range texts {
-		if _, ok := l.stmts[q]; ok {
-			continue
-		}
-		st, err := l.db.W.PrepareContext(ctx, q)
-		if err != nil {
-			l.closeStmts()
-			return err
-		}
-		l.stmts[q] = st
-	}
-	return nil
+	var err error
+	l.stmts, err = store.PrepareWriter(ctx, l.db, texts)
+	return err
 }
 
 func (l *Ledger) closeStmts() {
-	for _, st := range l.stmts {
-		st.Close()
-	}
+	l.stmts.Close()
 	l.stmts = nil
 }
 
 // exec and query run q in the batch's transaction, through the statement
 // prepared for it when there is one.
 func (b *batch) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	if st := b.l.stmts[q]; st != nil {
-		return b.tx.StmtContext(ctx, st).ExecContext(ctx, args...)
-	}
-	return b.tx.ExecContext(ctx, q, args...)
+	return b.l.stmts.Exec(ctx, b.tx, q, args...)
 }
 
 func (b *batch) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	if st := b.l.stmts[q]; st != nil {
-		return b.tx.StmtContext(ctx, st).QueryContext(ctx, args...)
-	}
-	return b.tx.QueryContext(ctx, q, args...)
+	return b.l.stmts.Query(ctx, b.tx, q, args...)
 }
 
 func (b *batch) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	if st := b.l.stmts[q]; st != nil {
-		return b.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
-	}
-	return b.tx.QueryRowContext(ctx, q, args...)
+	return b.l.stmts.QueryRow(ctx, b.tx, q, args...)
 }
 
 // inQuery runs prefix || "(" placeholders ")" || suffix over args in

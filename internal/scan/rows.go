@@ -34,7 +34,7 @@ import (
 type rows struct {
 	s     *Service
 	pg    bool
-	stmts map[string]*sql.Stmt // SQLite: prepared on the writer connection
+	stmts store.WriterStmts
 }
 
 // A row to write (Attachment.Value).
@@ -154,49 +154,23 @@ func insertSQL(pg bool, n int) string {
 }
 
 // newRows prepares the statements of every size class on SQLite's writer
-// connection (the ledger's committer holds it during a batch, so they
-// cannot be prepared inside one). PostgreSQL (pgx) caches them by text.
+// connection (store.WriterStmts).
 func newRows(ctx context.Context, s *Service) (*rows, error) {
-	r := &rows{s: s, pg: s.DB.Dialect == store.Postgres, stmts: map[string]*sql.Stmt{}}
-	if r.pg {
-		return r, nil
-	}
-	for c := 1; c <= maxClass; c <<= 1 {
-		for _, q := range []string{keysSQL(false, c), listSQL(false, ctiPrefix, c), listSQL(false, cardPrefix, c), insertSQL(false, c)} {
-			st, err := s.DB.W.PrepareContext(ctx, q)
-			if err != nil {
-				r.close()
-				return nil, err
-			}
-			r.stmts[q] = st
+	r := &rows{s: s, pg: s.DB.Dialect == store.Postgres}
+	var texts []string
+	if !r.pg {
+		for c := 1; c <= maxClass; c <<= 1 {
+			texts = append(texts, keysSQL(false, c), listSQL(false, ctiPrefix, c), listSQL(false, cardPrefix, c), insertSQL(false, c))
 		}
+	}
+	var err error
+	if r.stmts, err = store.PrepareWriter(ctx, s.DB, texts); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
 
-func (r *rows) close() {
-	for _, st := range r.stmts {
-		st.Close()
-	}
-	r.stmts = nil
-}
-
-func (r *rows) query(ctx context.Context, tx *sql.Tx, q string, args ...any) (*sql.Rows, error) {
-	if st := r.stmts[q]; st != nil {
-		return tx.StmtContext(ctx, st).QueryContext(ctx, args...)
-	}
-	return tx.QueryContext(ctx, q, args...)
-}
-
-func (r *rows) exec(ctx context.Context, tx *sql.Tx, q string, args ...any) error {
-	var err error
-	if st := r.stmts[q]; st != nil {
-		_, err = tx.StmtContext(ctx, st).ExecContext(ctx, args...)
-	} else {
-		_, err = tx.ExecContext(ctx, q, args...)
-	}
-	return err
-}
+func (r *rows) close() { r.stmts.Close() }
 
 // in runs sqlFor(class) over args (width values per item) in chunks, each
 // padded to its size class by repeating its last item.
@@ -209,7 +183,7 @@ func (r *rows) in(ctx context.Context, tx *sql.Tx, sqlFor func(int) string, args
 		for len(chunk) < c*width {
 			chunk = append(chunk, args[(n-1)*width:n*width]...)
 		}
-		rs, err := r.query(ctx, tx, sqlFor(c), chunk...)
+		rs, err := r.stmts.Query(ctx, tx, sqlFor(c), chunk...)
 		if err != nil {
 			return err
 		}
@@ -373,7 +347,7 @@ func (r *rows) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment)
 	}
 	for n > 0 {
 		c := floorClass(n)
-		if err := r.exec(ctx, tx, insertSQL(r.pg, c), args[:c*rowCols]...); err != nil {
+		if _, err := r.stmts.Exec(ctx, tx, insertSQL(r.pg, c), args[:c*rowCols]...); err != nil {
 			return err
 		}
 		args, n = args[c*rowCols:], n-c
