@@ -42,54 +42,20 @@ func (s *Service) Announce() {
 	if !s.cfg.Enabled() {
 		return
 	}
-	a := &s.announce
-	a.Lock()
-	if a.running {
-		a.again = true
-		a.Unlock()
-		return
-	}
-	a.running = true
-	a.Unlock()
-	go func() {
-		for {
-			s.announceRound()
-			a.Lock()
-			if !a.again {
-				a.running = false
-				a.Unlock()
-				return
-			}
-			a.again = false
-			a.Unlock()
-		}
-	}()
+	s.reruns.do("announce", s.announceRound)
 }
 
 func (s *Service) announceRound() {
-	l := s.Members()
-	if l == nil {
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), announceTimeout)
 	defer cancel()
 	notice := bundleNotice{ChangedAt: s.Now().UTC()}
-	var wg sync.WaitGroup
-	for _, m := range l.Members {
-		if m.City == s.City {
-			continue
+	s.eachPeer(s.Members(), func(m Member) {
+		var ack struct{}
+		if err := s.call(ctx, m, KindBundle, notice, &ack); err != nil {
+			// The peer's next poll brings it the bundle.
+			s.Log.Info("federation: telling a peer our bundle changed", "peer", m.City, "err", err)
 		}
-		wg.Add(1)
-		go func(m Member) {
-			defer wg.Done()
-			var ack struct{}
-			if err := s.call(ctx, m, KindBundle, notice, &ack); err != nil {
-				// The peer's next poll brings it the bundle.
-				s.Log.Info("federation: telling a peer our bundle changed", "peer", m.City, "err", err)
-			}
-		}(m)
-	}
-	wg.Wait()
+	})
 }
 
 // HandleBundle takes a member's notice that its bundle changed and fetches
@@ -103,56 +69,57 @@ func (s *Service) HandleBundle(ctx context.Context, data []byte) ([]byte, error)
 	if err := strictJSON(env.Body, &n); err != nil {
 		return nil, err
 	}
-	s.fetchSoon(env.From)
+	city := env.From
+	s.reruns.do("fetch "+city, func() { s.fetchPeer(city) })
 	return Seal(s.City, env.From, KindAnswer, s.Now(), struct{}{}, s.Node())
-}
-
-// fetchSoon fetches city's bundle now, or once more after the fetch of it
-// in flight.
-func (s *Service) fetchSoon(city string) {
-	f := &s.fetching
-	f.Lock()
-	if again, ok := f.m[city]; ok {
-		*again = true
-		f.Unlock()
-		return
-	}
-	if f.m == nil {
-		f.m = map[string]*bool{}
-	}
-	again := new(bool)
-	f.m[city] = again
-	f.Unlock()
-	go func() {
-		for {
-			s.fetchPeer(city)
-			f.Lock()
-			if !*again {
-				delete(f.m, city)
-				f.Unlock()
-				return
-			}
-			*again = false
-			f.Unlock()
-		}
-	}()
 }
 
 func (s *Service) fetchPeer(city string) {
 	l := s.Members()
-	if l == nil {
+	m, _, ok := l.Member(city)
+	if !ok {
 		return
 	}
-	for _, m := range l.Members {
-		if m.City != city {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), announceTimeout)
-		defer cancel()
-		if s.fetchBundle(ctx, l, m) {
-			s.Log.Info("federation: a peer's trust bundle changed", "peer", city)
-			s.changed()
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), announceTimeout)
+	defer cancel()
+	if s.fetchBundle(ctx, l, m) {
+		s.Log.Info("federation: a peer's trust bundle changed", "peer", city)
+		s.changed()
+	}
+}
+
+// reruns runs a job in the background, at most one per key at a time; a
+// job asked for while it runs runs once more after it (so the change that
+// asked is seen), however often it was asked meanwhile.
+type reruns struct {
+	mu sync.Mutex
+	m  map[string]*bool // key → run again after the run in flight
+}
+
+func (r *reruns) do(key string, job func()) {
+	r.mu.Lock()
+	if again, ok := r.m[key]; ok {
+		*again = true
+		r.mu.Unlock()
 		return
 	}
+	if r.m == nil {
+		r.m = map[string]*bool{}
+	}
+	again := new(bool)
+	r.m[key] = again
+	r.mu.Unlock()
+	go func() {
+		for {
+			job()
+			r.mu.Lock()
+			if !*again {
+				delete(r.m, key)
+				r.mu.Unlock()
+				return
+			}
+			*again = false
+			r.mu.Unlock()
+		}
+	}()
 }

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,43 +24,23 @@ import (
 // keys and deny list as they were sends no notice. A notice that does not
 // verify is refused and fetches nothing.
 func TestBundleAnnounced(t *testing.T) {
-	reg := newRegion(t)
-	cfg := testConfig(reg.anchor.Public(), reg.path)
-	cfg.Refresh = time.Hour
-	a := startCity(t, "CN-330100", "", cfg)
-	b := startCity(t, "CN-310000", "", cfg)
 	// B reaches A through a front that counts the fetches of A's bundle.
-	target, _ := url.Parse(a.url)
-	pass := httputil.NewSingleHostReverseProxy(target)
 	var fetches atomic.Int64
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v1/trust" {
-			fetches.Add(1)
-		}
-		pass.ServeHTTP(w, r)
-	}))
-	defer front.Close()
-	reg.write(t, reg.anchor, member(a, front.URL), member(b, b.url))
+	a, b := pollingHourly(t, func(pass http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/v1/trust" {
+				fetches.Add(1)
+			}
+			pass.ServeHTTP(w, r)
+		})
+	})
 	ctx := context.Background()
-	a.Fed.Refresh(ctx)
-	b.Fed.Refresh(ctx)
 	if !trusts(b, a.id) || !trusts(a, b.id) {
 		t.Fatal("the cities do not trust each other after a refresh")
 	}
 	peerOfA := func() string {
-		for _, p := range b.Fed.PeerBundles() {
-			if p.Issuer == a.id {
-				var kids, deny []string
-				for _, k := range p.Keys {
-					kids = append(kids, k.KidString())
-				}
-				for _, d := range p.Deny {
-					deny = append(deny, d.Subject)
-				}
-				return "keys " + strings.Join(kids, ",") + " deny " + strings.Join(deny, ",")
-			}
-		}
-		return ""
+		kids, deny := heldBy(b, a.id)
+		return "keys " + strings.Join(kids, ",") + " deny " + strings.Join(deny, ",")
 	}
 
 	var rot struct {
@@ -68,7 +49,7 @@ func TestBundleAnnounced(t *testing.T) {
 	start := time.Now()
 	nodetest.NewClient(a.url, a.demo.Staff["operator"].Token).JSON(t, "POST", "/v1/keys/rotate", nil, 200, &rot)
 	eventually(t, "B to hold A's new key", 5*time.Second, func() bool { return strings.Contains(peerOfA(), rot.Kid) })
-	t.Logf("rotation reached B in %v (polling: every %v)", time.Since(start).Round(time.Millisecond), cfg.Refresh)
+	t.Logf("rotation reached B in %v (polling: hourly)", time.Since(start).Round(time.Millisecond))
 	if r := b.scan(t, "library.loan", "ann-1", a.code(t, a.demo.Residents[0].CardNumber), 0, ""); r.Decision != "accepted" {
 		t.Fatalf("code signed with the new key at B: %+v", r)
 	}
@@ -123,27 +104,18 @@ func TestBundleAnnounced(t *testing.T) {
 // TestOlderBundleNotTaken: a bundle older than the one a node holds (an
 // old bundle replayed on the way) does not replace it.
 func TestOlderBundleNotTaken(t *testing.T) {
-	reg := newRegion(t)
-	cfg := testConfig(reg.anchor.Public(), reg.path)
-	cfg.Refresh = time.Hour
-	a := startCity(t, "CN-330100", "", cfg)
-	b := startCity(t, "CN-310000", "", cfg)
-	target, _ := url.Parse(a.url)
-	pass := httputil.NewSingleHostReverseProxy(target)
 	var old atomic.Value // []byte: served as A's bundle when set
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if raw, _ := old.Load().([]byte); raw != nil && r.URL.Path == "/v1/trust" {
-			w.Header().Set("Content-Type", "application/json")
-			w.Write(raw)
-			return
-		}
-		pass.ServeHTTP(w, r)
-	}))
-	defer front.Close()
-	reg.write(t, reg.anchor, member(a, front.URL), member(b, b.url))
+	a, b := pollingHourly(t, func(pass http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if raw, _ := old.Load().([]byte); raw != nil && r.URL.Path == "/v1/trust" {
+				w.Header().Set("Content-Type", "application/json")
+				w.Write(raw)
+				return
+			}
+			pass.ServeHTTP(w, r)
+		})
+	})
 	ctx := context.Background()
-	a.Fed.Refresh(ctx)
-	b.Fed.Refresh(ctx)
 	resp, err := http.Get(a.url + "/v1/trust")
 	if err != nil {
 		t.Fatal(err)
@@ -158,14 +130,8 @@ func TestOlderBundleNotTaken(t *testing.T) {
 	}
 	nodetest.NewClient(a.url, a.demo.Staff["operator"].Token).JSON(t, "POST", "/v1/keys/rotate", nil, 200, &rot)
 	holds := func() bool {
-		for _, p := range b.Fed.PeerBundles() {
-			for _, k := range p.Keys {
-				if p.Issuer == a.id && k.KidString() == rot.Kid {
-					return true
-				}
-			}
-		}
-		return false
+		kids, _ := heldBy(b, a.id)
+		return slices.Contains(kids, rot.Kid)
 	}
 	eventually(t, "B to hold A's new key", 5*time.Second, holds)
 	old.Store(before)
@@ -181,16 +147,13 @@ func TestOlderBundleNotTaken(t *testing.T) {
 // while B's fetch of A's bundle is on its way cause one more fetch after
 // it, so the last change is not lost (the test fails if they are dropped).
 func TestNoticesCoalesced(t *testing.T) {
-	reg := newRegion(t)
-	cfg := testConfig(reg.anchor.Public(), reg.path)
-	cfg.Refresh = time.Hour
-	a := startCity(t, "CN-330100", "", cfg)
-	b := startCity(t, "CN-310000", "", cfg)
-	target, _ := url.Parse(a.url)
-	pass := httputil.NewSingleHostReverseProxy(target)
 	var fetches atomic.Int64
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v1/trust" {
+	a, b := pollingHourly(t, func(pass http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/v1/trust" {
+				pass.ServeHTTP(w, r)
+				return
+			}
 			// A's answer reaches B only after a while: changes made
 			// meanwhile are not in it, and pile up behind the fetch.
 			fetches.Add(1)
@@ -202,15 +165,9 @@ func TestNoticesCoalesced(t *testing.T) {
 			}
 			w.WriteHeader(rec.Code)
 			w.Write(rec.Body.Bytes())
-			return
-		}
-		pass.ServeHTTP(w, r)
-	}))
-	defer front.Close()
-	reg.write(t, reg.anchor, member(a, front.URL), member(b, b.url))
+		})
+	})
 	ctx := context.Background()
-	a.Fed.Refresh(ctx)
-	b.Fed.Refresh(ctx)
 	x, y := a.demo.Residents[3], a.demo.Residents[4]
 	tokenOf := func(number string) string {
 		cd, err := a.Residents.Card(ctx, number)
@@ -221,14 +178,8 @@ func TestNoticesCoalesced(t *testing.T) {
 	}
 	xt, yt := tokenOf(x.CardNumber), tokenOf(y.CardNumber)
 	denied := func(token string) bool {
-		for _, p := range b.Fed.PeerBundles() {
-			for _, d := range p.Deny {
-				if p.Issuer == a.id && d.Subject == token {
-					return true
-				}
-			}
-		}
-		return false
+		_, deny := heldBy(b, a.id)
+		return slices.Contains(deny, token)
 	}
 	hr := nodetest.NewClient(a.url, a.demo.Staff["hr_admin"].Token)
 	const changes = 13
@@ -253,4 +204,46 @@ func TestNoticesCoalesced(t *testing.T) {
 	if n == 0 || n >= changes {
 		t.Fatalf("%d fetches for %d changes: the notices were not coalesced", n, changes)
 	}
+}
+
+// pollingHourly starts two cities, A and B, whose polls of each other are
+// an hour apart, lets each take in the other once, and returns them. B
+// reaches A through front(pass) when front is not nil (pass: a reverse
+// proxy to A).
+func pollingHourly(t *testing.T, front func(pass http.Handler) http.Handler) (a, b *city) {
+	t.Helper()
+	reg := newRegion(t)
+	cfg := testConfig(reg.anchor.Public(), reg.path)
+	cfg.Refresh = time.Hour
+	a = startCity(t, "CN-330100", "", cfg)
+	b = startCity(t, "CN-310000", "", cfg)
+	urlA := a.url
+	if front != nil {
+		target, _ := url.Parse(a.url)
+		srv := httptest.NewServer(front(httputil.NewSingleHostReverseProxy(target)))
+		t.Cleanup(srv.Close)
+		urlA = srv.URL
+	}
+	reg.write(t, reg.anchor, member(a, urlA), member(b, b.url))
+	ctx := context.Background()
+	a.Fed.Refresh(ctx)
+	b.Fed.Refresh(ctx)
+	return a, b
+}
+
+// heldBy lists the issuer key ids and denied subjects that c holds for
+// peer.
+func heldBy(c *city, peer string) (kids, deny []string) {
+	for _, p := range c.Fed.PeerBundles() {
+		if p.Issuer != peer {
+			continue
+		}
+		for _, k := range p.Keys {
+			kids = append(kids, k.KidString())
+		}
+		for _, d := range p.Deny {
+			deny = append(deny, d.Subject)
+		}
+	}
+	return kids, deny
 }

@@ -21,15 +21,8 @@ import (
 // its inbox row first; a re-sent one is refused by the inbox's Claim in
 // the ledger batch and answered from the stored row.
 func TestChargeResent(t *testing.T) {
-	reg := newRegion(t)
-	cfg := testConfig(reg.anchor.Public(), reg.path)
-	cfg.Refresh = time.Hour
-	a := startCity(t, "CN-330100", "", cfg)
-	b := startCity(t, "CN-310000", "", cfg)
-	reg.write(t, reg.anchor, member(a, a.url), member(b, b.url))
+	a, b := pollingHourly(t, nil)
 	ctx := context.Background()
-	a.Fed.Refresh(ctx)
-	b.Fed.Refresh(ctx)
 	res := a.demo.Residents[1]
 	cd, err := a.Residents.Card(ctx, res.CardNumber)
 	if err != nil {

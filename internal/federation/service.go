@@ -179,15 +179,9 @@ type Service struct {
 	// risk serialises each card's offline acceptances (by riskStripe).
 	risk [riskStripes]sync.Mutex
 
-	// announce and fetching coalesce bundle notices (announce.go).
-	announce struct {
-		sync.Mutex
-		running, again bool
-	}
-	fetching struct {
-		sync.Mutex
-		m map[string]*bool // peer → fetch again after the one in flight
-	}
+	// reruns coalesces the rounds of bundle notices and the fetches they
+	// cause (announce.go).
+	reruns    reruns
 	peerFetch sync.Map // peer → *sync.Mutex held through a fetch of its bundle
 
 	// hook, if set (tests only, export_test.go), is called at named stages
@@ -437,24 +431,35 @@ func (s *Service) FetchBundles(ctx context.Context) {
 	if l == nil {
 		return
 	}
-	var wg sync.WaitGroup
 	var changed atomic.Bool
+	s.eachPeer(l, func(m Member) {
+		if s.fetchBundle(ctx, l, m) {
+			changed.Store(true)
+		}
+	})
+	if changed.Load() {
+		s.changed()
+	}
+}
+
+// eachPeer runs f for every member of l but this node, concurrently, and
+// waits for all.
+func (s *Service) eachPeer(l *MemberList, f func(Member)) {
+	if l == nil {
+		return
+	}
+	var wg sync.WaitGroup
 	for _, m := range l.Members {
 		if m.City == s.City {
 			continue
 		}
 		wg.Add(1)
-		go func(m Member) {
+		go func() {
 			defer wg.Done()
-			if s.fetchBundle(ctx, l, m) {
-				changed.Store(true)
-			}
-		}(m)
+			f(m)
+		}()
 	}
 	wg.Wait()
-	if changed.Load() {
-		s.changed()
-	}
 }
 
 // fetchBundle fetches member m's bundle (l: the member list in use) and
