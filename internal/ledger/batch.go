@@ -27,6 +27,7 @@ type acct struct {
 	floor                      int64
 	unbounded                  bool
 	bal, pending               int64
+	last                       int64 // the last moving entry (last_seq; see chain)
 	dirty                      bool
 }
 
@@ -62,12 +63,12 @@ type batch struct {
 	undoKeys []string
 }
 
-const entryCols = `seq, COALESCE(idem_key, ''), req_hash, type, kind, debit, credit, amount, currency, ref, link, debit_after, credit_after, memo, meta, at, expires_at, hash`
+const entryCols = `seq, COALESCE(idem_key, ''), req_hash, type, kind, debit, credit, amount, currency, ref, link, debit_after, credit_after, memo, meta, at, expires_at, hash, debit_prev, credit_prev`
 
 func scanEntry(rows interface{ Scan(...any) error }) (*entry, error) {
 	e := &entry{}
 	err := rows.Scan(&e.seq, &e.key, &e.reqHash, &e.typ, &e.kind, &e.debit, &e.credit, &e.amount, &e.currency,
-		&e.ref, &e.link, &e.debitAfter, &e.creditAfter, &e.memo, &e.meta, &e.at, &e.expiresAt, &e.hash)
+		&e.ref, &e.link, &e.debitAfter, &e.creditAfter, &e.memo, &e.meta, &e.at, &e.expiresAt, &e.hash, &e.debitPrev, &e.creditPrev)
 	return e, err
 }
 
@@ -345,7 +346,7 @@ func (b *batch) load(ctx context.Context, ops []*op) error {
 		err := b.inQuery(ctx, q[0], q[1], args, func(r *sql.Rows) error {
 			a := &acct{}
 			var unb int
-			err := r.Scan(&a.id, &a.kind, &a.currency, &a.floor, &unb, &a.status, &a.bal, &a.pending)
+			err := r.Scan(&a.id, &a.kind, &a.currency, &a.floor, &unb, &a.status, &a.bal, &a.pending, &a.last)
 			a.unbounded = unb != 0
 			b.accts[a.id] = a
 			if a.pending > 0 {
@@ -501,6 +502,9 @@ func (b *batch) apply(it *item, link int64) itemResult {
 		e.kind, e.debit, e.credit, e.amount, e.currency = it.kind, it.debit, it.credit, it.amount, d.currency
 		e.memo, e.meta = it.memo, it.meta
 		e.debitAfter, e.creditAfter = nd, nc
+		if it.typ == TypeTransfer {
+			chain(e, d, c)
+		}
 		if it.typ == TypeHold {
 			e.expiresAt = b.now + it.timeout.Milliseconds()
 			b.holds[e.seq] = &holdState{id: e.seq, debit: d.id, credit: c.id, amount: it.amount, expiresAt: e.expiresAt,
@@ -549,6 +553,7 @@ func (b *batch) apply(it *item, link int64) itemResult {
 		} else {
 			e.debitAfter, e.creditAfter = nd, nc
 			h.status = HoldPosted
+			chain(e, d, c)
 		}
 		h.resolvedSeq, h.dirty = e.seq, true
 		return itemResult{t: e.transfer()}
@@ -579,9 +584,18 @@ func (b *batch) apply(it *item, link int64) itemResult {
 		e := b.newEntry(TypeReversal, it.key, it.hash, link)
 		e.kind, e.debit, e.credit, e.amount, e.currency, e.ref = TypeReversal, d.id, c.id, it.amount, d.currency, o.seq
 		e.debitAfter, e.creditAfter = nd, nc
+		chain(e, d, c)
 		return itemResult{t: e.transfer()}
 	}
 	return itemResult{err: apperr.New(apperr.Internal)}
+}
+
+// chain links moving entry e (debiting d, crediting c) into both
+// accounts' chains of moving entries: a resident's statement follows them
+// (the journal has no index of residents' accounts; migration 0031).
+func chain(e *entry, d, c *acct) {
+	e.debitPrev, e.creditPrev = d.last, c.last
+	d.last, c.last = e.seq, e.seq
 }
 
 // expire voids a hold whose timeout passed (a system event without key).
@@ -679,7 +693,7 @@ func (b *batch) write(ctx context.Context) error {
 				rh = e.reqHash
 			}
 			args = append(args, e.seq, key, rh, e.typ, e.kind, e.debit, e.credit, e.amount, e.currency, e.ref, e.link,
-				e.debitAfter, e.creditAfter, e.memo, e.meta, e.at, e.expiresAt, e.hash)
+				e.debitAfter, e.creditAfter, e.memo, e.meta, e.at, e.expiresAt, e.hash, e.debitPrev, e.creditPrev)
 		}
 		if _, err := b.exec(ctx, journalInsertSQL(b.pg, n), args...); err != nil {
 			return err
@@ -717,9 +731,9 @@ func (b *batch) write(ctx context.Context) error {
 	sort.Slice(dirty, func(i, j int) bool { return dirty[i].id < dirty[j].id })
 	for len(dirty) > 0 {
 		n := floorClass(len(dirty))
-		args := make([]any, 0, n*3)
+		args := make([]any, 0, n*4)
 		for _, a := range dirty[:n] {
-			args = append(args, a.id, a.bal, a.pending)
+			args = append(args, a.id, a.bal, a.pending, a.last)
 		}
 		res, err := b.exec(ctx, acctUpdateSQL(b.pg, n), args...)
 		if err != nil {

@@ -83,6 +83,12 @@ type loadResult struct {
 
 const benchWallets, benchCallers = 4000, 64
 
+// The benchmark's accounts: residents' wallets, and the provider every
+// fare credits.
+var benchHot = ReceivableID("bus")
+
+func benchWallet(i int) string { return WalletID(fmt.Sprint("r", i)) }
+
 // benchLedger opens a ledger on dsn with 4,000 funded wallets and the hot
 // account.
 func benchLedger(tb testing.TB, dsn string, opts ...Options) *Ledger {
@@ -101,12 +107,12 @@ func benchLedger(tb testing.TB, dsn string, opts ...Options) *Ledger {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(l.Close)
-	if _, err := l.CreateAccount(ctx, Account{ID: "hot", Kind: KindReceivable}); err != nil {
+	if _, err := l.CreateAccount(ctx, Account{ID: benchHot, Kind: KindReceivable}); err != nil {
 		tb.Fatal(err)
 	}
 	var fund []TransferRequest
 	for i := 0; i < benchWallets; i++ {
-		id := fmt.Sprint("w", i)
+		id := benchWallet(i)
 		if _, err := l.CreateAccount(ctx, Account{ID: id, Kind: KindWallet}); err != nil {
 			tb.Fatal(err)
 		}
@@ -147,12 +153,12 @@ func runLoad(l *Ledger, prefix string, n int, dur time.Duration, pairs bool) loa
 					return
 				}
 				d := r.IntN(benchWallets)
-				credit := "hot"
+				credit := benchHot
 				if pairs {
-					credit = fmt.Sprint("w", (d+1+r.IntN(benchWallets-1))%benchWallets)
+					credit = benchWallet((d + 1 + r.IntN(benchWallets-1)) % benchWallets)
 				}
 				t0 := time.Now()
-				_, err := l.Transfer(ctx, TransferRequest{Key: fmt.Sprint(prefix, i), Debit: fmt.Sprint("w", d), Credit: credit,
+				_, err := l.Transfer(ctx, TransferRequest{Key: fmt.Sprint(prefix, i), Debit: benchWallet(d), Credit: credit,
 					Amount: 1 + r.Int64N(500), Kind: "fare", Meta: map[string]string{"scenario": "bus"}})
 				lat[c] = append(lat[c], time.Since(t0))
 				if err != nil {

@@ -85,9 +85,19 @@
 // place. Each movement stores both accounts' balances after it, which
 // gives statements their running balance and lets Check verify them.
 //
+// Statements find an account's entries in one of two ways. Providers,
+// programmes, clearing and the bank — few accounts with many entries each
+// — through indexes on (debit, seq) and (credit, seq). Residents' wallets
+// and medical accounts (ids "w:…", "m:…"; millions of accounts, a few
+// entries a day) are left out of those indexes, which would cost each of
+// their transfers one more B-tree page at a random place: every movement
+// names instead the previous movement of its debit and of its credit
+// account, the account row names its last one (a row the batch writes
+// anyway), and a resident's statement follows that chain (migration 0031).
+//
 // Check verifies in one snapshot: sum of balances 0, each balance equal to
 // its postings, pending amounts equal to pending holds, running balances,
-// and the hash chain end to end.
+// the accounts' chains of movements, and the hash chain end to end.
 //
 // # Holds
 //

@@ -6,6 +6,8 @@ import (
 	"math"
 	"os"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -504,53 +506,243 @@ func TestReversals(t *testing.T) {
 	})
 }
 
+// TestStatement runs the same history on an account found through the
+// journal's index ("wallet") and on a resident's wallet found through its
+// chain (migration 0031): both statements page, filter by time and show
+// transfers in and out, posted holds and reversals (not holds or voids),
+// with equal amounts and running balances.
 func TestStatement(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, dsn string) {
 		f := setup(t, dsn)
-		f.account("w", KindWallet, 0)
 		f.account("bus", KindReceivable, 0)
-		f.fund("w", 1000)
+		f.account("hospital", KindReceivable, 0)
+		ids := []string{"wallet", WalletID("r1")}
+		for _, id := range ids {
+			f.account(id, KindWallet, 0)
+			f.fund(id, 1000)
+		}
+		other := WalletID("r2") // interleaved entries that are not ours
+		f.account(other, KindWallet, 0)
+		f.fund(other, 1000)
 		start := f.clk.Now()
 		for i := 0; i < 7; i++ {
 			f.clk.Add(time.Minute)
-			if _, err := f.l.Transfer(f.ctx, TransferRequest{Key: fmt.Sprint("fare", i), Debit: "w", Credit: "bus", Amount: 100,
-				Kind: "fare", Meta: map[string]string{"scenario": "bus"}}); err != nil {
+			for _, id := range ids {
+				k := fmt.Sprint(id, i)
+				tr, err := f.l.Transfer(f.ctx, TransferRequest{Key: "fare" + k, Debit: id, Credit: "bus", Amount: 100,
+					Kind: "fare", Meta: map[string]string{"scenario": "bus"}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := f.l.Transfer(f.ctx, TransferRequest{Key: "other" + k, Debit: other, Credit: "bus", Amount: 1}); err != nil {
+					t.Fatal(err)
+				}
+				switch i {
+				case 2: // money in
+					if _, err := f.l.Transfer(f.ctx, TransferRequest{Key: "gift" + k, Debit: other, Credit: id, Amount: 50}); err != nil {
+						t.Fatal(err)
+					}
+				case 3: // a hold posted in part, a hold voided
+					h, err := f.l.Hold(f.ctx, HoldRequest{Key: "hold" + k, Debit: id, Credit: "hospital", Amount: 200})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if _, err := f.l.PostHold(f.ctx, "post"+k, h.ID, 150); err != nil {
+						t.Fatal(err)
+					}
+					h, err = f.l.Hold(f.ctx, HoldRequest{Key: "hold2" + k, Debit: id, Credit: "hospital", Amount: 10})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if _, err := f.l.VoidHold(f.ctx, "void"+k, h.ID); err != nil {
+						t.Fatal(err)
+					}
+				case 4: // a fare refunded in part
+					if _, err := f.l.Reverse(f.ctx, "rev"+k, tr.ID, 40); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+		f.check()
+		type line struct {
+			typ, kind string
+			delta     int64
+			after     int64
+		}
+		lines := func(es []StatementEntry) []line {
+			var out []line
+			for _, e := range es {
+				out = append(out, line{e.Type, e.Kind, e.Delta, e.BalanceAfter})
+			}
+			return out
+		}
+		var got [2][]line
+		for n, id := range ids {
+			var all []StatementEntry
+			cursor := ""
+			for pages := 0; ; pages++ {
+				es, next, err := f.l.Statement(f.ctx, id, time.Time{}, time.Time{}, cursor, 3)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(es) > 3 || (next != "" && len(es) != 3) {
+					t.Fatalf("%s: page of %d, next %q", id, len(es), next)
+				}
+				all = append(all, es...)
+				if next == "" {
+					break
+				}
+				cursor = next
+				if pages > 10 {
+					t.Fatal("no end")
+				}
+			}
+			for i := 1; i < len(all); i++ {
+				if a, b := all[i-1].ID, all[i].ID; len(a) > len(b) || len(a) == len(b) && a >= b {
+					t.Fatalf("%s: %s listed before %s", id, a, b)
+				}
+			}
+			// fund, 7 fares, gift, post, reversal
+			if len(all) != 11 {
+				t.Fatalf("%s: %d entries: %+v", id, len(all), lines(all))
+			}
+			if all[0].Delta != 1000 || all[0].BalanceAfter != 1000 || all[10].BalanceAfter != 1000-700+50-150+40 || all[10].Delta != -100 ||
+				all[10].Kind != "fare" || all[10].Meta["scenario"] != "bus" {
+				t.Fatalf("%s: %+v / %+v", id, all[0], all[10])
+			}
+			got[n] = lines(all)
+			// Time window: fares 2..4 (minutes 3, 4, 5 after start) and what came with them.
+			es, _, err := f.l.Statement(f.ctx, id, start.Add(3*time.Minute), start.Add(6*time.Minute), "", 100)
+			if err != nil || len(es) != 6 || es[0].BalanceAfter != 700 || es[5].Type != TypeReversal || es[5].Delta != 40 {
+				t.Fatalf("%s: %+v %v", id, lines(es), err)
+			}
+			es, next, err := f.l.Statement(f.ctx, id, start.Add(3*time.Minute), start.Add(6*time.Minute), "", 2)
+			if err != nil || len(es) != 2 || es[0].BalanceAfter != 700 || next == "" {
+				t.Fatalf("%s: %+v %q %v", id, lines(es), next, err)
+			}
+			if _, _, err := f.l.Statement(f.ctx, id, time.Time{}, time.Time{}, "x", 10); apperr.CodeOf(err) != apperr.ValidationFailed {
 				t.Fatal(err)
 			}
 		}
-		var all []StatementEntry
-		cursor := ""
-		for pages := 0; ; pages++ {
-			es, next, err := f.l.Statement(f.ctx, "w", time.Time{}, time.Time{}, cursor, 3)
-			if err != nil {
-				t.Fatal(err)
-			}
-			all = append(all, es...)
-			if next == "" {
-				break
-			}
-			cursor = next
-			if pages > 5 {
-				t.Fatal("no end")
-			}
-		}
-		if len(all) != 8 {
-			t.Fatalf("%d entries", len(all))
-		}
-		if all[0].Delta != 1000 || all[0].BalanceAfter != 1000 || all[7].BalanceAfter != 300 || all[7].Delta != -100 || all[7].Kind != "fare" || all[7].Meta["scenario"] != "bus" {
-			t.Fatalf("%+v / %+v", all[0], all[7])
-		}
-		// Time window: fares 2..4 (minutes 3,4,5 after start).
-		es, _, err := f.l.Statement(f.ctx, "w", start.Add(3*time.Minute), start.Add(6*time.Minute), "", 100)
-		if err != nil || len(es) != 3 || es[0].BalanceAfter != 700 {
-			t.Fatalf("%+v %v", es, err)
+		if !slices.Equal(got[0], got[1]) {
+			t.Fatalf("the index and the chain differ:\n%+v\n%+v", got[0], got[1])
 		}
 		if _, _, err := f.l.Statement(f.ctx, "nobody", time.Time{}, time.Time{}, "", 10); apperr.CodeOf(err) != apperr.UnknownAccount {
 			t.Fatal(err)
 		}
-		if _, _, err := f.l.Statement(f.ctx, "w", time.Time{}, time.Time{}, "x", 10); apperr.CodeOf(err) != apperr.ValidationFailed {
+		// The other accounts' statements read the partial indexes.
+		if f.db.Dialect == store.SQLite {
+			for _, col := range []string{"debit", "credit"} {
+				rows, err := f.db.R.QueryContext(f.ctx, `EXPLAIN QUERY PLAN `+statementSQL(col), "bus", 0, 0, 1<<62, 10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var plan []string
+				for rows.Next() {
+					var id, parent, notused int
+					var detail string
+					rows.Scan(&id, &parent, &notused, &detail)
+					plan = append(plan, detail)
+				}
+				rows.Close()
+				if p := strings.Join(plan, "; "); !strings.Contains(p, "ledger_journal_"+col) {
+					t.Fatalf("%s statement plan: %s", col, p)
+				}
+			}
+		}
+		// A broken chain is an error, never a loop or a wrong statement.
+		if _, err := f.db.W.ExecContext(f.ctx, `UPDATE ledger_journal SET debit_prev = seq + 1 WHERE seq = (SELECT last_seq FROM ledger_accounts WHERE id = $1)`, ids[1]); err != nil {
 			t.Fatal(err)
 		}
+		if _, _, err := f.l.Statement(f.ctx, ids[1], time.Time{}, time.Time{}, "", 10); apperr.CodeOf(err) != apperr.Internal {
+			t.Fatalf("broken chain: %v", err)
+		}
+		if r, err := f.l.Check(f.ctx); err != nil || r.OK() || !strings.Contains(fmt.Sprint(r.Problems), "chained to") {
+			t.Fatalf("check passed a broken chain: %+v %v", r, err)
+		}
+	})
+}
+
+// TestChainBackfill: migration 0031 chains the entries written before it.
+// The chains of a history (transfers, holds posted and voided, reversals)
+// are erased and rebuilt by the migration's UPDATEs, and Check passes
+// again; it fails while they are erased.
+func TestChainBackfill(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		f := setup(t, dsn)
+		f.account("bus", KindReceivable, 0)
+		accts := []string{WalletID("a"), WalletID("b"), MedicalID("a"), "other"}
+		for i, id := range accts {
+			f.account(id, KindWallet, 0)
+			f.fund(id, int64(1000*(i+1)))
+		}
+		for i := 0; i < 40; i++ {
+			d, c := accts[i%4], accts[(i+1+i/4)%4]
+			if d == c {
+				c = "bus"
+			}
+			tr, err := f.l.Transfer(f.ctx, TransferRequest{Key: fmt.Sprint("t", i), Debit: d, Credit: c, Amount: int64(i + 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch i % 5 {
+			case 1:
+				if _, err := f.l.Reverse(f.ctx, fmt.Sprint("r", i), tr.ID, 1); err != nil {
+					t.Fatal(err)
+				}
+			case 3:
+				h, err := f.l.Hold(f.ctx, HoldRequest{Key: fmt.Sprint("h", i), Debit: d, Credit: "bus", Amount: 5})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i%2 == 0 {
+					_, err = f.l.VoidHold(f.ctx, fmt.Sprint("v", i), h.ID)
+				} else {
+					_, err = f.l.PostHold(f.ctx, fmt.Sprint("p", i), h.ID, 3)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		f.check()
+		for _, q := range []string{`UPDATE ledger_journal SET debit_prev = 0, credit_prev = 0`, `UPDATE ledger_accounts SET last_seq = 0`} {
+			if _, err := f.db.W.ExecContext(f.ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if r, err := f.l.Check(f.ctx); err != nil || r.OK() {
+			t.Fatalf("check passed erased chains: %+v %v", r, err)
+		}
+		ms, err := store.Migrations(f.db.Dialect)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ran := 0
+		for _, m := range ms {
+			if m.Name != "0031_ledger_account_chains" {
+				continue
+			}
+			for _, stmt := range strings.SplitAfter(m.SQL, ";\n") {
+				var lines []string
+				for _, l := range strings.Split(stmt, "\n") {
+					if !strings.HasPrefix(strings.TrimSpace(l), "--") {
+						lines = append(lines, l)
+					}
+				}
+				if stmt = strings.TrimSpace(strings.Join(lines, "\n")); strings.HasPrefix(stmt, "UPDATE") {
+					if _, err := f.db.W.ExecContext(f.ctx, stmt); err != nil {
+						t.Fatalf("%v\n%s", err, stmt)
+					}
+					ran++
+				}
+			}
+		}
+		if ran != 3 {
+			t.Fatalf("ran %d backfill statements", ran)
+		}
+		f.check()
 	})
 }
 

@@ -345,6 +345,9 @@ func TestModel(t *testing.T) {
 			w := &worker{g: g, l: f.l, ctx: ctx, r: rand.New(rand.NewPCG(seed, uint64(g))), accts: map[string]*mAcct{}, hot: "hot"}
 			for i := 0; i < perWorker; i++ {
 				id := fmt.Sprintf("g%d-a%d", g, i)
+				if i%2 == 1 {
+					id = WalletID(id) // statements through the chain (migration 0031)
+				}
 				floor := int64(0)
 				if i == 0 {
 					floor = -500
@@ -391,6 +394,28 @@ func TestModel(t *testing.T) {
 				}
 				if got.Balance != a.bal || got.Pending != a.pending {
 					t.Errorf("seed %d: %s: ledger %d/%d, model %d/%d", seed, id, got.Balance, got.Pending, a.bal, a.pending)
+				}
+				// The statement's movements add up to the balance.
+				var sum, n int64
+				for cursor := "start"; cursor != ""; {
+					if cursor == "start" {
+						cursor = ""
+					}
+					es, next, err := f.l.Statement(ctx, id, time.Time{}, time.Time{}, cursor, 50)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, e := range es {
+						sum += e.Delta
+						n++
+						if e.BalanceAfter != sum {
+							t.Errorf("seed %d: %s: entry %s: balance after %d, movements sum to %d", seed, id, e.ID, e.BalanceAfter, sum)
+						}
+					}
+					cursor = next
+				}
+				if sum != a.bal || n == 0 {
+					t.Errorf("seed %d: %s: statement of %d entries sums to %d, model %d", seed, id, n, sum, a.bal)
 				}
 			}
 		}

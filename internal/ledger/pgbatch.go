@@ -60,20 +60,20 @@ const (
 	pgOrigs           = `SELECT ` + entryCols + ` FROM ledger_journal WHERE seq = ANY($1::bigint[])`
 	// ref <> 0 lets the planner use the partial index ledger_journal_ref.
 	pgReversed = `SELECT ref, CAST(SUM(amount) AS BIGINT) FROM ledger_journal WHERE type = 'reversal' AND ref <> 0 AND ref = ANY($1::bigint[]) GROUP BY ref`
-	pgAccounts = `SELECT id, kind, currency, floor_fen, unbounded, status, balance_fen, pending_fen FROM ledger_accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`
+	pgAccounts = `SELECT id, kind, currency, floor_fen, unbounded, status, balance_fen, pending_fen, last_seq FROM ledger_accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`
 	pgLate     = holdCols + `WHERE status = 'pending' AND debit = ANY($1::text[]) AND expires_at <= $2 ORDER BY id`
 
-	pgJournalInsert = `INSERT INTO ledger_journal(seq, idem_key, req_hash, type, kind, debit, credit, amount, currency, ref, link, debit_after, credit_after, memo, meta, at, expires_at, hash)
-SELECT seq, NULLIF(k, ''), NULLIF(rh, ''::bytea), typ, kind, debit, credit, amount, currency, ref, link, da, ca, memo, meta, at, exp, hash
-FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[], $16::bigint[], $17::bigint[], $18::bytea[])
-AS v(seq, k, rh, typ, kind, debit, credit, amount, currency, ref, link, da, ca, memo, meta, at, exp, hash)`
+	pgJournalInsert = `INSERT INTO ledger_journal(seq, idem_key, req_hash, type, kind, debit, credit, amount, currency, ref, link, debit_after, credit_after, memo, meta, at, expires_at, hash, debit_prev, credit_prev)
+SELECT seq, NULLIF(k, ''), NULLIF(rh, ''::bytea), typ, kind, debit, credit, amount, currency, ref, link, da, ca, memo, meta, at, exp, hash, dp, cp
+FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[], $16::bigint[], $17::bigint[], $18::bytea[], $19::bigint[], $20::bigint[])
+AS v(seq, k, rh, typ, kind, debit, credit, amount, currency, ref, link, da, ca, memo, meta, at, exp, hash, dp, cp)`
 	pgHoldInsert = `INSERT INTO ledger_holds(id, debit, credit, amount, expires_at, status, resolved_seq)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[])`
 	pgHoldUpdate = `UPDATE ledger_holds h SET status = v.status, resolved_seq = v.rs
 FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS v(id, status, rs) WHERE h.id = v.id AND h.status = 'pending'`
-	pgAccountsAndChain = `WITH v(id, bal, pend) AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])),
-u AS (UPDATE ledger_accounts a SET balance_fen = v.bal, pending_fen = v.pend, version = a.version + 1 FROM v WHERE a.id = v.id RETURNING a.id)
-UPDATE ledger_chain SET seq = $4::bigint / (CASE WHEN (SELECT count(*) FROM u) = cardinality($1::text[]) THEN 1 ELSE 0 END), hash = $5
+	pgAccountsAndChain = `WITH v(id, bal, pend, last) AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])),
+u AS (UPDATE ledger_accounts a SET balance_fen = v.bal, pending_fen = v.pend, last_seq = v.last, version = a.version + 1 FROM v WHERE a.id = v.id RETURNING a.id)
+UPDATE ledger_chain SET seq = $5::bigint / (CASE WHEN (SELECT count(*) FROM u) = cardinality($1::text[]) THEN 1 ELSE 0 END), hash = $6
 WHERE id = 1`
 )
 
@@ -319,7 +319,7 @@ func (b *batch) pgLoad(ctx context.Context, conn *sql.Conn, ops []*op, begin, no
 			for r.Next() {
 				a := &acct{}
 				var unb int
-				if err := r.Scan(&a.id, &a.kind, &a.currency, &a.floor, &unb, &a.status, &a.bal, &a.pending); err != nil {
+				if err := r.Scan(&a.id, &a.kind, &a.currency, &a.floor, &unb, &a.status, &a.bal, &a.pending, &a.last); err != nil {
 					return err
 				}
 				a.unbounded = unb != 0
@@ -375,6 +375,7 @@ func (b *batch) pgWrites() *pgx.Batch {
 	n := len(b.entries)
 	var (
 		seq, amount, ref, link, da, ca, at, exp = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+		dp, cp                                  = make([]int64, n), make([]int64, n)
 		key, typ, kind, debit, credit, cur      = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		memo, meta                              = make([]string, n), make([]string, n)
 		rh, hash                                = make([][]byte, n), make([][]byte, n)
@@ -384,11 +385,12 @@ func (b *batch) pgWrites() *pgx.Batch {
 		prev = e.hash
 		seq[i], key[i], rh[i], typ[i], kind[i], debit[i], credit[i], amount[i], cur[i] = e.seq, e.key, e.reqHash, e.typ, e.kind, e.debit, e.credit, e.amount, e.currency
 		ref[i], link[i], da[i], ca[i], memo[i], meta[i], at[i], exp[i], hash[i] = e.ref, e.link, e.debitAfter, e.creditAfter, e.memo, e.meta, e.at, e.expiresAt, e.hash
+		dp[i], cp[i] = e.debitPrev, e.creditPrev
 		if rh[i] == nil {
 			rh[i] = []byte{} // NULLIF makes it NULL
 		}
 	}
-	pb.Queue(pgJournalInsert, seq, key, rh, typ, kind, debit, credit, amount, cur, ref, link, da, ca, memo, meta, at, exp, hash)
+	pb.Queue(pgJournalInsert, seq, key, rh, typ, kind, debit, credit, amount, cur, ref, link, da, ca, memo, meta, at, exp, hash, dp, cp)
 
 	var nh, uh struct {
 		id, amount, exp, rs   []int64
@@ -412,13 +414,13 @@ func (b *batch) pgWrites() *pgx.Batch {
 	}
 
 	// Never nil: pgx binds a nil slice as NULL, not as an empty array.
-	ids, bal, pend := make([]string, 0, len(b.accts)), make([]int64, 0, len(b.accts)), make([]int64, 0, len(b.accts))
+	ids, bal, pend, last := make([]string, 0, len(b.accts)), make([]int64, 0, len(b.accts)), make([]int64, 0, len(b.accts)), make([]int64, 0, len(b.accts))
 	for _, a := range b.accts {
 		if a.dirty {
-			ids, bal, pend = append(ids, a.id), append(bal, a.bal), append(pend, a.pending)
+			ids, bal, pend, last = append(ids, a.id), append(bal, a.bal), append(pend, a.pending), append(last, a.last)
 		}
 	}
-	pb.Queue(pgAccountsAndChain, ids, bal, pend, b.seq, prev).Exec(func(ct pgconn.CommandTag) error {
+	pb.Queue(pgAccountsAndChain, ids, bal, pend, last, b.seq, prev).Exec(func(ct pgconn.CommandTag) error {
 		if ct.RowsAffected() != 1 {
 			return fmt.Errorf("ledger: the chain head row is missing")
 		}

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
@@ -117,10 +119,12 @@ func (l *Ledger) Statement(ctx context.Context, accountID string, from, to time.
 	if _, err := l.account(ctx, l.db.R, accountID); err != nil {
 		return nil, "", err
 	}
+	if chained(accountID) {
+		return l.chainStatement(ctx, accountID, after, lo, hi, limit)
+	}
 	// Two index range scans (debit side, credit side), merged by seq.
 	get := func(col string) ([]*entry, error) {
-		rows, err := l.db.R.QueryContext(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE `+col+` = $1 AND seq > $2
-			AND type IN ('transfer', 'post', 'reversal') AND at >= $3 AND at < $4 ORDER BY seq LIMIT $5`, accountID, after, lo, hi, limit+1)
+		rows, err := l.db.R.QueryContext(ctx, statementSQL(col), accountID, after, lo, hi, limit+1)
 		if err != nil {
 			return nil, err
 		}
@@ -152,20 +156,91 @@ func (l *Ledger) Statement(ctx context.Context, accountID string, from, to time.
 		} else {
 			e, cs = cs[0], cs[1:]
 		}
-		se := StatementEntry{Transfer: e.transfer()}
-		if debit {
-			se.Delta, se.BalanceAfter = -e.amount, e.debitAfter
-		} else {
-			se.Delta, se.BalanceAfter = e.amount, e.creditAfter
+		out = append(out, statementEntry(e, debit))
+	}
+	out, next := statementPage(out, limit)
+	return out, next, nil
+}
+
+func statementEntry(e *entry, debit bool) StatementEntry {
+	se := StatementEntry{Transfer: e.transfer()}
+	if debit {
+		se.Delta, se.BalanceAfter = -e.amount, e.debitAfter
+	} else {
+		se.Delta, se.BalanceAfter = e.amount, e.creditAfter
+	}
+	return se
+}
+
+// statementPage cuts up to limit+1 entries, oldest first, to a page of
+// limit and the cursor of the next page ("" when this is the last).
+func statementPage(out []StatementEntry, limit int) ([]StatementEntry, string) {
+	if len(out) <= limit {
+		return out, ""
+	}
+	out = out[:limit]
+	id, _ := parseID(out[limit-1].ID)
+	return out, strconv.FormatInt(id, 10)
+}
+
+// chained reports whether an account's entries are found through its
+// chain of moving entries (residents' wallets and medical accounts) rather
+// than the journal's indexes, which leave them out (migration 0031).
+func chained(id string) bool {
+	return strings.HasPrefix(id, WalletID("")) || strings.HasPrefix(id, MedicalID(""))
+}
+
+// statementSQL reads a page of an indexed account's moving entries on
+// one side (col: "debit" or "credit").
+func statementSQL(col string) string {
+	return `SELECT ` + entryCols + ` FROM ledger_journal WHERE ` + col + ` = $1 AND ` + indexed(col) + ` AND seq > $2
+			AND type IN ('transfer', 'post', 'reversal') AND at >= $3 AND at < $4 ORDER BY seq LIMIT $5`
+}
+
+// indexed is the condition of the partial index on col ("debit" or
+// "credit"); a query must state it to use that index.
+func indexed(col string) string { return `substr(` + col + `, 1, 2) NOT IN ('w:', 'm:')` }
+
+// chainStatement is Statement for a chained account: it follows the
+// account's chain from its last moving entry back to the cursor, keeping
+// the oldest limit+1 entries in [lo, hi). A resident's history is a few
+// entries a day, so the walk is short; an entry read is one primary-key
+// lookup.
+func (l *Ledger) chainStatement(ctx context.Context, id string, after, lo, hi int64, limit int) ([]StatementEntry, string, error) {
+	var seq int64
+	if err := l.db.QueryRow(ctx, `SELECT last_seq FROM ledger_accounts WHERE id = $1`, id).Scan(&seq); err != nil {
+		return nil, "", dbErr(err)
+	}
+	var newest []StatementEntry // newest first; the oldest limit+1 at the end
+	for seq > after {
+		e, err := scanEntry(l.db.QueryRow(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE seq = $1`, seq))
+		if err != nil {
+			return nil, "", dbErr(fmt.Errorf("ledger: account %s: chain entry %d: %w", id, seq, err))
 		}
-		out = append(out, se)
+		debit := e.debit == id
+		if !debit && e.credit != id {
+			return nil, "", apperr.Wrap(apperr.Internal, fmt.Errorf("ledger: account %s: chain entry %d names other accounts", id, seq))
+		}
+		if e.at >= lo && e.at < hi {
+			newest = append(newest, statementEntry(e, debit))
+			if len(newest) > 2*(limit+1) {
+				newest = append(newest[:0], newest[len(newest)-(limit+1):]...)
+			}
+		}
+		prev := e.creditPrev
+		if debit {
+			prev = e.debitPrev
+		}
+		if prev >= seq {
+			return nil, "", apperr.Wrap(apperr.Internal, fmt.Errorf("ledger: account %s: chain entry %d points forward to %d", id, seq, prev))
+		}
+		seq = prev
 	}
-	next := ""
-	if len(out) > limit {
-		out = out[:limit]
-		id, _ := parseID(out[limit-1].ID)
-		next = strconv.FormatInt(id, 10)
+	if len(newest) > limit+1 {
+		newest = newest[len(newest)-(limit+1):]
 	}
+	slices.Reverse(newest)
+	out, next := statementPage(newest, limit)
 	return out, next, nil
 }
 
@@ -215,9 +290,9 @@ func check(ctx context.Context, tx *sql.Tx) (CheckResult, error) {
 	if err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM ledger_chain WHERE id = 1`).Scan(&headSeq, &headHash); err != nil {
 		return r, err
 	}
-	type bal struct{ balance, pending, postings, holds int64 }
+	type bal struct{ balance, pending, postings, holds, lastSeq, last int64 }
 	accts := map[string]*bal{}
-	rows, err := tx.QueryContext(ctx, `SELECT id, balance_fen, pending_fen FROM ledger_accounts`)
+	rows, err := tx.QueryContext(ctx, `SELECT id, balance_fen, pending_fen, last_seq FROM ledger_accounts`)
 	if err != nil {
 		return r, err
 	}
@@ -225,7 +300,7 @@ func check(ctx context.Context, tx *sql.Tx) (CheckResult, error) {
 	for rows.Next() {
 		var id string
 		b := &bal{}
-		if err := rows.Scan(&id, &b.balance, &b.pending); err != nil {
+		if err := rows.Scan(&id, &b.balance, &b.pending, &b.lastSeq); err != nil {
 			rows.Close()
 			return r, err
 		}
@@ -295,6 +370,9 @@ func check(ctx context.Context, tx *sql.Tx) (CheckResult, error) {
 		}
 		prev = e.hash
 		if !moves(e.typ) {
+			if e.debitPrev != 0 || e.creditPrev != 0 {
+				problem("entry %d (%s) is chained to entries %d/%d", e.seq, e.typ, e.debitPrev, e.creditPrev)
+			}
 			continue
 		}
 		d, c := accts[e.debit], accts[e.credit]
@@ -307,6 +385,10 @@ func check(ctx context.Context, tx *sql.Tx) (CheckResult, error) {
 		if d.postings != e.debitAfter || c.postings != e.creditAfter {
 			problem("entry %d: running balances %d/%d, postings give %d/%d", e.seq, e.debitAfter, e.creditAfter, d.postings, c.postings)
 		}
+		if e.debitPrev != d.last || e.creditPrev != c.last {
+			problem("entry %d: chained to entries %d/%d, the accounts' previous entries are %d/%d", e.seq, e.debitPrev, e.creditPrev, d.last, c.last)
+		}
+		d.last, c.last = e.seq, e.seq
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -322,6 +404,9 @@ func check(ctx context.Context, tx *sql.Tx) (CheckResult, error) {
 		}
 		if b.pending != b.holds {
 			problem("account %q: pending %d, pending holds %d", id, b.pending, b.holds)
+		}
+		if b.lastSeq != b.last {
+			problem("account %q: last entry %d, the journal's is %d", id, b.lastSeq, b.last)
 		}
 	}
 	return r, nil

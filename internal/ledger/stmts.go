@@ -70,7 +70,7 @@ var inQueries = [][2]string{
 
 const (
 	holdCols   = `SELECT id, debit, credit, amount, expires_at, status, resolved_seq FROM ledger_holds `
-	acctSelect = `SELECT id, kind, currency, floor_fen, unbounded, status, balance_fen, pending_fen FROM ledger_accounts WHERE id IN `
+	acctSelect = `SELECT id, kind, currency, floor_fen, unbounded, status, balance_fen, pending_fen, last_seq FROM ledger_accounts WHERE id IN `
 	chainHead  = `SELECT seq, hash FROM ledger_chain WHERE id = 1`
 	chainSet   = `UPDATE ledger_chain SET seq = $1, hash = $2 WHERE id = 1`
 )
@@ -88,12 +88,12 @@ func orRollback(pg bool) string {
 	return "OR ROLLBACK "
 }
 
-const journalCols = 18
+const journalCols = 20
 
 func journalInsertSQL(pg bool, n int) string {
 	var sb strings.Builder
 	sb.Grow(200 + n*journalCols*6)
-	sb.WriteString(`INSERT ` + orRollback(pg) + `INTO ledger_journal(seq, idem_key, req_hash, type, kind, debit, credit, amount, currency, ref, link, debit_after, credit_after, memo, meta, at, expires_at, hash) VALUES `)
+	sb.WriteString(`INSERT ` + orRollback(pg) + `INTO ledger_journal(seq, idem_key, req_hash, type, kind, debit, credit, amount, currency, ref, link, debit_after, credit_after, memo, meta, at, expires_at, hash, debit_prev, credit_prev) VALUES `)
 	for i := 0; i < n; i++ {
 		if i > 0 {
 			sb.WriteString(", ")
@@ -122,20 +122,20 @@ func holdInsertSQL(pg bool, n int) string {
 // acctUpdateSQL writes n accounts' balances in one statement.
 func acctUpdateSQL(pg bool, n int) string {
 	var sb strings.Builder
-	sb.WriteString(`WITH v(id, bal, pend) AS (VALUES `)
+	sb.WriteString(`WITH v(id, bal, pend, last) AS (VALUES `)
 	for i := 0; i < n; i++ {
 		switch {
 		case i == 0 && pg:
-			sb.WriteString(`(CAST($1 AS TEXT), CAST($2 AS BIGINT), CAST($3 AS BIGINT))`)
+			sb.WriteString(`(CAST($1 AS TEXT), CAST($2 AS BIGINT), CAST($3 AS BIGINT), CAST($4 AS BIGINT))`)
 		case pg:
-			fmt.Fprintf(&sb, `, ($%d, $%d, $%d)`, i*3+1, i*3+2, i*3+3)
+			fmt.Fprintf(&sb, `, ($%d, $%d, $%d, $%d)`, i*4+1, i*4+2, i*4+3, i*4+4)
 		case i == 0:
-			sb.WriteString(`(?, ?, ?)`)
+			sb.WriteString(`(?, ?, ?, ?)`)
 		default:
-			sb.WriteString(`, (?, ?, ?)`)
+			sb.WriteString(`, (?, ?, ?, ?)`)
 		}
 	}
-	sb.WriteString(`) UPDATE ` + orRollback(pg) + `ledger_accounts SET balance_fen = v.bal, pending_fen = v.pend, version = ledger_accounts.version + 1 FROM v WHERE ledger_accounts.id = v.id`)
+	sb.WriteString(`) UPDATE ` + orRollback(pg) + `ledger_accounts SET balance_fen = v.bal, pending_fen = v.pend, last_seq = v.last, version = ledger_accounts.version + 1 FROM v WHERE ledger_accounts.id = v.id`)
 	return sb.String()
 }
 

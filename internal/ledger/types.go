@@ -413,6 +413,11 @@ type entry struct {
 	at          int64
 	expiresAt   int64
 	hash        []byte
+	// debitPrev and creditPrev chain a moving entry (transfer, post,
+	// reversal) to the previous moving entry of its debit and of its
+	// credit account (0: none). They are an index, not content: the
+	// chain hash does not cover them, and Check verifies them.
+	debitPrev, creditPrev int64
 }
 
 // chainHash returns SM3(prev || canonical(entry)).
