@@ -39,13 +39,16 @@ type Options struct {
 // Ledger is the double-entry ledger of one node process. All writes go
 // through its committer goroutine; reads go straight to the database.
 type Ledger struct {
-	db   *store.DB
-	opt  Options
-	in   chan *op
-	quit chan struct{}
-	done chan struct{}
-	once sync.Once
-	log  *slog.Logger
+	db  *store.DB
+	opt Options
+	in  chan *op
+	// carry: requests taken from in that wait for the committer's next
+	// batch (absorb); the committer's own.
+	carry []*op
+	quit  chan struct{}
+	done  chan struct{}
+	once  sync.Once
+	log   *slog.Logger
 
 	batches, entries, failed atomic.Int64
 	batchNanos               atomic.Int64
@@ -216,14 +219,19 @@ func (l *Ledger) committer() {
 	var batch []*op
 	for {
 		batch = batch[:0]
-		select {
-		case o := <-l.in:
-			batch = append(batch, o)
-		case <-l.quit:
-			l.drainClosed()
-			return
+		if len(l.carry) > 0 {
+			batch = append(batch, l.carry...)
+			l.carry = l.carry[:0]
+		} else {
+			select {
+			case o := <-l.in:
+				batch = append(batch, o)
+			case <-l.quit:
+				l.drainClosed()
+				return
+			}
 		}
-		l.runBatch(l.absorb(batch))
+		l.runBatch(l.absorb(batch, nil))
 	}
 }
 
@@ -231,8 +239,9 @@ func (l *Ledger) committer() {
 // entries, without waiting; a request whose caller has gone is answered
 // at once. The committer fills each batch with it, and a PostgreSQL batch
 // that waited for another process's chain-head lock takes in what came
-// during the wait (pgbatch.go).
-func (l *Ledger) absorb(ops []*op) []*op {
+// during the wait (pgbatch.go). A request that accept (if not nil)
+// refuses is carried to the committer's next batch.
+func (l *Ledger) absorb(ops []*op, accept func(*op) bool) []*op {
 	n := 0
 	for _, o := range ops {
 		n += max(len(o.items), 1)
@@ -243,6 +252,13 @@ func (l *Ledger) absorb(ops []*op) []*op {
 			if err := o.ctx.Err(); err != nil {
 				o.err = apperr.Wrap(apperr.Unavailable, err)
 				close(o.done)
+				continue
+			}
+			if accept != nil && !accept(o) {
+				l.carry = append(l.carry, o)
+				if len(l.carry) >= l.opt.MaxBatch {
+					return ops
+				}
 				continue
 			}
 			ops = append(ops, o)

@@ -94,11 +94,6 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 			useTx = true
 		}
 	}
-	if useTx {
-		if b.tx, err = conn.BeginTx(ctx, nil); err != nil {
-			return err
-		}
-	}
 	defer func() {
 		if err == nil {
 			return
@@ -110,29 +105,43 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 		pgRollback(conn)
 	}()
 	if !l.lg.shared {
+		if useTx {
+			if b.tx, err = conn.BeginTx(ctx, nil); err != nil {
+				return err
+			}
+		}
 		err = b.pgLoad(ctx, conn, ops, !useTx, true)
+		if isLockNotAvailable(err) {
+			if b.tx != nil {
+				b.tx.Rollback()
+				b.tx = nil
+			} else {
+				pgRollback(conn)
+			}
+		}
 	}
 	if l.lg.shared || isLockNotAvailable(err) {
 		// Another process holds the chain head (its batch is committing):
-		// wait for it in a transaction of our own, and let the requests
-		// that arrive meanwhile join this batch, so that processes taking
-		// turns commit full batches instead of halves.
-		if b.tx != nil {
-			b.tx.Rollback()
-		} else if !l.lg.shared {
-			pgRollback(conn)
-		}
+		// wait for it, and let the requests that arrive meanwhile join this
+		// batch, so that processes taking turns commit full batches instead
+		// of halves. Without attachments the transaction begins in the
+		// pipeline that waits, and commits in the one that writes (three
+		// round trips); a request with attachments that arrives meanwhile
+		// waits for the next batch.
 		b = l.newBatch(b.now)
-		if b.tx, err = conn.BeginTx(ctx, nil); err != nil {
-			return err
-		}
-		useTx = true
 		lock := &pgx.Batch{}
+		if useTx {
+			if b.tx, err = conn.BeginTx(ctx, nil); err != nil {
+				return err
+			}
+		} else {
+			lock.Queue(`BEGIN`)
+		}
 		lock.Queue(pgChainLock)
 		if err = pgSend(ctx, conn, lock); err != nil {
 			return err
 		}
-		ops = l.absorb(ops)
+		ops = l.absorb(ops, func(o *op) bool { return useTx || o.att == nil })
 		*opsp = ops
 		err = b.pgLoad(ctx, conn, ops, false, false)
 	}

@@ -194,7 +194,9 @@ func TestShared(t *testing.T) {
 // TestChainLockWaitAbsorbs: while another process holds the chain head (its
 // batch committing), the waiting batch takes in the requests that arrive
 // meanwhile, so they commit together once the lock is free; each is
-// applied once and answered.
+// applied once and answered. The waiting batch began its transaction in a
+// pipeline (no attachments), so requests with attachments that arrive
+// meanwhile are carried to the next batch, which writes them.
 func TestChainLockWaitAbsorbs(t *testing.T) {
 	dsn := storetest.Postgres(t)
 	ctx := context.Background()
@@ -205,6 +207,9 @@ func TestChainLockWaitAbsorbs(t *testing.T) {
 	f.account("bus", KindReceivable, 0)
 	f.account("w", KindWallet, 0)
 	if _, err := l.TopUp(ctx, "fund", "w", 100_000, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.W.ExecContext(ctx, `CREATE TABLE att_notes (name TEXT PRIMARY KEY, outcome TEXT NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}
 	tx, err := other.W.BeginTx(ctx, nil)
@@ -228,20 +233,39 @@ func TestChainLockWaitAbsorbs(t *testing.T) {
 			errs <- err
 		}()
 	}
+	const attached = 3
+	nr := &noteRows{}
+	for i := 0; i < attached; i++ {
+		go func() {
+			out, err := l.Attach(ctx, []TransferRequest{{Key: fmt.Sprint("att-", i), Debit: "w", Credit: "bus", Amount: 100, Kind: "fare"}},
+				&Attachment{To: nr, Value: fmt.Sprint("note-", i)})
+			if err == nil {
+				err = out.Err
+			}
+			if err == nil && len(out.Transfers) != 1 {
+				err = fmt.Errorf("attached request answered with %d transfers", len(out.Transfers))
+			}
+			errs <- err
+		}()
+	}
 	time.Sleep(200 * time.Millisecond)
 	if err := tx.Commit(); err != nil { // the other process's batch is done
 		t.Fatal(err)
 	}
-	for i := 0; i < n; i++ {
+	for i := 0; i < n+attached; i++ {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := l.Stats().Batches - b0; got != 1 {
-		t.Fatalf("%d transfers committed in %d batches, want 1: the waiting batch should take in the requests queued behind it", n, got)
+	if got := l.Stats().Batches - b0; got != 2 {
+		t.Fatalf("%d transfers and %d attached requests committed in %d batches, want 2: the waiting batch should take in the transfers queued behind it, the next the attached requests", n, attached, got)
 	}
-	if a, err := l.Balance(ctx, "w"); err != nil || a.Balance != 100_000-n*100 {
-		t.Fatalf("wallet %+v %v, want %d", a, err, 100_000-n*100)
+	if a, err := l.Balance(ctx, "w"); err != nil || a.Balance != 100_000-(n+attached)*100 {
+		t.Fatalf("wallet %+v %v, want %d", a, err, 100_000-(n+attached)*100)
+	}
+	var notes int
+	if err := db.R.QueryRowContext(ctx, `SELECT count(*) FROM att_notes WHERE outcome = 'ok'`).Scan(&notes); err != nil || notes != attached {
+		t.Fatalf("%d attachments written (%v), want %d", notes, err, attached)
 	}
 	if r, err := l.Check(ctx); err != nil || !r.OK() {
 		t.Fatalf("check: %+v %v", r, err)
