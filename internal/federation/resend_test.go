@@ -12,6 +12,7 @@ import (
 
 	"github.com/yikatong/yikatong/internal/federation"
 	"github.com/yikatong/yikatong/internal/store"
+	"github.com/yikatong/yikatong/internal/store/storetest"
 )
 
 // TestChargeResent delivers one online charge to the home city several
@@ -100,19 +101,7 @@ func TestChargeResent(t *testing.T) {
 	// A card's exposure under the risk limit is read through the partial
 	// subject index (migration 0051), not by scanning the outbox.
 	if b.DB.Dialect == store.SQLite {
-		rows, err := b.DB.R.QueryContext(ctx, `EXPLAIN QUERY PLAN `+federation.ExposureSQL, a.id, cd.Token)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var plan []string
-		for rows.Next() {
-			var id, parent, notused int
-			var detail string
-			rows.Scan(&id, &parent, &notused, &detail)
-			plan = append(plan, detail)
-		}
-		rows.Close()
-		if p := strings.Join(plan, "; "); !strings.Contains(p, "fed_messages_subject") {
+		if p := storetest.QueryPlan(t, b.DB.R, federation.ExposureSQL, a.id, cd.Token); !strings.Contains(p, "fed_messages_subject") {
 			t.Fatalf("exposure query plan: %s", p)
 		}
 	}

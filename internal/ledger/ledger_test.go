@@ -634,19 +634,7 @@ func TestStatement(t *testing.T) {
 		// The other accounts' statements read the partial indexes.
 		if f.db.Dialect == store.SQLite {
 			for _, col := range []string{"debit", "credit"} {
-				rows, err := f.db.R.QueryContext(f.ctx, `EXPLAIN QUERY PLAN `+statementSQL(col), "bus", 0, 0, 1<<62, 10)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var plan []string
-				for rows.Next() {
-					var id, parent, notused int
-					var detail string
-					rows.Scan(&id, &parent, &notused, &detail)
-					plan = append(plan, detail)
-				}
-				rows.Close()
-				if p := strings.Join(plan, "; "); !strings.Contains(p, "ledger_journal_"+col) {
+				if p := storetest.QueryPlan(t, f.db.R, statementSQL(col), "bus", 0, 0, 1<<62, 10); !strings.Contains(p, "ledger_journal_"+col) {
 					t.Fatalf("%s statement plan: %s", col, p)
 				}
 			}

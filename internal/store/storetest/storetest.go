@@ -270,3 +270,27 @@ func Each(t *testing.T, fn func(t *testing.T, dsn string)) {
 		t.Run(b.Name, func(t *testing.T) { fn(t, b.DSN(t)) })
 	}
 }
+
+// QueryPlan is SQLite's EXPLAIN QUERY PLAN of query with args, its steps
+// joined by "; " (for tests that a query uses the index meant for it).
+func QueryPlan(tb testing.TB, db *sql.DB, query string, args ...any) string {
+	tb.Helper()
+	rows, err := db.QueryContext(context.Background(), `EXPLAIN QUERY PLAN `+query, args...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, notused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+			tb.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return strings.Join(plan, "; ")
+}
