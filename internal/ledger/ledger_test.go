@@ -639,15 +639,37 @@ func TestStatement(t *testing.T) {
 				}
 			}
 		}
-		// A broken chain is an error, never a loop or a wrong statement.
-		if _, err := f.db.W.ExecContext(f.ctx, `UPDATE ledger_journal SET debit_prev = seq + 1 WHERE seq = (SELECT last_seq FROM ledger_accounts WHERE id = $1)`, ids[1]); err != nil {
+		// A broken chain is an error, never a loop or a wrong statement:
+		// a link forward, a link to another account's entry, a link to an
+		// entry that is not there. The wallet's last movement is a fare
+		// (it debits the wallet).
+		var lastSeq, prev, others int64
+		if err := f.db.R.QueryRowContext(f.ctx, `SELECT a.last_seq, j.debit_prev FROM ledger_accounts a JOIN ledger_journal j ON j.seq = a.last_seq WHERE a.id = $1`, ids[1]).Scan(&lastSeq, &prev); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := f.l.Statement(f.ctx, ids[1], time.Time{}, time.Time{}, "", 10); apperr.CodeOf(err) != apperr.Internal {
-			t.Fatalf("broken chain: %v", err)
+		if err := f.db.R.QueryRowContext(f.ctx, `SELECT MAX(seq) FROM ledger_journal WHERE debit <> $1 AND credit <> $1 AND seq < $2`, ids[1], lastSeq).Scan(&others); err != nil {
+			t.Fatal(err)
 		}
-		if r, err := f.l.Check(f.ctx); err != nil || r.OK() || !strings.Contains(fmt.Sprint(r.Problems), "chained to") {
-			t.Fatalf("check passed a broken chain: %+v %v", r, err)
+		for _, bad := range []struct {
+			link    int64
+			says    string
+			missing bool // move the linked entry away first
+		}{{lastSeq + 1, "points forward", false}, {others, "names other accounts", false}, {prev, "not in the journal", true}} {
+			if bad.missing {
+				if _, err := f.db.W.ExecContext(f.ctx, `UPDATE ledger_journal SET seq = seq + 1000000 WHERE seq = $1`, prev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := f.db.W.ExecContext(f.ctx, `UPDATE ledger_journal SET debit_prev = $1 WHERE seq = $2`, bad.link, lastSeq); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := f.l.Statement(f.ctx, ids[1], time.Time{}, time.Time{}, "", 10)
+			if apperr.CodeOf(err) != apperr.Internal || !strings.Contains(err.Error(), bad.says) {
+				t.Fatalf("chain link %d (%s): %v", bad.link, bad.says, err)
+			}
+			if r, err := f.l.Check(f.ctx); err != nil || r.OK() {
+				t.Fatalf("check passed a broken chain (%s): %+v %v", bad.says, r, err)
+			}
 		}
 	})
 }

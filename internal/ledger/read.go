@@ -201,46 +201,89 @@ func statementSQL(col string) string {
 // "credit"); a query must state it to use that index.
 func indexed(col string) string { return `substr(` + col + `, 1, 2) NOT IN ('w:', 'm:')` }
 
-// chainStatement is Statement for a chained account: it follows the
-// account's chain from its last moving entry back to the cursor, keeping
-// the oldest limit+1 entries in [lo, hi). A resident's history is a few
-// entries a day, so the walk is short; an entry read is one primary-key
-// lookup.
+// chainSQL walks a chained account's movements ($1) from its last one
+// back to the cursor ($2), in the database (one primary-key look-up a
+// step), and returns each step's seq, the step it leads to, its time, and
+// whether it names the account. The walk never goes forward (a corrupt
+// link ends it, and chainStatement reports it).
+const chainSQL = `WITH RECURSIVE c(seq, nxt, at, named) AS (
+	SELECT j.seq, CASE WHEN j.debit = $1 THEN j.debit_prev ELSE j.credit_prev END, j.at,
+		CASE WHEN j.debit = $1 OR j.credit = $1 THEN 1 ELSE 0 END
+	FROM ledger_accounts a JOIN ledger_journal j ON j.seq = a.last_seq WHERE a.id = $1 AND a.last_seq > $2
+	UNION ALL
+	SELECT j.seq, CASE WHEN j.debit = $1 THEN j.debit_prev ELSE j.credit_prev END, j.at,
+		CASE WHEN j.debit = $1 OR j.credit = $1 THEN 1 ELSE 0 END
+	FROM c JOIN ledger_journal j ON j.seq = c.nxt WHERE c.nxt > $2 AND c.nxt < c.seq AND c.named = 1
+) SELECT seq, nxt, at, named FROM c ORDER BY seq DESC`
+
+// chainStatement is Statement for a chained account: it walks the
+// account's chain from its last movement back to the cursor (chainSQL),
+// picks the oldest limit+1 movements in [lo, hi), and reads those
+// entries. Two queries whatever the account's history; a resident's
+// history is a few movements a day.
 func (l *Ledger) chainStatement(ctx context.Context, id string, after, lo, hi int64, limit int) ([]StatementEntry, string, error) {
-	var seq int64
-	if err := l.db.QueryRow(ctx, `SELECT last_seq FROM ledger_accounts WHERE id = $1`, id).Scan(&seq); err != nil {
+	rows, err := l.db.R.QueryContext(ctx, chainSQL, id, after)
+	if err != nil {
 		return nil, "", dbErr(err)
 	}
-	var newest []StatementEntry // newest first; the oldest limit+1 at the end
-	for seq > after {
-		e, err := scanEntry(l.db.QueryRow(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE seq = $1`, seq))
+	var picked []any // newest first
+	last := struct{ seq, nxt int64 }{}
+	broken := ""
+	for rows.Next() {
+		var seq, nxt, at int64
+		var named int
+		if err := rows.Scan(&seq, &nxt, &at, &named); err != nil {
+			rows.Close()
+			return nil, "", dbErr(err)
+		}
+		switch {
+		case named != 1:
+			broken = fmt.Sprintf("chain entry %d names other accounts", seq)
+		case nxt >= seq:
+			broken = fmt.Sprintf("chain entry %d points forward to %d", seq, nxt)
+		case at >= lo && at < hi:
+			picked = append(picked, seq)
+		}
+		last.seq, last.nxt = seq, nxt
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, "", dbErr(err)
+	}
+	if broken == "" && last.seq != 0 && last.nxt > after {
+		broken = fmt.Sprintf("chain entry %d leads to %d, which is not in the journal", last.seq, last.nxt)
+	}
+	if broken != "" {
+		return nil, "", apperr.Wrap(apperr.Internal, fmt.Errorf("ledger: account %s: %s", id, broken))
+	}
+	if len(picked) > limit+1 {
+		picked = picked[len(picked)-(limit+1):]
+	}
+	if len(picked) == 0 {
+		return nil, "", nil
+	}
+	slices.Reverse(picked)
+	var sb strings.Builder
+	sb.WriteString(`SELECT ` + entryCols + ` FROM ledger_journal WHERE seq IN (`)
+	placeholders(&sb, l.db.Dialect == store.Postgres, 1, len(picked))
+	sb.WriteString(`) ORDER BY seq`)
+	rows, err = l.db.R.QueryContext(ctx, sb.String(), picked...)
+	if err != nil {
+		return nil, "", dbErr(err)
+	}
+	defer rows.Close()
+	out := make([]StatementEntry, 0, len(picked))
+	for rows.Next() {
+		e, err := scanEntry(rows)
 		if err != nil {
-			return nil, "", dbErr(fmt.Errorf("ledger: account %s: chain entry %d: %w", id, seq, err))
+			return nil, "", dbErr(err)
 		}
-		debit := e.debit == id
-		if !debit && e.credit != id {
-			return nil, "", apperr.Wrap(apperr.Internal, fmt.Errorf("ledger: account %s: chain entry %d names other accounts", id, seq))
-		}
-		if e.at >= lo && e.at < hi {
-			newest = append(newest, statementEntry(e, debit))
-			if len(newest) > 2*(limit+1) {
-				newest = append(newest[:0], newest[len(newest)-(limit+1):]...)
-			}
-		}
-		prev := e.creditPrev
-		if debit {
-			prev = e.debitPrev
-		}
-		if prev >= seq {
-			return nil, "", apperr.Wrap(apperr.Internal, fmt.Errorf("ledger: account %s: chain entry %d points forward to %d", id, seq, prev))
-		}
-		seq = prev
+		out = append(out, statementEntry(e, e.debit == id))
 	}
-	if len(newest) > limit+1 {
-		newest = newest[len(newest)-(limit+1):]
+	if err := rows.Err(); err != nil {
+		return nil, "", dbErr(err)
 	}
-	slices.Reverse(newest)
-	out, next := statementPage(newest, limit)
+	out, next := statementPage(out, limit)
 	return out, next, nil
 }
 
