@@ -137,11 +137,11 @@ func (n *Node) ledgerRoutes() {
 			}
 			residentID := req.ResidentID
 			if req.CardNumber != "" {
-				c, err := n.Residents.Card(r.Context(), req.CardNumber)
+				id, err := n.Residents.HolderOf(r.Context(), req.CardNumber)
 				if err != nil {
 					return err
 				}
-				residentID = c.ResidentID
+				residentID = id
 			}
 			if residentID == "" {
 				return apperr.Invalid("card_number", "give card_number or resident_id", "请提供卡号或居民编号")

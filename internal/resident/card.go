@@ -8,6 +8,7 @@ import (
 	"errors"
 	"math/big"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/trust"
@@ -331,6 +332,52 @@ func (s *Service) Card(ctx context.Context, cardNumber string) (Card, error) {
 		return Card{}, err
 	}
 	return scanCard(s.db.QueryRow(ctx, `SELECT `+cardCols+` FROM cards WHERE number = $1`, n))
+}
+
+// HolderOf returns the id of the resident a card was issued to, whatever
+// the card's status (not_found for an unknown card). A card never changes
+// hands (a replacement is a new card), so answers are kept in memory and
+// stay true in every process: a top-up by card number reads the database
+// once per card, not once per top-up.
+func (s *Service) HolderOf(ctx context.Context, cardNumber string) (string, error) {
+	n, err := checkCardNumber(cardNumber)
+	if err != nil {
+		return "", err
+	}
+	if id, ok := s.holders.get(n); ok {
+		return id, nil
+	}
+	c, err := scanCard(s.db.QueryRow(ctx, `SELECT `+cardCols+` FROM cards WHERE number = $1`, n))
+	if err != nil {
+		return "", err
+	}
+	s.holders.put(n, c.ResidentID)
+	return c.ResidentID, nil
+}
+
+// holderCache is HolderOf's memory, bounded: past maxHolders entries it
+// starts again empty.
+type holderCache struct {
+	mu sync.RWMutex
+	m  map[string]string
+}
+
+const maxHolders = 1 << 20
+
+func (h *holderCache) get(number string) (string, bool) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	id, ok := h.m[number]
+	return id, ok
+}
+
+func (h *holderCache) put(number, residentID string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.m == nil || len(h.m) >= maxHolders {
+		h.m = make(map[string]string, 1024)
+	}
+	h.m[number] = residentID
 }
 
 // CardByToken returns the card whose e-code subject is token (not_found).

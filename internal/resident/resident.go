@@ -132,6 +132,7 @@ type Service struct {
 	pepper  []byte
 	pinIter int
 	prefix  atomic.Value // string: region code new card numbers start with (SetCardIssuer)
+	holders holderCache  // card number → resident id (HolderOf)
 }
 
 // DefaultPINIterations is the PBKDF2 iteration count of new PIN hashes.

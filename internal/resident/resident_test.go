@@ -422,6 +422,24 @@ func TestReplaceGivesNewCardAndKillsOld(t *testing.T) {
 		if len(ev) != 1 || ev[0].Event != EventIssued || ev[0].To != StatusActive || ev[0].Actor != "staff:bob" {
 			t.Fatalf("new card events %+v", ev)
 		}
+		// Both cards name their holder, whatever their status, and so does
+		// a second service over the same database (another process).
+		for _, svc := range []*Service{e.svc, New(e.svc.db, e.svc.v, nil)} {
+			for _, n := range []string{old.Number, nc.Number, nc.Number} {
+				if id, err := svc.HolderOf(ctx, n); err != nil || id != r.ID {
+					t.Fatalf("HolderOf(%s) = %q, %v; want %q", n, id, err, r.ID)
+				}
+			}
+		}
+		_, err = e.svc.HolderOf(ctx, "1234")
+		wantCode(t, err, apperr.ValidationFailed)
+		unknown := nc.Number[:14] + "0"
+		unknown += string(luhn(unknown))
+		if unknown == nc.Number || unknown == old.Number {
+			t.Fatal("test card number collides")
+		}
+		_, err = e.svc.HolderOf(ctx, unknown)
+		wantCode(t, err, apperr.NotFound)
 	})
 }
 
