@@ -93,7 +93,8 @@
 // their transfers one more B-tree page at a random place: every movement
 // names instead the previous movement of its debit and of its credit
 // account, the account row names its last one (a row the batch writes
-// anyway), and a resident's statement follows that chain (migration 0031).
+// anyway), and a resident's statement follows that chain, walked inside
+// the database by one recursive query (migration 0031; read.go).
 //
 // Check verifies in one snapshot: sum of balances 0, each balance equal to
 // its postings, pending amounts equal to pending holds, running balances,
