@@ -128,12 +128,8 @@ func (s *Service) messagesWith(ctx context.Context, peer string, from, to int64)
 // HandleList answers a peer's reconciliation request with our messages
 // with it.
 func (s *Service) HandleList(ctx context.Context, data []byte) ([]byte, error) {
-	env, err := Open(data, s.City, KindList, s.Members(), s.Now())
+	env, r, err := openRequest[listRequest](s, data, KindList)
 	if err != nil {
-		return nil, err
-	}
-	var r listRequest
-	if err := strictJSON(env.Body, &r); err != nil {
 		return nil, err
 	}
 	ms, err := s.messagesWith(ctx, env.From, r.From, r.To)
@@ -306,12 +302,8 @@ type statementRequest struct {
 // HandleStatement countersigns a peer's statement if our own computation
 // for the same day is identical; otherwise it answers with ours, unsigned.
 func (s *Service) HandleStatement(ctx context.Context, data []byte) ([]byte, error) {
-	env, err := Open(data, s.City, KindStatement, s.Members(), s.Now())
+	env, r, err := openRequest[statementRequest](s, data, KindStatement)
 	if err != nil {
-		return nil, err
-	}
-	var r statementRequest
-	if err := strictJSON(env.Body, &r); err != nil {
 		return nil, err
 	}
 	_, key, _ := s.Members().Member(env.From)

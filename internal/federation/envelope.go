@@ -90,3 +90,17 @@ func Open(data []byte, self, want string, members *MemberList, now time.Time) (*
 	}
 	return &e, nil
 }
+
+// openRequest opens a request envelope of kind addressed to this node
+// (Open) and decodes its body, strictly, as a T.
+func openRequest[T any](s *Service, data []byte, kind string) (*Envelope, T, error) {
+	var body T
+	env, err := Open(data, s.City, kind, s.Members(), s.Now())
+	if err != nil {
+		return nil, body, err
+	}
+	if err := strictJSON(env.Body, &body); err != nil {
+		return nil, body, err
+	}
+	return env, body, nil
+}

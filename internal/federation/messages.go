@@ -460,12 +460,8 @@ func (s *Service) call(ctx context.Context, m Member, kind string, body, out any
 // HandleCharge opens a charge envelope, applies it and returns the signed
 // answer envelope.
 func (s *Service) HandleCharge(ctx context.Context, data []byte) ([]byte, error) {
-	env, err := Open(data, s.City, KindCharge, s.Members(), s.Now())
+	env, c, err := openRequest[Charge](s, data, KindCharge)
 	if err != nil {
-		return nil, err
-	}
-	var c Charge
-	if err := strictJSON(env.Body, &c); err != nil {
 		return nil, err
 	}
 	a, err := s.apply(ctx, env.From, c)
@@ -477,12 +473,8 @@ func (s *Service) HandleCharge(ctx context.Context, data []byte) ([]byte, error)
 
 // HandleMessages applies a batch of outbox messages.
 func (s *Service) HandleMessages(ctx context.Context, data []byte) ([]byte, error) {
-	env, err := Open(data, s.City, KindMessages, s.Members(), s.Now())
+	env, b, err := openRequest[batch](s, data, KindMessages)
 	if err != nil {
-		return nil, err
-	}
-	var b batch
-	if err := strictJSON(env.Body, &b); err != nil {
 		return nil, err
 	}
 	if len(b.Messages) > MaxBatch {
