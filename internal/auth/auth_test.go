@@ -10,7 +10,6 @@ import (
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
-	"github.com/yikatong/yikatong/internal/store"
 	"github.com/yikatong/yikatong/internal/store/storetest"
 )
 
@@ -19,11 +18,7 @@ func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
 func TestStaffLoginTokensAndRevocation(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		db, err := store.Open(ctx, dsn, store.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := storetest.Open(t, dsn)
 		var clock atomic.Int64
 		clock.Store(time.Date(2026, 11, 22, 8, 0, 0, 0, time.UTC).UnixNano())
 		now := func() time.Time { return time.Unix(0, clock.Load()) }

@@ -28,17 +28,9 @@ func newClock() *clock {
 	c.ms.Store(time.Date(2024, 3, 1, 8, 0, 0, 0, time.UTC).UnixMilli())
 	return c
 }
-func (c *clock) Now() time.Time      { return time.UnixMilli(c.ms.Load()) }
-func (c *clock) Add(d time.Duration) { c.ms.Add(d.Milliseconds()) }
-func openDB(t testing.TB, dsn string) *store.DB {
-	t.Helper()
-	db, err := store.Open(context.Background(), dsn, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
+func (c *clock) Now() time.Time                 { return time.UnixMilli(c.ms.Load()) }
+func (c *clock) Add(d time.Duration)            { c.ms.Add(d.Milliseconds()) }
+func openDB(t testing.TB, dsn string) *store.DB { return storetest.Open(t, dsn) }
 
 func openLedger(t testing.TB, db *store.DB, opt Options) *Ledger {
 	t.Helper()

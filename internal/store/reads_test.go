@@ -8,7 +8,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/yikatong/yikatong/internal/store"
 	"github.com/yikatong/yikatong/internal/store/storetest"
 )
 
@@ -18,11 +17,7 @@ import (
 func TestPreparedReads(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		db, err := store.Open(ctx, dsn, store.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := storetest.Open(t, dsn)
 		for i := 0; i < 50; i++ {
 			if _, err := db.W.ExecContext(ctx, `INSERT INTO node_settings(name, value) VALUES ($1, $2)`, fmt.Sprint("k", i), fmt.Sprint("v", i)); err != nil {
 				t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/ledger"
-	"github.com/yikatong/yikatong/internal/store"
 	"github.com/yikatong/yikatong/internal/store/storetest"
 )
 
@@ -31,11 +30,7 @@ func (f fakeResolver) Resolve(ctx context.Context, who string) (string, error) {
 func TestUploadPaysEachLineOnce(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		db, err := store.Open(ctx, dsn, store.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := storetest.Open(t, dsn)
 		l, err := ledger.Open(ctx, db, ledger.Options{})
 		if err != nil {
 			t.Fatal(err)

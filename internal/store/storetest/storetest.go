@@ -27,6 +27,8 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/yikatong/yikatong/internal/store"
 )
 
 // Cluster is a running throwaway PostgreSQL server.
@@ -293,4 +295,16 @@ func QueryPlan(tb testing.TB, db *sql.DB, query string, args ...any) string {
 		tb.Fatal(err)
 	}
 	return strings.Join(plan, "; ")
+}
+
+// Open opens (and migrates) the database at dsn for a test, closed when
+// the test ends.
+func Open(tb testing.TB, dsn string) *store.DB {
+	tb.Helper()
+	db, err := store.Open(context.Background(), dsn, store.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	return db
 }
