@@ -17,15 +17,7 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
 
-func openDB(t *testing.T, dsn string) *store.DB {
-	t.Helper()
-	db, err := store.Open(context.Background(), dsn, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
+func openDB(t *testing.T, dsn string) *store.DB { return storetest.Open(t, dsn) }
 
 func mustOpen(t *testing.T, db *store.DB) *Catalog {
 	t.Helper()
