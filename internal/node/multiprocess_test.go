@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -617,7 +618,8 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 // PostgreSQL backends, the load generator; read from /proc). It is a
 // measurement, not a check: set YIKATONG_BENCH=1 to run it, and
 // YIKATONG_BENCH_PROFILES=DIR to save CPU profiles of the node processes
-// (docs/benchmarks.md, "Two processes on PostgreSQL").
+// (docs/benchmarks.md, "Two processes on PostgreSQL"), and
+// YIKATONG_BENCH_WORKERS=N to run N closed-loop callers instead of 32.
 func TestTwoProcessThroughput(t *testing.T) {
 	if os.Getenv("YIKATONG_BENCH") == "" {
 		t.Skip("set YIKATONG_BENCH=1 to measure")
@@ -635,7 +637,13 @@ func TestTwoProcessThroughput(t *testing.T) {
 	bus := demoTerminal(t, demo, "transit.bus")
 	finance := demo.Staff["finance"].Token
 	profDir := os.Getenv("YIKATONG_BENCH_PROFILES")
-	const workers = 32
+	workers := 32
+	if s := os.Getenv("YIKATONG_BENCH_WORKERS"); s != "" {
+		var err error
+		if workers, err = strconv.Atoi(s); err != nil || workers < 1 {
+			t.Fatalf("YIKATONG_BENCH_WORKERS=%q: want a positive number", s)
+		}
+	}
 	const rounds = 5
 	dur := 5 * time.Second
 	var seq atomic.Int64
