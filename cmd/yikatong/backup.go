@@ -34,6 +34,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/yikatong/yikatong/internal/store"
 	"github.com/yikatong/yikatong/internal/vault"
 	_ "modernc.org/sqlite"
 )
@@ -64,8 +65,11 @@ type backupManifestV1 struct {
 	Files    []backupFile `json:"files"`
 }
 
-func isPostgresURL(s string) bool {
-	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+// postgresURL returns s as the PostgreSQL URL it names (its scheme
+// lower-cased), or false if s names no PostgreSQL database.
+func postgresURL(s string) (string, bool) {
+	kind, u, err := store.ParseDSN(s)
+	return u, err == nil && kind == store.Postgres
 }
 
 func cmdBackup(args []string, _ io.Reader, stdout, stderr io.Writer) int {
@@ -102,17 +106,20 @@ func backup(ctx context.Context, dataDir, dsn, out string) error {
 
 	// 1. The database.
 	var dbName, dbFile, dialect string
+	kind, target := store.SQLite, filepath.Join(dataDir, "yikatong.db")
+	if dsn != "" {
+		if kind, target, err = store.ParseDSN(dsn); err != nil {
+			return err
+		}
+	}
 	sqlitePath := ""
-	if isPostgresURL(dsn) {
+	if kind == store.Postgres {
 		dialect, dbName, dbFile = "postgres", backupPGDump, filepath.Join(tmp, backupPGDump)
-		if err := pgDump(ctx, dsn, dbFile); err != nil {
+		if err := pgDump(ctx, target, dbFile); err != nil {
 			return err
 		}
 	} else {
-		sqlitePath = strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite:"), "file:")
-		if sqlitePath == "" {
-			sqlitePath = filepath.Join(dataDir, "yikatong.db")
-		}
+		sqlitePath = target
 		dialect, dbName, dbFile = "sqlite", backupSQLite, filepath.Join(tmp, backupSQLite)
 		if err := sqliteCopy(ctx, sqlitePath, dbFile); err != nil {
 			return err
@@ -315,8 +322,12 @@ func restore(ctx context.Context, in, dataDir, dsn string) (*backupManifestV1, e
 	if err != nil {
 		return nil, err
 	}
-	if man.Database == "postgres" && !isPostgresURL(dsn) {
-		return nil, errors.New("this is a PostgreSQL backup: give --db postgres://… (an empty database) to restore it into")
+	if man.Database == "postgres" {
+		u, ok := postgresURL(dsn)
+		if !ok {
+			return nil, errors.New("this is a PostgreSQL backup: give --db postgres://… (an empty database) to restore it into")
+		}
+		dsn = u
 	}
 	if man.Database == "sqlite" && dsn != "" {
 		return nil, errors.New("this is a SQLite backup: it restores into DATA/yikatong.db; leave out --db")

@@ -585,11 +585,15 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 			{"nothing listening", "postgres://postgres@127.0.0.1:" + freePort + "/x?sslmode=disable", "cannot connect to PostgreSQL"},
 			{"no such database", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/nope?sslmode=disable", cl.Port), `database "nope" does not exist`},
 			{"malformed URL", "postgres://postgres@127.0.0.1:notaport/x", "not valid"},
+			{"another database's URL", "mysql://clerk:wrong-secret-pw@127.0.0.1/x", `unsupported database URL scheme "mysql"`},
+			{"keyword/value string", "host=127.0.0.1 user=clerk password=wrong-secret-pw dbname=x", "keyword/value connection string"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
-				cmd := exec.CommandContext(ctx, nodetest.Binary(t), "serve", "--addr", nodetest.FreeAddr(t), "--data", t.TempDir(), "--db", tc.url)
+				data, cwd := t.TempDir(), t.TempDir()
+				cmd := exec.CommandContext(ctx, nodetest.Binary(t), "serve", "--addr", nodetest.FreeAddr(t), "--data", data, "--db", tc.url)
+				cmd.Dir = cwd // a URL taken for a relative SQLite path would be created here
 				out, err := cmd.CombinedOutput()
 				ee, ok := err.(*exec.ExitError)
 				if !ok || ee.ExitCode() != 1 {
@@ -606,6 +610,9 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 				}
 				if n := strings.Count(strings.TrimSpace(s), "\n"); n > 2 {
 					t.Fatalf("a %d-line message for a bad URL:\n%s", n+1, s)
+				}
+				if ents, _ := os.ReadDir(cwd); len(ents) != 0 {
+					t.Fatalf("a refused --db created %v in the working directory", ents)
 				}
 			})
 		}

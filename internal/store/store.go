@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -68,18 +69,24 @@ type Options struct {
 }
 
 // Open opens the database named by dsn: "postgres://…" or "postgresql://…"
-// selects PostgreSQL; "sqlite:PATH", "file:PATH" or a bare path selects SQLite.
-// It checks the connection and runs migrations before returning; errors
-// explain what is wrong in plain words (never a stack trace, never a password).
+// (the scheme in any case) selects PostgreSQL; "sqlite:PATH", "file:PATH"
+// or a bare path selects SQLite. Any other URL scheme ("mysql://…", a typo
+// such as "postgress://…") and PostgreSQL's keyword/value form ("host=…
+// dbname=…") are refused: taken as a file name they would quietly create
+// an empty SQLite city. It checks the connection and runs migrations before
+// returning; errors explain what is wrong in plain words (never a stack
+// trace, never a password).
 func Open(ctx context.Context, dsn string, opt Options) (*DB, error) {
+	kind, dsn, err := ParseDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
 	var db *DB
-	var err error
-	switch {
-	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+	switch kind {
+	case Postgres:
 		db, err = openPostgres(ctx, dsn, opt)
 	default:
-		path := strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite:"), "file:")
-		db, err = openSQLite(ctx, path, opt)
+		db, err = openSQLite(ctx, dsn, opt)
 	}
 	if err != nil {
 		return nil, err
@@ -207,6 +214,35 @@ func openPostgres(ctx context.Context, dsn string, opt Options) (*DB, error) {
 		return nil, fmt.Errorf("cannot connect to PostgreSQL %s: %s", where, redactErr(err, dsn))
 	}
 	return &DB{Dialect: Postgres, W: db, R: db, Where: where}, nil
+}
+
+// libpqKeyword matches one "keyword=value" field of PostgreSQL's
+// keyword/value connection strings.
+var libpqKeyword = regexp.MustCompile(`^(host|hostaddr|port|dbname|user|password|sslmode|connect_timeout|application_name|options|service)=`)
+
+// ParseDSN names the backend of dsn (see Open) and returns what to open:
+// the PostgreSQL URL (its scheme lower-cased, which pgx and libpq require)
+// or the SQLite path.
+func ParseDSN(dsn string) (Dialect, string, error) {
+	if strings.TrimSpace(dsn) == "" {
+		return 0, "", errors.New("no database given: use a file path for SQLite or postgres://user:password@host:5432/dbname for PostgreSQL")
+	}
+	if i := strings.Index(dsn, "://"); i > 0 && !strings.ContainsAny(dsn[:i], `/\`) {
+		switch scheme := strings.ToLower(dsn[:i]); scheme {
+		case "postgres", "postgresql":
+			return Postgres, scheme + dsn[i:], nil
+		case "sqlite", "file":
+			return SQLite, dsn[i+3:], nil // "sqlite:///var/x.db" → "/var/x.db"
+		default:
+			return 0, "", fmt.Errorf("unsupported database URL scheme %q: use postgres://… for PostgreSQL, or a file path (or sqlite:PATH) for SQLite", scheme)
+		}
+	}
+	for _, f := range strings.Fields(dsn) {
+		if libpqKeyword.MatchString(f) {
+			return 0, "", errors.New("this looks like a PostgreSQL keyword/value connection string; give it as a URL instead: postgres://user:password@host:5432/dbname?sslmode=verify-full")
+		}
+	}
+	return SQLite, strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite:"), "file:"), nil
 }
 
 // redactErr returns err's text with any password from dsn removed.

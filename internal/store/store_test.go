@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -103,6 +104,48 @@ func TestWrongPostgresPasswordIsAPlainMessage(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "cannot connect to PostgreSQL bob@127.0.0.1:1/city") {
 		t.Fatalf("unhelpful error: %v", err)
+	}
+}
+
+// A --db that is neither a PostgreSQL URL nor a file path is refused
+// before anything is created; the PostgreSQL scheme is accepted in any
+// case, and SQLite's spellings all open the same file.
+func TestOpenClassifiesDatabaseNames(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir) // a refused name taken as a relative path would appear here
+	ctx := context.Background()
+	for _, tc := range []struct{ dsn, want string }{
+		{"mysql://bob:sekret@db.city.internal/city", `unsupported database URL scheme "mysql"`},
+		{"postgress://bob:sekret@127.0.0.1:1/city", `unsupported database URL scheme "postgress"`},
+		{"http://127.0.0.1:5432/city", `unsupported database URL scheme "http"`},
+		{"host=127.0.0.1 port=1 user=bob password=sekret dbname=city", "keyword/value connection string"},
+		{"dbname=city", "keyword/value connection string"},
+		{"  ", "no database given"},
+		{"POSTGRES://bob:sekret@127.0.0.1:1/city?sslmode=disable", "cannot connect to PostgreSQL bob@127.0.0.1:1/city"},
+	} {
+		_, err := store.Open(ctx, tc.dsn, store.Options{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Open(%q) = %v, want an error saying %q", tc.dsn, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "sekret") {
+			t.Errorf("Open(%q): the error shows the password: %v", tc.dsn, err)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("refused names created %v in the working directory", ents)
+	}
+	for _, dsn := range []string{"city.db", "sqlite:city.db", "file:city.db", "sqlite://" + filepath.Join(dir, "city.db"), "FILE://" + filepath.Join(dir, "city.db")} {
+		db, err := store.Open(ctx, dsn, store.Options{})
+		if err != nil {
+			t.Fatalf("Open(%q): %v", dsn, err)
+		}
+		if db.Dialect != store.SQLite || db.Where != "city.db" && db.Where != filepath.Join(dir, "city.db") {
+			t.Errorf("Open(%q) opened %v %q", dsn, db.Dialect, db.Where)
+		}
+		db.Close()
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) == 0 || ents[0].Name() != "city.db" {
+		t.Fatalf("working directory holds %v, want city.db (and its -wal/-shm)", ents)
 	}
 }
 
