@@ -31,7 +31,7 @@ func cmdServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	demo := fs.Bool("demo", false, "on an empty node, create a demo city and write DATA/demo.json")
 	city := fs.String("city", "", "city node id on first start (default "+node.DefaultCity+")")
 	maxConns := fs.Int("max-conns", 0, "database connection pool size (PostgreSQL default 32)")
-	stmtTimeout := fs.Duration("statement-timeout", 5*time.Second, "PostgreSQL statement timeout")
+	stmtTimeout := fs.Duration("statement-timeout", 5*time.Second, "PostgreSQL statement timeout for requests (migrations at start are not bounded)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	regionCfg := regionFlags(fs) // --region-anchor, --region-members, … (region.go)
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")

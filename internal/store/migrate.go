@@ -80,14 +80,46 @@ func (db *DB) migrate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return db.migrateList(ctx, ms)
+}
+
+// noTimeout lifts, on PostgreSQL, the pool's statement timeout (a bound
+// for requests: --statement-timeout) for the rest of tx. A migration may
+// rewrite a table of millions of rows, and a process waiting for another
+// to finish migrating waits as long as that takes; neither may fail a
+// start after an upgrade. SET LOCAL ends with the transaction, so the
+// connection goes back to the pool with its timeout.
+func (db *DB) noTimeout(ctx context.Context, tx *sql.Tx) error {
+	if db.Dialect != Postgres {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, `SET LOCAL statement_timeout = 0`)
+	return err
+}
+
+func (db *DB) migrateList(ctx context.Context, ms []Migration) error {
 	conn, err := db.W.Conn(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	if db.Dialect == Postgres {
-		// Several node processes may start at once: one migrates, the others wait.
-		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock(7271001)`); err != nil {
+		// Several node processes may start at once: one migrates, the
+		// others wait. The lock is the session's: it outlives the
+		// transaction that waits for it without a timeout.
+		tx, err := conn.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := db.noTimeout(ctx, tx); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_lock(7271001)`); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
 			return err
 		}
 		defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(7271001)`)
@@ -113,19 +145,22 @@ func (db *DB) migrate(ctx context.Context) error {
 		if applied[m.Name] {
 			continue
 		}
-		if err := runMigration(ctx, conn, m); err != nil {
+		if err := db.runMigration(ctx, conn, m); err != nil {
 			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
 	}
 	return nil
 }
 
-func runMigration(ctx context.Context, conn *sql.Conn, m Migration) error {
+func (db *DB) runMigration(ctx context.Context, conn *sql.Conn, m Migration) error {
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
+	if err := db.noTimeout(ctx, tx); err != nil {
+		return err
+	}
 	// Another process may have applied it since we looked (SQLite has no
 	// advisory lock; its write transaction serialises this check).
 	var done int

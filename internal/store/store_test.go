@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -146,6 +147,68 @@ func TestOpenClassifiesDatabaseNames(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) == 0 || ents[0].Name() != "city.db" {
 		t.Fatalf("working directory holds %v, want city.db (and its -wal/-shm)", ents)
+	}
+}
+
+// Migrations are not bound by the pool's statement timeout, a bound meant
+// for requests: a migration may rewrite a large table, and a process
+// waits for another's migration as long as it takes. Every other
+// statement keeps the timeout, on the very connection that migrated too.
+func TestMigrationsOutliveTheStatementTimeout(t *testing.T) {
+	dsn := storetest.Postgres(t)
+	ctx := context.Background()
+	db, err := store.Open(ctx, dsn, store.Options{StatementTimeout: 250 * time.Millisecond, MaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	timedOut := func(err error) bool {
+		var pe *pgconn.PgError
+		return errors.As(err, &pe) && pe.Code == "57014"
+	}
+	if err := store.MigrateWith(ctx, db, []store.Migration{{Name: "9990_slow", SQL: "SELECT pg_sleep(1);\n"}}); err != nil {
+		t.Fatalf("a migration longer than the statement timeout: %v", err)
+	}
+	if _, err := db.W.ExecContext(ctx, `SELECT pg_sleep(1)`); !timedOut(err) {
+		t.Fatalf("after migrating, a slow statement got %v, want a statement timeout", err)
+	}
+
+	// Another process holds the migration lock for longer than the timeout.
+	other, err := store.Open(ctx, dsn, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	lock, err := other.W.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if _, err := lock.ExecContext(ctx, `SELECT pg_advisory_lock(7271001)`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- store.MigrateWith(ctx, db, []store.Migration{{Name: "9991_after_wait", SQL: "SELECT 1;\n"}})
+	}()
+	time.Sleep(time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("migrated while another process held the lock: %v", err)
+	default:
+	}
+	if _, err := lock.ExecContext(ctx, `SELECT pg_advisory_unlock(7271001)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("waiting for another process's migration: %v", err)
+	}
+	var n int
+	if err := db.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE name IN ('9990_slow', '9991_after_wait')`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("recorded %d of 2 test migrations (%v)", n, err)
+	}
+	if _, err := db.W.ExecContext(ctx, `SELECT pg_sleep(1)`); !timedOut(err) {
+		t.Fatalf("after waiting, a slow statement got %v, want a statement timeout", err)
 	}
 }
 
