@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/ledger"
@@ -51,15 +52,41 @@ func (n *Node) fundDemo(ctx context.Context, residentIDs []string) error {
 }
 
 func (n *Node) fundOne(ctx context.Context, residentID string) error {
-	w, m, err := n.Ledger.OpenResidentAccounts(ctx, residentID)
-	if err != nil {
+	var w, m string
+	if err := retryUnavailable(ctx, func() (err error) {
+		w, m, err = n.Ledger.OpenResidentAccounts(ctx, residentID)
+		return err
+	}); err != nil {
 		return err
 	}
-	if _, err := n.Ledger.TopUp(ctx, "demo-topup:"+residentID, w, DemoWalletFen, map[string]string{"channel": "demo"}); err != nil {
+	if err := retryUnavailable(ctx, func() error {
+		_, err := n.Ledger.TopUp(ctx, "demo-topup:"+residentID, w, DemoWalletFen, map[string]string{"channel": "demo"})
+		return err
+	}); err != nil {
 		return err
 	}
-	_, err = n.Ledger.Transfer(ctx, ledger.TransferRequest{Key: "demo-medical:" + residentID, Debit: ledger.AccountMedicalFund, Credit: m, Amount: DemoMedicalFen, Kind: "medical_contribution"})
-	return err
+	return retryUnavailable(ctx, func() error {
+		_, err := n.Ledger.Transfer(ctx, ledger.TransferRequest{Key: "demo-medical:" + residentID, Debit: ledger.AccountMedicalFund, Credit: m, Amount: DemoMedicalFen, Kind: "medical_contribution"})
+		return err
+	})
+}
+
+// retryUnavailable runs f again, a few times with a growing pause, while it
+// fails with a retryable error (a statement timeout on a busy database, a
+// connection lost): what a client is told to do with the same idempotency
+// key, done here for the node's own start-up writes.
+func retryUnavailable(ctx context.Context, f func() error) error {
+	var err error
+	for attempt := 1; ; attempt++ {
+		if err = f(); err == nil || apperr.CodeOf(err) != apperr.Unavailable || attempt == 5 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
+	}
 }
 
 // residentResolver finds a resident's wallet for subsidy lists by ID number
