@@ -433,10 +433,14 @@ func TestReplaceGivesNewCardAndKillsOld(t *testing.T) {
 		}
 		_, err = e.svc.HolderOf(ctx, "1234")
 		wantCode(t, err, apperr.ValidationFailed)
-		unknown := nc.Number[:14] + "0"
-		unknown += string(luhn(unknown))
-		if unknown == nc.Number || unknown == old.Number {
-			t.Fatal("test card number collides")
+		// A valid number that is neither card: nc's with its 15th digit changed.
+		var unknown string
+		for d := '0'; d <= '9'; d++ {
+			u := nc.Number[:14] + string(d)
+			if u += string(luhn(u)); u != nc.Number && u != old.Number {
+				unknown = u
+				break
+			}
 		}
 		_, err = e.svc.HolderOf(ctx, unknown)
 		wantCode(t, err, apperr.NotFound)
