@@ -42,6 +42,14 @@ func cmdServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "serve: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
+	if *maxConns < 0 {
+		fmt.Fprintf(stderr, "serve: --max-conns %d: give a positive pool size, or leave it out for the default\n", *maxConns)
+		return 2
+	}
+	if *stmtTimeout <= 0 {
+		fmt.Fprintf(stderr, "serve: --statement-timeout %v: give a positive duration such as 5s (every request's statements need a bound)\n", *stmtTimeout)
+		return 2
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		fmt.Fprintf(stderr, "serve: bad --log-level %q\n", *logLevel)

@@ -121,3 +121,23 @@ func TestServeRefusesBadDatabaseURL(t *testing.T) {
 		}
 	}
 }
+
+// TestServeRefusesBadFlags: a flag value that cannot be meant is a usage
+// error (exit 2) naming the flag, before anything is created.
+func TestServeRefusesBadFlags(t *testing.T) {
+	for _, tc := range []struct{ flag, value, want string }{
+		{"--max-conns", "-3", "--max-conns -3"},
+		{"--statement-timeout", "-1s", "--statement-timeout -1s"},
+		{"--statement-timeout", "0s", "--statement-timeout 0s"},
+		{"--log-level", "loud", "--log-level"},
+	} {
+		data := filepath.Join(t.TempDir(), "data")
+		out, code := runBinary(t, "serve", "--addr", "127.0.0.1:0", "--data", data, tc.flag, tc.value)
+		if code != 2 || !strings.Contains(out, tc.want) || strings.Contains(out, "goroutine") {
+			t.Errorf("%s %s: exit %d\n%s", tc.flag, tc.value, code, out)
+		}
+		if _, err := os.Stat(data); !os.IsNotExist(err) {
+			t.Errorf("%s %s: the data directory was created (%v)", tc.flag, tc.value, err)
+		}
+	}
+}
