@@ -70,6 +70,24 @@ func cmdLoad(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "yikatong load: unexpected argument %q\n\n%s", fs.Arg(0), loadUsage)
 		return 2
 	}
+	for _, bad := range []struct {
+		ok   bool
+		flag string
+		v    any
+		want string
+	}{
+		{*duration > 0, "--duration", *duration, "a positive duration such as 20s"},
+		{*conc > 0, "--concurrency", *conc, "at least 1 worker"},
+		{*maxReq >= 0, "--max-requests", *maxReq, "0 (no limit) or more"},
+		{*residents >= 0, "--residents", *residents, "0 or more"},
+		{*codes >= -1, "--codes", *codes, "-1 (the mix's default), 0 or more"},
+		{*batch > 0, "--batch", *batch, "at least 1 record"},
+	} {
+		if !bad.ok {
+			fmt.Fprintf(stderr, "yikatong load: %s %v: want %s\n\n%s", bad.flag, bad.v, bad.want, loadUsage)
+			return 2
+		}
+	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	if *bare != "" {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/yikatong/yikatong/internal/node/nodetest"
 )
@@ -97,5 +98,21 @@ func TestCmdTerminalAndLoad(t *testing.T) {
 	}
 	if c := run([]string{"load", "--demo", demo, "--duration", "2h"}, strings.NewReader(""), &outb, &errb); c == 0 {
 		t.Fatal("a 2h run was accepted")
+	}
+	// Flag values that cannot be meant are usage errors naming the flag.
+	for _, bad := range [][]string{{"--concurrency", "0"}, {"--duration", "-1s"}, {"--batch", "0"}, {"--max-requests", "-1"}, {"--residents", "-1"}, {"--codes", "-2"}} {
+		errb.Reset()
+		if c := run(append([]string{"load", "--demo", demo}, bad...), strings.NewReader(""), &outb, &errb); c != 2 || !strings.Contains(errb.String(), bad[0]+" "+bad[1]) {
+			t.Fatalf("load %v: exit %d %s", bad, c, errb.String())
+		}
+	}
+	// A node that is down fails the run at once, not after its duration.
+	errb.Reset()
+	start := time.Now()
+	if c := run([]string{"load", "--demo", demo, "--node", "http://127.0.0.1:1", "--duration", "5m"}, strings.NewReader(""), &outb, &errb); c != 1 || !strings.Contains(errb.String(), "cannot reach the node at http://127.0.0.1:1") {
+		t.Fatalf("node down: exit %d %s", c, errb.String())
+	}
+	if d := time.Since(start); d > time.Minute {
+		t.Fatalf("a run against a node that is down took %v", d)
 	}
 }

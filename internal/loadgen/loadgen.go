@@ -170,6 +170,28 @@ func (c *client) do(ctx context.Context, method, path, token string, body []byte
 	return nil
 }
 
+// reachable checks, before any load, that the node answers GET /healthz
+// (a node that is down fails the run at once instead of counting
+// transport errors for its whole duration).
+func (c *client) reachable(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/healthz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the node at %s: %v", c.base, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("the node at %s is not healthy: GET /healthz answered %s", c.base, resp.Status)
+	}
+	return nil
+}
+
 // person is a resident the generator can use.
 type person struct {
 	card  string
@@ -238,6 +260,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return Result{}, err
 	}
 	c := &client{base: o.Node, hc: o.HTTP}
+	if o.Mix != MixSM2 {
+		if err := c.reachable(ctx); err != nil {
+			return Result{}, err
+		}
+	}
 	switch o.Mix {
 	case MixSM2:
 		return SM2Ceiling(ctx, o.Duration, o.Progress)
