@@ -776,6 +776,51 @@ func TestCheckDetectsTampering(t *testing.T) {
 	})
 }
 
+// A check reads the whole journal, so its time grows with the city's
+// history: on PostgreSQL the statement timeout meant for requests must not
+// cut it short (it would fail on every large ledger), while it still cuts
+// a request's statement on the same pool.
+func TestCheckOutlivesTheStatementTimeout(t *testing.T) {
+	dsn := storetest.Postgres(t)
+	ctx := context.Background()
+	l := openLedger(t, openDB(t, dsn), Options{})
+	const wallets, transfers = 200, 40000
+	var reqs []TransferRequest
+	for i := 0; i < wallets; i++ {
+		id := fmt.Sprintf("w:%d", i)
+		if _, err := l.CreateAccount(ctx, Account{ID: id, Kind: KindWallet}); err != nil {
+			t.Fatal(err)
+		}
+		reqs = append(reqs, TransferRequest{Key: "fund-" + id, Debit: AccountBank, Credit: id, Amount: 1 << 30})
+	}
+	for i := 0; i < transfers; i++ {
+		reqs = append(reqs, TransferRequest{Key: fmt.Sprint("t", i), Debit: fmt.Sprintf("w:%d", i%wallets), Credit: AccountBank, Amount: 1})
+	}
+	for _, r := range l.Batch(ctx, reqs) {
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	const timeout = 20 * time.Millisecond
+	short, err := store.Open(ctx, dsn, store.Options{StatementTimeout: timeout, MaxConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer short.Close()
+	lc := openLedger(t, short, Options{})
+	start := time.Now()
+	r, err := lc.Check(ctx)
+	if err != nil || !r.OK() || r.Transfers < transfers {
+		t.Fatalf("check of %d transfers with a %v statement timeout: %+v, %v", transfers, timeout, r, err)
+	}
+	if took := time.Since(start); took < 2*timeout {
+		t.Fatalf("the check took %v, too little to show anything against a %v timeout: grow the history", took, timeout)
+	}
+	if _, err := short.R.ExecContext(ctx, `SELECT pg_sleep(0.5)`); apperr.CodeOf(dbErr(err)) != apperr.Unavailable || !strings.Contains(err.Error(), "57014") {
+		t.Fatalf("a slow statement after the check: %v, want a statement timeout", err)
+	}
+}
+
 // TestConcurrentDuplicates: many goroutines send the same keys at once;
 // each key is applied once and every caller sees the same transfer.
 func TestConcurrentDuplicates(t *testing.T) {

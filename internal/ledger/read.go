@@ -303,7 +303,9 @@ func (r CheckResult) OK() bool { return r.JournalOK && r.SumFen == 0 && len(r.Pr
 // to zero; every balance equals its postings (credits − debits) and every
 // pending amount its pending holds; each entry's running balances are
 // right; the SM3 hash chain verifies from the first entry to the chain
-// head. Problems lists what is wrong (empty when all is well).
+// head. Problems lists what is wrong (empty when all is well). Its time
+// grows with the journal, so on PostgreSQL it is not bounded by the
+// statement timeout of requests; ctx bounds it.
 func (l *Ledger) Check(ctx context.Context) (CheckResult, error) {
 	var opts *sql.TxOptions
 	if l.db.Dialect == store.Postgres {
@@ -314,6 +316,9 @@ func (l *Ledger) Check(ctx context.Context) (CheckResult, error) {
 		return CheckResult{}, dbErr(err)
 	}
 	defer tx.Rollback()
+	if err := l.db.LiftStatementTimeout(ctx, tx); err != nil {
+		return CheckResult{}, dbErr(err)
+	}
 	r, err := check(ctx, tx)
 	if err != nil {
 		return CheckResult{}, dbErr(err)

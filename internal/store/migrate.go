@@ -83,13 +83,15 @@ func (db *DB) migrate(ctx context.Context) error {
 	return db.migrateList(ctx, ms)
 }
 
-// noTimeout lifts, on PostgreSQL, the pool's statement timeout (a bound
-// for requests: --statement-timeout) for the rest of tx. A migration may
-// rewrite a table of millions of rows, and a process waiting for another
-// to finish migrating waits as long as that takes; neither may fail a
-// start after an upgrade. SET LOCAL ends with the transaction, so the
-// connection goes back to the pool with its timeout.
-func (db *DB) noTimeout(ctx context.Context, tx *sql.Tx) error {
+// LiftStatementTimeout lifts, on PostgreSQL, the pool's statement timeout
+// (a bound for requests: --statement-timeout) for the rest of tx, which
+// its caller's context still bounds. For work whose length grows with the
+// city's data, not with one request: a migration may rewrite a table of
+// millions of rows, a process waits for another's migration as long as
+// that takes, a ledger check reads the whole journal. SET LOCAL ends with
+// the transaction, so the connection goes back to the pool with its
+// timeout.
+func (db *DB) LiftStatementTimeout(ctx context.Context, tx *sql.Tx) error {
 	if db.Dialect != Postgres {
 		return nil
 	}
@@ -111,7 +113,7 @@ func (db *DB) migrateList(ctx context.Context, ms []Migration) error {
 		if err != nil {
 			return err
 		}
-		if err := db.noTimeout(ctx, tx); err != nil {
+		if err := db.LiftStatementTimeout(ctx, tx); err != nil {
 			tx.Rollback()
 			return err
 		}
@@ -158,7 +160,7 @@ func (db *DB) runMigration(ctx context.Context, conn *sql.Conn, m Migration) err
 		return err
 	}
 	defer tx.Rollback()
-	if err := db.noTimeout(ctx, tx); err != nil {
+	if err := db.LiftStatementTimeout(ctx, tx); err != nil {
 		return err
 	}
 	// Another process may have applied it since we looked (SQLite has no
