@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/yikatong/yikatong/internal/ecode"
 	"github.com/yikatong/yikatong/internal/node"
@@ -18,6 +20,60 @@ func init() {
 	register("trust", "print the node's signed trust bundle: yikatong trust export [--data DIR] [--db URL]", cmdTrust)
 	register("keys", "rotate the e-code signing key: yikatong keys rotate [--data DIR] [--db URL] [--alg SM2|EdDSA]", cmdKeys)
 	register("code", "verify an e-code offline: yikatong code verify --trust FILE [--at RFC3339] CODE", cmdCode)
+	register("ledger", "check the books: yikatong ledger check [--data DIR] [--db URL]", cmdLedger)
+}
+
+// cmdLedger runs the ledger's full check (the books balance, every balance
+// equals its postings, the journal's hash chain verifies end to end)
+// beside the running node processes, with no time bound but Ctrl-C: the
+// check of a large city's journal outlasts any HTTP request (GET
+// /v1/ledger/check does the same within one). It prints the result as
+// JSON; exit status 0 when the books are right, 1 when not (or on error).
+func cmdLedger(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "check" {
+		fmt.Fprintln(stderr, "usage: yikatong ledger check [--data DIR] [--db URL]")
+		return 2
+	}
+	fs := flag.NewFlagSet("ledger check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "./yikatong-data", "data directory")
+	db := fs.String("db", "", "database URL (default: SQLite in the data directory)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "ledger check: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	n, err := openNodeForAdmin(ctx, *data, *db, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "ledger check: %v\n", err)
+		return 1
+	}
+	defer n.Close()
+	start := time.Now()
+	r, err := n.Ledger.Check(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "ledger check: %v\n", err)
+		return 1
+	}
+	out, _ := json.Marshal(struct {
+		OK        bool     `json:"ok"`
+		Accounts  int64    `json:"accounts"`
+		Transfers int64    `json:"transfers"`
+		SumFen    int64    `json:"sum_fen"`
+		JournalOK bool     `json:"journal_ok"`
+		Problems  []string `json:"problems,omitempty"`
+		Seconds   float64  `json:"seconds"`
+	}{r.OK(), r.Accounts, r.Transfers, r.SumFen, r.JournalOK, r.Problems, time.Since(start).Seconds()})
+	fmt.Fprintf(stdout, "%s\n", out)
+	if !r.OK() {
+		fmt.Fprintln(stderr, "ledger check: THE BOOKS ARE NOT RIGHT; see problems (账目核对未通过)")
+		return 1
+	}
+	return 0
 }
 
 // openNodeForAdmin opens the node's data (no HTTP) with quiet logs.
