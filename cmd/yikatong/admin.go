@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -76,10 +77,19 @@ func cmdLedger(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// openNodeForAdmin opens the node's data (no HTTP) with quiet logs.
+// openNodeForAdmin opens the node's data (no HTTP) with quiet logs. It
+// never creates a database: without --db the node's SQLite file must be in
+// the data directory (a node on PostgreSQL keeps none there, and checking
+// or rotating keys in a new empty database would report on, or change, a
+// city that does not exist).
 func openNodeForAdmin(ctx context.Context, data, db string, stderr io.Writer) (*node.Node, error) {
 	if _, err := os.Stat(data); err != nil {
 		return nil, fmt.Errorf("no node data at %s (start one with: yikatong serve --data %s)", data, data)
+	}
+	if db == "" {
+		if _, err := os.Stat(filepath.Join(data, "yikatong.db")); err != nil {
+			return nil, fmt.Errorf("%s holds no SQLite database (yikatong.db): for a node on PostgreSQL give its --db postgres://…", data)
+		}
 	}
 	return node.Open(ctx, node.Config{DataDir: data, DB: db, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -52,6 +54,16 @@ func TestCmdLedgerCheck(t *testing.T) {
 		}
 		if code := run([]string{"ledger"}, strings.NewReader(""), &out, &errb); code != 2 {
 			t.Fatalf("no subcommand: exit %d", code)
+		}
+		// Without --db a data directory that holds no SQLite database (a
+		// node on PostgreSQL, or here one whose database is elsewhere) is
+		// refused; no empty database is created to report on.
+		errb.Reset()
+		if code := run([]string{"ledger", "check", "--data", n.Dir}, strings.NewReader(""), &out, &errb); code != 1 || !strings.Contains(errb.String(), "holds no SQLite database") {
+			t.Fatalf("no --db: exit %d %s", code, errb.String())
+		}
+		if _, err := os.Stat(filepath.Join(n.Dir, "yikatong.db")); !os.IsNotExist(err) {
+			t.Fatalf("ledger check created a database in the data directory (%v)", err)
 		}
 	})
 }
