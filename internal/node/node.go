@@ -23,6 +23,7 @@ import (
 	"github.com/yikatong/yikatong/internal/federation"
 	"github.com/yikatong/yikatong/internal/httpapi"
 	"github.com/yikatong/yikatong/internal/store"
+	"github.com/yikatong/yikatong/internal/vault"
 )
 
 // Config configures a node.
@@ -97,6 +98,15 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	dsn := cfg.DB
 	if dsn == "" {
 		dsn = filepath.Join(cfg.DataDir, "yikatong.db")
+		// A data directory with a master key belongs to a node that has
+		// started before. If its SQLite file is not there, its database is
+		// elsewhere (PostgreSQL, or another --db path): starting would
+		// create an empty city that signs codes with the real city's keys.
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, vault.KeyFile)); err == nil {
+			if _, err := os.Stat(dsn); errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("%s belongs to a node that has started before, but holds no SQLite database (yikatong.db): give the node's --db (postgres://… or its SQLite path)", cfg.DataDir)
+			}
+		}
 	}
 	db, err := store.Open(ctx, dsn, store.Options{MaxConns: cfg.MaxConns, StatementTimeout: cfg.StatementTimeout})
 	if err != nil {

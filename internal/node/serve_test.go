@@ -1,7 +1,10 @@
 package node_test
 
 import (
+	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -139,5 +142,34 @@ func TestServeRefusesBadFlags(t *testing.T) {
 		if _, err := os.Stat(data); !os.IsNotExist(err) {
 			t.Errorf("%s %s: the data directory was created (%v)", tc.flag, tc.value, err)
 		}
+	}
+}
+
+// A data directory that belongs to a node whose database is elsewhere
+// (PostgreSQL, another SQLite path) is refused without --db: starting
+// would create an empty city signing codes with the real city's keys.
+func TestOpenRefusesADataDirectoryWithoutItsDatabase(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	n, err := node.Open(ctx, node.Config{DataDir: dir, DB: filepath.Join(t.TempDir(), "city.db"), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	if _, err := node.Open(ctx, node.Config{DataDir: dir, Logger: quiet}); err == nil || !strings.Contains(err.Error(), "holds no SQLite database") {
+		t.Fatalf("reopened without its database: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "yikatong.db")); !os.IsNotExist(err) {
+		t.Fatalf("an empty database was created (%v)", err)
+	}
+	// A node on the default SQLite file reopens as before.
+	dir2 := t.TempDir()
+	for i := 0; i < 2; i++ {
+		n, err := node.Open(ctx, node.Config{DataDir: dir2, Logger: quiet})
+		if err != nil {
+			t.Fatalf("start %d: %v", i+1, err)
+		}
+		n.Close()
 	}
 }
