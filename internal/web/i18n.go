@@ -16,6 +16,7 @@ var messages = map[string][2]string{
 	"error.code":   {"错误代码", "Error code"},
 	"notavail":     {"本节点暂不提供此项信息。", "Not available on this node yet."},
 	"nolines":      {"暂无记录。", "Nothing here yet."},
+	"lines.more":   {"仅显示最近 1000 条。缩短起止日期（或导出）可查看其余记录；未显示条数：", "Showing the latest 1,000 lines. A shorter range (or an export) shows the rest; lines not shown:"},
 	"filter":       {"筛选", "Filter"},
 	"search":       {"查询", "Search"},
 	"submit":       {"提交", "Submit"},

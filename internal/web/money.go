@@ -21,6 +21,7 @@ type ledgerData struct {
 	Account  string
 	From, To string
 	Lines    []stmtLine
+	More     int // movements in the range beyond the lines shown
 	Info     *ledger.AccountInfo
 }
 
@@ -53,11 +54,11 @@ func (w *Web) consoleLedger(rq *req) error {
 			return rq.renderWithError(err, "c_ledger.html", "c.ledger.title", d)
 		}
 		d.Info = &info
-		lines, err := rq.statement(d.Account, d.From, d.To, q.Get("dir"))
+		lines, err := rq.statement(d.Account, d.From, d.To, q.Get("dir"), screenScan)
 		if err != nil {
 			return rq.renderWithError(err, "c_ledger.html", "c.ledger.title", d)
 		}
-		d.Lines = lines
+		d.Lines, d.More = shown(lines)
 		w.d.Auth.Audit(rq.r.Context(), rq.S.P, "read_statement", d.Account, "web")
 	}
 	return rq.render(200, "c_ledger.html", "c.ledger.title", d)
@@ -72,7 +73,7 @@ func (w *Web) consoleLedgerExport(rq *req) error {
 	if acct == "" {
 		return apperr.Invalid("account", "name the account to export", "请指定要导出的账户")
 	}
-	lines, err := rq.statement(acct, q.Get("from"), q.Get("to"), q.Get("dir"))
+	lines, err := rq.statement(acct, q.Get("from"), q.Get("to"), q.Get("dir"), exportLines)
 	if err != nil {
 		return err
 	}
@@ -101,6 +102,7 @@ type takingsData struct {
 	From, To  string
 	Info      *ledger.AccountInfo
 	Lines     []stmtLine
+	More      int // movements in the range beyond the lines shown
 	Total     int64
 }
 
@@ -129,12 +131,14 @@ func (w *Web) consoleTakings(rq *req) error {
 			return rq.renderWithError(err, "c_takings.html", "c.takings.title", d)
 		}
 		d.Info = &info
-		if d.Lines, err = rq.statement(acct, d.From, d.To, ""); err != nil {
+		lines, err := rq.statement(acct, d.From, d.To, "", screenScan)
+		if err != nil {
 			return rq.renderWithError(err, "c_takings.html", "c.takings.title", d)
 		}
-		for _, l := range d.Lines {
+		for _, l := range lines { // the period's total counts every line, shown or not
 			d.Total += l.Delta
 		}
+		d.Lines, d.More = shown(lines)
 	}
 	return rq.render(200, "c_takings.html", "c.takings.title", d)
 }
@@ -151,7 +155,7 @@ func (w *Web) consoleTakingsExport(rq *req) error {
 		return apperr.Invalid("provider", "name the provider", "请指定服务商")
 	}
 	q := rq.r.URL.Query()
-	lines, err := rq.statement(ledger.ReceivableID(p), q.Get("from"), q.Get("to"), "")
+	lines, err := rq.statement(ledger.ReceivableID(p), q.Get("from"), q.Get("to"), "", exportLines)
 	if err != nil {
 		return err
 	}

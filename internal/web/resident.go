@@ -3,6 +3,7 @@ package web
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"html/template"
 	"net/http"
 	"slices"
@@ -208,6 +209,7 @@ type stmtData struct {
 	From, To  string
 	Dir       string
 	Lines     []stmtLine
+	More      int // movements in the range beyond the lines shown
 }
 
 func parseDay(s, field string) (time.Time, error) {
@@ -222,7 +224,22 @@ func parseDay(s, field string) (time.Time, error) {
 }
 
 // statement reads an account's movements, newest first, filtered.
-func (rq *req) statement(accountID, from, to, dir string) ([]stmtLine, error) {
+// How many movements a statement reads. A page shows the latest
+// screenLines of up to screenScan in its range (and their total); an
+// export holds up to exportLines. A range with more is refused with a plain
+// message, never cut silently: a settlement file that lacks fares is worse
+// than none.
+const screenLines = 1000
+
+var (
+	screenScan  = 20000
+	exportLines = 500000
+)
+
+// statement returns the movements of accountID in the days [from, to]
+// (dir: "" all, "out" debits, "in" credits), newest first, reading them
+// page by page; more than max is an error asking for a shorter range.
+func (rq *req) statement(accountID, from, to, dir string, max int) ([]stmtLine, error) {
 	f, err := parseDay(from, "from")
 	if err != nil {
 		return nil, err
@@ -234,23 +251,43 @@ func (rq *req) statement(accountID, from, to, dir string) ([]stmtLine, error) {
 	if !t.IsZero() {
 		t = t.AddDate(0, 0, 1)
 	}
-	ents, _, err := rq.web.d.Ledger.Statement(rq.r.Context(), accountID, f, t, "", 1000)
-	if err != nil {
-		return nil, err
-	}
 	var out []stmtLine
-	for _, e := range ents {
-		if (dir == "out" && e.Delta > 0) || (dir == "in" && e.Delta < 0) {
-			continue
+	for cursor := ""; ; {
+		ents, next, err := rq.web.d.Ledger.Statement(rq.r.Context(), accountID, f, t, cursor, 1000)
+		if err != nil {
+			return nil, err
 		}
-		memo := e.Memo
-		if memo == "" && e.Meta != nil {
-			memo = e.Meta["scenario"]
+		for _, e := range ents {
+			if (dir == "out" && e.Delta > 0) || (dir == "in" && e.Delta < 0) {
+				continue
+			}
+			if len(out) == max {
+				return nil, apperr.Newf(apperr.ValidationFailed,
+					fmt.Sprintf("this range holds more than %d movements: choose a shorter range (from, to)", max),
+					fmt.Sprintf("该期间的流水超过 %d 条，请缩短起止日期", max))
+			}
+			memo := e.Memo
+			if memo == "" && e.Meta != nil {
+				memo = e.Meta["scenario"]
+			}
+			out = append(out, stmtLine{ID: e.ID, At: e.At, Kind: e.Kind, Memo: memo, Delta: e.Delta, Balance: e.BalanceAfter, Account: accountID})
 		}
-		out = append(out, stmtLine{ID: e.ID, At: e.At, Kind: e.Kind, Memo: memo, Delta: e.Delta, Balance: e.BalanceAfter, Account: accountID})
+		if next == "" {
+			break
+		}
+		cursor = next
 	}
 	slices.Reverse(out)
 	return out, nil
+}
+
+// shown cuts a page's lines (newest first) to the latest screenLines and
+// says how many more the range holds.
+func shown(lines []stmtLine) ([]stmtLine, int) {
+	if len(lines) <= screenLines {
+		return lines, 0
+	}
+	return lines[:screenLines], len(lines) - screenLines
 }
 
 func (w *Web) residentStatement(rq *req) error {
@@ -271,10 +308,11 @@ func (w *Web) residentStatement(rq *req) error {
 	if d.Account == "medical" {
 		acct = ledger.MedicalID(rc.Resident.ID)
 	}
-	lines, err := rq.statement(acct, d.From, d.To, d.Dir)
+	lines, err := rq.statement(acct, d.From, d.To, d.Dir, screenScan)
 	if err != nil {
 		return rq.renderWithError(err, "r_statement.html", "r.statement.title", d)
 	}
+	lines, d.More = shown(lines)
 	disputed, err := w.disputeStatusByTransfer(rq.r.Context(), rc.Resident.ID)
 	if err != nil {
 		return err
