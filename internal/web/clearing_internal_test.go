@@ -23,16 +23,7 @@ import (
 func clearingWeb(t *testing.T) *Web {
 	t.Helper()
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(t.TempDir(), "y.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	l, err := ledger.Open(ctx, db, ledger.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Close)
+	db, l := testLedger(t)
 	for _, a := range []ledger.Account{
 		{ID: ledger.ClearingID("CN-310000"), Kind: ledger.KindClearing, Floor: -1 << 40},
 		{ID: ledger.ClearingID("CN-320100"), Kind: ledger.KindClearing, Floor: -1 << 40},
@@ -78,6 +69,23 @@ func clearingWeb(t *testing.T) *Web {
 		t.Fatal(err)
 	}
 	return w
+}
+
+// testLedger is a ledger on a new SQLite database, closed when t ends.
+func testLedger(t *testing.T) (*store.DB, *ledger.Ledger) {
+	t.Helper()
+	ctx := context.Background()
+	db, err := store.Open(ctx, filepath.Join(t.TempDir(), "y.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	l, err := ledger.Open(ctx, db, ledger.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	return db, l
 }
 
 func renderAs(t *testing.T, w *Web, role auth.Role, lang string, h handlerFunc) (int, string) {

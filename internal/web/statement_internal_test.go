@@ -5,14 +5,12 @@ import (
 	"encoding/csv"
 	"fmt"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/ledger"
-	"github.com/yikatong/yikatong/internal/store"
 )
 
 // A provider whose period holds more movements than a page shows: the
@@ -21,16 +19,7 @@ import (
 // and a range beyond what an export may hold is refused, never cut.
 func TestStatementsBeyondOnePage(t *testing.T) {
 	ctx := context.Background()
-	db, err := store.Open(ctx, filepath.Join(t.TempDir(), "y.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	l, err := ledger.Open(ctx, db, ledger.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Close)
+	db, l := testLedger(t)
 	bus, wallet := ledger.ReceivableID("bus"), ledger.WalletID("r1")
 	for _, a := range []ledger.Account{{ID: bus, Kind: ledger.KindReceivable}, {ID: wallet, Kind: ledger.KindWallet}} {
 		if _, err := l.CreateAccount(ctx, a); err != nil {
