@@ -819,6 +819,14 @@ func TestCheckOutlivesTheStatementTimeout(t *testing.T) {
 	if _, err := short.R.ExecContext(ctx, `SELECT pg_sleep(0.5)`); apperr.CodeOf(dbErr(err)) != apperr.Unavailable || !strings.Contains(err.Error(), "57014") {
 		t.Fatalf("a slow statement after the check: %v, want a statement timeout", err)
 	}
+	// A check for one HTTP request is bounded, and says where to run it
+	// without a bound.
+	if _, err := lc.CheckWithin(ctx, time.Millisecond); apperr.CodeOf(err) != apperr.Unavailable || !strings.Contains(err.Error(), "yikatong ledger check") {
+		t.Fatalf("a check that cannot finish within its bound: %v", err)
+	}
+	if r, err := lc.CheckWithin(ctx, time.Minute); err != nil || !r.OK() {
+		t.Fatalf("a check within a minute: %+v, %v", r, err)
+	}
 }
 
 // TestConcurrentDuplicates: many goroutines send the same keys at once;

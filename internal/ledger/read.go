@@ -326,6 +326,26 @@ func (l *Ledger) Check(ctx context.Context) (CheckResult, error) {
 	return r, nil
 }
 
+// RequestCheckLimit bounds a check run for one HTTP request (CheckWithin),
+// under the node's 60 s write timeout.
+const RequestCheckLimit = 50 * time.Second
+
+// CheckWithin is Check bounded by d: a check that cannot finish in time
+// (a large journal) is cancelled and answered unavailable, pointing to the
+// command that runs it without a bound, instead of reading on after its
+// caller has stopped waiting.
+func (l *Ledger) CheckWithin(ctx context.Context, d time.Duration) (CheckResult, error) {
+	cctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	r, err := l.Check(cctx)
+	if err != nil && ctx.Err() == nil && cctx.Err() != nil {
+		return CheckResult{}, apperr.Newf(apperr.Unavailable,
+			fmt.Sprintf("the ledger check did not finish within %v; run it beside the node without a time bound: yikatong ledger check", d),
+			fmt.Sprintf("账本核对未能在 %v 内完成；请在节点旁运行不限时的核对：yikatong ledger check", d))
+	}
+	return r, err
+}
+
 func check(ctx context.Context, tx *sql.Tx) (CheckResult, error) {
 	var r CheckResult
 	problem := func(f string, a ...any) {

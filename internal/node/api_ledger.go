@@ -114,7 +114,7 @@ func (n *Node) ledgerRoutes() {
 		Pattern: "GET /v1/ledger/check", Summary: "Check the books: balances sum to zero, each balance equals its postings, the journal chain is intact", Tag: "ledger",
 		Roles: financeOnly, Response: ledgerCheck{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
-			res, err := n.Ledger.Check(r.Context())
+			res, err := n.Ledger.CheckWithin(r.Context(), ledger.RequestCheckLimit)
 			if err != nil {
 				return err
 			}

@@ -40,7 +40,7 @@ func (w *Web) consoleLedger(rq *req) error {
 	q := rq.r.URL.Query()
 	d := ledgerData{Account: strings.TrimSpace(q.Get("account")), From: q.Get("from"), To: q.Get("to")}
 	if q.Get("check") != "" {
-		c, err := w.d.Ledger.Check(rq.r.Context())
+		c, err := w.d.Ledger.CheckWithin(rq.r.Context(), ledger.RequestCheckLimit)
 		if err != nil {
 			d.CheckErr = rq.ErrText(err)
 		} else {
