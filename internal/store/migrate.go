@@ -121,10 +121,12 @@ func (db *DB) migrateList(ctx context.Context, ms []Migration) error {
 			tx.Rollback()
 			return err
 		}
+		// Registered before the COMMIT: whatever fails next, the pooled
+		// connection does not keep the lock.
+		defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(7271001)`)
 		if err := tx.Commit(); err != nil {
 			return err
 		}
-		defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(7271001)`)
 	}
 	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
 		return err
