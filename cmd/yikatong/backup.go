@@ -207,7 +207,7 @@ func backup(ctx context.Context, dataDir, dsn, out string) error {
 // sqliteCopy writes a consistent copy of the live database at src to dst.
 func sqliteCopy(ctx context.Context, src, dst string) error {
 	if _, err := os.Stat(src); err != nil {
-		return fmt.Errorf("no SQLite database at %s: %w", src, err)
+		return fmt.Errorf("no SQLite database at %s (%v): for a node on PostgreSQL, or with its SQLite file elsewhere, give its --db", src, err)
 	}
 	db, err := sql.Open("sqlite", "file:"+src+"?_pragma=busy_timeout(10000)")
 	if err != nil {

@@ -202,6 +202,9 @@ func TestBackupRestoreSQLite(t *testing.T) {
 		if code, msg := runCmd(t, "backup", "--data", t.TempDir(), "--out", filepath.Join(t.TempDir(), "x.tar.gz")); code != 1 || !strings.Contains(msg, vault.KeyFile) {
 			t.Fatalf("backup of a non-node dir: %d %s", code, msg)
 		}
+		if code, msg := runCmd(t, "backup", "--data", src.Dir, "--db", filepath.Join(t.TempDir(), "none.db"), "--out", filepath.Join(t.TempDir(), "x.tar.gz")); code != 1 || !strings.Contains(msg, "give its --db") {
+			t.Fatalf("backup of a missing SQLite file: %d %s", code, msg)
+		}
 		if code, msg := runCmd(t, "backup", "--data", src.Dir, "--db", "mysql://bob:sekret@db/city", "--out", filepath.Join(t.TempDir(), "x.tar.gz")); code != 1 ||
 			!strings.Contains(msg, `unsupported database URL scheme "mysql"`) || strings.Contains(msg, "sekret") {
 			t.Fatalf("backup of a MySQL URL: %d %s", code, msg)
