@@ -223,7 +223,6 @@ func parseDay(s, field string) (time.Time, error) {
 	return t, nil
 }
 
-// statement reads an account's movements, newest first, filtered.
 // How many movements a statement reads. A page shows the latest
 // screenLines of up to screenScan in its range (and their total); an
 // export holds up to exportLines. A range with more is refused with a plain
