@@ -32,6 +32,11 @@ type Config struct {
 	DataDir string
 	// DB is a database URL; "" means SQLite at DataDir/yikatong.db.
 	DB string
+	// NoBackground: run none of a serving node's periodic jobs (hold
+	// expiry, debt sweeps, key refresh), for the admin commands that open
+	// the node beside the running processes only to read or change one
+	// thing.
+	NoBackground bool
 	// City is this node's id, e.g. CN-410100; used on first start only
 	// (afterwards the stored one wins, and a different one is an error).
 	City string
@@ -140,6 +145,9 @@ func (n *Node) init(ctx context.Context) error {
 	}
 	if err := n.wire(ctx); err != nil {
 		return err
+	}
+	if n.Config.NoBackground {
+		return nil
 	}
 	bgctx, cancel := context.WithCancel(context.Background())
 	n.stop = cancel
