@@ -176,18 +176,8 @@ func (c *client) do(ctx context.Context, method, path, token string, body []byte
 func (c *client) reachable(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/healthz", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
+	if err := c.do(ctx, http.MethodGet, "/healthz", "", nil, nil); err != nil {
 		return fmt.Errorf("cannot reach the node at %s: %v", c.base, err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("the node at %s is not healthy: GET /healthz answered %s", c.base, resp.Status)
 	}
 	return nil
 }
