@@ -20,7 +20,8 @@ const codeUsage = `usage: yikatong code verify --trust FILE [--at RFC3339] [--no
 Verifies an e-code (YK1:…) offline against a trust bundle file (the JSON of
 GET /v1/trust or 'yikatong trust export') and prints one JSON object.
 CODE "-" reads the code from standard input. Flags may come before or
-after CODE.
+after CODE. Quote CODE on a command line: Base45 has a space among its
+characters.
 
   --trust FILE       the trust bundle (required)
   --at RFC3339       verify as of this instant (default: now)
@@ -85,7 +86,14 @@ func cmdCode(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		rest = fs.Args()[1:]
 	}
 	if *trustFile == "" || len(positional) != 1 {
-		fmt.Fprint(stderr, "yikatong code verify: need --trust FILE and exactly one CODE\n\n"+codeUsage)
+		hint := ""
+		if len(positional) > 1 && strings.Contains(positional[0], ":") {
+			// Base45 has a space among its characters: an unquoted code
+			// reaches us in pieces.
+			hint = "a code may contain spaces (Base45): quote it ('YK1:…'), or pass - and send it on standard input\n" +
+				"码中可能含有空格（Base45）：请用引号括起，或用 - 从标准输入读入\n"
+		}
+		fmt.Fprint(stderr, "yikatong code verify: need --trust FILE and exactly one CODE\n"+hint+"\n"+codeUsage)
 		return 2
 	}
 	at := time.Now()

@@ -82,6 +82,16 @@ func TestCmdCodeVerify(t *testing.T) {
 		{"no subcommand", nil, "", 2, ""},
 		{"unknown flag", []string{"verify", "--trust", bundleFile, "--frobnicate", good}, "", 2, ""},
 	}
+	t.Run("unquoted code with spaces", func(t *testing.T) {
+		var out, errb bytes.Buffer
+		// Base45 codes contain spaces; a shell splits an unquoted one.
+		if exit := cmdCode(append([]string{"verify", "--trust", bundleFile}, strings.Fields("YK1:AB CD EF")...), strings.NewReader(""), &out, &errb); exit != 2 {
+			t.Fatalf("exit %d", exit)
+		}
+		if !strings.Contains(errb.String(), "quote it") || !strings.Contains(errb.String(), "引号") {
+			t.Fatalf("no hint about quoting: %q", errb.String())
+		}
+	})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var out, errb bytes.Buffer
