@@ -153,7 +153,7 @@ func (s *Service) charge(ctx context.Context, rec *record, sc catalog.Scenario, 
 		case err != nil:
 			return Response{}, err
 		case o == dupKey:
-			return s.again(ctx, ex, rec.hash)
+			return s.again(ctx, ex, rec.hash, rec.legacyHash)
 		default: // dupCTI
 			return s.decline(ctx, rec, sc, eval{}, apperr.Replayed)
 		}

@@ -256,8 +256,8 @@ func (s *Service) unseal(rec *record, v any) error {
 }
 
 // again answers a request whose key is already in the scans table.
-func (s *Service) again(ctx context.Context, rec *record, hash []byte) (Response, error) {
-	if !bytes.Equal(rec.hash, hash) {
+func (s *Service) again(ctx context.Context, rec *record, hash, legacy []byte) (Response, error) {
+	if !bytes.Equal(rec.hash, hash) && (legacy == nil || !bytes.Equal(rec.hash, legacy)) {
 		return Response{}, apperr.New(apperr.IdempotencyConflict)
 	}
 	if rec.state == stateFinal {
@@ -322,7 +322,7 @@ func (s *Service) claim(ctx context.Context, rec *record, sc catalog.Scenario, r
 	}
 	switch out {
 	case dupKey:
-		return s.again(ctx, ex, rec.hash)
+		return s.again(ctx, ex, rec.hash, rec.legacyHash)
 	case dupCTI:
 		return s.decline(ctx, rec, sc, eval{}, apperr.Replayed)
 	}
@@ -338,7 +338,7 @@ func (s *Service) claimPending(ctx context.Context, rec *record, sc catalog.Scen
 	}
 	switch out {
 	case dupKey:
-		r, err := s.again(ctx, ex, rec.hash)
+		r, err := s.again(ctx, ex, rec.hash, rec.legacyHash)
 		return r, true, err
 	case dupCTI:
 		r, err := s.decline(ctx, rec, sc, eval{}, apperr.Replayed)

@@ -5,3 +5,9 @@ import "github.com/yikatong/yikatong/internal/terminal"
 // RecordHash exposes the stored request hash of an offline record (tests
 // write rows as an older version of the node did).
 func RecordHash(r terminal.Record) []byte { return recordHash(r) }
+
+// UnkeyedRequestHash is a scan request's hash as versions before the keyed
+// PIN stored it.
+func UnkeyedRequestHash(scenario, code, card string, amount int64, pin string) []byte {
+	return requestHash(Request{Scenario: scenario, Code: code, CardNumber: card, AmountFen: amount, PIN: pin})
+}

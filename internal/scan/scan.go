@@ -14,8 +14,9 @@
 //     insufficient funds …) is decision "declined" with the apperr code as
 //     reason. Problems are for the caller's own mistakes.
 //   - Idempotency: (terminal, idempotency_key) is the primary key of the
-//     scans table, stored with the SM3 hash of the request; the same key and
-//     body returns the stored answer, another body is idempotency_conflict.
+//     scans table, stored with a hash of the request (its PIN keyed by the
+//     vault, requestHashes); the same key and body returns the stored
+//     answer, another body is idempotency_conflict.
 //   - One use per code: the code's nonce (cti) has a UNIQUE index in the
 //     scans table, so a second scan of the same code is declined replayed in
 //     any node process sharing the database.
@@ -177,6 +178,23 @@ func (s *Service) Close() {
 	}
 }
 
+// requestHashes returns the hash of a scan request stored with its row
+// (same key, other hash: idempotency_conflict) and, for a request with a
+// PIN, the hash an older version stored. The PIN enters the stored hash
+// only as a keyed hash (vault): the other inputs (card number, scenario,
+// amount) can be read from the database, so a plain hash of the PIN among
+// them would give the PIN away to anyone holding a copy of the database
+// by trying all million of them. The older form is only compared with,
+// so a retry that spans an upgrade is still recognised.
+func (s *Service) requestHashes(req Request) (hash, legacy []byte) {
+	if req.PIN == "" {
+		return requestHash(req), nil
+	}
+	legacy = requestHash(req)
+	req.PIN = "k:" + s.Vault.LookupHash("scan_pin", req.PIN)
+	return requestHash(req), legacy
+}
+
 func requestHash(req Request) []byte {
 	h := sha256.New()
 	for _, p := range []string{"scan-v1", req.Scenario, req.Code, req.CardNumber, strconv.FormatInt(req.AmountFen, 10), req.PIN} {
@@ -261,7 +279,7 @@ func (s *Service) scanOnce(ctx context.Context, t terminal.Terminal, req Request
 	if err := req.Validate(); err != nil {
 		return Response{}, err
 	}
-	hash := requestHash(req)
+	hash, legacy := s.requestHashes(req)
 	// A retry is found by the insert itself (ON CONFLICT on the key returns
 	// the stored row), so the first attempt of a scan — nearly every scan —
 	// skips a read. Only a request carrying a PIN looks first, so that a
@@ -270,7 +288,7 @@ func (s *Service) scanOnce(ctx context.Context, t terminal.Terminal, req Request
 		if rec, err := lookup(ctx, s.DB, t.ID, req.IdempotencyKey); err != nil {
 			return Response{}, err
 		} else if rec != nil {
-			return s.again(ctx, rec, hash)
+			return s.again(ctx, rec, hash, legacy)
 		}
 	}
 	sc, err := s.Catalog.Scenario(ctx, req.Scenario)
@@ -278,7 +296,7 @@ func (s *Service) scanOnce(ctx context.Context, t terminal.Terminal, req Request
 		return Response{}, err
 	}
 	now := s.Now()
-	rec := &record{terminal: t.ID, key: req.IdempotencyKey, hash: hash, provider: t.ProviderID, scenario: sc.ID, at: now.UnixMilli()}
+	rec := &record{terminal: t.ID, key: req.IdempotencyKey, hash: hash, legacyHash: legacy, provider: t.ProviderID, scenario: sc.ID, at: now.UnixMilli()}
 	e := s.evaluate(ctx, sc, t, req.Code, req.CardNumber, req.AmountFen, req.PIN, now)
 	if e.remote {
 		// Another city's code: the home city is asked to charge only once
@@ -289,7 +307,7 @@ func (s *Service) scanOnce(ctx context.Context, t terminal.Terminal, req Request
 			if ex, err := lookup(ctx, s.DB, t.ID, req.IdempotencyKey); err != nil {
 				return Response{}, err
 			} else if ex != nil {
-				return s.again(ctx, ex, hash)
+				return s.again(ctx, ex, hash, legacy)
 			}
 		}
 		e = s.evaluateRemoteKey(ctx, sc, t, e.id, req.IdempotencyKey, req.AmountFen, req.PIN, now, remoteOpts{})

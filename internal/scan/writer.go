@@ -17,7 +17,10 @@ import (
 type record struct {
 	terminal, key string
 	hash          []byte
-	cti           string // "" = NULL (replayKeys)
+	// legacyHash (not a column): the request's hash as an older version
+	// stored it (requestHashes), nil if it cannot differ.
+	legacyHash []byte
+	cti        string // "" = NULL (replayKeys)
 	// legacyCTI (not a column): the key a code issued before the
 	// time-ordered keys began may have been stored under (replayKeys).
 	legacyCTI     string
