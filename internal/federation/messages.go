@@ -272,32 +272,20 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		// is voided at home like an abandoned authorisation.
 		s.Log.Warn("federation: the home city charged an amount not asked for; voiding", "peer", home, "id", id,
 			"asked_fen", c.AmountFen, "charged_fen", ans.MedicalFen+ans.WalletFen+ans.CreditFen)
-		if err := s.setState(ctx, id, "voiding", nil, "the home city charged an amount not asked for"); err != nil {
-			return scan.RemoteResult{}, err
-		}
-		s.Kick()
-		return scan.RemoteResult{Reason: apperr.HomeUnreachable}, nil
+		defer s.Kick()
+		return s.setState(ctx, id, "voiding", nil, "the home city charged an amount not asked for", scan.RemoteResult{Reason: apperr.HomeUnreachable})
 	}
 	switch {
 	case err == nil && ans.ID == id && ans.State == StateApplied:
 		b, _ := json.Marshal(ans)
-		if err := s.setAcked(ctx, id, b, ans.MedicalFen+ans.WalletFen+ans.CreditFen); err != nil {
-			return scan.RemoteResult{}, err
-		}
-		return approved(ans), nil
+		return s.setAcked(ctx, id, b, ans.MedicalFen+ans.WalletFen+ans.CreditFen, approved(ans))
 	case err == nil && ans.ID == id && ans.State == StateDeclined:
 		b, _ := json.Marshal(ans)
-		if err := s.setState(ctx, id, "declined", b, ""); err != nil {
-			return scan.RemoteResult{}, err
-		}
-		return scan.RemoteResult{Reason: ans.Reason}, nil
+		return s.setState(ctx, id, "declined", b, "", scan.RemoteResult{Reason: ans.Reason})
 	case errors.As(err, &pe) && pe.status < 500:
 		// The home city refused the request itself: nothing was booked there.
 		b, _ := json.Marshal(ChargeAnswer{ID: id, State: StateDeclined, Reason: apperr.HomeUnreachable})
-		if err := s.setState(ctx, id, "declined", b, pe.Error()); err != nil {
-			return scan.RemoteResult{}, err
-		}
-		return scan.RemoteResult{Reason: apperr.HomeUnreachable}, nil
+		return s.setState(ctx, id, "declined", b, pe.Error(), scan.RemoteResult{Reason: apperr.HomeUnreachable})
 	}
 	// No usable answer in time: the home city may or may not have applied it.
 	why := "no answer"
@@ -311,28 +299,29 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		mu := &s.risk[riskStripe(subject)]
 		mu.Lock()
 		defer mu.Unlock()
+		// Another call for this message may have decided it meanwhile (its
+		// own amount would then count in the exposure below).
+		if r, err := s.outRow(ctx, id); err != nil {
+			return scan.RemoteResult{}, err
+		} else if r != nil && r.state != "sending" {
+			return resultOf(r), nil
+		}
 		var exposure int64
 		if err := s.DB.QueryRow(ctx, ExposureSQL, home, subject).Scan(&exposure); err != nil {
 			return scan.RemoteResult{}, unavailable(err)
 		}
 		if exposure+req.AmountFen <= s.cfg.RiskLimitFen {
-			if err := s.setState(ctx, id, "pending", nil, why); err != nil {
-				return scan.RemoteResult{}, err
+			res, err := s.setState(ctx, id, "pending", nil, why, scan.RemoteResult{Approved: true, Queued: true})
+			if err == nil && res.Queued {
+				s.Log.Info("federation: accepted offline, charge queued", "peer", home, "id", id, "amount_fen", req.AmountFen)
 			}
-			s.Log.Info("federation: accepted offline, charge queued", "peer", home, "id", id, "amount_fen", req.AmountFen)
-			return scan.RemoteResult{Approved: true, Queued: true}, nil
+			return res, err
 		}
-		if err := s.setState(ctx, id, "voiding", nil, why); err != nil {
-			return scan.RemoteResult{}, err
-		}
-		s.Kick()
-		return scan.RemoteResult{Reason: apperr.RiskLimit}, nil
+		defer s.Kick()
+		return s.setState(ctx, id, "voiding", nil, why, scan.RemoteResult{Reason: apperr.RiskLimit})
 	}
-	if err := s.setState(ctx, id, "voiding", nil, why); err != nil {
-		return scan.RemoteResult{}, err
-	}
-	s.Kick()
-	return scan.RemoteResult{Reason: apperr.HomeUnreachable}, nil
+	defer s.Kick()
+	return s.setState(ctx, id, "voiding", nil, why, scan.RemoteResult{Reason: apperr.HomeUnreachable})
 }
 
 // riskStripes is the number of risk-limit locks.
@@ -345,25 +334,52 @@ func riskStripe(subject string) int {
 	return int(h.Sum32() % riskStripes)
 }
 
-func (s *Service) setState(ctx context.Context, id, state string, answer []byte, lastErr string) error {
-	err := s.w.exec(ctx, `UPDATE fed_messages SET state = $1, answer = COALESCE($2, answer), last_error = $3, updated_at = $4, next_at = $4
-		WHERE id = $5 AND direction = 'out'`, state, answer, truncate(lastErr, 200), s.Now().UnixMilli(), id)
+// decide moves an authorisation out of "sending" and returns result, or,
+// when another call decided the same message first, what that call
+// decided. Two calls for one message can be in flight at once (a terminal
+// retrying a scan while its first attempt still waits on the home city, a
+// batch re-sent during its first upload, the sweep voiding an old
+// "sending" row); only the first decision stands, so this node never books
+// a fare whose charge it then voids, or voids one it acknowledged.
+func (s *Service) decide(ctx context.Context, id string, update func() (int64, error), result scan.RemoteResult) (scan.RemoteResult, error) {
+	n, err := update()
 	if err != nil {
-		return unavailable(err)
+		return scan.RemoteResult{}, unavailable(err)
 	}
-	return nil
+	if n == 1 {
+		return result, nil
+	}
+	r, err := s.outRow(ctx, id)
+	if err != nil {
+		return scan.RemoteResult{}, err
+	}
+	switch {
+	case r == nil:
+		// The row's insert (not awaited) was lost: nothing competes with
+		// this call's decision.
+		return result, nil
+	case r.state == "sending":
+		return scan.RemoteResult{}, apperr.Newf(apperr.Unavailable, "the authorisation is still being decided; try again", "授权仍在处理中，请重试")
+	}
+	return resultOf(r), nil
+}
+
+// setState moves an authorisation out of "sending" (decide).
+func (s *Service) setState(ctx context.Context, id, state string, answer []byte, lastErr string, result scan.RemoteResult) (scan.RemoteResult, error) {
+	return s.decide(ctx, id, func() (int64, error) {
+		return s.w.execN(ctx, `UPDATE fed_messages SET state = $1, answer = COALESCE($2, answer), last_error = $3, updated_at = $4, next_at = $4
+			WHERE id = $5 AND direction = 'out' AND state = 'sending'`, state, answer, truncate(lastErr, 200), s.Now().UnixMilli(), id)
+	}, result)
 }
 
 // setAcked records an applied answer and the amount the home city booked
 // (a physical card's fare may be lower than the amount asked), so both
-// sides list the message with the same amount.
-func (s *Service) setAcked(ctx context.Context, id string, answer []byte, amount int64) error {
-	err := s.w.exec(ctx, `UPDATE fed_messages SET state = 'acked', answer = $1, amount_fen = $2, last_error = '', updated_at = $3, next_at = $3
-		WHERE id = $4 AND direction = 'out'`, answer, amount, s.Now().UnixMilli(), id)
-	if err != nil {
-		return unavailable(err)
-	}
-	return nil
+// sides list the message with the same amount (decide).
+func (s *Service) setAcked(ctx context.Context, id string, answer []byte, amount int64, result scan.RemoteResult) (scan.RemoteResult, error) {
+	return s.decide(ctx, id, func() (int64, error) {
+		return s.w.execN(ctx, `UPDATE fed_messages SET state = 'acked', answer = $1, amount_fen = $2, last_error = '', updated_at = $3, next_at = $3
+			WHERE id = $4 AND direction = 'out' AND state = 'sending'`, answer, amount, s.Now().UnixMilli(), id)
+	}, result)
 }
 
 // downFor is how many AuthTimeouts an uploaded batch's records skip
