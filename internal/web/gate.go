@@ -1,7 +1,9 @@
 package web
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"image"
 	_ "image/gif" // photos of codes
 	_ "image/jpeg"
@@ -95,11 +97,29 @@ func (w *Web) gateForm(rq *req) error {
 	return rq.render(200, "gate.html", "gate.title", d)
 }
 
-const maxPhotoBytes = 8 << 20
+const (
+	maxPhotoBytes = 8 << 20
+	// maxPhotoPixels bounds the decoded picture: a small file can declare
+	// a huge image (a PNG of zeros compresses a thousandfold), and decoding
+	// it would take gigabytes. 16 megapixels is more than a phone sends.
+	maxPhotoPixels = 16_000_000
+)
 
 // decodeQR reads the text of a QR code in a photo.
 func decodeQR(r io.Reader) (string, error) {
-	img, _, err := image.Decode(io.LimitReader(r, maxPhotoBytes))
+	data, err := io.ReadAll(io.LimitReader(r, maxPhotoBytes))
+	if err != nil {
+		return "", apperr.Newf(apperr.Malformed, "the picture could not be read", "无法读取图片")
+	}
+	cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
+	if err != nil {
+		return "", apperr.Newf(apperr.Malformed, "the file is not a PNG, JPEG or GIF picture", "文件不是 PNG、JPEG 或 GIF 图片")
+	}
+	if cfg.Width <= 0 || cfg.Height <= 0 || int64(cfg.Width)*int64(cfg.Height) > maxPhotoPixels {
+		return "", apperr.Newf(apperr.Malformed, fmt.Sprintf("the picture is too large (%d×%d); send one of at most 16 megapixels", cfg.Width, cfg.Height),
+			fmt.Sprintf("图片过大（%d×%d），请发送不超过1600万像素的图片", cfg.Width, cfg.Height))
+	}
+	img, _, err := image.Decode(bytes.NewReader(data))
 	if err != nil {
 		return "", apperr.Newf(apperr.Malformed, "the file is not a PNG, JPEG or GIF picture", "文件不是 PNG、JPEG 或 GIF 图片")
 	}
@@ -118,7 +138,12 @@ func decodeQR(r io.Reader) (string, error) {
 func (w *Web) gateScan(rq *req) error {
 	rq.r.Body = http.MaxBytesReader(rq.w, rq.r.Body, maxPhotoBytes+64<<10)
 	if err := rq.r.ParseMultipartForm(1 << 20); err != nil && !errors.Is(err, http.ErrNotMultipart) {
-		return rq.renderWithError(apperr.New(apperr.BodyTooLarge), "gate.html", "gate.title", gateData{Pre: rq.preCSRF()})
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return rq.renderWithError(apperr.New(apperr.BodyTooLarge), "gate.html", "gate.title", gateData{Pre: rq.preCSRF()})
+		}
+		return rq.renderWithError(apperr.Newf(apperr.ValidationFailed, "the form could not be read; send it again", "表单无法读取，请重新提交"),
+			"gate.html", "gate.title", gateData{Pre: rq.preCSRF()})
 	}
 	d, err := w.gateData(rq)
 	if err != nil {
