@@ -8,6 +8,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -285,7 +287,14 @@ func DecodeJSON(r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); strings.HasPrefix(ct, "multipart/") {
 		return apperr.Newf(apperr.ValidationFailed, "send the body as application/json", "请求体须为 application/json")
 	}
-	dec := json.NewDecoder(r.Body)
+	data, err := io.ReadAll(r.Body)
+	if err != nil {
+		return jsonError(err)
+	}
+	if err := checkStrict(data, v); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err)
@@ -310,7 +319,8 @@ func jsonError(err error) error {
 	case errors.As(err, &se):
 		return apperr.Newf(apperr.ValidationFailed, fmt.Sprintf("the body is not valid JSON (at byte %d)", se.Offset), fmt.Sprintf("请求体不是有效的 JSON（第 %d 字节）", se.Offset))
 	case errors.As(err, &te):
-		e := apperr.Newf(apperr.ValidationFailed, fmt.Sprintf("field %q must be %s", te.Field, te.Type), fmt.Sprintf("字段 %q 类型应为 %s", te.Field, te.Type))
+		en, zh := jsonKind(te.Type)
+		e := apperr.Newf(apperr.ValidationFailed, fmt.Sprintf("field %q must be %s", te.Field, en), fmt.Sprintf("字段 %q 类型应为%s", te.Field, zh))
 		e.Field = te.Field
 		return e
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
@@ -320,6 +330,33 @@ func jsonError(err error) error {
 		return e
 	}
 	return apperr.Newf(apperr.ValidationFailed, "the body is not valid JSON", "请求体不是有效的 JSON")
+}
+
+// jsonKind names what a JSON value of Go type t must look like (never the
+// Go type's own name).
+func jsonKind(t reflect.Type) (en, zh string) {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil {
+		return "another type", "其他类型"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string", "字符串"
+	case reflect.Bool:
+		return "true or false", " true 或 false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number", "整数"
+	case reflect.Float32, reflect.Float64:
+		return "a number", "数字"
+	case reflect.Slice, reflect.Array:
+		return "a list", "列表（数组）"
+	case reflect.Struct, reflect.Map:
+		return "an object", "对象"
+	}
+	return "another type", "其他类型"
 }
 
 // Required returns a validation error naming the first empty field, or nil.

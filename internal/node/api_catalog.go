@@ -17,7 +17,7 @@ type itemWithScenarios struct {
 }
 
 type enabledRequest struct {
-	Enabled bool `json:"enabled"`
+	Enabled *bool `json:"enabled" doc:"true: scans of the scenario are accepted; false: refused"`
 }
 
 func (n *Node) catalogRoutes() {
@@ -102,11 +102,16 @@ func (n *Node) catalogRoutes() {
 			if err := httpapi.DecodeJSON(r, &req); err != nil {
 				return err
 			}
-			out, err := n.Catalog.SetEnabled(r.Context(), r.PathValue("id"), req.Enabled)
+			if req.Enabled == nil {
+				// Never read a missing value as "off": a scenario switched
+				// off stops every gate that uses it.
+				return apperr.Invalid("enabled", "field \"enabled\" is required (true or false)", "缺少必填字段 \"enabled\"（true 或 false）")
+			}
+			out, err := n.Catalog.SetEnabled(r.Context(), r.PathValue("id"), *req.Enabled)
 			if err != nil {
 				return err
 			}
-			n.Auth.Audit(r.Context(), p, "set_scenario_enabled", out.ID, strconv.FormatBool(req.Enabled))
+			n.Auth.Audit(r.Context(), p, "set_scenario_enabled", out.ID, strconv.FormatBool(*req.Enabled))
 			return httpapi.WriteJSON(w, http.StatusOK, out)
 		},
 	})

@@ -1,0 +1,108 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/apperr"
+)
+
+type inner struct {
+	Note string `json:"note"`
+}
+
+type embedded struct {
+	Channel string `json:"channel"`
+}
+
+type topup struct {
+	embedded
+	Card   string            `json:"card_number"`
+	Amount int64             `json:"amount_fen"`
+	Meta   map[string]string `json:"meta,omitempty"`
+	Lines  []inner           `json:"lines,omitempty"`
+	At     time.Time         `json:"at,omitzero"`
+	On     *bool             `json:"on,omitempty"`
+	Raw    json.RawMessage   `json:"raw,omitempty"`
+}
+
+func decode(body string) (topup, error) {
+	var v topup
+	r := httptest.NewRequest("POST", "/", strings.NewReader(body))
+	return v, DecodeJSON(r, &v)
+}
+
+func TestDecodeJSONStrict(t *testing.T) {
+	ok := []string{
+		`{"card_number":"1","amount_fen":100}`,
+		`{"channel":"bank","card_number":"1"}`,
+		`{"meta":{"a":"1","A":"2"},"lines":[{"note":"x"},{"note":"y"}]}`,
+		`{"at":"2026-01-01T00:00:00Z","on":false,"raw":{"x":1,"y":[1,2]}}`,
+		` {"amount_fen":1} `,
+	}
+	for _, b := range ok {
+		if _, err := decode(b); err != nil {
+			t.Errorf("%s: %v", b, err)
+		}
+	}
+	bad := []struct{ body, want string }{
+		{`{"amount_fen":1,"amount_fen":100000}`, `"amount_fen" is given twice`},
+		{`{"meta":{"a":"1","a":"2"}}`, `"meta.a" is given twice`},
+		{`{"lines":[{"note":"x","note":"y"}]}`, `"lines[0].note" is given twice`},
+		{`{"raw":{"x":1,"x":2}}`, `"raw.x" is given twice`},
+		{`{"AMOUNT_FEN":100}`, `case-sensitive: "amount_fen"`},
+		{`{"Card_Number":"1"}`, `case-sensitive: "card_number"`},
+		{`{"lines":[{"Note":"x"}]}`, `case-sensitive: "note"`},
+		{`{"Channel":"bank"}`, `case-sensitive: "channel"`},
+		{`null`, "must be a JSON object"},
+		{`[{"amount_fen":1}]`, "must be a JSON object"},
+		{`"x"`, "must be a JSON object"},
+		{``, "empty"},
+		{`{"amount_fen":"1"}`, `"amount_fen" must be a whole number`},
+		{`{"lines":{"note":"x"}}`, `"lines" must be a list`},
+		{`{"lines":[1]}`, `must be an object`},
+		{`{"nope":1}`, `unknown field "nope"`},
+		{`{"amount_fen":1}{}`, "exactly one JSON object"},
+		{`{"amount_fen":`, "truncated"},
+	}
+	for _, c := range bad {
+		_, err := decode(c.body)
+		if apperr.CodeOf(err) != apperr.ValidationFailed || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want validation_failed with %q", c.body, err, c.want)
+			continue
+		}
+		if e := apperr.As(err); e.MessageZh == "" {
+			t.Errorf("%s: no Chinese message", c.body)
+		}
+		if strings.Contains(err.Error(), "httpapi.") || strings.Contains(err.Error(), "topup") {
+			t.Errorf("%s: the message names a Go type: %v", c.body, err)
+		}
+	}
+}
+
+// What DecodeJSON accepts, encoding/json accepts too, to the same value;
+// no input makes it panic.
+func FuzzDecodeJSON(f *testing.F) {
+	for _, s := range []string{`{"card_number":"1","amount_fen":100}`, `{"meta":{"a":"1"},"lines":[{"note":"x"}]}`,
+		`{"a":1,"a":2}`, `null`, `[1,{"x":[]}]`, `{"raw":{"x":{"y":[{"z":1}]}}}`, `{"AMOUNT_FEN":1}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		v, err := decode(body)
+		if err != nil {
+			return
+		}
+		var lax topup
+		if err := json.Unmarshal([]byte(body), &lax); err != nil {
+			t.Fatalf("accepted %q, which encoding/json refuses: %v", body, err)
+		}
+		a, _ := json.Marshal(v)
+		b, _ := json.Marshal(lax)
+		if string(a) != string(b) {
+			t.Fatalf("%q decoded as %s, encoding/json gives %s", body, a, b)
+		}
+	})
+}
