@@ -24,6 +24,21 @@ func (s *Service) Audit(ctx context.Context, p Principal, action, subject, detai
 	return storeErr(err)
 }
 
+// AuditEach records one action that showed the data of several subjects
+// (a search's results): one row per subject, so that the log answers
+// "who has seen this resident" by subject; with no subject, one row.
+func (s *Service) AuditEach(ctx context.Context, p Principal, action string, subjects []string, detail string) error {
+	if len(subjects) == 0 {
+		return s.Audit(ctx, p, action, "", detail)
+	}
+	for _, sub := range subjects {
+		if err := s.Audit(ctx, p, action, sub, detail); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // AuditLog returns entries newest first, optionally only for one subject.
 func (s *Service) AuditLog(ctx context.Context, subject string, beforeID int64, limit int) ([]AuditEntry, error) {
 	if limit <= 0 || limit > 500 {

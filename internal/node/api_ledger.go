@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
@@ -204,6 +205,9 @@ func (n *Node) ledgerRoutes() {
 			if err != nil {
 				return err
 			}
+			if err := n.auditResidentAccount(r, p, "read_account", id); err != nil {
+				return err
+			}
 			return httpapi.WriteJSON(w, http.StatusOK, viewAccount(a))
 		},
 	})
@@ -213,6 +217,9 @@ func (n *Node) ledgerRoutes() {
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
 			id := r.PathValue("id")
 			if err := n.ownAccount(r.Context(), p, id); err != nil {
+				return err
+			}
+			if err := n.auditResidentAccount(r, p, "read_statement", id); err != nil {
 				return err
 			}
 			return n.writeStatement(w, r, id)
@@ -337,6 +344,16 @@ func (n *Node) writeStatement(w http.ResponseWriter, r *http.Request, id string)
 		page.Entries = append(page.Entries, statementLine{transferView: viewTransfer(e.Transfer), DeltaFen: e.Delta, BalanceAfterFen: e.BalanceAfter})
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, page)
+}
+
+// auditResidentAccount records a staff read of a resident's own account
+// (wallet "w:…", medical account "m:…": personal data) before it is
+// answered; a resident reading their own is not recorded.
+func (n *Node) auditResidentAccount(r *http.Request, p auth.Principal, action, id string) error {
+	if p.Role == auth.RoleResident || !(strings.HasPrefix(id, "w:") || strings.HasPrefix(id, "m:")) {
+		return nil
+	}
+	return n.Auth.Audit(r.Context(), p, action, id, "api") // no audit, no personal data
 }
 
 // ownAccount lets residents read only their own wallet and medical account.

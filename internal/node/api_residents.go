@@ -26,7 +26,10 @@ type enrolRequest struct {
 }
 
 // residentView is what staff see of a resident. The full ID number appears
-// only when hr_admin asks for it with ?reveal=id_number (audited).
+// only when hr_admin asks for it with ?reveal=id_number (audited), and so
+// does the birth date: the masked number hides only two region digits
+// besides it (and the check digit narrows those), so the two together
+// would be the full number.
 type residentView struct {
 	ID             string          `json:"id"`
 	Name           string          `json:"name"`
@@ -35,13 +38,14 @@ type residentView struct {
 	IDKind         string          `json:"id_kind"`
 	Category       string          `json:"category"`
 	Sex            string          `json:"sex"`
-	BirthDate      string          `json:"birth_date"`
+	BirthYear      int             `json:"birth_year"`
+	BirthDate      string          `json:"birth_date,omitempty" doc:"only with ?reveal=id_number: beside the masked number it would give the full one away"`
 	CreatedAt      time.Time       `json:"created_at"`
 	Cards          []resident.Card `json:"cards,omitempty"`
 }
 
 func viewResident(r resident.Resident) residentView {
-	return residentView{ID: r.ID, Name: r.Name, IDNumberMasked: r.IDMasked, IDKind: r.IDKind, Category: r.Category, Sex: r.Sex, BirthDate: r.BirthDate.Format("2006-01-02"), CreatedAt: r.CreatedAt}
+	return residentView{ID: r.ID, Name: r.Name, IDNumberMasked: r.IDMasked, IDKind: r.IDKind, Category: r.Category, Sex: r.Sex, BirthYear: r.BirthDate.Year(), CreatedAt: r.CreatedAt}
 }
 
 type enrolResponse struct {
@@ -109,7 +113,9 @@ func (n *Node) residentRoutes() {
 				v.Name = res.MaskedName()
 				out = append(out, v)
 			}
-			n.Auth.Audit(r.Context(), p, "search_residents", "", "results="+itoa(len(out)))
+			if err := n.Auth.AuditEach(r.Context(), p, "search_residents", resident.IDs(list), "results="+itoa(len(out))); err != nil {
+				return err // no audit, no personal data
+			}
 			return httpapi.WriteJSON(w, http.StatusOK, out)
 		},
 	})
@@ -130,6 +136,7 @@ func (n *Node) residentRoutes() {
 					return err
 				}
 				v.IDNumber = full
+				v.BirthDate = res.BirthDate.Format("2006-01-02")
 				action = "reveal_id_number"
 			}
 			if err := n.Auth.Audit(r.Context(), p, action, id, ""); err != nil {
@@ -169,6 +176,10 @@ func (n *Node) residentRoutes() {
 			c, err := n.Residents.Card(r.Context(), r.PathValue("number"))
 			if err != nil {
 				return err
+			}
+			// The card names its holder (resident_id) and its history.
+			if err := n.Auth.Audit(r.Context(), p, "read_card", c.Number, c.ResidentID); err != nil {
+				return err // no audit, no personal data
 			}
 			ev, err := n.Residents.CardEvents(r.Context(), c.Number)
 			if err != nil {
@@ -246,6 +257,14 @@ func (n *Node) residentRoutes() {
 					return err
 				}
 				err = n.Residents.ChangePIN(r.Context(), number, req.OldPIN, req.NewPIN)
+				if e := apperr.As(err); e != nil && e.Code == apperr.BadPIN {
+					// A wrong old PIN is refused, but the session is fine:
+					// 403, not 401 (whose WWW-Authenticate clients read as
+					// "sign in again"). It still counts toward the lock-out.
+					refused := *e
+					refused.Status = http.StatusForbidden
+					err = &refused
+				}
 			} else {
 				err = n.Residents.SetPIN(r.Context(), number, req.NewPIN, p.String())
 				if err == nil {

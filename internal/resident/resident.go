@@ -104,6 +104,15 @@ func (r Resident) Age(at time.Time) int { return idnum.Age(r.BirthDate, at) }
 // see a masked name.
 func (r Resident) MaskedName() string { return MaskName(r.Name) }
 
+// IDs returns the residents' ids, in order.
+func IDs(list []Resident) []string {
+	ids := make([]string, len(list))
+	for i, r := range list {
+		ids[i] = r.ID
+	}
+	return ids
+}
+
 // MaskName masks all but the first character of a name, keeping spaces.
 func MaskName(name string) string {
 	rs := []rune(name)

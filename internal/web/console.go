@@ -140,7 +140,10 @@ func (w *Web) consoleSearch(rq *req) error {
 		cards, _ := w.d.Residents.CardsOf(ctx, r.ID)
 		d.Cards[r.ID] = cards
 	}
-	w.d.Auth.Audit(ctx, rq.S.P, "search_residents", "", "results="+strconv.Itoa(len(list)))
+	if err := w.d.Auth.AuditEach(ctx, rq.S.P, "search_residents", resident.IDs(list), "results="+strconv.Itoa(len(list))+" web"); err != nil {
+		// No audit, no personal data.
+		return rq.renderWithError(err, "c_search.html", "c.search.title", searchData{Q: q})
+	}
 	return rq.render(200, "c_search.html", "c.search.title", d)
 }
 

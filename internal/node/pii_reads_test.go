@@ -1,0 +1,78 @@
+package node_test
+
+import (
+	"testing"
+
+	"github.com/yikatong/yikatong/internal/node/nodetest"
+)
+
+// TestStaffReadsOfPersonalDataAreAudited: a search is recorded under each
+// resident it showed; card and resident-account reads by staff are
+// recorded before they are answered (a resident reading their own is
+// not); and no staff view shows the birth date beside the masked ID
+// number (the two together give the full number) unless the number is
+// revealed.
+func TestStaffReadsOfPersonalDataAreAudited(t *testing.T) {
+	tn := nodetest.Start(t, nodetest.Options{Demo: true})
+	d := tn.Demo
+	hr := tn.Client(d.Staff["hr_admin"].Token)
+	fin := tn.Client(d.Staff["finance"].Token)
+	r0 := d.Residents[0]
+	audited := func(subject, action string) int {
+		var log []struct{ Action, Subject, Actor string }
+		hr.JSON(t, "GET", "/v1/audit?limit=500&subject="+subject, nil, 200, &log)
+		n := 0
+		for _, e := range log {
+			if e.Action == action {
+				n++
+			}
+		}
+		return n
+	}
+
+	var found []map[string]any
+	hr.JSON(t, "GET", "/v1/residents?q="+r0.CardNumber, nil, 200, &found)
+	if len(found) != 1 || found[0]["id"] != r0.ResidentID {
+		t.Fatalf("search: %v", found)
+	}
+	if _, ok := found[0]["birth_date"]; ok || found[0]["birth_year"] == nil {
+		t.Fatalf("search shows the birth date beside the masked number: %v", found[0])
+	}
+	if audited(r0.ResidentID, "search_residents") != 1 {
+		t.Fatal("the search is not recorded under the resident it showed")
+	}
+
+	var view map[string]any
+	hr.JSON(t, "GET", "/v1/residents/"+r0.ResidentID, nil, 200, &view)
+	if _, ok := view["birth_date"]; ok {
+		t.Fatalf("read shows the birth date: %v", view)
+	}
+	hr.JSON(t, "GET", "/v1/residents/"+r0.ResidentID+"?reveal=id_number", nil, 200, &view)
+	if view["birth_date"] == nil || view["id_number"] != r0.IDNumber {
+		t.Fatalf("reveal: %v", view)
+	}
+
+	hr.JSON(t, "GET", "/v1/cards/"+r0.CardNumber, nil, 200, nil)
+	if audited(r0.CardNumber, "read_card") != 1 {
+		t.Fatal("card read not audited")
+	}
+
+	wallet := "w:" + r0.ResidentID
+	fin.JSON(t, "GET", "/v1/accounts/"+wallet, nil, 200, nil)
+	fin.JSON(t, "GET", "/v1/accounts/"+wallet+"/statement", nil, 200, nil)
+	if audited(wallet, "read_account") != 1 || audited(wallet, "read_statement") != 1 {
+		t.Fatal("staff reads of a wallet not audited")
+	}
+	// A provider's account is not personal data: not recorded.
+	fin.JSON(t, "GET", "/v1/accounts/ext:bank", nil, 200, nil)
+	if audited("ext:bank", "read_account") != 0 {
+		t.Fatal("a non-personal account read was recorded")
+	}
+	// The resident reading their own wallet is not a staff read.
+	var login struct{ Token string }
+	tn.Client("").JSON(t, "POST", "/v1/auth/resident", map[string]any{"card_number": r0.CardNumber, "pin": r0.PIN}, 200, &login)
+	tn.Client(login.Token).JSON(t, "GET", "/v1/accounts/"+wallet, nil, 200, nil)
+	if audited(wallet, "read_account") != 1 {
+		t.Fatal("the resident's own read was recorded as a staff read")
+	}
+}
