@@ -4,8 +4,9 @@
 // A programme is a subsidy_programme ledger account ("sp:<id>") with a
 // budget: finance funds it from the treasury external account, and hr_admin
 // uploads payment lists (CSV lines "id_number_or_card_number,amount_fen,
-// reference", optional header). Each line is paid exactly once however
-// often a list is uploaded: its ledger idempotency key is
+// reference", optional header, optional UTF-8 byte order mark as Excel
+// writes it). Each line is paid exactly once however often a list is
+// uploaded: its ledger idempotency key is
 // "subsidy:<programme>:<reference>", and the request content includes the
 // resident's wallet and the amount, so the same reference for another
 // person or amount is reported as a conflict, never paid twice. A refused
@@ -21,10 +22,12 @@
 package subsidy
 
 import (
+	"bufio"
 	"context"
 	"encoding/csv"
 	"errors"
 	"io"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -88,6 +91,26 @@ type Report struct {
 // MaxLines bounds one upload.
 const MaxLines = 100000
 
+// programmeID is the form of a new programme's id: it is a path segment
+// in the API and the console, so only lower-case letters, digits, '.',
+// '-' and '_', starting with a letter or digit (never "." or ".."), e.g.
+// "heating-2026".
+var programmeID = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+
+const maxIDLen = 64
+
+// checkNewProgramme checks the id of a programme being created.
+func checkNewProgramme(id string) error {
+	if len(id) > maxIDLen || !programmeID.MatchString(id) {
+		return apperr.Invalid("id", "the programme id must be 1-64 lower-case letters, digits, '.', '-' or '_', starting with a letter or digit, such as heating-2026",
+			"补贴项目编号须为 1-64 个小写字母、数字、“.”、“-”或“_”，以字母或数字开头，如 heating-2026")
+	}
+	return nil
+}
+
+// checkProgramme checks the id of an existing programme. It is looser than
+// checkNewProgramme so that programmes created before ids were restricted
+// can still be funded and paid from.
 func checkProgramme(id string) error {
 	if id == "" || len(id) > 64 || strings.ContainsAny(id, ": \t\n") {
 		return apperr.Invalid("programme", "the programme id must be 1-64 characters without spaces or colons", "补贴项目编号须为 1-64 个字符，不含空格和冒号")
@@ -97,7 +120,7 @@ func checkProgramme(id string) error {
 
 // CreateProgramme creates (idempotently) a programme's fund account.
 func (s *Service) CreateProgramme(ctx context.Context, id, label string) (ledger.AccountInfo, error) {
-	if err := checkProgramme(id); err != nil {
+	if err := checkNewProgramme(id); err != nil {
 		return ledger.AccountInfo{}, err
 	}
 	return s.L.CreateAccount(ctx, ledger.Account{ID: ledger.ProgrammeID(id), Kind: ledger.KindSubsidy, Label: label})
@@ -121,6 +144,16 @@ func Mask(s string) string {
 	return string(r[:3]) + strings.Repeat("*", len(r)-7) + string(r[len(r)-4:])
 }
 
+// SkipBOM returns r without its leading UTF-8 byte order mark, if any:
+// Excel starts a CSV file saved as UTF-8 with one.
+func SkipBOM(r io.Reader) io.Reader {
+	br := bufio.NewReader(r)
+	if b, err := br.Peek(3); err == nil && string(b) == "\ufeff" {
+		br.Discard(3)
+	}
+	return br
+}
+
 // Upload pays the lines of a CSV list from the programme's fund.
 func (s *Service) Upload(ctx context.Context, programme string, list io.Reader) (Report, error) {
 	if err := checkProgramme(programme); err != nil {
@@ -130,7 +163,7 @@ func (s *Service) Upload(ctx context.Context, programme string, list io.Reader) 
 	if _, err := s.L.Balance(ctx, prog); err != nil {
 		return Report{}, err
 	}
-	rd := csv.NewReader(list)
+	rd := csv.NewReader(SkipBOM(list))
 	rd.FieldsPerRecord = -1
 	rd.TrimLeadingSpace = true
 	rep := Report{Programme: programme}

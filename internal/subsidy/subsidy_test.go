@@ -3,6 +3,7 @@ package subsidy
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -124,6 +125,34 @@ func TestMask(t *testing.T) {
 	for in, want := range map[string]string{"110105194912310029": "110***********0029", "123": "***", "88000000": "880*0000"} {
 		if got := Mask(in); got != want {
 			t.Errorf("%s: %s", in, fmt.Sprint(got))
+		}
+	}
+}
+
+func TestSkipBOM(t *testing.T) {
+	for in, want := range map[string]string{"\ufeffa,1,r\n": "a,1,r\n", "a,1,r\n": "a,1,r\n", "\ufeff": "", "": "", "\xef\xbb": "\xef\xbb", "x\ufeff": "x\ufeff"} {
+		b, err := io.ReadAll(SkipBOM(strings.NewReader(in)))
+		if err != nil || string(b) != want {
+			t.Errorf("%q: %q %v", in, b, err)
+		}
+	}
+}
+
+func TestProgrammeIDs(t *testing.T) {
+	for _, id := range []string{"heating-2026", "farm_2026.q1", "2026", "a", strings.Repeat("a", 64)} {
+		if err := checkNewProgramme(id); err != nil {
+			t.Errorf("%q: %v", id, err)
+		}
+	}
+	for _, id := range []string{"", ".", "..", "../x", "a/b", "a?b#c", "%2e%2e", "Heating", "-x", "_x", ".x", "a b", "a:b", "补贴", strings.Repeat("a", 65)} {
+		if e := apperr.As(checkNewProgramme(id)); e.Code != apperr.ValidationFailed || e.Field != "id" {
+			t.Errorf("%q: %v", id, e)
+		}
+	}
+	// Programmes made before ids were restricted are still usable.
+	for _, id := range []string{"a/b", "Old-Programme", ".."} {
+		if err := checkProgramme(id); err != nil {
+			t.Errorf("existing %q: %v", id, err)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,9 +31,11 @@ import (
 // The web layer adds a progress display: it splits the list into chunks of
 // payChunk lines and hands them to subsidy.Service.Upload one after the
 // other in the background, so the page's progress bar moves as chunks are
-// paid. Line numbers in the report are those of the uploaded file. A
-// funding form carries a key made when the form was drawn, so submitting
-// it twice (a double click, the back button) funds once.
+// paid. Line numbers in the report are those of the uploaded file. Each
+// programme's funding form carries its own key made when the form was
+// drawn, so submitting it twice (a double click, the back button) funds
+// once, and funding another programme from the same page is another
+// request.
 
 const (
 	maxPayoutBytes = 8 << 20
@@ -44,9 +47,15 @@ type programme struct {
 	ID      string
 	Label   string
 	Balance int64
-	Budget  int64 // funded so far
-	Paid    int64 // paid out, net of reversals
+	Budget  int64  // funded so far
+	Paid    int64  // paid out, net of reversals
+	FundKey string // idempotency key of this programme's funding form
 }
+
+// PathID is the id as a URL path segment. Ids are restricted to a safe
+// form now (internal/subsidy), but programmes made before may hold '/',
+// '?' or '#'.
+func (p programme) PathID() string { return url.PathEscape(p.ID) }
 
 // programmes lists every programme (a subsidy_programme ledger account)
 // with what was funded and paid, read from the ledger's tables.
@@ -110,7 +119,6 @@ func (w *Web) programmes(ctx context.Context) ([]programme, error) {
 
 type subsidiesData struct {
 	Programmes []programme
-	FundKey    string
 	// Form values kept after an error.
 	ID, Label string
 }
@@ -127,7 +135,10 @@ func (w *Web) subsidiesPage(rq *req, err error, d subsidiesData) error {
 	if perr != nil {
 		return perr
 	}
-	d.Programmes, d.FundKey = ps, randToken(12)
+	for i := range ps {
+		ps[i].FundKey = randToken(12)
+	}
+	d.Programmes = ps
 	if err != nil {
 		return rq.renderWithError(err, "c_subsidies.html", "c.subsidies.title", d)
 	}
@@ -259,7 +270,7 @@ type payRecord struct {
 // column not a number, naming an amount) is dropped, as subsidy.Upload
 // would drop it.
 func splitPayoutList(r io.Reader) (recs []payRecord, bad []subsidy.LineResult, err error) {
-	cr := csv.NewReader(r)
+	cr := csv.NewReader(subsidy.SkipBOM(r))
 	cr.FieldsPerRecord = -1
 	cr.TrimLeadingSpace = true
 	for n := 1; ; n++ {
