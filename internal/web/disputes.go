@@ -15,8 +15,11 @@ import (
 
 // Dispute statuses.
 const (
-	DisputeOpen     = "open"
-	DisputeRefunded = "refunded"
+	DisputeOpen = "open"
+	// DisputeRefunding: a refund was decided and its reversal is under
+	// way (or failed and may be retried); it can no longer be rejected.
+	DisputeRefunding = "refunding"
+	DisputeRefunded  = "refunded"
 	DisputeRejected = "rejected"
 )
 
@@ -98,7 +101,8 @@ func (w *Web) OpenDispute(ctx context.Context, residentID, cardNumber, transferI
 // "") all with the given status ("" = any).
 func (w *Web) Disputes(ctx context.Context, residentID, status string) ([]Dispute, error) {
 	rows, err := w.d.DB.R.QueryContext(ctx, `SELECT `+disputeCols+` FROM disputes
-		WHERE ($1 = '' OR resident_id = $1) AND ($2 = '' OR status = $2) ORDER BY created_at DESC LIMIT 500`, residentID, status)
+		WHERE ($1 = '' OR resident_id = $1) AND ($2 = '' OR status = $2 OR ($2 = 'open' AND status = 'refunding'))
+		ORDER BY created_at DESC LIMIT 500`, residentID, status)
 	if err != nil {
 		return nil, apperr.Wrap(apperr.Internal, err)
 	}
@@ -138,26 +142,50 @@ var errNotOpen = apperr.Newf(apperr.Conflict, "the dispute has already been reso
 
 // RefundDispute resolves an open dispute by reversing the charge in the
 // ledger (idempotent: the reversal's key is the dispute id, so a retry or
-// a second click never refunds twice).
+// a second click never refunds twice). The dispute is marked refunding
+// before the money moves, so a rejection at the same moment either comes
+// first (and there is no refund) or is refused; a refund whose reversal
+// failed stays refunding until it is retried.
 func (w *Web) RefundDispute(ctx context.Context, p auth.Principal, id, note string) (Dispute, error) {
 	if w.d.Ledger == nil {
 		return Dispute{}, unavailable("ledger")
+	}
+	if note = strings.TrimSpace(note); note == "" {
+		note = "refunded"
+	} else if utf8.RuneCountInString(note) > 500 {
+		return Dispute{}, apperr.Invalid("note", "the note is at most 500 characters", "备注最多 500 字")
 	}
 	d, err := w.dispute(ctx, id)
 	if err != nil {
 		return Dispute{}, err
 	}
-	if d.Status != DisputeOpen {
+	switch d.Status {
+	case DisputeOpen:
+		r, err := w.d.DB.W.ExecContext(ctx, `UPDATE disputes SET status = 'refunding' WHERE id = $1 AND status = 'open'`, d.ID)
+		if err != nil {
+			return Dispute{}, apperr.Wrap(apperr.Internal, err)
+		}
+		if n, _ := r.RowsAffected(); n == 0 {
+			if d, err = w.dispute(ctx, id); err != nil {
+				return Dispute{}, err
+			}
+			if d.Status != DisputeRefunding { // resolved meanwhile
+				return Dispute{}, errNotOpen
+			}
+		}
+	case DisputeRefunding: // a retry
+	default:
 		return Dispute{}, errNotOpen
 	}
 	t, err := w.d.Ledger.Reverse(ctx, "dispute:"+d.ID, d.TransferID, d.AmountFen)
 	if err != nil {
 		return Dispute{}, err
 	}
-	if note = strings.TrimSpace(note); note == "" {
-		note = "refunded"
-	}
 	if err := w.closeDispute(ctx, p, d.ID, DisputeRefunded, note, t.ID); err != nil {
+		if errors.Is(err, errNotOpen) {
+			// A concurrent retry of this refund finished it.
+			return w.dispute(ctx, id)
+		}
 		return Dispute{}, err
 	}
 	w.d.Auth.Audit(ctx, p, "dispute_refund", d.ID, t.ID)
@@ -179,8 +207,14 @@ func (w *Web) RejectDispute(ctx context.Context, p auth.Principal, id, reason st
 }
 
 func (w *Web) closeDispute(ctx context.Context, p auth.Principal, id, status, resolution, refund string) error {
+	// A refund closes a dispute it marked refunding; a rejection only an
+	// open one.
+	from := DisputeOpen
+	if status == DisputeRefunded {
+		from = DisputeRefunding
+	}
 	r, err := w.d.DB.W.ExecContext(ctx, `UPDATE disputes SET status = $2, resolution = $3, refund_transfer = $4, resolved_at = $5, resolved_by = $6
-		WHERE id = $1 AND status = 'open'`, id, status, resolution, refund, w.d.Now().UnixMilli(), p.String())
+		WHERE id = $1 AND status = $7`, id, status, resolution, refund, w.d.Now().UnixMilli(), p.String(), from)
 	if err != nil {
 		return apperr.Wrap(apperr.Internal, err)
 	}

@@ -414,8 +414,11 @@ func TestRefundDisputeOnce(t *testing.T) {
 		if _, err := w.RefundDispute(ctx, staff, d1.ID, "refund"); apperr.CodeOf(err) != apperr.Conflict {
 			t.Fatalf("a later refund: %v", err)
 		}
-		if ok != 1 || conflicts != 2 {
-			t.Fatalf("%d refunds succeeded and %d were refused, want 1 and 2", ok, conflicts)
+		// Concurrent clicks may each report the one refund (a click that
+		// finds the refund under way finishes it idempotently) or be
+		// refused; the money moves once (below).
+		if ok < 1 || ok+conflicts != 3 {
+			t.Fatalf("%d refunds succeeded and %d were refused", ok, conflicts)
 		}
 		if got := balance(t, tn, wallet); got != start-200 {
 			t.Fatalf("wallet %d, want %d (two charges, one refunded)", got, start-200)
@@ -450,6 +453,59 @@ func TestRefundDisputeOnce(t *testing.T) {
 		if got := balance(t, tn, wallet); got != start-200 {
 			t.Fatalf("wallet %d after the rejection", got)
 		}
+	})
+}
+
+// TestRefundAndRejectAtOnce: a refund and a rejection of one dispute at
+// the same moment end one way or the other, never "rejected" with the
+// money refunded.
+func TestRefundAndRejectAtOnce(t *testing.T) {
+	eachBackend(t, 3, func(t *testing.T, tn *nodetest.Node) {
+		ctx := t.Context()
+		w, err := web.New(web.Deps{DB: tn.DB, Auth: tn.Auth, Residents: tn.Residents, Catalog: tn.Catalog, Ledger: tn.Ledger, City: tn.City})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := tn.Demo.Residents[0]
+		rid := residentID(t, tn, res.CardNumber)
+		wallet, _, _ := tn.Ledger.OpenResidentAccounts(ctx, rid)
+		prov := ledger.ReceivableID(tn.Demo.Terminals[0].Provider)
+		staff := auth.Principal{Kind: auth.KindStaff, Subject: "fin-test", Role: auth.RoleFinance}
+		for i := range 8 {
+			tr, err := tn.Ledger.Transfer(ctx, ledger.TransferRequest{Key: fmt.Sprintf("rr-%d", i), Debit: wallet, Credit: prov, Amount: 100, Kind: "charge"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := w.OpenDispute(ctx, rid, res.CardNumber, tr.ID, "not me")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var refundErr, rejectErr error
+			var wg sync.WaitGroup
+			wg.Add(2)
+			go func() { defer wg.Done(); _, refundErr = w.RefundDispute(ctx, staff, d.ID, "") }()
+			go func() { defer wg.Done(); _, rejectErr = w.RejectDispute(ctx, staff, d.ID, "the fare was right") }()
+			wg.Wait()
+			if (refundErr == nil) == (rejectErr == nil) {
+				t.Fatalf("round %d: refund %v, reject %v: exactly one must win", i, refundErr, rejectErr)
+			}
+			var reversals int
+			tn.DB.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM ledger_journal WHERE type = 'reversal' AND ref = $1`, refSeq(t, tr.ID)).Scan(&reversals)
+			got, err := w.Disputes(ctx, rid, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var st string
+			for _, x := range got {
+				if x.ID == d.ID {
+					st = x.Status
+				}
+			}
+			if refundErr == nil && (st != web.DisputeRefunded || reversals != 1) || rejectErr == nil && (st != web.DisputeRejected || reversals != 0) {
+				t.Fatalf("round %d: status %q with %d reversals (refund %v, reject %v)", i, st, reversals, refundErr, rejectErr)
+			}
+		}
+		ledgerOK(t, tn)
 	})
 }
 

@@ -274,6 +274,7 @@ var messages = map[string][2]string{
 	"status.cancelled":       {"已注销", "cancelled"},
 	"dispute.open":           {"处理中", "open"},
 	"dispute.refunded":       {"已退款", "refunded"},
+	"dispute.refunding":      {"退款中", "refunding"},
 	"dispute.rejected":       {"已驳回", "rejected"},
 	"kind.reversal":          {"冲正退款", "refund"},
 	"kind.topup":             {"充值", "top-up"},
