@@ -8,6 +8,9 @@
 // hashed with PBKDF2-HMAC-SM3 and a per-user salt; the iteration count is kept
 // with the hash so it can be raised later.
 //
+// MaxStaffFails wrong passwords in a row lock a staff user name for a while
+// (lockout.go); unknown names are counted alike, so they cannot be probed.
+//
 // Token look-ups are cached in memory for a short time (CacheTTL) because
 // every terminal scan authenticates; revoking a token clears it from this
 // process's cache at once and from other processes' caches within CacheTTL.
@@ -232,19 +235,31 @@ func (s *Service) StaffByUsername(ctx context.Context, username string) (StaffUs
 	return u, hash, nil
 }
 
-// LoginStaff checks a password and returns a new staff token.
+// LoginStaff checks a password and returns a new staff token. Wrong
+// passwords are unauthorized; MaxStaffFails of them in a row lock the user
+// name for a while (rate_limited, audited). An unknown user name is answered
+// and counted the same way, so names cannot be probed.
 func (s *Service) LoginStaff(ctx context.Context, username, password string, ttl time.Duration) (token string, p Principal, err error) {
-	u, hash, err := s.StaffByUsername(ctx, strings.TrimSpace(username))
+	username = strings.TrimSpace(username)
+	key, now := signinKey(username), s.now()
+	slot, lockouts, err := s.takeSignInSlot(ctx, key, now)
+	if err != nil {
+		return "", Principal{}, err
+	}
+	u, hash, err := s.StaffByUsername(ctx, username)
 	if err != nil {
 		if apperr.CodeOf(err) == apperr.NotFound {
 			// Spend the same time as a real check so usernames cannot be probed.
 			CheckPassword("pbkdf2-sm3$"+strconv.Itoa(s.PasswordIterations)+"$00$00", password)
-			return "", Principal{}, apperr.Newf(apperr.Unauthorized, "wrong username or password", "用户名或密码错误")
+			return "", Principal{}, s.signInFailed(ctx, key, username, nil, slot, lockouts, now)
 		}
 		return "", Principal{}, err
 	}
 	if !CheckPassword(hash, password) || u.Disabled {
-		return "", Principal{}, apperr.Newf(apperr.Unauthorized, "wrong username or password", "用户名或密码错误")
+		return "", Principal{}, s.signInFailed(ctx, key, username, &u, slot, lockouts, now)
+	}
+	if err := s.signInSucceeded(ctx, key); err != nil {
+		return "", Principal{}, err
 	}
 	p = Principal{Kind: KindStaff, Subject: u.ID, Role: u.Role, ProviderID: u.ProviderID}
 	token, p, err = s.IssueToken(ctx, p, ttl)
@@ -344,9 +359,13 @@ func (s *Service) RevokeSubject(ctx context.Context, kind Kind, subject string) 
 	return nil
 }
 
-// PurgeExpired deletes tokens that expired before the given time.
+// PurgeExpired deletes tokens that expired before the given time, and
+// staff sign-in counts untouched and unlocked since then.
 func (s *Service) PurgeExpired(ctx context.Context, before time.Time) error {
-	_, err := s.db.W.ExecContext(ctx, `DELETE FROM auth_tokens WHERE expires_at < $1`, before.UnixMilli())
+	if _, err := s.db.W.ExecContext(ctx, `DELETE FROM auth_tokens WHERE expires_at < $1`, before.UnixMilli()); err != nil {
+		return storeErr(err)
+	}
+	_, err := s.db.W.ExecContext(ctx, `DELETE FROM staff_signin_throttle WHERE updated_at < $1 AND locked_until < $1`, before.UnixMilli())
 	return storeErr(err)
 }
 

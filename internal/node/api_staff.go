@@ -24,7 +24,7 @@ type tokenResponse struct {
 
 func (n *Node) staffRoutes() {
 	n.API.Handle(httpapi.Route{
-		Pattern: "POST /v1/auth/staff", Summary: "Staff sign-in with user name and password", Tag: "auth",
+		Pattern: "POST /v1/auth/staff", Summary: "Staff sign-in with user name and password (5 wrong passwords in a row lock the name for 15 minutes or more)", Tag: "auth",
 		Request: staffLoginRequest{}, Response: tokenResponse{},
 		Handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) error {
 			var req staffLoginRequest
