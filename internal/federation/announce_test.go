@@ -212,9 +212,19 @@ func TestNoticesCoalesced(t *testing.T) {
 // proxy to A).
 func pollingHourly(t *testing.T, front func(pass http.Handler) http.Handler) (a, b *city) {
 	t.Helper()
+	return pollingHourlyWith(t, front, nil)
+}
+
+// pollingHourlyWith is pollingHourly with the cities' configuration
+// changed by tweak (if not nil).
+func pollingHourlyWith(t *testing.T, front func(pass http.Handler) http.Handler, tweak func(*federation.Config)) (a, b *city) {
+	t.Helper()
 	reg := newRegion(t)
 	cfg := testConfig(reg.anchor.Public(), reg.path)
 	cfg.Refresh = time.Hour
+	if tweak != nil {
+		tweak(&cfg)
+	}
 	a = startCity(t, "CN-330100", "", cfg)
 	b = startCity(t, "CN-310000", "", cfg)
 	urlA := a.url

@@ -62,6 +62,11 @@ type Charge struct {
 	// the provider whose receivable the scan credited, so that a late
 	// answer charging another fare can be booked (deliver).
 	Provider string `json:"provider,omitempty"`
+	// ScanTerminal and ScanKey (sender's row only, never sent) name the
+	// scan an online authorisation is for: checkBookings voids the home
+	// city's charge when that scan was never booked here.
+	ScanTerminal string `json:"scan_terminal,omitempty"`
+	ScanKey      string `json:"scan_key,omitempty"`
 	// Fares (physical cards, online): B's lower prices for holders with
 	// other claims than the adult AmountFen was priced for. A charges the
 	// fare its resident's category and flags match and answers them.
@@ -239,15 +244,23 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 	if prev == nil {
 		stored := c
 		stored.PIN, stored.Provider = "", req.Provider
+		// An online scan's booking is checked after BookingGrace
+		// (checkBookings); an offline record's batch is re-sent by its
+		// terminal until it is booked, however late.
+		var checkAt int64
+		if !req.Offline && req.Terminal != "" && req.Key != "" {
+			stored.ScanTerminal, stored.ScanKey = req.Terminal, req.Key
+			checkAt = now.Add(s.cfg.BookingGrace).UnixMilli()
+		}
 		body, _ := json.Marshal(stored)
 		// Not awaited: the row only lets the outbox void an authorisation
 		// this process abandons mid-flight; if it is lost in a crash, the
 		// scan's retry asks again under the same id and reconciliation
 		// lists a charge the home city applied alone. Every later state
 		// change of the row is awaited (and queued after this insert).
-		s.w.execAsync(`INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, updated_at)
-			VALUES ($1, 'out', $2, 'charge', $3, $4, $5, 'sending', $6, $7) ON CONFLICT (id, direction) DO NOTHING`,
-			id, home, subject, req.AmountFen, c.CreatedAt.UnixMilli(), body, now.UnixMilli())
+		s.w.execAsync(`INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, updated_at, check_booking_at)
+			VALUES ($1, 'out', $2, 'charge', $3, $4, $5, 'sending', $6, $7, $8) ON CONFLICT (id, direction) DO NOTHING`,
+			id, home, subject, req.AmountFen, c.CreatedAt.UnixMilli(), body, now.UnixMilli(), checkAt)
 	}
 	var ans ChargeAnswer
 	var pe *peerError
@@ -521,6 +534,76 @@ func strictJSON(b []byte, v any) error {
 
 // ---- the outbox ----
 
+// checkBookings voids the online authorisations whose scan was never
+// booked here: the home city charged its resident, but the scan's row
+// (and its clr:<home> → provider transfer, written together) does not
+// exist BookingGrace after the authorisation, e.g. because the database
+// went away at the booking and the terminal gave up, or retried after
+// the code expired and was declined. Without the void the home city would
+// keep money this city never credited to its provider. A booked scan's
+// row is accepted; the check is then cleared.
+func (s *Service) checkBookings(ctx context.Context, now time.Time) error {
+	rows, err := s.DB.R.QueryContext(ctx, `SELECT id, state, body FROM fed_messages
+		WHERE check_booking_at > 0 AND check_booking_at <= $1 AND direction = 'out' LIMIT 1000`, now.UnixMilli())
+	if err != nil {
+		return err
+	}
+	type due struct {
+		id, state string
+		body      []byte
+	}
+	var list []due
+	for rows.Next() {
+		var d due
+		if err := rows.Scan(&d.id, &d.state, &d.body); err != nil {
+			rows.Close()
+			return err
+		}
+		list = append(list, d)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	voided := false
+	for _, d := range list {
+		var c Charge
+		json.Unmarshal(d.body, &c)
+		booked := true
+		if (d.state == "acked" || d.state == "pending") && c.ScanTerminal != "" {
+			var decision string
+			err := s.DB.R.QueryRowContext(ctx, `SELECT decision FROM scans WHERE terminal_id = $1 AND idem_key = $2`, c.ScanTerminal, c.ScanKey).Scan(&decision)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				booked = false
+			case err != nil:
+				return err
+			default:
+				booked = decision == scan.Accepted
+			}
+		}
+		if booked {
+			if err := s.w.exec(ctx, `UPDATE fed_messages SET check_booking_at = 0 WHERE id = $1 AND direction = 'out'`, d.id); err != nil {
+				return err
+			}
+			continue
+		}
+		n, err := s.w.execN(ctx, `UPDATE fed_messages SET state = 'voiding', check_booking_at = 0, next_at = $2, updated_at = $2,
+			last_error = 'the scan was never booked here' WHERE id = $1 AND direction = 'out' AND state = $3`, d.id, now.UnixMilli(), d.state)
+		if err != nil {
+			return err
+		}
+		if n == 1 {
+			voided = true
+			s.Log.Warn("federation: an authorised scan was never booked; voiding the home city's charge", "id", d.id, "terminal", c.ScanTerminal)
+		}
+	}
+	if voided {
+		s.Kick()
+	}
+	return nil
+}
+
 // DrainOutbox sends every due queued message (guaranteed charges and
 // voids), batched per peer, and records the acknowledgements. It returns
 // how many messages were acknowledged.
@@ -530,6 +613,9 @@ func (s *Service) DrainOutbox(ctx context.Context) (int, error) {
 	// asking) become voids.
 	if err := s.w.exec(ctx, `UPDATE fed_messages SET state = 'voiding' WHERE direction = 'out' AND state = 'sending' AND updated_at < $1`,
 		now.Add(-time.Minute).UnixMilli()); err != nil {
+		return 0, err
+	}
+	if err := s.checkBookings(ctx, now); err != nil {
 		return 0, err
 	}
 	rows, err := s.DB.R.QueryContext(ctx, `SELECT id, peer, state, attempts, body FROM fed_messages

@@ -131,3 +131,46 @@ func TestScanRetryDuringAuthorisationKeepsBooksMirrored(t *testing.T) {
 	}
 	checkBooks(t, a, b)
 }
+
+// An online authorisation whose scan was never booked here (the booking
+// failed after the home city charged, and the terminal gave up) is voided
+// at the home city once BookingGrace has passed, so the home city does
+// not keep money this city never credited; a booked scan's charge stands.
+func TestUnbookedAuthorisationIsVoided(t *testing.T) {
+	a, b := pollingHourlyWith(t, nil, func(c *federation.Config) { c.BookingGrace = 400 * time.Millisecond })
+	ctx := context.Background()
+	r0, r1 := a.demo.Residents[0], a.demo.Residents[1]
+	card0, _ := a.Residents.Card(ctx, r0.CardNumber)
+	w0, w1 := a.wallet(t, r0.CardNumber), a.wallet(t, r1.CardNumber)
+	bus := b.terminal(t, "transit.bus")
+
+	// Authorised, charged at home, never booked here.
+	cti := fmt.Sprintf("unbooked-%d", time.Now().UnixNano())
+	id := federation.MessageID(b.id, cti)
+	res, err := b.Fed.Authorize(ctx, a.id, scan.RemoteCharge{CTI: cti, Subject: card0.Token, AmountFen: 300, Scenario: "transit.bus",
+		Terminal: bus.ID, Key: "lost-booking-1", Provider: bus.Provider})
+	if err != nil || !res.Approved {
+		t.Fatalf("authorise: %+v %v", res, err)
+	}
+	if got := a.wallet(t, r0.CardNumber); got != w0-300 {
+		t.Fatalf("home wallet %d, want %d", got, w0-300)
+	}
+	// A real scan, booked.
+	if ans := b.scan(t, "transit.bus", "booked-1", a.code(t, r1.CardNumber), 0, ""); ans.Decision != "accepted" {
+		t.Fatalf("scan: %+v", ans)
+	}
+	booked := a.wallet(t, r1.CardNumber)
+	if booked >= w1 {
+		t.Fatalf("the booked scan did not charge at home: %d → %d", w1, booked)
+	}
+
+	time.Sleep(500 * time.Millisecond)
+	eventually(t, "the unbooked charge to be voided at home", 10*time.Second, func() bool {
+		b.Fed.DrainOutbox(ctx)
+		return a.wallet(t, r0.CardNumber) == w0 && outState(t, b, id) == "voided"
+	})
+	if got := a.wallet(t, r1.CardNumber); got != booked {
+		t.Fatalf("the booked scan's charge was undone: %d → %d", booked, got)
+	}
+	checkBooks(t, a, b)
+}

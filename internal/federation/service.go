@@ -135,7 +135,16 @@ type Config struct {
 	RiskLimitFen int64
 	// MaxBackoff caps the outbox retry interval (default MaxBackoff).
 	MaxBackoff time.Duration
+	// BookingGrace is how long after an online authorisation its scan
+	// must have been booked here; after it, an authorisation whose scan
+	// was never booked is voided at the home city (default
+	// DefaultBookingGrace).
+	BookingGrace time.Duration
 }
+
+// DefaultBookingGrace: a terminal retries a failed scan within seconds,
+// and a code is valid for a minute.
+const DefaultBookingGrace = 10 * time.Minute
 
 // Enabled reports whether the node is configured to federate.
 func (c Config) Enabled() bool { return c.Anchor.Valid() && c.Members != "" }
@@ -223,6 +232,9 @@ func New(ctx context.Context, d Deps, cfg Config) (*Service, error) {
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = MaxBackoff
+	}
+	if cfg.BookingGrace <= 0 {
+		cfg.BookingGrace = DefaultBookingGrace
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64

@@ -58,8 +58,13 @@ type RemoteCharge struct {
 	Medical    bool // settle from the medical personal account first
 	Scenario   string
 	Terminal   string
-	Provider   string
-	PIN        string
+	// Key is the scan's idempotency key at Terminal (an offline record's
+	// "off:<id>"): the sender checks later that the scan it authorised
+	// was booked (its row in the scans table exists), and voids the
+	// home city's charge if it never was.
+	Key      string
+	Provider string
+	PIN      string
 	// OfflineAllowed: the scenario lets B accept without the home city.
 	OfflineAllowed bool
 	// At is when the scan was made.
@@ -195,7 +200,7 @@ func (s *Service) evaluateRemoteKey(ctx context.Context, sc catalog.Scenario, t 
 		return e
 	}
 	req := RemoteCharge{CTI: id.CTI, Subject: id.Token, AmountFen: e.dec.Amount,
-		Medical: sc.Kind == catalog.KindMedical, Scenario: sc.ID, Terminal: t.ID, Provider: t.ProviderID, PIN: pin,
+		Medical: sc.Kind == catalog.KindMedical, Scenario: sc.ID, Terminal: t.ID, Key: key, Provider: t.ProviderID, PIN: pin,
 		OfflineAllowed: sc.OfflineAllowed, At: at, Offline: o.offline}
 	var fares map[string]catalog.Decision
 	if card {
