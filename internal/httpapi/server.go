@@ -151,8 +151,10 @@ func (s *Server) Handle(rt Route) {
 
 func (s *Server) principal(r *http.Request) (auth.Principal, error) {
 	h := r.Header.Get("Authorization")
-	token, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok || token == "" {
+	// The scheme's case does not matter (RFC 9110, 11.1): "bearer" too.
+	scheme, token, ok := strings.Cut(h, " ")
+	token = strings.TrimSpace(token)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		return auth.Principal{}, apperr.Newf(apperr.Unauthorized, "missing bearer token", "缺少访问令牌")
 	}
 	if s.authn == nil {

@@ -136,11 +136,17 @@ func (n *Node) ledgerRoutes() {
 			if req.AmountFen <= 0 {
 				return apperr.New(apperr.InvalidAmount)
 			}
+			if req.AmountFen > MaxTopUpFen {
+				return apperr.Newf(apperr.InvalidAmount, "one top-up is at most 1,000,000 yuan (100000000 fen)", "单笔充值不超过100万元（100000000分）")
+			}
 			residentID := req.ResidentID
 			if req.CardNumber != "" {
 				id, err := n.Residents.HolderOf(r.Context(), req.CardNumber)
 				if err != nil {
 					return err
+				}
+				if residentID != "" && residentID != id {
+					return apperr.Invalid("resident_id", "the card belongs to another resident than resident_id", "该卡不属于 resident_id 所指的居民")
 				}
 				residentID = id
 			}
@@ -345,6 +351,10 @@ func (n *Node) writeStatement(w http.ResponseWriter, r *http.Request, id string)
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, page)
 }
+
+// MaxTopUpFen bounds one top-up (1,000,000 yuan): far above any real
+// one, it turns a slip of the keyboard into an error, not a booking.
+const MaxTopUpFen = 100_000_000
 
 // auditResidentAccount records a staff read of a resident's own account
 // (wallet "w:…", medical account "m:…": personal data) before it is

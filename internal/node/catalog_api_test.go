@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"fmt"
+	"net/http"
 	"testing"
 
 	"github.com/yikatong/yikatong/internal/node/nodetest"
@@ -101,5 +102,47 @@ func TestMoneyBodiesAreStrict(t *testing.T) {
 	}
 	if got := balance(); got != before {
 		t.Fatalf("the wallet moved: %d → %d", before, got)
+	}
+}
+
+// TestRequestBounds: absurd amounts and contradicting names are refused
+// before anything is booked; the token scheme's case does not matter.
+func TestRequestBounds(t *testing.T) {
+	tn := nodetest.Start(t, nodetest.Options{Demo: true})
+	d := tn.Demo
+	op := tn.Client(d.Staff["operator"].Token)
+	fin := tn.Client(d.Staff["finance"].Token)
+	r0, r1 := d.Residents[0], d.Residents[1]
+	if r := op.Do(t, "POST", "/v1/topups", map[string]any{"idempotency_key": "b-1", "card_number": r0.CardNumber, "amount_fen": int64(1e15)}); r.Code() != "invalid_amount" {
+		t.Errorf("a top-up of 10^15 fen: %d %s", r.Status, r.Body)
+	}
+	if r := op.Do(t, "POST", "/v1/topups", map[string]any{"idempotency_key": "b-2", "card_number": r0.CardNumber, "resident_id": r1.ResidentID, "amount_fen": 100}); r.Status != 422 || r.Code() != "validation_failed" {
+		t.Errorf("card of one resident, id of another: %d %s", r.Status, r.Body)
+	}
+	op.JSON(t, "POST", "/v1/topups", map[string]any{"idempotency_key": "b-3", "card_number": r0.CardNumber, "resident_id": r0.ResidentID, "amount_fen": 100}, 200, nil)
+	fin.JSON(t, "POST", "/v1/subsidies", map[string]any{"id": "bounds-2026", "label": "test"}, 201, nil)
+	if r := fin.Do(t, "POST", "/v1/subsidies/bounds-2026/funding", map[string]any{"idempotency_key": "f-1", "amount_fen": int64(1e18)}); r.Code() != "invalid_amount" {
+		t.Errorf("funding of 10^18 fen: %d %s", r.Status, r.Body)
+	}
+	var check struct {
+		SumFen int64 `json:"sum_fen"`
+	}
+	fin.JSON(t, "GET", "/v1/ledger/check", nil, 200, &check)
+	if check.SumFen != 0 {
+		t.Fatalf("the books do not balance: %d", check.SumFen)
+	}
+
+	lower := nodetest.NewClient(tn.URL, "")
+	for _, h := range []string{"bearer ", "BEARER ", "Bearer  "} {
+		req, _ := http.NewRequest("GET", tn.URL+"/v1/ledger/check", nil)
+		req.Header.Set("Authorization", h+d.Staff["finance"].Token)
+		resp, err := lower.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%q: %d", h, resp.StatusCode)
+		}
 	}
 }

@@ -88,6 +88,10 @@ type Report struct {
 	Lines       []LineResult `json:"lines"`
 }
 
+// MaxFundingFen bounds one funding (10 billion yuan): far above any real
+// one, it turns a slip of the keyboard into an error, not a booking.
+const MaxFundingFen = 1_000_000_000_000
+
 // MaxLines bounds one upload.
 const MaxLines = 100000
 
@@ -130,6 +134,9 @@ func (s *Service) CreateProgramme(ctx context.Context, id, label string) (ledger
 func (s *Service) Fund(ctx context.Context, programme, key string, amount int64) (ledger.Transfer, error) {
 	if err := checkProgramme(programme); err != nil {
 		return ledger.Transfer{}, err
+	}
+	if amount > MaxFundingFen {
+		return ledger.Transfer{}, apperr.Newf(apperr.InvalidAmount, "one funding is at most 10 billion yuan", "单笔拨款不超过100亿元")
 	}
 	return s.L.Transfer(ctx, ledger.TransferRequest{Key: key, Debit: ledger.AccountTreasury, Credit: ledger.ProgrammeID(programme),
 		Amount: amount, Kind: "subsidy_funding", Meta: map[string]string{"programme": programme}})
