@@ -279,6 +279,14 @@ func TestTC1Scheme(t *testing.T) {
 	adult := c.people[0]
 	issuer, _ := ecode.GenerateEd25519()
 	c.op.JSON(t, "POST", "/v1/code-issuers", map[string]any{"issuer": "zzmetro", "key": issuer.Public().JWK()}, 204, nil)
+	// Bindings nothing could use are refused: an unregistered issuer, a
+	// card that does not exist.
+	if r := c.op.Do(t, "POST", "/v1/code-bindings", map[string]any{"issuer": "nope", "account": "acct-1", "card_number": adult.card}); r.Code() != "unknown_issuer" {
+		t.Fatalf("unknown issuer: %d %s", r.Status, r.Body)
+	}
+	if r := c.op.Do(t, "POST", "/v1/code-bindings", map[string]any{"issuer": "zzmetro", "account": "acct-1", "card_number": "4101999999999991"}); r.Status != 404 {
+		t.Fatalf("unknown card: %d %s", r.Status, r.Body)
+	}
 	c.op.JSON(t, "POST", "/v1/code-bindings", map[string]any{"issuer": "zzmetro", "account": "acct-1", "card_number": adult.card}, 204, nil)
 	tc, err := scan.IssueTC1(issuer, "zzmetro", "acct-1", time.Now())
 	if err != nil {

@@ -3,9 +3,11 @@ package scan
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -259,6 +261,18 @@ func (t *TC1) Bind(ctx context.Context, issuer, account, cardNumber string) erro
 	n := resident.NormalizeCardNumber(cardNumber)
 	if !resident.ValidCardNumber(n) {
 		return apperr.Invalid("card_number", "not a valid card number", "卡号无效")
+	}
+	// A binding nothing can use is a mistake at the counter: the issuer
+	// must be registered and the card must exist.
+	if _, err := t.issuer(ctx, issuer); err != nil {
+		return err
+	}
+	var one int
+	switch err := t.db.R.QueryRowContext(ctx, `SELECT 1 FROM cards WHERE number = $1`, n).Scan(&one); {
+	case errors.Is(err, sql.ErrNoRows):
+		return apperr.Newf(apperr.NotFound, "no card with this number", "没有此卡号的卡")
+	case err != nil:
+		return apperr.Wrap(apperr.Unavailable, err)
 	}
 	_, err := t.db.W.ExecContext(ctx, `INSERT INTO code_bindings(scheme, issuer, account, card_number, created_at) VALUES ('TC1',$1,$2,$3,$4)`,
 		issuer, account, n, time.Now().UnixMilli())
