@@ -58,6 +58,10 @@ type pinRequest struct {
 	NewPIN string `json:"new_pin"`
 }
 
+type searchRequest struct {
+	Q string `json:"q" doc:"a card number or an ID number"`
+}
+
 type residentLoginRequest struct {
 	CardNumber string `json:"card_number"`
 	PIN        string `json:"pin"`
@@ -95,28 +99,42 @@ func (n *Node) residentRoutes() {
 			return httpapi.WriteJSON(w, http.StatusCreated, out)
 		},
 	})
+	search := func(w http.ResponseWriter, r *http.Request, p auth.Principal, q string) error {
+		q = strings.TrimSpace(q)
+		if q == "" {
+			return apperr.Invalid("q", "give a card number or ID number to search for", "请输入卡号或证件号码")
+		}
+		list, err := n.Residents.Search(r.Context(), q, 20)
+		if err != nil {
+			return err
+		}
+		out := []residentView{}
+		for _, res := range list {
+			v := viewResident(res)
+			v.Name = res.MaskedName()
+			out = append(out, v)
+		}
+		if err := n.Auth.AuditEach(r.Context(), p, "search_residents", resident.IDs(list), "results="+itoa(len(out))); err != nil {
+			return err // no audit, no personal data
+		}
+		return httpapi.WriteJSON(w, http.StatusOK, out)
+	}
 	n.API.Handle(httpapi.Route{
-		Pattern: "GET /v1/residents", Summary: "Search residents by card number or ID number (?q=); answers are masked", Tag: "residents",
-		Roles: hrOnly, Response: []residentView{},
+		Pattern: "POST /v1/residents/search", Summary: "Search residents by card number or ID number ({\"q\"}); answers are masked. Prefer it to GET ?q=: an ID number in a URL stays in proxies' logs", Tag: "residents",
+		Roles: hrOnly, Request: searchRequest{}, Response: []residentView{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
-			q := strings.TrimSpace(r.URL.Query().Get("q"))
-			if q == "" {
-				return apperr.Invalid("q", "give a card number or ID number to search for", "请输入卡号或证件号码")
-			}
-			list, err := n.Residents.Search(r.Context(), q, 20)
-			if err != nil {
+			var req searchRequest
+			if err := httpapi.DecodeJSON(r, &req); err != nil {
 				return err
 			}
-			out := []residentView{}
-			for _, res := range list {
-				v := viewResident(res)
-				v.Name = res.MaskedName()
-				out = append(out, v)
-			}
-			if err := n.Auth.AuditEach(r.Context(), p, "search_residents", resident.IDs(list), "results="+itoa(len(out))); err != nil {
-				return err // no audit, no personal data
-			}
-			return httpapi.WriteJSON(w, http.StatusOK, out)
+			return search(w, r, p, req.Q)
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "GET /v1/residents", Summary: "Search residents by card number or ID number (?q=); answers are masked (POST /v1/residents/search keeps the number out of the URL)", Tag: "residents",
+		Roles: hrOnly, Response: []residentView{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			return search(w, r, p, r.URL.Query().Get("q"))
 		},
 	})
 	n.API.Handle(httpapi.Route{

@@ -41,6 +41,18 @@ func TestStaffReadsOfPersonalDataAreAudited(t *testing.T) {
 	if audited(r0.ResidentID, "search_residents") != 1 {
 		t.Fatal("the search is not recorded under the resident it showed")
 	}
+	// The same search by ID number in a body, not a URL.
+	var byID []map[string]any
+	hr.JSON(t, "POST", "/v1/residents/search", map[string]any{"q": r0.IDNumber}, 200, &byID)
+	if len(byID) != 1 || byID[0]["id"] != r0.ResidentID || byID[0]["id_number"] != nil {
+		t.Fatalf("search by ID number: %v", byID)
+	}
+	if audited(r0.ResidentID, "search_residents") != 2 {
+		t.Fatal("the posted search is not audited")
+	}
+	if r := hr.Do(t, "POST", "/v1/residents/search", map[string]any{"q": " "}); r.Status != 422 {
+		t.Fatalf("an empty search: %d %s", r.Status, r.Body)
+	}
 
 	var view map[string]any
 	hr.JSON(t, "GET", "/v1/residents/"+r0.ResidentID, nil, 200, &view)

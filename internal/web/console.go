@@ -35,6 +35,9 @@ func (w *Web) consoleRoutes(mux *http.ServeMux) {
 		return redirect("/console/login?m=signedout")
 	}))
 	mux.HandleFunc("GET /console/residents", staff(hrOnly, w.consoleSearch))
+	// The search form posts: an ID number in a URL would stay in the
+	// browser's history and in the logs of proxies in front of the node.
+	mux.HandleFunc("POST /console/residents", staff(hrOnly, w.consoleSearch))
 	mux.HandleFunc("GET /console/residents/{id}", staff(hrOnly, w.consoleResident))
 	mux.HandleFunc("POST /console/residents/{id}/reveal", staff(hrOnly, w.consoleReveal))
 	mux.HandleFunc("POST /console/cards/{number}/{op}", staff(hrOnly, w.consoleCardOp))
@@ -124,7 +127,11 @@ type searchData struct {
 }
 
 func (w *Web) consoleSearch(rq *req) error {
-	q := strings.TrimSpace(rq.r.URL.Query().Get("q"))
+	q := rq.r.URL.Query().Get("q") // links made before the form posted
+	if rq.r.Method == http.MethodPost {
+		q = rq.r.PostFormValue("q")
+	}
+	q = strings.TrimSpace(q)
 	d := searchData{Q: q, Cards: map[string][]resident.Card{}}
 	if q == "" {
 		return rq.render(200, "c_search.html", "c.search.title", d)

@@ -151,6 +151,24 @@ func testSafety(t *testing.T, dsn string) {
 		}
 	})
 
+	t.Run("the resident search posts: no ID number in a URL, CSRF checked", func(t *testing.T) {
+		b := newBrowser(t, tn.URL)
+		b.staffLogin(hr.User, hr.Password)
+		_, form, _ := b.do("GET", "/console/residents", nil)
+		if !strings.Contains(form, `method="post" action="/console/residents"`) {
+			t.Fatalf("the search form does not post: %.400s", form)
+		}
+		tok := b.csrf("/console/residents")
+		st, body, _ := b.do("POST", "/console/residents", url.Values{"csrf": {tok}, "q": {res.IDNumber}})
+		_, table, found := strings.Cut(body, `<table id="results">`)
+		if st != http.StatusOK || !found || strings.Contains(table, res.IDNumber[6:14]) {
+			t.Fatalf("search by ID number: %d %.600s", st, table)
+		}
+		if st, _, _ := b.do("POST", "/console/residents", url.Values{"q": {res.IDNumber}}); st != http.StatusForbidden {
+			t.Fatalf("a search without the CSRF token: %d", st)
+		}
+	})
+
 	t.Run("roles: finance may not search residents, operator may not read the ledger", func(t *testing.T) {
 		for role, path := range map[string]string{"finance": "/console/residents", "operator": "/console/ledger"} {
 			s := tn.Demo.Staff[role]
