@@ -74,12 +74,18 @@ func (w *Web) OpenDispute(ctx context.Context, residentID, cardNumber, transferI
 	if err != nil {
 		return Dispute{}, err
 	}
+	// Another resident's transfer is answered as one that does not exist,
+	// so transfer ids cannot be probed.
+	notYours := apperr.Newf(apperr.NotFound, "no such charge on your accounts", "您的账户中没有这笔扣款")
 	t, err := w.d.Ledger.GetTransfer(ctx, transferID)
+	if apperr.CodeOf(err) == apperr.NotFound {
+		return Dispute{}, notYours
+	}
 	if err != nil {
 		return Dispute{}, err
 	}
 	if t.Debit != ledger.WalletID(residentID) && t.Debit != ledger.MedicalID(residentID) {
-		return Dispute{}, apperr.Newf(apperr.Forbidden, "only a charge to your own account can be disputed", "只能对本人账户的扣款提出异议")
+		return Dispute{}, notYours
 	}
 	if t.Type != "transfer" && t.Type != "post" {
 		return Dispute{}, apperr.Invalid("transfer_id", "only a charge can be disputed", "只能对扣款提出异议")

@@ -385,9 +385,13 @@ func TestRefundDisputeOnce(t *testing.T) {
 		if _, err := w.OpenDispute(ctx, rid, res.CardNumber, c1.ID, "again"); apperr.CodeOf(err) != apperr.AlreadyExists {
 			t.Fatalf("a second dispute of one charge: %v", err)
 		}
-		// Someone else's charge cannot be disputed.
-		if _, err := w.OpenDispute(ctx, residentID(t, tn, tn.Demo.Residents[1].CardNumber), tn.Demo.Residents[1].CardNumber, c2.ID, "not mine"); apperr.CodeOf(err) != apperr.Forbidden {
-			t.Fatalf("disputing another's charge: %v", err)
+		// Someone else's charge cannot be disputed, and is answered like
+		// one that does not exist (ids cannot be probed).
+		other := residentID(t, tn, tn.Demo.Residents[1].CardNumber)
+		_, errOther := w.OpenDispute(ctx, other, tn.Demo.Residents[1].CardNumber, c2.ID, "not mine")
+		_, errNone := w.OpenDispute(ctx, other, tn.Demo.Residents[1].CardNumber, "tr-99999999", "not mine")
+		if apperr.CodeOf(errOther) != apperr.NotFound || errOther.Error() != errNone.Error() {
+			t.Fatalf("disputing another's charge: %v; a charge that does not exist: %v", errOther, errNone)
 		}
 		staff := auth.Principal{Kind: auth.KindStaff, Subject: "fin-test", Role: auth.RoleFinance}
 		var wg sync.WaitGroup
