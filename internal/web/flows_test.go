@@ -553,8 +553,19 @@ func TestScenarioEdit(t *testing.T) {
 		}
 		bad = cloneValues(form)
 		bad.Set("default_amount", "two yuan")
-		if st, body := post(bad); st == http.StatusSeeOther || !strings.Contains(body, "票价/金额：金额请以元填写") {
+		if st, body := post(bad); st == http.StatusSeeOther || !strings.Contains(body, "票价/金额：金额请以元填写") || strings.Contains(errorText(body), "default_amount") {
 			t.Fatalf("a fare in words: %d %s", st, errorText(body))
+		}
+		// A box's name is said once, in words, never as the form's key.
+		bad = cloneValues(form)
+		bad.Set("min_age", "ten")
+		if st, body := post(bad); st == http.StatusSeeOther || strings.Count(errorText(body), "最小年龄") != 1 || strings.Contains(errorText(body), "min_age") {
+			t.Fatalf("an age in words: %d %s", st, errorText(body))
+		}
+		bad = cloneValues(form)
+		bad.Set("version", "x")
+		if st, body := post(bad); st == http.StatusSeeOther || !strings.Contains(errorText(body), "表单已过期") || strings.Contains(errorText(body), "version") {
+			t.Fatalf("a broken version: %d %s", st, errorText(body))
 		}
 		good := cloneValues(form)
 		good.Set("default_amount", "2.50")

@@ -142,6 +142,7 @@ func (w *Web) consoleScenarioSave(rq *req) error {
 	}
 	rq.r.ParseForm()
 	s, raw, err := scenarioFromForm(cur, rq.r.PostForm)
+	formErr := err // its messages name the form's boxes already
 	if err == nil {
 		var out catalog.Scenario
 		if out, err = w.d.Catalog.UpdateScenario(ctx, s); err == nil {
@@ -156,7 +157,7 @@ func (w *Web) consoleScenarioSave(rq *req) error {
 	f := newScenarioForm(s)
 	f.Raw = raw
 	e := apperr.As(err)
-	if e.Field != "" && e.Code == apperr.ValidationFailed {
+	if formErr == nil && e.Field != "" && e.Code == apperr.ValidationFailed {
 		en, zh := e.Text()
 		label := rq.fieldLabel(e.Field)
 		err = apperr.Newf(apperr.ValidationFailed, label+": "+en, label+"："+zh)
