@@ -234,7 +234,7 @@ func (req Request) Validate() error {
 		return err
 	}
 	if (req.Code == "") == (req.CardNumber == "") {
-		return apperr.Invalid("code", "send exactly one of code and card_number", "code 与 card_number 须且只能提供一个")
+		return apperr.Invalid("code", "send exactly one of code and card_number", "请提供码（code）或卡号（card_number）二者之一")
 	}
 	if len(req.Code) > 2048 || len(req.CardNumber) > 32 {
 		return apperr.Invalid("code", "the code is too long", "码过长")

@@ -316,7 +316,7 @@ var messages = map[string][2]string{
 	"c.nav.clearing":            {"跨城清算", "Clearing"},
 	"c.home.clearing":           {"与区域内其他城市的应收应付、对账与日结", "What other cities owe us and we owe them, reconciliation, daily settlement"},
 	"c.clearing.title":          {"跨城清算", "Cross-city clearing"},
-	"c.clearing.noregion":       {"本节点未加入区域（not in a region），没有跨城清算。", "This node is not in a region: there is no cross-city clearing."},
+	"c.clearing.noregion":       {"本节点未加入区域，没有跨城清算。", "This node is not in a region: there is no cross-city clearing."},
 	"c.clearing.noregion.hint":  {"加入区域需配置区域根公钥与成员列表（--region-anchor、--region-members）。", "To join a region, configure the region anchor and member list (--region-anchor, --region-members)."},
 	"c.clearing.city":           {"本市", "This city"},
 	"c.clearing.peer":           {"对方城市", "Peer city"},
