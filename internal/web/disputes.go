@@ -20,7 +20,7 @@ const (
 	// way (or failed and may be retried); it can no longer be rejected.
 	DisputeRefunding = "refunding"
 	DisputeRefunded  = "refunded"
-	DisputeRejected = "rejected"
+	DisputeRejected  = "rejected"
 )
 
 // Dispute is a resident's challenge of one charge.
