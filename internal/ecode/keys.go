@@ -287,6 +287,27 @@ func (s *sm2Signer) Sign(msg []byte) ([]byte, error) {
 	return derToRS(der)
 }
 
+// Decrypter is implemented by SM2 signers: Decrypt reads what
+// PublicKey.EncryptTo encrypted to the signer's public key.
+type Decrypter interface {
+	Decrypt(ciphertext []byte) ([]byte, error)
+}
+
+// Decrypt implements Decrypter (SM2 public-key encryption, GB/T 32918.4).
+func (s *sm2Signer) Decrypt(ciphertext []byte) ([]byte, error) {
+	return sm2.Decrypt(s.priv, ciphertext)
+}
+
+// EncryptTo encrypts msg to k (SM2 public-key encryption, GB/T 32918.4,
+// C1C3C2): only the holder of k's private key can read it. Only SM2 keys
+// encrypt.
+func (k PublicKey) EncryptTo(msg []byte) ([]byte, error) {
+	if k.sm == nil {
+		return nil, errors.New("ecode: only an SM2 key can encrypt")
+	}
+	return sm2.Encrypt(rand.Reader, k.sm, msg, nil)
+}
+
 type edSigner struct {
 	priv ed25519.PrivateKey
 	pub  PublicKey

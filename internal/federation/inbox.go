@@ -11,6 +11,7 @@ import (
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/catalog"
+	"github.com/yikatong/yikatong/internal/ecode"
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/scan"
@@ -76,6 +77,19 @@ func (s *Service) inRow(ctx context.Context, id string) (*inRow, error) {
 	return &r, nil
 }
 
+// openPIN decrypts a PIN a sender sealed to this node's key.
+func (s *Service) openPIN(sealed []byte) (string, bool) {
+	d, ok := s.Node().(ecode.Decrypter)
+	if !ok || len(sealed) > 512 {
+		return "", false
+	}
+	pin, err := d.Decrypt(sealed)
+	if err != nil || len(pin) > 16 {
+		return "", false
+	}
+	return string(pin), true
+}
+
 // validCharge checks what a message must be for us to consider it at all.
 func validCharge(peer string, c Charge) bool {
 	if c.ID == "" || len(c.ID) > 80 || !strings.HasPrefix(c.ID, peer+".") {
@@ -108,6 +122,13 @@ func (s *Service) scanAtOK(c Charge) bool {
 // apply books a charge from peer exactly once (its id is the idempotency
 // key) and answers. Errors are transient (the sender retries).
 func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
+	if len(c.PINSealed) > 0 {
+		pin, ok := s.openPIN(c.PINSealed)
+		if !ok || c.PIN != "" {
+			return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}, nil
+		}
+		c.PIN, c.PINSealed = pin, nil
+	}
 	if !validCharge(peer, c) {
 		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}, nil
 	}

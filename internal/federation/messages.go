@@ -20,6 +20,7 @@ import (
 	"github.com/emmansun/gmsm/sm3"
 
 	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/ecode"
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/scan"
@@ -47,13 +48,18 @@ const (
 // "card:" + the card number (CardSubject): card numbers are printed on
 // the card and not secret, and B never learns more about the holder.
 type Charge struct {
-	ID        string    `json:"id"`
-	Mode      string    `json:"mode"`
-	Subject   string    `json:"sub"`
-	AmountFen int64     `json:"amount_fen"`
-	Medical   bool      `json:"medical,omitempty"`
-	Scenario  string    `json:"scenario"`
+	ID        string `json:"id"`
+	Mode      string `json:"mode"`
+	Subject   string `json:"sub"`
+	AmountFen int64  `json:"amount_fen"`
+	Medical   bool   `json:"medical,omitempty"`
+	Scenario  string `json:"scenario"`
+	// PIN is the holder's PIN as an older sender sent it; a sender now
+	// sends PINSealed instead: the PIN encrypted to the home city's node
+	// key (SM2), so that only the home city reads it, whatever carries the
+	// message (a proxy, an unencrypted link).
 	PIN       string    `json:"pin,omitempty"`
+	PINSealed []byte    `json:"pin_sealed,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	// ScanAt is set for a scan an offline terminal made (uploaded in a
 	// batch): the home city judges the card's status as of then.
@@ -241,6 +247,17 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 	if req.Offline {
 		c.ScanAt = req.At.UTC().Truncate(time.Millisecond)
 	}
+	sent := c // what goes to the home city: the PIN sealed to it
+	if c.PIN != "" {
+		k, err := ecode.PublicKeyFromJWK(m.NodeKey)
+		if err == nil {
+			sent.PINSealed, err = k.EncryptTo([]byte(c.PIN))
+		}
+		if err != nil {
+			return scan.RemoteResult{}, apperr.Wrap(apperr.Internal, err)
+		}
+		sent.PIN = ""
+	}
 	if prev == nil {
 		stored := c
 		stored.PIN, stored.Provider = "", req.Provider
@@ -270,7 +287,7 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		err = errors.New("the home city did not answer an earlier record")
 	} else {
 		actx, cancel := context.WithTimeout(ctx, s.cfg.AuthTimeout)
-		err = s.call(actx, m, KindCharge, c, &ans)
+		err = s.call(actx, m, KindCharge, sent, &ans)
 		cancel()
 		if err != nil && !errors.As(err, &pe) && ctx.Err() == nil {
 			// (A caller that gave up is not the home city being down.)
