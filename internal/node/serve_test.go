@@ -1,7 +1,9 @@
 package node_test
 
 import (
+	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/yikatong/yikatong/internal/node"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
+	_ "modernc.org/sqlite"
 )
 
 // TestServeDemoFirstStartRestartAndStop runs the real binary as the README
@@ -172,4 +175,77 @@ func TestOpenRefusesADataDirectoryWithoutItsDatabase(t *testing.T) {
 		}
 		n.Close()
 	}
+}
+
+// TestOpenRefusesAnotherMasterKey: a database opened beside another master
+// key, or with none, is refused (a new key would make every resident's
+// sealed data unreadable), also for a database from before the check
+// value, which is then checked against a resident's sealed data.
+func TestOpenRefusesAnotherMasterKey(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	open := func() error {
+		n, err := node.Open(ctx, node.Config{DataDir: dir, Logger: quiet})
+		if err == nil {
+			n.Close()
+		}
+		return err
+	}
+	n, err := node.Open(ctx, node.Config{DataDir: dir, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.DemoResidents = 3
+	if err := n.EnsureDemo(ctx, "http://127.0.0.1:1", filepath.Join(dir, "demo.json")); err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	keyFile := filepath.Join(dir, "master.key")
+	good, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := bytes.Clone(good)
+	other[0] ^= 0xff
+	check := func(what, want string) {
+		t.Helper()
+		if err := open(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	os.WriteFile(keyFile, other, 0o600)
+	check("another key", "not the key of this database")
+	os.Remove(keyFile)
+	check("no key", "has no master key")
+	if _, err := os.Stat(keyFile); !os.IsNotExist(err) {
+		t.Fatal("a new master key was created")
+	}
+	os.WriteFile(keyFile, good, 0o600)
+	if err := open(); err != nil {
+		t.Fatalf("the right key: %v", err)
+	}
+
+	// A database from before the check value: a resident's sealed data
+	// tells the right key from another.
+	forget := func() {
+		db, err := sql.Open("sqlite", filepath.Join(dir, "yikatong.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if _, err := db.Exec(`DELETE FROM node_settings WHERE name = 'vault_check'`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forget()
+	os.WriteFile(keyFile, other, 0o600)
+	check("another key, no check value", "not the key of this database")
+	os.WriteFile(keyFile, good, 0o600)
+	forget()
+	if err := open(); err != nil {
+		t.Fatalf("the right key, no check value: %v", err)
+	}
+	os.WriteFile(keyFile, other, 0o600)
+	check("another key, check value written again", "not the key of this database")
 }

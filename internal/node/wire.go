@@ -2,8 +2,11 @@ package node
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,9 +34,9 @@ type services struct {
 
 // wire creates the domain services and registers the API routes.
 func (n *Node) wire(ctx context.Context) error {
-	v, err := vault.Open(n.Config.DataDir)
+	v, err := n.openVault(ctx)
 	if err != nil {
-		return fmt.Errorf("opening the vault (master key) in %s: %w", n.Config.DataDir, err)
+		return err
 	}
 	n.Vault = v
 	n.Residents = resident.New(n.DB, v, n.Now)
@@ -124,4 +127,52 @@ func keyRefreshEvery() time.Duration {
 		return d
 	}
 	return keys.RefreshEvery
+}
+
+// openVault opens the data directory's master key and checks it is the
+// key of this database. A database restored without its key (or beside
+// another city's) would otherwise start with a new key: every resident's
+// sealed data unreadable, their look-up hashes different, so a resident
+// could be enrolled twice. The database keeps a check value (a keyed hash
+// under the master key, which reveals nothing of it); a database from
+// before the check value is checked by opening one resident's sealed data.
+func (n *Node) openVault(ctx context.Context) (*vault.Vault, error) {
+	dir := n.Config.DataDir
+	var want string
+	err := n.DB.R.QueryRowContext(ctx, `SELECT value FROM node_settings WHERE name = 'vault_check'`).Scan(&want)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("reading the master key's check value: %w", err)
+	}
+	keyFile := filepath.Join(dir, vault.KeyFile)
+	if _, statErr := os.Stat(keyFile); errors.Is(statErr, os.ErrNotExist) && want != "" {
+		return nil, fmt.Errorf("%s has no master key (%s), but the database has data sealed with one: put the city's master.key back from its custody (or restore the backup with it); a new key would make every resident's data unreadable", dir, vault.KeyFile)
+	}
+	v, err := vault.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("opening the vault (master key) in %s: %w", dir, err)
+	}
+	have := v.LookupHash("vault_check", "yikatong")
+	wrongKey := fmt.Errorf("the master key in %s is not the key of this database: put the city's master.key back from its custody; with this key every resident's data would be unreadable", keyFile)
+	if want != "" {
+		if want != have {
+			return nil, wrongKey
+		}
+		return v, nil
+	}
+	// No check value yet: a new database, or one from before the check.
+	var id string
+	var pii []byte
+	err = n.DB.R.QueryRowContext(ctx, `SELECT id, pii FROM residents ORDER BY id LIMIT 1`).Scan(&id, &pii)
+	switch {
+	case err == nil:
+		if _, err := v.Unseal(pii, id); err != nil {
+			return nil, wrongKey
+		}
+	case !errors.Is(err, sql.ErrNoRows):
+		return nil, fmt.Errorf("checking the master key: %w", err)
+	}
+	if _, err := n.DB.W.ExecContext(ctx, `INSERT INTO node_settings(name, value) VALUES ('vault_check', $1) ON CONFLICT (name) DO NOTHING`, have); err != nil {
+		return nil, fmt.Errorf("recording the master key's check value: %w", err)
+	}
+	return v, nil
 }
