@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"reflect"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -89,9 +90,53 @@ func NewServer(log *slog.Logger, authn Authenticator, reg *prometheus.Registry) 
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s.Handle(Route{Pattern: "GET /v1/openapi.json", Handle: s.serveOpenAPI, Summary: "This OpenAPI 3.1 document", Tag: "meta"})
 	s.mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		if allow := s.allowed(r.URL.Path); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			WriteError(w, r, apperr.Newf(apperr.MethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path+"; allowed: "+strings.Join(allow, ", "),
+				r.URL.Path+" 不支持 "+r.Method+" 方法，可用："+strings.Join(allow, ", ")))
+			return
+		}
 		WriteError(w, r, apperr.Newf(apperr.NotFound, "no such endpoint: "+r.Method+" "+r.URL.Path, "接口不存在："+r.Method+" "+r.URL.Path))
 	})
 	return s
+}
+
+// allowed lists the methods of the routes whose path matches path (the
+// route exists, with other methods).
+func (s *Server) allowed(path string) []string {
+	var out []string
+	for _, rt := range s.routes {
+		method, pattern, ok := strings.Cut(rt.Pattern, " ")
+		if ok && pathMatches(pattern, path) && !slices.Contains(out, method) {
+			out = append(out, method)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// pathMatches reports whether a ServeMux path pattern ("/v1/cards/{number}")
+// matches path.
+func pathMatches(pattern, path string) bool {
+	ps, xs := strings.Split(pattern, "/"), strings.Split(path, "/")
+	for i, p := range ps {
+		if strings.HasPrefix(p, "{") && strings.HasSuffix(p, "...}") {
+			return i < len(xs)
+		}
+		if i >= len(xs) {
+			return false
+		}
+		if strings.HasPrefix(p, "{") && strings.HasSuffix(p, "}") {
+			if xs[i] == "" {
+				return false
+			}
+			continue
+		}
+		if p != xs[i] {
+			return false
+		}
+	}
+	return len(ps) == len(xs)
 }
 
 // Registry returns the Prometheus registry the server exports.

@@ -73,6 +73,16 @@ func TestUnknownEndpointAndBadJSON(t *testing.T) {
 	if p := r.Problem(); p["detail_zh"] == "" || p["detail"] == "" {
 		t.Fatalf("problem lacks bilingual text: %s", r.Body)
 	}
+	// A route that exists, with another method: 405 and the methods it has.
+	for path, allow := range map[string]string{"/v1/topups": "POST", "/v1/cards/4101999999999991": "GET", "/v1/scenarios/transit.bus": "GET, PUT"} {
+		r := c.Do(t, "DELETE", path, nil)
+		if r.Status != 405 || r.Code() != "method_not_allowed" || r.Header.Get("Allow") != allow {
+			t.Errorf("DELETE %s: %d %q %s", path, r.Status, r.Header.Get("Allow"), r.Body)
+		}
+	}
+	if r := c.Do(t, "DELETE", "/v1/cards/1/2/3", nil); r.Status != 404 {
+		t.Errorf("a path no route has: %d %s", r.Status, r.Body)
+	}
 	cases := map[string]string{
 		"":                                   "validation_failed",
 		"{":                                  "validation_failed",
