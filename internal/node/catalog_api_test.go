@@ -132,6 +132,12 @@ func TestRequestBounds(t *testing.T) {
 		t.Fatalf("the books do not balance: %d", check.SumFen)
 	}
 
+	// Settlement on a node that is in no region: a conflict, as the
+	// console says, not an empty success.
+	if r := fin.Do(t, "POST", "/v1/clearing/settle", `{}`); r.Status != 409 || r.Code() != "conflict" {
+		t.Errorf("settle outside a region: %d %s", r.Status, r.Body)
+	}
+
 	lower := nodetest.NewClient(tn.URL, "")
 	for _, h := range []string{"bearer ", "BEARER ", "Bearer  "} {
 		req, _ := http.NewRequest("GET", tn.URL+"/v1/ledger/check", nil)

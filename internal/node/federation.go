@@ -160,8 +160,15 @@ func (n *Node) federationRoutes() {
 					return err
 				}
 			}
+			if n.Fed == nil || !n.Fed.Config().Enabled() {
+				return apperr.Newf(apperr.Conflict, "this node is not in a region: there is no cross-city clearing", "本节点未加入区域，没有跨城清算")
+			}
+			now := n.Now().UTC()
 			if req.Day == "" {
-				req.Day = n.Now().UTC().Add(-24 * time.Hour).Format("2006-01-02")
+				req.Day = now.Add(-24 * time.Hour).Format("2006-01-02")
+			}
+			if _, err := time.Parse("2006-01-02", req.Day); err == nil && req.Day > now.Format("2006-01-02") {
+				return apperr.Invalid("day", "the day "+req.Day+" has not begun (UTC)", "日期 "+req.Day+" 尚未到来（UTC）")
 			}
 			sts, err := n.Fed.Settle(r.Context(), req.Day)
 			if err != nil {
