@@ -169,6 +169,8 @@ func (s *Server) Handle(rt Route) {
 	if maxBody == 0 {
 		maxBody = MaxBody
 	}
+	method, _, _ := strings.Cut(rt.Pattern, " ")
+	takesNoBody := rt.Request == nil && rt.RequestType == "" && method != http.MethodGet && method != http.MethodHead
 	s.mux.HandleFunc(rt.Pattern, func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		var p auth.Principal
@@ -188,6 +190,15 @@ func (s *Server) Handle(rt Route) {
 			p, _ = s.principal(r)
 		}
 		setPrincipal(r, p)
+		if takesNoBody {
+			// An action without a body (cancel a card, rotate keys): a body
+			// sent anyway says the caller expects it to count (a reason, a
+			// choice); refuse it rather than act without it. "{}" is none.
+			if b, err := io.ReadAll(io.LimitReader(r.Body, 4<<10)); err != nil || len(bytes.TrimSpace(b)) > 0 && string(bytes.TrimSpace(b)) != "{}" {
+				WriteError(w, r, apperr.Newf(apperr.ValidationFailed, route+" takes no request body; send none (or {})", "此接口不接受请求体，请不要发送（或发送 {}）"))
+				return
+			}
+		}
 		if err := rt.Handle(w, r, p); err != nil {
 			WriteError(w, r, err)
 		}

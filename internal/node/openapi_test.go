@@ -64,7 +64,7 @@ func TestOpenAPIMatchesLiveRoutes(t *testing.T) {
 }
 
 func TestUnknownEndpointAndBadJSON(t *testing.T) {
-	tn := nodetest.Start(t, nodetest.Options{})
+	tn := nodetest.Start(t, nodetest.Options{Demo: true})
 	c := tn.Client("")
 	r := c.Do(t, "GET", "/v1/nope", nil)
 	if r.Status != 404 || r.Code() != "not_found" || r.Header.Get("Content-Type") != "application/problem+json" {
@@ -82,6 +82,20 @@ func TestUnknownEndpointAndBadJSON(t *testing.T) {
 	}
 	if r := c.Do(t, "DELETE", "/v1/cards/1/2/3", nil); r.Status != 404 {
 		t.Errorf("a path no route has: %d %s", r.Status, r.Body)
+	}
+	// An action that takes no body refuses one (after authentication),
+	// and acts on none or {}.
+	if r := c.Do(t, "POST", "/v1/keys/rotate", `{"reason":"x"}`); r.Status != 401 {
+		t.Errorf("no token, with a body: %d %s", r.Status, r.Body)
+	}
+	op := tn.Client(tn.Demo.Staff["operator"].Token)
+	if r := op.Do(t, "POST", "/v1/keys/rotate", `{"reason":`); r.Status != 422 || r.Code() != "validation_failed" {
+		t.Errorf("a body where none is taken: %d %s", r.Status, r.Body)
+	}
+	for _, body := range []any{nil, "{}", " "} {
+		if r := op.Do(t, "POST", "/v1/keys/rotate", body); r.Status/100 != 2 {
+			t.Errorf("rotate with body %q: %d %s", body, r.Status, r.Body)
+		}
 	}
 	cases := map[string]string{
 		"":                                   "validation_failed",
