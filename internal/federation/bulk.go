@@ -44,6 +44,12 @@ func (s *Service) applyMany(ctx context.Context, peer string, msgs []Charge) ([]
 			out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}
 			continue
 		}
+		if c.Mode == ModeGuaranteed && c.AmountFen > s.cfg.RiskLimitFen {
+			// Not one we owe: a sender accepts without us only within the
+			// region's risk limit (book does the same).
+			out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.RiskLimit}
+			continue
+		}
 		if _, dup := first[c.ID]; dup {
 			continue // applied once, answered twice
 		}
@@ -218,7 +224,11 @@ func (s *Service) bookMany(ctx context.Context, peer string, msgs []Charge, idx 
 		switch {
 		case h.err != nil:
 			errs[i] = h.err
-		case h.found && usable(h.card, msgs[i]):
+		case !h.found:
+			// Not a card or token we ever issued: accepted at the sender's
+			// risk, not ours (book does the same).
+			out[i] = ChargeAnswer{ID: msgs[i].ID, State: StateDeclined, Reason: apperr.UnknownHolder}
+		case usable(h.card, msgs[i]):
 			wallet = append(wallet, i)
 		default:
 			credit = append(credit, i)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/yikatong/yikatong/internal/federation"
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
 	"github.com/yikatong/yikatong/internal/scan"
@@ -224,6 +225,37 @@ func TestForeignCardsAndBatches(t *testing.T) {
 		}
 		if n := inRows(t, a, "card:"+res.CardNumber); n != 2 {
 			t.Fatalf("A applied %d queued card charges, want 2", n)
+		}
+	})
+
+	t.Run("A down: a card A never issued, accepted at B's risk, refused by A and written off at B", func(t *testing.T) {
+		// A number of A's region and a valid check digit, but no card.
+		base := "330199999999999"
+		sum := 0
+		for i := len(base) - 1; i >= 0; i-- {
+			d := int(base[i] - '0')
+			if (len(base)-1-i)%2 == 0 {
+				if d *= 2; d > 9 {
+					d -= 9
+				}
+			}
+			sum += d
+		}
+		fake := base + string(rune('0'+(10-sum%10)%10))
+		loss0 := b.balance(t, federation.FedLossAccount)
+		px.mode.Store("down")
+		if r := b.scanCard(t, "transit.bus", "fake-card-1", fake); r.Decision != "accepted" {
+			t.Fatalf("an unknown card with A down: %+v", r)
+		}
+		time.Sleep(300 * time.Millisecond)
+		px.mode.Store("ok")
+		checkBooks(t, a, b) // the clearing accounts mirror: B's claim was undone
+		if got := b.balance(t, federation.FedLossAccount); got != loss0-200 {
+			var st, ans string
+			b.DB.R.QueryRow(`SELECT state, COALESCE(CAST(answer AS TEXT), '') FROM fed_messages WHERE subject = $1`, "card:"+fake).Scan(&st, &ans)
+			var ast string
+			a.DB.R.QueryRow(`SELECT state FROM fed_messages WHERE subject = $1`, "card:"+fake).Scan(&ast)
+			t.Fatalf("B's loss account %d → %d, want the 200 fen written off (B %s %s, A %s)", loss0, got, st, ans, ast)
 		}
 	})
 

@@ -113,10 +113,21 @@ func validCharge(peer string, c Charge) bool {
 
 // scanAtOK: an offline scan's time decides the card's status (usable),
 // so it gets the same clock tolerance as this city's own offline records:
-// a backdated scan cannot charge a card reported lost since.
+// a backdated scan cannot charge a card reported lost since. The age is
+// measured from when the sender accepted the record (created_at, itself
+// not in the future), not from delivery: a charge queued while this city
+// was down for days is still the record it was, and refusing it would
+// leave the sender's booking without its counterpart here.
 func (s *Service) scanAtOK(c Charge) bool {
+	if c.ScanAt.IsZero() {
+		return true
+	}
 	now := s.Now()
-	return c.ScanAt.IsZero() || !c.ScanAt.After(now.Add(scan.OfflineFutureSkew)) && !c.ScanAt.Before(now.Add(-scan.OfflineMaxAge))
+	accepted := c.CreatedAt
+	if accepted.IsZero() || accepted.After(now.Add(scan.OfflineFutureSkew)) {
+		return false
+	}
+	return !c.ScanAt.After(accepted.Add(scan.OfflineFutureSkew)) && !c.ScanAt.Before(accepted.Add(-scan.OfflineMaxAge))
 }
 
 // apply books a charge from peer exactly once (its id is the idempotency
@@ -134,6 +145,11 @@ func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswe
 	}
 	if !s.scanAtOK(c) {
 		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}, nil
+	}
+	if c.Mode == ModeGuaranteed && c.AmountFen > s.cfg.RiskLimitFen {
+		// A sender accepts a card without its home city only within the
+		// region's risk limit: a larger guaranteed charge is not one we owe.
+		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.RiskLimit}, nil
 	}
 	ctx, cancel := detach(ctx)
 	defer cancel()
@@ -369,6 +385,13 @@ func (s *Service) book(ctx context.Context, peer string, c Charge) (a ChargeAnsw
 	switch {
 	case err == nil && usable(card, c):
 		resID = card.ResidentID
+	case c.Mode == ModeGuaranteed && apperr.CodeOf(err) == apperr.NotFound:
+		// No such card or token was ever issued here: the sender accepted
+		// something that is not our card, at its own risk (a genuine
+		// code's token always exists; a card number is only checked for
+		// its form offline).
+		declined.Reason = apperr.UnknownHolder
+		return s.record(ctx, peer, c, declined)
 	case err == nil || apperr.CodeOf(err) == apperr.NotFound:
 		if c.Mode == ModeOnline {
 			declined.Reason = apperr.Revoked

@@ -313,9 +313,13 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		b, _ := json.Marshal(ans)
 		return s.setState(ctx, id, "declined", b, "", scan.RemoteResult{Reason: ans.Reason})
 	case errors.As(err, &pe) && pe.status < 500:
-		// The home city refused the request itself: nothing was booked there.
-		b, _ := json.Marshal(ChargeAnswer{ID: id, State: StateDeclined, Reason: apperr.HomeUnreachable})
-		return s.setState(ctx, id, "declined", b, pe.Error(), scan.RemoteResult{Reason: apperr.HomeUnreachable})
+		// The home city refused the request itself. A refusal is not
+		// signed, so it cannot be trusted to mean that nothing was booked
+		// there (a proxy could answer it after passing the charge on):
+		// the scan is declined and the charge voided at home, which is a
+		// no-op if it was never booked.
+		defer s.Kick()
+		return s.setState(ctx, id, "voiding", nil, pe.Error(), scan.RemoteResult{Reason: apperr.HomeUnreachable})
 	}
 	// No usable answer in time: the home city may or may not have applied it.
 	why := "no answer"
@@ -751,6 +755,17 @@ func (s *Service) deliver(ctx context.Context, m Member, part []due) (int, error
 				}
 				amount = charged
 			}
+		case d.c.Mode == ModeGuaranteed && a.State == StateDeclined:
+			// The home city does not owe it (not its card, over the risk
+			// limit, a scan time out of bounds): this city accepted it at
+			// its own risk. Its booking moves from the clearing account to
+			// the loss account, so the clearing accounts still mirror.
+			if err := s.writeOff(ctx, m.City, d.c); err != nil {
+				s.Log.Warn("federation: writing off a refused guaranteed charge failed; retried with the next delivery", "peer", m.City, "id", d.c.ID, "err", err)
+				continue
+			}
+			s.Log.Warn("federation: the home city refused a guaranteed charge; written off", "peer", m.City, "id", d.c.ID, "reason", a.Reason, "amount_fen", d.c.AmountFen)
+			st = "failed"
 		default:
 			st = "failed"
 		}
@@ -784,6 +799,16 @@ func (s *Service) adjust(ctx context.Context, peer string, c Charge, charged int
 		req.Debit, req.Credit, req.Amount = ledger.ClearingID(peer), ledger.ReceivableID(c.Provider), charged-c.AmountFen
 	}
 	_, err := s.Ledger.Transfer(ctx, req)
+	return err
+}
+
+// writeOff books, once, a guaranteed charge the home city refused as this
+// city's loss: loss account → clearing, undoing the claim on the peer.
+func (s *Service) writeOff(ctx context.Context, peer string, c Charge) error {
+	_, err := s.Ledger.Transfer(ctx, ledger.TransferRequest{Key: "fed:loss:" + c.ID, Debit: FedLossAccount, Credit: ledger.ClearingID(peer),
+		Amount: c.AmountFen, Kind: "fed_loss",
+		Memo: "cross-city charge refused by the home city, accepted here at our risk / 归属地拒付的异地消费，由本市承担",
+		Meta: map[string]string{"message": c.ID, "peer": peer}})
 	return err
 }
 

@@ -113,6 +113,9 @@ const (
 	// FedCreditAccount is the home city's ride-first-pay-later account for
 	// guaranteed charges its resident's wallet cannot cover.
 	FedCreditAccount = "ext:fed_credit"
+	// FedLossAccount takes the charges this city accepted without the
+	// home city (within the risk limit) that the home city then refused.
+	FedLossAccount = "ext:fed_loss"
 	// clearingFloor: clearing accounts are positions, not money held; they
 	// may go as far negative as the region's trade requires.
 	clearingFloor = -(int64(1) << 52)
@@ -247,6 +250,9 @@ func New(ctx context.Context, d Deps, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s.inbox = ib
+	if _, err := d.Ledger.CreateAccount(ctx, ledger.Account{ID: FedLossAccount, Kind: ledger.KindExternal, Label: "cross-city charges refused by the home city"}); err != nil {
+		return nil, err
+	}
 	if _, err := d.Ledger.CreateAccount(ctx, ledger.Account{ID: FedCreditAccount, Kind: ledger.KindExternal, Label: "cross-city ride first, pay later"}); err != nil {
 		return nil, err
 	}
