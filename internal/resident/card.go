@@ -471,6 +471,29 @@ func (s *Service) lockCard(ctx context.Context, tx *sql.Tx, number string) (stat
 	return
 }
 
+// changedAt is the card's status_changed_at after a move from → to at
+// now. It is when the card last stopped (or started) working: a lost card
+// then replaced or cancelled stopped working when it was reported lost,
+// and offline scans and deny lists count it revoked from then, not from
+// the replacement (a thief's taps in between must not be charged).
+// Between two states that both do not work it is the zero time: the
+// stored time stays (keepZero, the UPDATE's fallback).
+func changedAt(from, to string, now time.Time) time.Time {
+	if from == StatusActive || to == StatusActive {
+		return now
+	}
+	return time.Time{}
+}
+
+// keepZero is t in Unix milliseconds, 0 for the zero time (keep the
+// stored value).
+func keepZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
 // move performs one status change with its event.
 func (s *Service) move(ctx context.Context, cardNumber, to, actor string) (Card, error) {
 	n, err := checkCardNumber(cardNumber)
@@ -486,8 +509,8 @@ func (s *Service) move(ctx context.Context, cardNumber, to, actor string) (Card,
 			return errTransition(from, to)
 		}
 		now := s.now()
-		if _, err := tx.ExecContext(ctx, `UPDATE cards SET status = $2, status_changed_at = $3 WHERE number = $1 AND status = $4`,
-			n, to, now.UnixMilli(), from); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE cards SET status = $2, status_changed_at = CASE WHEN CAST($3 AS BIGINT) > 0 THEN CAST($3 AS BIGINT) ELSE status_changed_at END
+			WHERE number = $1 AND status = $4`, n, to, keepZero(changedAt(from, to, now)), from); err != nil {
 			return err
 		}
 		return addEvent(ctx, tx, n, EventStatus, from, to, now, actor)
@@ -533,8 +556,8 @@ func (s *Service) Replace(ctx context.Context, cardNumber, actor string) (Card, 
 			return errTransition(from, StatusReplaced)
 		}
 		now := s.now()
-		if _, err := tx.ExecContext(ctx, `UPDATE cards SET status = 'replaced', status_changed_at = $2 WHERE number = $1 AND status = $3`,
-			n, now.UnixMilli(), from); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE cards SET status = 'replaced', status_changed_at = CASE WHEN CAST($2 AS BIGINT) > 0 THEN CAST($2 AS BIGINT) ELSE status_changed_at END
+			WHERE number = $1 AND status = $3`, n, keepZero(changedAt(from, StatusReplaced, now)), from); err != nil {
 			return err
 		}
 		if err := addEvent(ctx, tx, n, EventStatus, from, StatusReplaced, now, actor); err != nil {

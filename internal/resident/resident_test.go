@@ -345,7 +345,13 @@ func TestLifecycleTransitions(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s: %v", key, err)
 				}
-				if now.Status != op.to || !now.StatusChangedAt.After(c.StatusChangedAt) {
+				// The time moves when the card starts or stops working; from
+				// lost to replaced or cancelled it stays the time of the loss.
+				timeOK := now.StatusChangedAt.After(c.StatusChangedAt)
+				if from != StatusActive && op.to != StatusActive {
+					timeOK = now.StatusChangedAt.Equal(c.StatusChangedAt)
+				}
+				if now.Status != op.to || !timeOK {
 					t.Fatalf("%s: card now %+v", key, now)
 				}
 				if op.to == StatusReplaced {
@@ -375,9 +381,11 @@ func TestReplaceGivesNewCardAndKillsOld(t *testing.T) {
 		ctx := context.Background()
 		r, old := e.enrolWithCard(t, "246810")
 		since := e.clock.now()
-		if _, err := e.svc.ReportLost(ctx, old.Number, "resident"); err != nil {
+		lost, err := e.svc.ReportLost(ctx, old.Number, "resident")
+		if err != nil {
 			t.Fatal(err)
 		}
+		e.clock.now() // time passes between the report and the new card
 		nc, err := e.svc.Replace(ctx, old.Number, "staff:bob")
 		if err != nil {
 			t.Fatal(err)
@@ -388,6 +396,11 @@ func TestReplaceGivesNewCardAndKillsOld(t *testing.T) {
 		dead, _ := e.svc.Card(ctx, old.Number)
 		if dead.Status != StatusReplaced || dead.ReplacedBy != nc.Number {
 			t.Fatalf("old card %+v", dead)
+		}
+		// It stopped working when it was reported lost, not when it was
+		// replaced: offline scans and deny lists count it revoked from then.
+		if !dead.StatusChangedAt.Equal(lost.StatusChangedAt) {
+			t.Fatalf("revoked at %v after the replacement, reported lost at %v", dead.StatusChangedAt, lost.StatusChangedAt)
 		}
 		byTok, err := e.svc.CardByToken(ctx, old.Token)
 		if err != nil || byTok.Number != old.Number || byTok.Status != StatusReplaced {
@@ -415,8 +428,16 @@ func TestReplaceGivesNewCardAndKillsOld(t *testing.T) {
 			t.Fatalf("CardsOf = %+v, %v", cards, err)
 		}
 		revs, err := e.svc.Revocations(ctx, since)
-		if err != nil || len(revs) != 1 || revs[0].Token != old.Token || revs[0].Status != StatusReplaced || revs[0].CardNumberHash != CardNumberHash(old.Number) {
-			t.Fatalf("Revocations = %+v, %v", revs, err)
+		if err != nil || len(revs) != 1 || revs[0].Token != old.Token || revs[0].Status != StatusReplaced || revs[0].CardNumberHash != CardNumberHash(old.Number) ||
+			!revs[0].At.Equal(lost.StatusChangedAt.UTC()) {
+			t.Fatalf("Revocations = %+v, %v (lost at %v)", revs, err, lost.StatusChangedAt)
+		}
+		// Lost, then cancelled: also revoked from the report.
+		_, other := e.enrolWithCard(t, "135790")
+		lost2, _ := e.svc.ReportLost(ctx, other.Number, "resident")
+		e.clock.now()
+		if c, err := e.svc.Cancel(ctx, other.Number, "staff:bob"); err != nil || !c.StatusChangedAt.Equal(lost2.StatusChangedAt) {
+			t.Fatalf("cancelled after a loss: %+v %v (lost at %v)", c, err, lost2.StatusChangedAt)
 		}
 		ev, _ := e.svc.CardEvents(ctx, nc.Number)
 		if len(ev) != 1 || ev[0].Event != EventIssued || ev[0].To != StatusActive || ev[0].Actor != "staff:bob" {
