@@ -433,6 +433,11 @@ func (d *Decoded) Check(ks KeySet, at time.Time) error {
 	if !key.verify(d.ToBeSigned, d.Signature) {
 		return apperr.New(apperr.BadSignature)
 	}
+	if !key.NotAfter.IsZero() && d.Claims.IssuedAt.After(key.NotAfter) {
+		// A retired key verifies only the codes it signed before it was
+		// retired (a key retired because it leaked must not mint new ones).
+		return apperr.Newf(apperr.UnknownKey, "the code was issued after its key was retired", "该码签发于其密钥停用之后")
+	}
 	if !at.Before(d.Claims.ExpiresAt) {
 		return apperr.New(apperr.Expired)
 	}

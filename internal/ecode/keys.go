@@ -86,9 +86,8 @@ const SignatureSize = 64
 type PublicKey struct {
 	Alg Alg
 	Kid []byte
-	// NotAfter, when set, is the instant after which the key leaves trust
-	// bundles (a retired key keeps verifying until then). Informational to
-	// Verify; internal/trust and internal/keys use it.
+	// NotAfter, when set, is when the key was retired: it verifies only
+	// codes issued until then (Check), and leaves trust bundles after it.
 	NotAfter time.Time
 
 	raw []byte // 65-byte 0x04||X||Y (SM2) or 32-byte key (Ed25519)

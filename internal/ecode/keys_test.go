@@ -3,6 +3,9 @@ package ecode
 import (
 	"bytes"
 	"testing"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/apperr"
 )
 
 // What EncryptTo encrypts to an SM2 key only its signer reads; an Ed25519
@@ -31,5 +34,30 @@ func TestEncryptToSM2(t *testing.T) {
 	ed, _ := GenerateEd25519()
 	if _, err := ed.Public().EncryptTo([]byte("x")); err == nil {
 		t.Fatal("an Ed25519 key encrypted")
+	}
+}
+
+// A retired key (NotAfter set) verifies the codes it signed until then,
+// and no code claiming to be issued after.
+func TestRetiredKeyVerifiesOnlyItsOldCodes(t *testing.T) {
+	s, _ := GenerateSM2()
+	t0 := time.Date(2026, 1, 1, 8, 0, 0, 0, time.UTC)
+	before, err := Issue(s, Claims{Issuer: "CN-410100", Subject: "tok", IssuedAt: t0, Category: CategoryLocal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := Issue(s, Claims{Issuer: "CN-410100", Subject: "tok", IssuedAt: t0.Add(2 * time.Minute), Category: CategoryLocal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := s.Public()
+	k.NotAfter = t0.Add(time.Minute)
+	km := KeyMap{}
+	km.Add("CN-410100", k)
+	if _, _, err := Verify(before, km, t0.Add(30*time.Second)); err != nil {
+		t.Fatalf("a code signed before the retirement: %v", err)
+	}
+	if _, _, err := Verify(after, km, t0.Add(2*time.Minute+time.Second)); apperr.CodeOf(err) != apperr.UnknownKey {
+		t.Fatalf("a code issued after the retirement: %v", err)
 	}
 }

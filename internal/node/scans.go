@@ -42,7 +42,12 @@ func (n *Node) wireScans(ctx context.Context) error {
 	}, n.Now)
 	reg := scan.NewRegistry()
 	reg.Register(scan.SchemeYK1, scan.NewYK1(func(ctx context.Context) (map[string][]ecode.PublicKey, error) {
-		ks, err := n.Keys.PublicKeys(ctx)
+		// Keys retired within the offline window too: an offline record
+		// of a code issued before a rotation is uploaded up to
+		// OfflineMaxAge later. Each key still verifies only codes issued
+		// before its retirement (ecode checks the code's iat against the
+		// key's not_after), and a code is valid for a minute after its iat.
+		ks, err := n.Keys.PublicKeysAt(ctx, n.Now().Add(-scan.OfflineMaxAge))
 		if err != nil {
 			return nil, err
 		}

@@ -206,6 +206,13 @@ func (s *Service) evaluateOffline(ctx context.Context, sc catalog.Scenario, t te
 		e.err = e.dec.Err()
 		return e
 	}
+	if e.dec.PINRequired {
+		// No PIN can be asked offline: above the scenario's threshold the
+		// charge is not made (the PIN protects a stolen card not yet
+		// reported); the terminal should not have accepted it.
+		e.err = apperr.Newf(apperr.PINRequired, "offline, a card is charged only up to the amount that needs no PIN", "脱机状态下只能扣取免密额度以内的金额")
+		return e
+	}
 	e.plan, e.medical, e.wallet, e.err = s.plan(ctx, sc, t, e.res.ID, e.dec.Amount)
 	return e
 }

@@ -573,3 +573,29 @@ func TestOneCodeManyKeys(t *testing.T) {
 		c.checkBooks(t, charged+200)
 	})
 }
+
+// An offline record above the scenario's no-PIN amount is declined (no
+// PIN can be asked offline), as the same scan online without a PIN is;
+// below it, it is charged.
+func TestOfflinePINThreshold(t *testing.T) {
+	c := setup(t, storetest.SQLite(t), []string{"campus.canteen"})
+	sc, err := c.tn.Node.Catalog.Scenario(context.Background(), "campus.canteen")
+	if err != nil || !sc.OfflineAllowed || !sc.RequirePIN || sc.PINAboveFen <= 0 {
+		t.Fatalf("the seeded canteen: %+v %v", sc, err)
+	}
+	p := c.people[0]
+	if a, r := c.scan(t, map[string]any{"idempotency_key": "on-1", "scenario": "campus.canteen", "card_number": p.card, "amount_fen": sc.PINAboveFen + 100}); a.Reason != "pin_required" {
+		t.Fatalf("online without a PIN: %s", r.Body)
+	}
+	now := time.Now()
+	recs := []terminal.Record{
+		{ID: "pin-1", Seq: 1, At: now.Add(-time.Minute), Scenario: "campus.canteen", CardNumber: p.card, AmountFen: sc.PINAboveFen + 100},
+		{ID: "pin-2", Seq: 2, At: now.Add(-time.Minute + time.Second), Scenario: "campus.canteen", CardNumber: p.card, AmountFen: 100},
+	}
+	var rep scan.BatchReport
+	c.tc.JSON(t, "POST", "/v1/terminals/"+c.term+"/batches", signBatch(t, c, "pin-b1", recs), 200, &rep)
+	if rep.Items[0].Status != "declined" || rep.Items[0].Reason != "pin_required" || rep.Items[1].Status != "applied" || rep.ChargedFen != 100 {
+		t.Fatalf("offline above and below the threshold: %+v", rep)
+	}
+	c.checkBooks(t, 100)
+}

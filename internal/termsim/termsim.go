@@ -288,6 +288,12 @@ func (t *Terminal) download(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if t.bundle != nil && b.IssuedAt.Before(t.bundle.IssuedAt) {
+		// An older bundle than the one held (a replay by whoever answers
+		// the fetch) would bring back keys and drop recent deny entries.
+		return apperr.Newf(apperr.BadTrustBundle, "the node sent an older trust bundle than the one held; keeping the held one",
+			"节点发来的信任列表比已持有的旧，保留已持有的版本")
+	}
 	t.state.Bundle, t.state.FetchedAt, t.bundle = raw, t.cfg.Now(), b
 	return nil
 }

@@ -2,7 +2,10 @@ package termsim_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 	"github.com/yikatong/yikatong/internal/node/nodetest"
 	"github.com/yikatong/yikatong/internal/scan"
 	"github.com/yikatong/yikatong/internal/termsim"
+	"github.com/yikatong/yikatong/internal/trust"
 )
 
 func demoTerminal(t *testing.T, d *node.DemoFile, scenario string) node.DemoTerminal {
@@ -123,5 +127,51 @@ func TestPinnedKeyRefusesOtherBundles(t *testing.T) {
 	}
 	if d := tm.DecideOffline("", n.Demo.Residents[0].CardNumber, 0); d.Decision != scan.Declined {
 		t.Fatalf("accepted without a trusted bundle: %+v", d)
+	}
+}
+
+// A terminal keeps the newest bundle it holds: an older one, validly
+// signed (a replay by whoever answers the fetch), is refused, so a card
+// lost since cannot come back into use offline.
+func TestOlderBundleIsRefused(t *testing.T) {
+	node, _ := ecode.GenerateSM2()
+	issuer, _ := ecode.GenerateSM2()
+	card := "4101999999999991"
+	now := time.Now().UTC().Truncate(time.Second)
+	build := func(at time.Time, deny []trust.Revocation) []byte {
+		_, raw, err := trust.Build(trust.BuildInput{Issuer: "CN-410100", Keys: []ecode.PublicKey{issuer.Public()}, Deny: deny, IssuedAt: at, TTL: 24 * time.Hour}, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	old := build(now.Add(-2*time.Hour), nil)
+	fresh := build(now.Add(-time.Minute), []trust.Revocation{{CardHash: trust.CardHash(card), At: now.Add(-time.Hour)}})
+	var serve atomic.Pointer[[]byte]
+	serve.Store(&fresh)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(*serve.Load())
+	}))
+	defer srv.Close()
+	pk := node.Public()
+	tm, err := termsim.New(termsim.Config{Node: srv.URL, Token: "t", ID: "trm_x", Scenario: "transit.bus", NodeKey: &pk,
+		StatePath: filepath.Join(t.TempDir(), "s.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := tm.RefreshTrust(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if d := tm.DecideOffline("", card, 0); d.Decision != scan.Declined {
+		t.Fatalf("a lost card with the fresh bundle: %+v", d)
+	}
+	serve.Store(&old)
+	if err := tm.RefreshTrust(ctx, true); apperr.CodeOf(err) != apperr.BadTrustBundle {
+		t.Fatalf("an older bundle: %v", err)
+	}
+	if d := tm.DecideOffline("", card, 0); d.Decision != scan.Declined {
+		t.Fatalf("the lost card after the replay: %+v", d)
 	}
 }
