@@ -83,6 +83,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -319,6 +320,17 @@ func (s *Service) Kick() {
 func (s *Service) Members() *MemberList {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	return s.liveMembers()
+}
+
+// liveMembers is the member list in use, or nil once it has expired: the
+// anchor removes a member by letting a list that names it run out, so an
+// expired list must stop counting even if no newer one can be fetched.
+// Callers hold s.mu.
+func (s *Service) liveMembers() *MemberList {
+	if s.members == nil || !s.Now().Before(s.members.ExpiresAt) {
+		return nil
+	}
 	return s.members
 }
 
@@ -370,11 +382,29 @@ func (s *Service) RefreshMembers(ctx context.Context) error {
 	if err == nil {
 		var l *MemberList
 		if l, err = ParseMembers(data, s.cfg.Anchor, s.Now()); err == nil {
+			// The newest version this city ever accepted, across restarts:
+			// an older list (served by whoever answers the list's URL, or
+			// left in the file) must not bring back a removed member.
+			var seen string
+			if e := s.DB.R.QueryRowContext(ctx, `SELECT value FROM node_settings WHERE name = 'fed_members_version'`).Scan(&seen); e != nil && !errors.Is(e, sql.ErrNoRows) {
+				return unavailable(e)
+			}
 			s.mu.Lock()
 			old := s.members
-			if old != nil && versionLess(l.Version, old.Version) {
+			switch {
+			case old != nil && versionLess(l.Version, old.Version):
 				err = badList("the member list (version "+l.Version+") is older than the one in use ("+old.Version+")", "成员列表版本低于当前版本")
-			} else {
+			case seen != "" && versionLess(l.Version, seen):
+				err = badList("the member list (version "+l.Version+") is older than one accepted before ("+seen+")", "成员列表版本低于此前已接受的版本")
+			default:
+				if seen != l.Version {
+					// Recorded under the lock, before the list is used.
+					if _, e := s.DB.W.ExecContext(ctx, `INSERT INTO node_settings(name, value) VALUES ('fed_members_version', $1)
+						ON CONFLICT (name) DO UPDATE SET value = excluded.value`, l.Version); e != nil {
+						s.mu.Unlock()
+						return unavailable(e)
+					}
+				}
 				s.members = l
 				for city, ps := range s.peers {
 					_, key, ok := l.Member(city)
@@ -609,7 +639,7 @@ func (s *Service) loadStoredBundles(ctx context.Context) error {
 func (s *Service) trusted(city string) (*trust.Bundle, time.Time, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	l := s.members
+	l := s.liveMembers()
 	if l == nil || city == s.City {
 		return nil, time.Time{}, false
 	}
@@ -628,11 +658,12 @@ func (s *Service) trusted(city string) (*trust.Bundle, time.Time, bool) {
 func (s *Service) peerCities() []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.members == nil {
+	l := s.liveMembers()
+	if l == nil {
 		return nil
 	}
 	var out []string
-	for _, m := range s.members.Members {
+	for _, m := range l.Members {
 		if m.City != s.City {
 			out = append(out, m.City)
 		}
