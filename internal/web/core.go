@@ -22,6 +22,8 @@ type req struct {
 	Lang string
 	Big  bool
 	S    *session
+	// scn caches the catalogue's scenario names for this request.
+	scn map[string][2]string
 }
 
 // handlerFunc handles a page; an error is shown as an error page.
@@ -91,7 +93,9 @@ func (rq *req) render(status int, name, title string, data any) error {
 		v.CSRF = rq.S.CSRF
 	}
 	if f := rq.r.URL.Query().Get("m"); f != "" {
-		v.Flash = rq.T("flash." + f)
+		if _, known := messages["flash."+f]; known { // an unknown message key shows nothing
+			v.Flash = rq.T("flash." + f)
+		}
 	}
 	rq.w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	rq.w.WriteHeader(status)
@@ -201,10 +205,13 @@ func fmtTime(t time.Time) string {
 
 func parsePages() (map[string]*template.Template, error) {
 	funcs := template.FuncMap{
-		"yuan":  yuan,
-		"time":  fmtTime,
-		"query": url.QueryEscape,
-		"add":   func(a, b int) int { return a + b },
+		"yuan":   yuan,
+		"yuanc":  yuanGrouped,
+		"money":  money,
+		"signed": signedMoney,
+		"time":   fmtTime,
+		"query":  url.QueryEscape,
+		"add":    func(a, b int) int { return a + b },
 		"pct": func(a, b int) int {
 			if b == 0 {
 				return 0

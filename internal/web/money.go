@@ -176,7 +176,7 @@ func safeFile(s string) string {
 func (rq *req) export(format, name string, lines []stmtLine) error {
 	head := []string{rq.T("col.id"), rq.T("col.time"), rq.T("col.kind"), rq.T("col.memo"), rq.T("col.amount"), rq.T("col.balance"), rq.T("col.account")}
 	row := func(l stmtLine) []string {
-		return []string{l.ID, fmtTime(l.At), l.Kind, l.Memo, yuan(l.Delta), yuan(l.Balance), l.Account}
+		return []string{l.ID, fmtTime(l.At), rq.Kind(l.Kind), l.Memo, yuan(l.Delta), yuan(l.Balance), l.Account}
 	}
 	switch format {
 	case "", "csv":
@@ -201,7 +201,7 @@ func (rq *req) export(format, name string, lines []stmtLine) error {
 			f.SetCellValue(sh, cell, h)
 		}
 		for r, l := range lines {
-			vals := []any{l.ID, fmtTime(l.At), l.Kind, l.Memo, float64(l.Delta) / 100, float64(l.Balance) / 100, l.Account}
+			vals := []any{l.ID, fmtTime(l.At), rq.Kind(l.Kind), l.Memo, float64(l.Delta) / 100, float64(l.Balance) / 100, l.Account}
 			for i, v := range vals {
 				cell, _ := excelize.CoordinatesToCellName(i+1, r+2)
 				f.SetCellValue(sh, cell, v)

@@ -265,9 +265,9 @@ func (rq *req) statement(accountID, from, to, dir string, max int) ([]stmtLine, 
 					fmt.Sprintf("this range holds more than %d movements: choose a shorter range (from, to)", max),
 					fmt.Sprintf("该期间的流水超过 %d 条，请缩短起止日期", max))
 			}
-			memo := e.Memo
-			if memo == "" && e.Meta != nil {
-				memo = e.Meta["scenario"]
+			memo := memoText(rq.Lang, e.Memo)
+			if memo == "" && e.Meta != nil && e.Meta["scenario"] != "" {
+				memo = rq.ScenarioName(e.Meta["scenario"]) // its name, not its id
 			}
 			out = append(out, stmtLine{ID: e.ID, At: e.At, Kind: e.Kind, Memo: memo, Delta: e.Delta, Balance: e.BalanceAfter, Account: accountID})
 		}

@@ -64,7 +64,7 @@ func TestStatementsBeyondOnePage(t *testing.T) {
 	if !strings.Contains(body, `id="more-lines"`) || !strings.Contains(body, fmt.Sprint(" ", fares-screenLines, "</p>")) {
 		t.Fatalf("no notice of the %d lines not shown", fares-screenLines)
 	}
-	if want := fmt.Sprintf("¥%d.00", fares*fare/100); !strings.Contains(body, "in the period ¥"+want[len("¥"):]) {
+	if want := "¥2,410.00"; fares*fare != 241000 || !strings.Contains(body, "in the period "+want) { // with thousands separators
 		t.Fatalf("the period's total is not %s (every fare):\n%.2000s", want, body[strings.Index(body, "Provider"):])
 	}
 

@@ -1,0 +1,102 @@
+package web_test
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/node/nodetest"
+)
+
+// The review of the pages in both languages: machine names (transfer
+// kinds, roles, scenario ids, reason codes) are shown as words, money as
+// ¥ with a sign, and the Chinese pages hold no stray English.
+
+func (b *browser) residentLogin(card, pin string) {
+	b.t.Helper()
+	tok := b.csrf("/r/login")
+	st, body, _ := b.do("POST", "/r/login", url.Values{"csrf": {tok}, "card_number": {card}, "pin": {pin}})
+	if st != http.StatusSeeOther {
+		b.t.Fatalf("resident sign-in: %d %.400s", st, body)
+	}
+}
+
+func mustContain(t *testing.T, what, body string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(body, w) {
+			t.Fatalf("%s lacks %q:\n%.3000s", what, w, body)
+		}
+	}
+}
+
+func mustNotContain(t *testing.T, what, body string, bad ...string) {
+	t.Helper()
+	for _, w := range bad {
+		if strings.Contains(body, w) {
+			t.Fatalf("%s shows %q:\n%.3000s", what, w, body)
+		}
+	}
+}
+
+// contentOf is the page's <main> (without the language switch and nav).
+func contentOf(body string) string {
+	_, m, ok := strings.Cut(body, "<main>")
+	if !ok {
+		return body
+	}
+	m, _, _ = strings.Cut(m, "</main>")
+	return m
+}
+
+func TestPagesSpeakPlainly(t *testing.T) {
+	t.Parallel()
+	tn := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 3})
+	ctx := t.Context()
+	res := tn.Demo.Residents[0]
+	rid := residentID(t, tn, res.CardNumber)
+	wallet, _, err := tn.Ledger.OpenResidentAccounts(ctx, rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus, err := tn.Catalog.Scenario(ctx, "transit.bus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prov := tn.Demo.Terminals[0].Provider
+	if _, err := tn.Ledger.Transfer(ctx, ledger.TransferRequest{Key: "ui-fare", Debit: wallet, Credit: ledger.ReceivableID(prov), Amount: 200,
+		Kind: "scan_charge", Meta: map[string]string{"scenario": "transit.bus", "terminal": "t1"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("the resident statement names kinds and scenarios and signs money", func(t *testing.T) {
+		b := newBrowser(t, tn.URL)
+		b.residentLogin(res.CardNumber, res.PIN)
+		_, body, _ := b.do("GET", "/r/statement", nil)
+		list := body[strings.Index(body, `id="statement"`):]
+		mustContain(t, "statement", list, "扫码消费", "充值", "−¥2.00", "&#43;¥200.00", bus.NameZh) // html/template writes + as &#43;
+		mustNotContain(t, "statement", list, "scan_charge", "topup", "transit.bus", ">-2.00")
+		_, body, _ = b.do("GET", "/r/statement?account=medical", nil)
+		mustContain(t, "medical statement", body, "医保个人账户划入", "&#43;¥500.00")
+		b.do("GET", "/lang?l=en", nil)
+		_, body, _ = b.do("GET", "/r/statement", nil)
+		mustContain(t, "English statement", body, "payment", "top-up", "−¥2.00", bus.NameEn)
+	})
+
+	t.Run("the ledger and takings pages and exports name kinds", func(t *testing.T) {
+		b := newBrowser(t, tn.URL).staffAs(tn, "finance")
+		_, body, _ := b.do("GET", "/console/ledger?account="+url.QueryEscape(wallet), nil)
+		table := body[strings.Index(body, `id="lines"`):]
+		mustContain(t, "ledger", table, "扫码消费", "充值", bus.NameZh)
+		mustNotContain(t, "ledger", table, "scan_charge", "topup", "transit.bus")
+		_, csvText, _ := b.do("GET", "/console/ledger/export?format=csv&account="+url.QueryEscape(wallet), nil)
+		mustContain(t, "ledger export", csvText, "扫码消费", "充值")
+		mustNotContain(t, "ledger export", csvText, "scan_charge")
+		_, body, _ = b.do("GET", "/console/takings?provider="+prov, nil)
+		mustContain(t, "takings", body[strings.Index(body, `id="lines"`):], "扫码消费", bus.NameZh)
+		_, csvText, _ = b.do("GET", "/console/takings/export?format=csv&provider="+prov, nil)
+		mustContain(t, "settlement export", csvText, "扫码消费")
+	})
+}
