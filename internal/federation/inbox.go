@@ -119,10 +119,15 @@ func validCharge(peer string, c Charge) bool {
 // was down for days is still the record it was, and refusing it would
 // leave the sender's booking without its counterpart here.
 func (s *Service) scanAtOK(c Charge) bool {
+	now := s.Now()
+	if c.CreatedAt.After(now.Add(scan.OfflineFutureSkew)) {
+		// A message dated in the future would fall in a day that cannot
+		// be settled yet (statements count messages by created_at).
+		return false
+	}
 	if c.ScanAt.IsZero() {
 		return true
 	}
-	now := s.Now()
 	accepted := c.CreatedAt
 	if accepted.IsZero() || accepted.After(now.Add(scan.OfflineFutureSkew)) {
 		return false

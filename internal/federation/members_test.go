@@ -2,11 +2,13 @@ package federation_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/federation"
+	"github.com/yikatong/yikatong/internal/node/nodetest"
 	"github.com/yikatong/yikatong/internal/scan"
 )
 
@@ -78,5 +80,35 @@ func TestOlderMemberListRefusedAfterRestart(t *testing.T) {
 		if _, _, ok := m.Member(b.id); ok {
 			t.Fatal("the removed member is back")
 		}
+	}
+}
+
+// A message dated in the future is refused (clock_skew): statements count
+// messages by their date, and a future day cannot be settled yet.
+func TestFutureDatedChargeRefused(t *testing.T) {
+	a, b := pollingHourly(t, nil)
+	ctx := context.Background()
+	card, _ := a.Residents.Card(ctx, a.demo.Residents[0].CardNumber)
+	w0 := a.wallet(t, a.demo.Residents[0].CardNumber)
+	c := federation.Charge{ID: federation.MessageID(b.id, "future-1"), Mode: federation.ModeGuaranteed, Subject: card.Token, AmountFen: 100,
+		Scenario: "transit.bus", CreatedAt: time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC)}
+	env, err := federation.Seal(b.id, a.id, federation.KindMessages, time.Now(), map[string]any{"messages": []any{c}}, b.Keys.NodeSigner())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := nodetest.NewClient(a.url, "").Do(t, "POST", "/v1/federation/messages", env)
+	if r.Status != 200 {
+		t.Fatalf("batch: %d %s", r.Status, r.Body)
+	}
+	e, err := federation.Open(r.Body, b.id, federation.KindAnswer, b.Fed.Members(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ans struct{ Results []federation.ChargeAnswer }
+	if err := json.Unmarshal(e.Body, &ans); err != nil || len(ans.Results) != 1 || ans.Results[0].State != federation.StateDeclined || ans.Results[0].Reason != "clock_skew" {
+		t.Fatalf("answer %s %v", e.Body, err)
+	}
+	if got := a.wallet(t, a.demo.Residents[0].CardNumber); got != w0 {
+		t.Fatalf("the wallet moved: %d → %d", w0, got)
 	}
 }
