@@ -172,9 +172,9 @@ func (w *Web) scanChart(rq *req, buf *bytes.Buffer, name string) error {
 		for _, c := range counts {
 			k := rq.T("chart.accepted")
 			if c.Decision != "accepted" {
-				k = c.Reason
+				k = rq.ReasonText(c.Reason) // the reason's words, not its code
 				if k == "" {
-					k = "declined"
+					k = rq.T("gate.declined")
 				}
 			}
 			m[k] += int64(c.N)
@@ -183,7 +183,7 @@ func (w *Web) scanChart(rq *req, buf *bytes.Buffer, name string) error {
 	case "scenarios":
 		m := map[string]int64{}
 		for _, c := range counts {
-			m[c.Scenario] += int64(c.N)
+			m[rq.ScenarioName(c.Scenario)] += int64(c.N)
 		}
 		s := sortedKV(m)
 		if len(s) > 10 {

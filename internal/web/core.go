@@ -205,13 +205,14 @@ func fmtTime(t time.Time) string {
 
 func parsePages() (map[string]*template.Template, error) {
 	funcs := template.FuncMap{
-		"yuan":   yuan,
-		"yuanc":  yuanGrouped,
-		"money":  money,
-		"signed": signedMoney,
-		"time":   fmtTime,
-		"query":  url.QueryEscape,
-		"add":    func(a, b int) int { return a + b },
+		"yuan":      yuan,
+		"yuanc":     yuanGrouped,
+		"money":     money,
+		"signed":    signedMoney,
+		"hasPrefix": strings.HasPrefix,
+		"time":      fmtTime,
+		"query":     url.QueryEscape,
+		"add":       func(a, b int) int { return a + b },
 		"pct": func(a, b int) int {
 			if b == 0 {
 				return 0

@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
@@ -10,6 +11,7 @@ import (
 	_ "image/png"
 	"io"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -58,6 +60,8 @@ type gateData struct {
 	Result    *ScanResult
 	Decoded   bool
 	Scenario  string
+	// View is the result's view as labelled rows.
+	View []viewRow
 }
 
 func (w *Web) gateData(rq *req) (gateData, error) {
@@ -188,14 +192,109 @@ func (w *Web) gateScan(rq *req) error {
 			return fail(err)
 		}
 	}
+	// The form asks for yuan, so a missing or bad amount is explained in
+	// yuan (the scan service's own text speaks of fen, for the API).
+	amountErr := apperr.Invalid("amount", "this scenario needs the amount in yuan, e.g. 2.00", "此场景需要填写金额（元），例如 2.00")
+	if amount == 0 && w.d.Catalog != nil {
+		if sc, err := w.d.Catalog.Scenario(rq.r.Context(), term.Scenario); err == nil && sc.AmountFromTerminal {
+			return fail(amountErr)
+		}
+	}
 	res, err := w.d.Scan(rq.r.Context(), ScanRequest{TerminalID: term.ID, Scenario: term.Scenario, Code: d.Code, CardNumber: d.Card,
 		AmountFen: amount, IdempotencyKey: "gate-" + auth.RandomID("")})
+	if apperr.CodeOf(err) == apperr.InvalidAmount {
+		return fail(amountErr)
+	}
 	if err != nil {
 		return fail(err)
 	}
+	if res.Reason == string(apperr.InvalidAmount) {
+		res.Message, res.MessageZh = amountErr.Text()
+	}
 	d.Result = &res
+	d.View = rq.viewRows(res.View, term.Scenario)
 	d.Code = "" // a used code is not shown again
 	return rq.render(200, "gate.html", "gate.title", d)
+}
+
+// viewRow is one line of "what the terminal sees": the field's label and
+// its value written for people (money in yuan, categories in words).
+type viewRow struct{ Key, Label, Value string }
+
+// viewRows labels a scan's view in the order of the view vocabulary.
+func (rq *req) viewRows(view map[string]any, scenario string) []viewRow {
+	var out []viewRow
+	seen := map[string]bool{}
+	add := func(k string) {
+		v, ok := view[k]
+		if !ok || seen[k] {
+			return
+		}
+		seen[k] = true
+		out = append(out, viewRow{Key: k, Label: rq.T("view." + k), Value: rq.viewValue(k, v, scenario)})
+	}
+	for _, f := range catalog.Fields() {
+		add(f.Name)
+	}
+	var rest []string
+	for k := range view {
+		if !seen[k] {
+			rest = append(rest, k)
+		}
+	}
+	sort.Strings(rest)
+	for _, k := range rest {
+		add(k)
+	}
+	return out
+}
+
+func (rq *req) viewValue(key string, v any, scenario string) string {
+	s := fmt.Sprint(v)
+	if strings.HasSuffix(key, "_fen") {
+		var fen int64
+		switch n := v.(type) {
+		case int64:
+			fen = n
+		case int:
+			fen = int64(n)
+		case float64:
+			fen = int64(n)
+		case json.Number:
+			fen, _ = n.Int64()
+		default:
+			return s
+		}
+		return money(fen)
+	}
+	switch key {
+	case "decision":
+		return rq.T("gate." + s)
+	case "reason":
+		return rq.ReasonText(s)
+	case "category":
+		return rq.T("cat." + s)
+	case "card_status":
+		return rq.T("status." + s)
+	case "home_city":
+		if s == rq.web.d.City {
+			return rq.Msg("this city", "本市") + "（" + s + "）"
+		}
+		return rq.Msg("another city", "外地") + "（" + s + "）"
+	case "age_band":
+		return rq.Msg(s+" years", s+" 岁")
+	case "concession":
+		if rq.web.d.Catalog != nil {
+			if sc, err := rq.web.d.Catalog.Scenario(rq.r.Context(), scenario); err == nil {
+				for _, c := range sc.Concessions {
+					if c.ID == s {
+						return rq.Msg(c.NameEn, c.NameZh)
+					}
+				}
+			}
+		}
+	}
+	return s
 }
 
 // parseYuan reads an amount in yuan ("2", "2.5", "2.50") as fen.

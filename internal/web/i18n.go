@@ -396,6 +396,24 @@ var messages = map[string][2]string{
 	"gate.decoded":  {"二维码已在服务器端识别。", "The QR code was decoded on the server."},
 	"gate.try":      {"试扫", "Try"},
 
+	"view.decision":            {"受理结果", "Decision"},
+	"view.reason":              {"拒绝原因", "Reason"},
+	"view.charged_fen":         {"扣款金额", "Amount charged"},
+	"view.payout_fen":          {"发放金额", "Amount paid out"},
+	"view.medical_paid_fen":    {"医保个人账户支付", "Paid from the medical account"},
+	"view.wallet_paid_fen":     {"钱包支付", "Paid from the wallet"},
+	"view.concession":          {"所享优惠", "Concession"},
+	"view.masked_name":         {"姓名（脱敏）", "Name (masked)"},
+	"view.name":                {"姓名", "Name"},
+	"view.masked_id_number":    {"证件号码（脱敏）", "ID number (masked)"},
+	"view.category":            {"人员类别", "Category"},
+	"view.age_band":            {"年龄段", "Age band"},
+	"view.card_status":         {"卡片状态", "Card status"},
+	"view.balance_fen":         {"钱包余额", "Wallet balance"},
+	"view.medical_balance_fen": {"医保个人账户余额", "Medical account balance"},
+	"view.photo_ref":           {"照片引用", "Photo reference"},
+	"view.home_city":           {"发卡城市", "Home city"},
+
 	"chart.scans-hour": {"近24小时各服务事项扫码量", "Scans per hour by service item (24 h)"},
 	"chart.decisions":  {"通过与拒绝原因", "Accepted and decline reasons"},
 	"chart.scenarios":  {"扫码最多的场景", "Top scenarios"},
@@ -454,7 +472,7 @@ func tr(lang, key string) string {
 	if !ok {
 		if i := strings.IndexByte(key, '.'); i > 0 {
 			switch key[:i] {
-			case "kind", "status", "cat", "dispute", "payout", "role", "sex", "event", "scenariokind", "provkind", "audit":
+			case "kind", "status", "cat", "dispute", "payout", "role", "sex", "event", "scenariokind", "provkind", "audit", "view":
 				return key[i+1:]
 			}
 		}

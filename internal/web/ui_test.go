@@ -99,4 +99,74 @@ func TestPagesSpeakPlainly(t *testing.T) {
 		_, csvText, _ = b.do("GET", "/console/takings/export?format=csv&provider="+prov, nil)
 		mustContain(t, "settlement export", csvText, "扫码消费")
 	})
+
+	t.Run("console pages: roles, sex, card history, kinds and headers in Chinese", func(t *testing.T) {
+		hr := newBrowser(t, tn.URL).staffAs(tn, "hr_admin")
+		_, body, _ := hr.do("GET", "/console/", nil)
+		mustContain(t, "home", body, `id="role">人社管理员<`, `class="who">人社管理员<`)
+		_, body, _ = hr.do("GET", "/console/?m=foo", nil)
+		mustNotContain(t, "home with an unknown message", body, "flash.foo", `id="flash"`)
+		_, body, _ = hr.do("GET", "/console/residents/"+rid, nil)
+		mustContain(t, "resident", body, "发卡", "正常")
+		if !strings.Contains(body, "性别: 男") && !strings.Contains(body, "性别: 女") {
+			t.Fatalf("sex not in words: %.2000s", contentOf(body))
+		}
+		mustNotContain(t, "resident", body, "<td>issued</td>", "→ active")
+		_, body, _ = hr.do("GET", "/console/scenarios", nil)
+		mustContain(t, "scenarios", body, "<th>编号</th><th>名称</th>", "<td>收费</td>", "<td>身份核验</td>")
+		mustNotContain(t, "scenarios", body, "<td>charge</td>", "<th>ID</th>", "<th>姓名</th>")
+		_, body, _ = hr.do("GET", "/console/audit", nil)
+		mustContain(t, "audit", body, "管理台登录", "console_sign_in", "人社管理员")
+		op := newBrowser(t, tn.URL).staffAs(tn, "operator")
+		_, body, _ = op.do("GET", "/console/terminals", nil)
+		mustContain(t, "terminals", body, "<td>公共交通</td>", bus.NameZh, "<th>名称</th>", "<th>编号</th>")
+		mustNotContain(t, "terminals", body, "<td>transit</td>", "<th>姓名</th>", "<th>ID</th>")
+	})
+
+	t.Run("the gate names scenarios, explains declines and labels the view", func(t *testing.T) {
+		b := newBrowser(t, tn.URL).staffAs(tn, "operator")
+		var busKey, exitKey string
+		for _, term := range tn.Demo.Terminals {
+			switch term.Scenario {
+			case "transit.bus":
+				busKey = term.ID + "/" + term.Scenario
+			case "transit.metro_exit":
+				exitKey = term.ID + "/" + term.Scenario
+			}
+		}
+		if busKey == "" || exitKey == "" {
+			t.Fatalf("demo terminals: %+v", tn.Demo.Terminals)
+		}
+		_, body, _ := b.do("GET", "/gate", nil)
+		opt := body[strings.Index(body, `value="`+exitKey+`"`):]
+		opt = opt[:strings.Index(opt, "</option>")]
+		if strings.Contains(opt, ">transit.") || strings.Count(opt, "郑州地铁") > 1 || !strings.Contains(opt, "轨道交通出站扣费") {
+			t.Fatalf("the metro exit option: %s", opt)
+		}
+		scan := func(key string, form url.Values) string {
+			form.Set("csrf", b.csrf("/gate"))
+			form.Set("terminal", key)
+			_, body, _ := b.do("POST", "/gate", form)
+			return contentOf(body)
+		}
+		body = scan(exitKey, url.Values{"card_number": {tn.Demo.Residents[1].CardNumber}})
+		mustContain(t, "a metro exit without an amount", body, "金额（元）")
+		mustNotContain(t, "a metro exit without an amount", body, "（分）")
+		body = scan(busKey, url.Values{"code": {"garbage"}})
+		mustContain(t, "a malformed code", body, `data-reason="malformed"`, `<span id="reason">`)
+		if r := body[strings.Index(body, `<span id="reason">`):]; strings.Contains(r[:strings.Index(r, "</span>")], "malformed") {
+			t.Fatalf("the reason shows its code: %s", r)
+		}
+		body = scan(busKey, url.Values{"card_number": {tn.Demo.Residents[2].CardNumber}})
+		view := body[strings.Index(body, `id="view"`):]
+		mustNotContain(t, "the view", view, "<th>charged_fen</th>", "<th>decision</th>", "permanent_resident</td>", "<td>200</td>")
+		mustContain(t, "the view", view, "受理结果")
+	})
+
+	t.Run("the dashboard names decline reasons", func(t *testing.T) {
+		b := newBrowser(t, tn.URL).staffAs(tn, "operator")
+		_, svg, _ := b.do("GET", "/console/charts/decisions.svg", nil)
+		mustNotContain(t, "the decisions chart", svg, ">malformed<")
+		mustContain(t, "the decisions chart", svg, "码格式错误")
+	})
 }
