@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/text/encoding/simplifiedchinese"
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
@@ -168,6 +171,9 @@ func parseEnrolCSV(r io.Reader) ([]csvRow, error) {
 	col := map[string]int{}
 	for i, h := range head {
 		h = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))
+		if en, ok := enrolColumns[h]; ok {
+			h = en
+		}
 		col[h] = i
 	}
 	for _, need := range []string{"name", "id_number", "category"} {
@@ -205,7 +211,7 @@ func parseEnrolCSV(r io.Reader) ([]csvRow, error) {
 		if len(rec) == 1 && strings.TrimSpace(rec[0]) == "" {
 			continue // blank line
 		}
-		row.in = resident.EnrolInput{Name: get(rec, "name"), IDNumber: get(rec, "id_number"), Category: get(rec, "category")}
+		row.in = resident.EnrolInput{Name: get(rec, "name"), IDNumber: get(rec, "id_number"), Category: categoryCode(get(rec, "category"))}
 		row.pin = get(rec, "pin")
 		switch strings.ToLower(get(rec, "issue_card")) {
 		case "", "1", "yes", "true", "是":
@@ -228,6 +234,52 @@ func parseEnrolCSV(r io.Reader) ([]csvRow, error) {
 		return nil, apperr.Invalid("file", "the file has no rows after the header", "文件除表头外没有数据行")
 	}
 	return rows, nil
+}
+
+// enrolColumns are the Chinese column names a file may use instead of the
+// English ones.
+var enrolColumns = map[string]string{
+	"姓名": "name", "证件号码": "id_number", "证件号": "id_number", "身份证号码": "id_number", "身份证号": "id_number",
+	"人员类别": "category", "类别": "category", "密码": "pin", "初始密码": "pin", "发卡": "issue_card", "是否发卡": "issue_card",
+}
+
+// categoryCode reads a category as its code (local, …) or as a label the
+// pages show for it, in either language, or a common Chinese variant.
+func categoryCode(s string) string {
+	t := strings.ToLower(strings.TrimSpace(s))
+	for _, c := range []string{resident.CategoryLocal, resident.CategoryInsuredNonlocal, resident.CategoryPermanentResident} {
+		if t == c {
+			return c
+		}
+		if m, ok := messages["cat."+c]; ok && (t == strings.ToLower(m[0]) || t == strings.ToLower(m[1])) {
+			return c
+		}
+	}
+	switch t {
+	case "本地", "本市", "本地户籍", "本市户口", "本地户口":
+		return resident.CategoryLocal
+	case "参保异地", "异地参保", "参保非本地", "非本市户籍参保", "参保非本地户籍":
+		return resident.CategoryInsuredNonlocal
+	case "外国人", "永久居留", "外国人永久居留身份证", "外国人永久居留者":
+		return resident.CategoryPermanentResident
+	}
+	return strings.TrimSpace(s)
+}
+
+// utf8Text returns the file as UTF-8: a file that is not valid UTF-8 is
+// read as GB18030 (a superset of GBK), which is what Excel writes when a
+// Chinese Windows saves "CSV". golang.org/x/text is the Go team's own
+// module (already required by the node); its simplifiedchinese decoder is
+// the standard one.
+func utf8Text(b []byte) []byte {
+	if utf8.Valid(b) {
+		return b
+	}
+	out, err := simplifiedchinese.GB18030.NewDecoder().Bytes(b)
+	if err != nil {
+		return b // each row then says it is not UTF-8
+	}
+	return out
 }
 
 // runEnrolJob applies the rows one by one.
@@ -289,7 +341,11 @@ func (w *Web) consoleCSVUpload(rq *req) error {
 		return rq.renderWithError(apperr.Invalid("file", "choose a CSV file to upload", "请选择要上传的 CSV 文件"), "c_csv.html", "c.csv.title", nil)
 	}
 	defer f.Close()
-	rows, err := parseEnrolCSV(io.LimitReader(f, maxCSVBytes))
+	data, err := io.ReadAll(io.LimitReader(f, maxCSVBytes))
+	if err != nil {
+		return rq.renderWithError(apperr.Invalid("file", "the file could not be read; upload it again", "无法读取文件，请重新上传"), "c_csv.html", "c.csv.title", nil)
+	}
+	rows, err := parseEnrolCSV(bytes.NewReader(utf8Text(data)))
 	if err != nil {
 		return rq.renderWithError(err, "c_csv.html", "c.csv.title", nil)
 	}

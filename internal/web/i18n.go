@@ -138,7 +138,7 @@ var messages = map[string][2]string{
 	"c.enrol.pin":           {"初始密码（可留空，稍后设置）", "Initial PIN (optional)"},
 	"c.enrol.submit":        {"登记", "Enrol"},
 	"c.csv.title":           {"批量登记", "Bulk enrolment"},
-	"c.csv.help":            {"CSV 文件（UTF-8），首行为列名：name,id_number,category，可选 pin,issue_card。每行单独校验，有误的行会逐行列出；重复上传同一文件不会重复登记。", "A CSV file (UTF-8) whose first line names the columns name,id_number,category and optionally pin,issue_card. Each row is checked on its own and bad rows are listed; uploading the same file again enrols no one twice."},
+	"c.csv.help":            {"CSV 文件（UTF-8，或 Excel 另存的 GBK 编码 CSV），首行为列名：name,id_number,category（或 姓名,证件号码,人员类别），可选 pin,issue_card（密码,是否发卡）。人员类别可填 local / insured_nonlocal / permanent_resident 或 本市户籍、参保非本市户籍、外国人永久居留。每行单独校验，有误的行会逐行列出；重复上传同一文件不会重复登记。", "A CSV file (UTF-8, or GBK as Chinese Excel saves it) whose first line names the columns name,id_number,category (or 姓名,证件号码,人员类别) and optionally pin,issue_card (密码,是否发卡). The category is local, insured_nonlocal or permanent_resident, or its label (本市户籍, 参保非本市户籍, 外国人永久居留). Each row is checked on its own and bad rows are listed; uploading the same file again enrols no one twice."},
 	"c.csv.file":            {"文件", "File"},
 	"c.csv.upload":          {"上传并登记", "Upload and enrol"},
 	"c.csv.enrolled":        {"已登记", "enrolled"},

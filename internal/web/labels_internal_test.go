@@ -1,8 +1,12 @@
 package web
 
 import (
+	"bytes"
 	"strings"
 	"testing"
+	"unicode/utf8"
+
+	"golang.org/x/text/encoding/simplifiedchinese"
 )
 
 func TestMoneyFormats(t *testing.T) {
@@ -36,5 +40,37 @@ func TestMemoText(t *testing.T) {
 	m := "cross-city fare corrected / 异地消费调整"
 	if memoText("zh", m) != "异地消费调整" || memoText("en", m) != "cross-city fare corrected" || memoText("zh", "plain") != "plain" {
 		t.Fatal(memoText("zh", m), memoText("en", m))
+	}
+}
+
+// A file saved by Chinese Excel (GBK), with Chinese column names and
+// category labels, reads like the English UTF-8 one.
+func TestEnrolCSVFromChineseExcel(t *testing.T) {
+	text := "姓名,证件号码,人员类别,密码\r\n张三,11010519491231002X,本市户籍,\r\n李四,11010519491231002X,参保异地,\r\n王五,11010519491231002X,外国人永久居留,\r\n赵六,11010519491231002X,\"Insured, non-local\"\r\n"
+	gbk, err := simplifiedchinese.GBK.NewEncoder().Bytes([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if utf8.Valid(gbk) {
+		t.Fatal("the test file is valid UTF-8")
+	}
+	rows, err := parseEnrolCSV(bytes.NewReader(utf8Text(gbk)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ name, cat string }{{"张三", "local"}, {"李四", "insured_nonlocal"}, {"王五", "permanent_resident"}, {"赵六", "insured_nonlocal"}}
+	if len(rows) != len(want) {
+		t.Fatalf("%d rows", len(rows))
+	}
+	for i, w := range want {
+		if rows[i].in.Name != w.name || rows[i].in.Category != w.cat || rows[i].in.IDNumber != "11010519491231002X" {
+			t.Errorf("row %d: %+v", i, rows[i].in)
+		}
+	}
+	for _, c := range [][2]string{{"本市户籍", "local"}, {"本地", "local"}, {"参保非本市户籍", "insured_nonlocal"}, {"异地参保", "insured_nonlocal"},
+		{"Foreign permanent resident", "permanent_resident"}, {"local", "local"}, {"unknown", "unknown"}} {
+		if g := categoryCode(c[0]); g != c[1] {
+			t.Errorf("%s: %s, want %s", c[0], g, c[1])
+		}
 	}
 }

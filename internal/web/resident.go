@@ -64,7 +64,7 @@ func (w *Web) residentLogin(rq *req) error {
 	}
 	tok, _, err := w.d.ResidentLogin(rq.r.Context(), card, pin)
 	if err != nil {
-		return rq.renderWithError(err, "r_login.html", "r.login.title", data)
+		return rq.renderWithError(w.signInNextStep(rq, card, err), "r_login.html", "r.login.title", data)
 	}
 	p, err := w.d.Auth.Authenticate(rq.r.Context(), tok)
 	if err != nil {
@@ -78,6 +78,34 @@ func (w *Web) residentLogin(rq *req) error {
 		next = "/r/"
 	}
 	return redirect(next)
+}
+
+// signInNextStep turns "the card is lost/replaced/cancelled" into what the
+// resident can do about it.
+func (w *Web) signInNextStep(rq *req, card string, err error) error {
+	if apperr.CodeOf(err) != apperr.CardNotActive {
+		return err
+	}
+	c, cerr := w.d.Residents.Card(rq.r.Context(), card)
+	if cerr != nil {
+		return err
+	}
+	e := apperr.As(err)
+	switch c.Status {
+	case resident.StatusLost:
+		e = apperr.Newf(apperr.CardNotActive,
+			"This card has been reported lost. If you find it, bring your ID document to a service counter to recover it, or ask for a replacement card.",
+			"该卡已挂失。找回后请携带身份证件到服务窗口解挂，或办理补卡。")
+	case resident.StatusReplaced:
+		e = apperr.Newf(apperr.CardNotActive,
+			"This card has been replaced; sign in with the new card's number.",
+			"该卡已补换，请使用新卡卡号登录。")
+	case resident.StatusCancelled:
+		e = apperr.Newf(apperr.CardNotActive,
+			"This card has been cancelled. A service counter can issue a new card.",
+			"该卡已注销。如需继续使用，请到服务窗口办理新卡。")
+	}
+	return e
 }
 
 func unavailable(what string) error {

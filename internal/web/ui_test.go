@@ -169,4 +169,29 @@ func TestPagesSpeakPlainly(t *testing.T) {
 		mustNotContain(t, "the decisions chart", svg, ">malformed<")
 		mustContain(t, "the decisions chart", svg, "码格式错误")
 	})
+
+	t.Run("a lost card at sign-in says what to do next", func(t *testing.T) {
+		lost := tn.Demo.Residents[1]
+		if _, err := tn.Residents.ReportLost(ctx, lost.CardNumber, "test"); err != nil {
+			t.Fatal(err)
+		}
+		b := newBrowser(t, tn.URL)
+		tok := b.csrf("/r/login")
+		_, body, _ := b.do("POST", "/r/login", url.Values{"csrf": {tok}, "card_number": {lost.CardNumber}, "pin": {lost.PIN}})
+		mustContain(t, "sign-in with a lost card", body, "该卡已挂失。找回后请携带身份证件到服务窗口解挂，或办理补卡。")
+		b.do("GET", "/lang?l=en", nil)
+		tok = b.csrf("/r/login")
+		_, body, _ = b.do("POST", "/r/login", url.Values{"csrf": {tok}, "card_number": {lost.CardNumber}, "pin": {lost.PIN}})
+		mustContain(t, "English sign-in with a lost card", body, "reported lost", "service counter")
+	})
+
+	t.Run("the bulk enrolment sample box is closed before the file input", func(t *testing.T) {
+		_, body, _ := newBrowser(t, tn.URL).staffAs(tn, "hr_admin").do("GET", "/console/enrol/csv", nil)
+		for _, pre := range strings.Split(body, `<pre class="sample">`)[1:] {
+			if i, j := strings.Index(pre, "</pre>"), strings.Index(pre, `id="csv-file"`); i < 0 || (j >= 0 && j < i) {
+				t.Fatalf("an unclosed sample: %.600s", pre)
+			}
+		}
+		mustContain(t, "bulk enrolment", body, "姓名,证件号码,人员类别", "GBK")
+	})
 }
