@@ -44,6 +44,18 @@ func (s *Service) applyMany(ctx context.Context, peer string, msgs []Charge) ([]
 			out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}
 			continue
 		}
+		if c.Mode != ModeVoid {
+			// A day both cities signed is final (daySettled).
+			settled, err := s.daySettled(ctx, peer, c.CreatedAt)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			if settled {
+				out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}
+				continue
+			}
+		}
 		if c.Mode == ModeGuaranteed && c.AmountFen > s.cfg.RiskLimitFen {
 			// Not one we owe: a sender accepts without us only within the
 			// region's risk limit (book does the same).

@@ -327,6 +327,30 @@ func (s *Service) HandleStatement(ctx context.Context, data []byte) ([]byte, err
 	return Seal(s.City, env.From, KindAnswer, s.Now(), out, s.Node())
 }
 
+// daySettled reports whether the day (UTC) of at has a statement with
+// peer that both cities signed. A charge dated on such a day is refused:
+// the day's statement is final (a settled day means every message of it
+// had been delivered, so only a back-dated message can arrive later).
+func (s *Service) daySettled(ctx context.Context, peer string, at time.Time) (bool, error) {
+	day := at.UTC().Format("2006-01-02")
+	if day >= s.Now().UTC().Format("2006-01-02") {
+		return false, nil // today is never settled
+	}
+	k := peer + "|" + day
+	if _, ok := s.settled.Load(k); ok {
+		return true, nil
+	}
+	var n int
+	err := s.DB.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM fed_statements WHERE peer = $1 AND day = $2 AND ours <> '' AND theirs <> '' AND theirs <> 'null' AND ours <> 'null'`, peer, day).Scan(&n)
+	if err != nil {
+		return false, unavailable(err)
+	}
+	if n > 0 {
+		s.settled.Store(k, true)
+	}
+	return n > 0, nil
+}
+
 func (s *Service) saveStatement(ctx context.Context, peer string, st Statement, ours, theirs *trust.Signature, mine bool) error {
 	b, _ := json.Marshal(st)
 	o, _ := json.Marshal(ours)

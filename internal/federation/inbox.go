@@ -151,6 +151,13 @@ func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswe
 	if !s.scanAtOK(c) {
 		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}, nil
 	}
+	if c.Mode != ModeVoid {
+		if settled, err := s.daySettled(ctx, peer, c.CreatedAt); err != nil {
+			return ChargeAnswer{}, err
+		} else if settled {
+			return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}, nil
+		}
+	}
 	if c.Mode == ModeGuaranteed && c.AmountFen > s.cfg.RiskLimitFen {
 		// A sender accepts a card without its home city only within the
 		// region's risk limit: a larger guaranteed charge is not one we owe.

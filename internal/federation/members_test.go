@@ -112,3 +112,34 @@ func TestFutureDatedChargeRefused(t *testing.T) {
 		t.Fatalf("the wallet moved: %d → %d", w0, got)
 	}
 }
+
+// A day both cities signed is final: a charge dated on it afterwards (a
+// back-dated message) is refused, and the signed statement stays.
+func TestSettledDayIsFinal(t *testing.T) {
+	a, b := pollingHourly(t, nil)
+	ctx := context.Background()
+	sts, err := b.Fed.Settle(ctx, "2020-01-01")
+	if err != nil || len(sts) != 1 || !sts[0].Agreed {
+		t.Fatalf("settle: %+v %v", sts, err)
+	}
+	card, _ := a.Residents.Card(ctx, a.demo.Residents[0].CardNumber)
+	c := federation.Charge{ID: federation.MessageID(b.id, "backdated-1"), Mode: federation.ModeGuaranteed, Subject: card.Token, AmountFen: 100,
+		Scenario: "transit.bus", CreatedAt: time.Date(2020, 1, 1, 12, 0, 0, 0, time.UTC)}
+	env, err := federation.Seal(b.id, a.id, federation.KindMessages, time.Now(), map[string]any{"messages": []any{c}}, b.Keys.NodeSigner())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := nodetest.NewClient(a.url, "").Do(t, "POST", "/v1/federation/messages", env)
+	e, err := federation.Open(r.Body, b.id, federation.KindAnswer, b.Fed.Members(), time.Now())
+	if err != nil {
+		t.Fatalf("%d %s: %v", r.Status, r.Body, err)
+	}
+	var ans struct{ Results []federation.ChargeAnswer }
+	if err := json.Unmarshal(e.Body, &ans); err != nil || len(ans.Results) != 1 || ans.Results[0].State != federation.StateDeclined {
+		t.Fatalf("a charge on a settled day: %s %v", e.Body, err)
+	}
+	again, err := b.Fed.Settle(ctx, "2020-01-01")
+	if err != nil || len(again) != 1 || !again[0].Agreed || again[0].Statement != sts[0].Statement {
+		t.Fatalf("the settled day changed: %+v → %+v %v", sts, again, err)
+	}
+}

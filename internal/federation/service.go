@@ -191,6 +191,9 @@ type Service struct {
 	down map[string]time.Time
 	// risk serialises each card's offline acceptances (by riskStripe).
 	risk [riskStripes]sync.Mutex
+	// settled caches the days agreed with a peer ("peer|day" → true): a
+	// day once countersigned stays so.
+	settled sync.Map
 
 	// reruns coalesces the rounds of bundle notices and the fetches they
 	// cause (announce.go).
