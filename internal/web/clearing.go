@@ -153,14 +153,14 @@ func dayRange(from, to string) (time.Time, time.Time, error) {
 	if from != "" {
 		t, err := time.ParseInLocation(time.DateOnly, from, cst)
 		if err != nil {
-			return lo, hi, apperr.Invalid("from", "from must be a date (YYYY-MM-DD)", "开始日期格式须为 YYYY-MM-DD")
+			return lo, hi, apperr.Invalid("from", "write the start date as year-month-day, e.g. 2026-11-01", "开始日期格式应为 年-月-日，例如 2026-11-01")
 		}
 		lo = t
 	}
 	if to != "" {
 		t, err := time.ParseInLocation(time.DateOnly, to, cst)
 		if err != nil {
-			return lo, hi, apperr.Invalid("to", "to must be a date (YYYY-MM-DD)", "结束日期格式须为 YYYY-MM-DD")
+			return lo, hi, apperr.Invalid("to", "write the end date as year-month-day, e.g. 2026-11-01", "结束日期格式应为 年-月-日，例如 2026-11-01")
 		}
 		hi = t.Add(24 * time.Hour)
 	}
@@ -240,7 +240,7 @@ func (w *Web) consoleClearingSettle(rq *req) error {
 		day = d.Day
 	}
 	if _, err := time.Parse(time.DateOnly, day); err != nil {
-		return rq.renderWithError(apperr.Invalid("day", "day must be YYYY-MM-DD", "日期格式须为 YYYY-MM-DD"), "c_clearing.html", "c.clearing.title", d)
+		return rq.renderWithError(apperr.Invalid("day", "write the day as year-month-day, e.g. 2026-11-01", "日期格式应为 年-月-日，例如 2026-11-01"), "c_clearing.html", "c.clearing.title", d)
 	}
 	d.Day = day
 	sts, err := w.d.ClearingSettle(ctx, day)

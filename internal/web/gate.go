@@ -217,6 +217,40 @@ func (w *Web) gateScan(rq *req) error {
 	return rq.render(200, "gate.html", "gate.title", d)
 }
 
+// normalizeAmount turns full-width characters into ASCII and drops a
+// currency sign, a trailing 元 and thousands separators (groups of three).
+func normalizeAmount(s string) string {
+	s = strings.Map(func(r rune) rune {
+		switch {
+		case r >= '０' && r <= '９':
+			return '0' + (r - '０')
+		case r == '．' || r == '。':
+			return '.'
+		case r == '，':
+			return ','
+		case r == '　':
+			return ' '
+		}
+		return r
+	}, s)
+	s = strings.TrimSpace(s)
+	s = strings.TrimPrefix(strings.TrimPrefix(strings.TrimPrefix(s, "¥"), "￥"), "RMB")
+	s = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(s), "元"))
+	if whole, frac, ok := strings.Cut(s, "."); strings.Contains(whole, ",") {
+		groups := strings.Split(whole, ",")
+		for i, g := range groups {
+			if g == "" || len(g) > 3 || (i > 0 && len(g) != 3) {
+				return s // not thousands separators: refused as it is
+			}
+		}
+		s = strings.Join(groups, "")
+		if ok {
+			s += "." + frac
+		}
+	}
+	return s
+}
+
 // viewRow is one line of "what the terminal sees": the field's label and
 // its value written for people (money in yuan, categories in words).
 type viewRow struct{ Key, Label, Value string }
@@ -297,9 +331,12 @@ func (rq *req) viewValue(key string, v any, scenario string) string {
 	return s
 }
 
-// parseYuan reads an amount in yuan ("2", "2.5", "2.50") as fen.
+// parseYuan reads an amount in yuan ("2", "2.5", "2.50") as fen. It
+// accepts the ways people write one: thousands separators ("10,000.00"),
+// full-width digits ("６０"), a ¥ or 元 ("¥60", "60元").
 func parseYuan(s string) (int64, error) {
 	bad := apperr.Invalid("amount", "write the amount in yuan, e.g. 2.50", "金额请以元填写，例如 2.50")
+	s = normalizeAmount(s)
 	whole, frac, _ := strings.Cut(s, ".")
 	if whole == "" || len(frac) > 2 || len(whole) > 9 {
 		return 0, bad

@@ -74,3 +74,20 @@ func TestEnrolCSVFromChineseExcel(t *testing.T) {
 		}
 	}
 }
+
+func TestParseYuanForms(t *testing.T) {
+	for in, want := range map[string]int64{"2": 200, "2.5": 250, "10,000.00": 1_000_000, "1,234,567.8": 123_456_780, "６０": 6000,
+		"６０．５": 6050, "60元": 6000, "¥60": 6000, "￥ 1,000 元": 100_000, " 150.00 ": 15000} {
+		if g, err := parseYuan(in); err != nil || g != want {
+			t.Errorf("%q: %d %v, want %d", in, g, err, want)
+		}
+	}
+	for _, in := range []string{"", "1,00", "10,0000", "2.555", "-1", "abc", "1.2.3", ",100"} {
+		if g, err := parseYuan(in); err == nil {
+			t.Errorf("%q: %d, want refused", in, g)
+		}
+	}
+	if _, err := parseDay("11/01/2026", "from"); err == nil || !strings.Contains(err.Error(), "year-month-day") {
+		t.Fatalf("date error: %v", err)
+	}
+}

@@ -246,7 +246,7 @@ func parseDay(s, field string) (time.Time, error) {
 	}
 	t, err := time.ParseInLocation("2006-01-02", s, cst)
 	if err != nil {
-		return time.Time{}, apperr.Invalid(field, "dates are written 2006-01-02", "日期格式应为 2006-01-02")
+		return time.Time{}, apperr.Invalid(field, "write dates as year-month-day, e.g. 2026-11-01", "日期格式应为 年-月-日，例如 2026-11-01")
 	}
 	return t, nil
 }
