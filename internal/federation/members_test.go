@@ -2,13 +2,11 @@ package federation_test
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/federation"
-	"github.com/yikatong/yikatong/internal/node/nodetest"
 	"github.com/yikatong/yikatong/internal/scan"
 )
 
@@ -92,21 +90,8 @@ func TestFutureDatedChargeRefused(t *testing.T) {
 	w0 := a.wallet(t, a.demo.Residents[0].CardNumber)
 	c := federation.Charge{ID: federation.MessageID(b.id, "future-1"), Mode: federation.ModeGuaranteed, Subject: card.Token, AmountFen: 100,
 		Scenario: "transit.bus", CreatedAt: time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC)}
-	env, err := federation.Seal(b.id, a.id, federation.KindMessages, time.Now(), map[string]any{"messages": []any{c}}, b.Keys.NodeSigner())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := nodetest.NewClient(a.url, "").Do(t, "POST", "/v1/federation/messages", env)
-	if r.Status != 200 {
-		t.Fatalf("batch: %d %s", r.Status, r.Body)
-	}
-	e, err := federation.Open(r.Body, b.id, federation.KindAnswer, b.Fed.Members(), time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ans struct{ Results []federation.ChargeAnswer }
-	if err := json.Unmarshal(e.Body, &ans); err != nil || len(ans.Results) != 1 || ans.Results[0].State != federation.StateDeclined || ans.Results[0].Reason != "clock_skew" {
-		t.Fatalf("answer %s %v", e.Body, err)
+	if ans := deliver(t, a, b, c)[0]; ans.State != federation.StateDeclined || ans.Reason != "clock_skew" {
+		t.Fatalf("answer %+v", ans)
 	}
 	if got := a.wallet(t, a.demo.Residents[0].CardNumber); got != w0 {
 		t.Fatalf("the wallet moved: %d → %d", w0, got)
@@ -125,21 +110,12 @@ func TestSettledDayIsFinal(t *testing.T) {
 	card, _ := a.Residents.Card(ctx, a.demo.Residents[0].CardNumber)
 	c := federation.Charge{ID: federation.MessageID(b.id, "backdated-1"), Mode: federation.ModeGuaranteed, Subject: card.Token, AmountFen: 100,
 		Scenario: "transit.bus", CreatedAt: time.Date(2020, 1, 1, 12, 0, 0, 0, time.UTC)}
-	env, err := federation.Seal(b.id, a.id, federation.KindMessages, time.Now(), map[string]any{"messages": []any{c}}, b.Keys.NodeSigner())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := nodetest.NewClient(a.url, "").Do(t, "POST", "/v1/federation/messages", env)
-	e, err := federation.Open(r.Body, b.id, federation.KindAnswer, b.Fed.Members(), time.Now())
-	if err != nil {
-		t.Fatalf("%d %s: %v", r.Status, r.Body, err)
-	}
-	var ans struct{ Results []federation.ChargeAnswer }
-	if err := json.Unmarshal(e.Body, &ans); err != nil || len(ans.Results) != 1 || ans.Results[0].State != federation.StateDeclined {
-		t.Fatalf("a charge on a settled day: %s %v", e.Body, err)
+	if ans := deliver(t, a, b, c)[0]; ans.State != federation.StateDeclined {
+		t.Fatalf("a charge on a settled day: %+v", ans)
 	}
 	again, err := b.Fed.Settle(ctx, "2020-01-01")
 	if err != nil || len(again) != 1 || !again[0].Agreed || again[0].Statement != sts[0].Statement {
 		t.Fatalf("the settled day changed: %+v → %+v %v", sts, again, err)
 	}
 }
+
