@@ -24,7 +24,8 @@ import (
 
 // Subsidy programmes (惠民惠农补贴) in the console. Finance creates a
 // programme and funds it from the treasury; hr_admin uploads payout lists
-// (CSV: ID number or card number, amount_fen, reference). The paying is
+// (CSV: ID number or card number, amount in yuan — or in fen under an
+// amount_fen header — and reference; the API's lists stay in fen). The paying is
 // internal/subsidy's: every line is paid at most once however often a list
 // is uploaded (its ledger idempotency key is programme + reference).
 //
@@ -50,6 +51,9 @@ type programme struct {
 	Budget  int64  // funded so far
 	Paid    int64  // paid out, net of reversals
 	FundKey string // idempotency key of this programme's funding form
+	// FundAmount is what was typed in this programme's funding form, kept
+	// after an error.
+	FundAmount string
 }
 
 // PathID is the id as a URL path segment. Ids are restricted to a safe
@@ -121,6 +125,8 @@ type subsidiesData struct {
 	Programmes []programme
 	// Form values kept after an error.
 	ID, Label string
+	// FundID, FundAmount: the funding form that failed.
+	FundID, FundAmount string
 }
 
 func (w *Web) needSubsidies() error {
@@ -137,6 +143,9 @@ func (w *Web) subsidiesPage(rq *req, err error, d subsidiesData) error {
 	}
 	for i := range ps {
 		ps[i].FundKey = randToken(12)
+		if d.FundID != "" && ps[i].ID == d.FundID {
+			ps[i].FundAmount = d.FundAmount
+		}
 	}
 	d.Programmes = ps
 	if err != nil {
@@ -179,7 +188,8 @@ func (w *Web) consoleFundProgramme(rq *req) error {
 	}
 	id := rq.r.PathValue("id")
 	key := rq.r.PostFormValue("key")
-	amount, err := parseYuan(strings.TrimSpace(rq.r.PostFormValue("amount")))
+	typed := strings.TrimSpace(rq.r.PostFormValue("amount"))
+	amount, err := parseYuan(typed)
 	if err == nil && amount <= 0 {
 		err = apperr.Invalid("amount", "the amount must be more than zero", "金额须大于零")
 	}
@@ -198,7 +208,7 @@ func (w *Web) consoleFundProgramme(rq *req) error {
 			}
 		}
 	}
-	return w.subsidiesPage(rq, err, subsidiesData{})
+	return w.subsidiesPage(rq, err, subsidiesData{FundID: id, FundAmount: typed})
 }
 
 // payJob is a payout list being paid in the background.
@@ -269,7 +279,12 @@ type payRecord struct {
 // is reported at once as malformed; a header line (first line, second
 // column not a number, naming an amount) is dropped, as subsidy.Upload
 // would drop it.
+//
+// Amounts are in yuan ("150" or "150.00" is ¥150) and converted to fen
+// here, unless the header names the amount column in fen (amount_fen, as
+// the API's lists do), in which case they are passed on as they are.
 func splitPayoutList(r io.Reader) (recs []payRecord, bad []subsidy.LineResult, err error) {
+	inFen := false
 	cr := csv.NewReader(subsidy.SkipBOM(r))
 	cr.FieldsPerRecord = -1
 	cr.TrimLeadingSpace = true
@@ -291,7 +306,12 @@ func splitPayoutList(r io.Reader) (recs []payRecord, bad []subsidy.LineResult, e
 			continue
 		}
 		if n == 1 && len(rec) >= 2 {
-			if _, e := strconv.ParseInt(strings.TrimSpace(rec[1]), 10, 64); e != nil && strings.Contains(strings.ToLower(strings.Join(rec, ",")), "amount") {
+			head := strings.ToLower(strings.Join(rec, ","))
+			if _, e := strconv.ParseInt(strings.TrimSpace(rec[1]), 10, 64); e != nil && (strings.Contains(head, "amount") || strings.Contains(head, "金额")) {
+				// A header naming the amount in fen (amount_fen, 金额（分）)
+				// keeps lists made for the API working as they were.
+				col := strings.ToLower(rec[1])
+				inFen = strings.Contains(col, "fen") || strings.Contains(col, "分")
 				continue
 			}
 		}
@@ -299,6 +319,15 @@ func splitPayoutList(r io.Reader) (recs []payRecord, bad []subsidy.LineResult, e
 			if !utf8.ValidString(f) {
 				return nil, nil, apperr.Invalid("file", "the file is not UTF-8 text (save it as UTF-8)", "文件不是 UTF-8 文本（请以 UTF-8 保存）")
 			}
+		}
+		if !inFen && len(rec) >= 2 {
+			// The console speaks yuan: 150 or 150.00 is ¥150, paid as fen.
+			fen, e := parseYuan(rec[1])
+			if e != nil || fen <= 0 {
+				bad = append(bad, subsidy.LineResult{Line: line, Status: subsidy.Refused, Reason: subsidy.ReasonBadAmount})
+				continue
+			}
+			rec[1] = strconv.FormatInt(fen, 10)
 		}
 		recs = append(recs, payRecord{line: line, rec: rec})
 	}

@@ -26,8 +26,8 @@ func TestSubsidyPayoutListWithBOM(t *testing.T) {
 		hr := newBrowser(t, tn.URL).staffAs(tn, "hr_admin")
 		r := tn.Demo.Residents
 		for _, list := range []string{
-			"\ufeff" + r[0].IDNumber + ",100,ref-bom-1\n" + r[1].CardNumber + ",200,ref-bom-2\n",
-			"\ufeff\"" + r[2].IDNumber + "\",300,ref-bom-3\n", // a quoted first field
+			"\ufeff" + r[0].IDNumber + ",1.00,ref-bom-1\n" + r[1].CardNumber + ",2,ref-bom-2\n", // yuan, without a header
+			"\ufeff\"" + r[2].IDNumber + "\",3.00,ref-bom-3\n",                                  // a quoted first field
 		} {
 			snap, page := payList(t, hr, "bom-2026", list)
 			if n := strings.Count(list, "\n"); snap.Total != n || snap.Paid != n || snap.Refused != 0 || strings.Contains(page, "查无此人") {

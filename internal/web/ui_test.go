@@ -194,4 +194,38 @@ func TestPagesSpeakPlainly(t *testing.T) {
 		}
 		mustContain(t, "bulk enrolment", body, "姓名,证件号码,人员类别", "GBK")
 	})
+
+	t.Run("payout lists in yuan; a failed funding keeps the amount", func(t *testing.T) {
+		if _, err := tn.Subsidies.CreateProgramme(ctx, "yuan-2026", "元名单"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tn.Subsidies.Fund(ctx, "yuan-2026", "fund-yuan", 100_000); err != nil {
+			t.Fatal(err)
+		}
+		hr := newBrowser(t, tn.URL).staffAs(tn, "hr_admin")
+		_, page, _ := hr.do("GET", "/console/subsidies", nil)
+		mustContain(t, "subsidies page", page, "金额（元", "150.00")
+		mustNotContain(t, "subsidies page", page, "金额（分）", "amount_fen,reference\n1101")
+		r := tn.Demo.Residents
+		snap, report := payList(t, hr, "yuan-2026", "证件号码或卡号,金额,流水号\n"+r[0].CardNumber+",150.00,Y-1\n"+r[2].CardNumber+",60元,Y-2\n"+r[2].CardNumber+",abc,Y-3\n")
+		if snap.Paid != 2 || snap.Refused != 1 || snap.PaidFen != 21000 {
+			t.Fatalf("a list in yuan: %+v\n%.2000s", snap, report)
+		}
+		mustContain(t, "payout report", report, "¥210.00", "元金额")
+		snap, _ = payList(t, hr, "yuan-2026", "id_or_card,amount_fen,reference\n"+r[0].CardNumber+",100,F-1\n")
+		if snap.Paid != 1 || snap.PaidFen != 100 {
+			t.Fatalf("a list in fen under an amount_fen header: %+v", snap)
+		}
+
+		fin := newBrowser(t, tn.URL).staffAs(tn, "finance")
+		forms := fundForms(t, fin)
+		var action string
+		for a := range forms {
+			if strings.Contains(a, "yuan-2026") {
+				action = a
+			}
+		}
+		_, body, _ := fin.do("POST", action, url.Values{"csrf": {fin.csrf("/console/subsidies")}, "key": {forms[action]}, "amount": {"12a"}})
+		mustContain(t, "a failed funding", body, `value="12a"`, `id="error"`)
+	})
 }
