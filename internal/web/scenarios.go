@@ -49,7 +49,7 @@ type scenarioForm struct {
 	Categories []string
 	// Concessions has the scenario's concessions plus one empty row.
 	Concessions []catalog.Concession
-	// Raw keeps what was typed in the amount boxes after an error.
+	// Raw keeps what was typed in the amount and number boxes after an error.
 	Raw map[string]string
 }
 
@@ -57,6 +57,17 @@ func (f scenarioForm) HasCategory(c string) bool {
 	return slices.Contains(f.S.Eligibility.Categories, c)
 }
 func (f scenarioForm) HasField(n string) bool { return slices.Contains(f.S.ViewFields, n) }
+
+// Num shows a whole-number box (an age): what was typed, after an error.
+func (f scenarioForm) Num(name string, n int) string {
+	if v, ok := f.Raw[name]; ok {
+		return v
+	}
+	if n == 0 {
+		return ""
+	}
+	return strconv.Itoa(n)
+}
 
 // Amount shows a fen amount as yuan for a form box (or what was typed).
 func (f scenarioForm) Amount(name string, fen int64) string {
@@ -198,6 +209,7 @@ func scenarioFromForm(cur catalog.Scenario, f map[string][]string) (catalog.Scen
 	}
 	number := func(name, label, labelZh string) int {
 		v := get(name)
+		raw[name] = v
 		if v == "" {
 			return 0
 		}

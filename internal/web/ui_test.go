@@ -228,4 +228,40 @@ func TestPagesSpeakPlainly(t *testing.T) {
 		_, body, _ := fin.do("POST", action, url.Values{"csrf": {fin.csrf("/console/subsidies")}, "key": {forms[action]}, "amount": {"12a"}})
 		mustContain(t, "a failed funding", body, `value="12a"`, `id="error"`)
 	})
+
+	t.Run("unknown paths get the site's own 404 page; the API still answers", func(t *testing.T) {
+		b := newBrowser(t, tn.URL)
+		for _, p := range []string{"/nope", "/favicon.ico", "/r/nope", "/console/nope"} {
+			st, body, _ := b.do("GET", p, nil)
+			if st != http.StatusNotFound || !strings.Contains(body, "页面不存在") || strings.Contains(body, "404 page not found") {
+				t.Fatalf("%s: %d %.300s", p, st, body)
+			}
+		}
+		if st, _, _ := b.do("GET", "/healthz", nil); st != 200 {
+			t.Fatalf("/healthz: %d", st)
+		}
+		if st, body, h := b.do("GET", "/v1/nope", nil); strings.Contains(body, "页面不存在") || strings.HasPrefix(h.Get("Content-Type"), "text/html") {
+			t.Fatalf("/v1/nope answered by the site: %d %.300s", st, body)
+		}
+	})
+
+	t.Run("a failed scenario save keeps the typed minimum age; placeholders have labels", func(t *testing.T) {
+		hr := newBrowser(t, tn.URL).staffAs(tn, "hr_admin")
+		v := scenarioValues(bus)
+		v.Set("csrf", hr.csrf("/console/scenarios/transit.bus"))
+		v.Set("min_age", "12x")
+		st, body, _ := hr.do("POST", "/console/scenarios/transit.bus", v)
+		if st == http.StatusSeeOther {
+			t.Fatal("a bad minimum age saved")
+		}
+		mustContain(t, "the scenario form after an error", body, `name="min_age" inputmode="numeric" value="12x"`)
+		_, body, _ = hr.do("GET", "/console/residents/"+rid, nil)
+		mustContain(t, "the card's new-PIN box", body, `aria-label="新密码"`)
+		rb := newBrowser(t, tn.URL)
+		rb.residentLogin(tn.Demo.Residents[2].CardNumber, tn.Demo.Residents[2].PIN)
+		_, body, _ = rb.do("GET", "/r/", nil)
+		if strings.Contains(body, `id="code-text"`) {
+			mustContain(t, "the resident's code box", body, `id="code-text" readonly rows="3" aria-label="`)
+		}
+	})
 }

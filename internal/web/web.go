@@ -216,9 +216,13 @@ func (w *Web) Mount(mux *http.ServeMux) {
 	w.consoleRoutes(mux)
 	w.clearingRoutes(mux)
 	w.gateRoutes(mux)
-	// Anything else under the page prefixes is a plain "not found" page.
-	for _, p := range []string{"/r/", "/console/"} {
-		mux.HandleFunc(p, w.page(func(rq *req) error { return notFound() }))
+	// Anything else under the page prefixes is a plain "not found" page,
+	// and so is any other path of the site (/nope, /favicon.ico): "/" is
+	// the least specific pattern, so /v1/…, /healthz and /metrics,
+	// registered by the node on the same mux, still win.
+	notFoundPage := w.page(func(rq *req) error { return notFound() })
+	for _, p := range []string{"/r/", "/console/", "/"} {
+		mux.HandleFunc(p, notFoundPage)
 	}
 }
 
