@@ -118,4 +118,3 @@ func TestSettledDayIsFinal(t *testing.T) {
 		t.Fatalf("the settled day changed: %+v → %+v %v", sts, again, err)
 	}
 }
-
