@@ -74,6 +74,11 @@ const ClaimHolder = -70002
 // CodeLifetime is how long a code is valid after issue.
 const CodeLifetime = 60 * time.Second
 
+// MaxCodeLifetime bounds exp − iat of a code any verifier accepts: issuers
+// give CodeLifetime; a code valid for longer was not made by one (it
+// would take a stolen key, and would outlive the key's retirement).
+const MaxCodeLifetime = 10 * time.Minute
+
 // ClockSkew is how far a code's iat may lie in the verifier's future before
 // it is not_yet_valid.
 const ClockSkew = 5 * time.Second
@@ -432,6 +437,9 @@ func (d *Decoded) Check(ks KeySet, at time.Time) error {
 	}
 	if !key.verify(d.ToBeSigned, d.Signature) {
 		return apperr.New(apperr.BadSignature)
+	}
+	if d.Claims.ExpiresAt.Sub(d.Claims.IssuedAt) > MaxCodeLifetime {
+		return malformed("the code is valid for longer than any issuer gives", "码的有效期超出发码规则")
 	}
 	if !key.NotAfter.IsZero() && d.Claims.IssuedAt.After(key.NotAfter) {
 		// A retired key verifies only the codes it signed before it was

@@ -61,3 +61,19 @@ func TestRetiredKeyVerifiesOnlyItsOldCodes(t *testing.T) {
 		t.Fatalf("a code issued after the retirement: %v", err)
 	}
 }
+
+// A code valid for longer than any issuer gives is refused, even with a
+// good signature (only a stolen key makes one).
+func TestLongLivedCodeRefused(t *testing.T) {
+	s, _ := GenerateSM2()
+	t0 := time.Date(2026, 1, 1, 8, 0, 0, 0, time.UTC)
+	long, err := Issue(s, Claims{Issuer: "CN-410100", Subject: "tok", IssuedAt: t0, ExpiresAt: t0.Add(24 * time.Hour), Category: CategoryLocal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	km := KeyMap{}
+	km.Add("CN-410100", s.Public())
+	if _, _, err := Verify(long, km, t0.Add(time.Second)); apperr.CodeOf(err) != apperr.Malformed {
+		t.Fatalf("a day-long code: %v", err)
+	}
+}
