@@ -8,6 +8,7 @@ import (
 
 	"github.com/yikatong/yikatong/internal/federation"
 	"github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/store/storetest"
 )
 
 // An expired member list stops counting, even when no newer one can be
@@ -48,7 +49,7 @@ func TestOlderMemberListRefusedAfterRestart(t *testing.T) {
 	reg := newRegion(t)
 	cfg := testConfig(reg.anchor.Public(), reg.path)
 	cfg.Refresh = time.Hour
-	a := startCity(t, "CN-330100", "", cfg)
+	a := startCity(t, "CN-330100", storetest.Postgres(t), cfg) // the version kept on PostgreSQL
 	b := startCity(t, "CN-310000", "", cfg)
 	sign := func(version string, ms ...federation.Member) []byte {
 		raw, err := federation.SignMembers(federation.MemberList{Region: "test", Version: version, Members: ms}, reg.anchor)
