@@ -297,7 +297,7 @@ try {
   await Promise.all([fin.page.waitForURL(/m=programme_created/), fin.page.click('#prog-create')]);
   await fin.page.fill('#prog-winter-heating .fund-amount', '10000');
   await Promise.all([fin.page.waitForURL(/m=funded/), fin.page.click('#prog-winter-heating .fund-btn')]);
-  expect((await text(fin.page, '#prog-winter-heating .balance')).includes('10000.00'), 'the programme funded', await text(fin.page, '#prog-winter-heating .balance'));
+  expect((await text(fin.page, '#prog-winter-heating .balance')).includes("10,000.00"), 'the programme funded', await text(fin.page, '#prog-winter-heating .balance'));
   await shot(fin.page, 'console-subsidies');
   const listPath = join(outDir, 'payouts.csv');
   writeFileSync(listPath, 'id_or_card,amount_fen,reference\n' + foreign.card_number + ',30000,WH-0001\n' + payer.card_number + ',30000,WH-0002\n' + 'NOBODY,30000,WH-0003\n' + payer.card_number + ',lots,WH-0004\n');
