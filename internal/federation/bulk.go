@@ -36,30 +36,11 @@ func (s *Service) applyMany(ctx context.Context, peer string, msgs []Charge) ([]
 	first := make(map[string]int, len(msgs))
 	var ids []string
 	for i, c := range msgs {
-		if !validCharge(peer, c) {
-			out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}
+		if reason, err := s.refusal(ctx, peer, c); err != nil {
+			errs[i] = err
 			continue
-		}
-		if !s.scanAtOK(c) {
-			out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}
-			continue
-		}
-		if c.Mode != ModeVoid {
-			// A day both cities signed is final (daySettled).
-			settled, err := s.daySettled(ctx, peer, c.CreatedAt)
-			if err != nil {
-				errs[i] = err
-				continue
-			}
-			if settled {
-				out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}
-				continue
-			}
-		}
-		if c.Mode == ModeGuaranteed && c.AmountFen > s.cfg.RiskLimitFen {
-			// Not one we owe: a sender accepts without us only within the
-			// region's risk limit (book does the same).
-			out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.RiskLimit}
+		} else if reason != "" {
+			out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: reason}
 			continue
 		}
 		if _, dup := first[c.ID]; dup {

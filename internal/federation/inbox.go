@@ -135,6 +135,34 @@ func (s *Service) scanAtOK(c Charge) bool {
 	return !c.ScanAt.After(accepted.Add(scan.OfflineFutureSkew)) && !c.ScanAt.Before(accepted.Add(-scan.OfflineMaxAge))
 }
 
+// refusal is the reason a message is declined before anything is looked
+// up or booked ("" if it may go on), for apply and the bulk path alike:
+// not a valid message; a time out of bounds; a charge dated on a day both
+// cities signed (final, daySettled); a guaranteed charge above the
+// region's risk limit (a sender accepts without us only within it, so it
+// is not one we owe).
+func (s *Service) refusal(ctx context.Context, peer string, c Charge) (apperr.Code, error) {
+	switch {
+	case !validCharge(peer, c):
+		return apperr.ValidationFailed, nil
+	case !s.scanAtOK(c):
+		return apperr.ClockSkew, nil
+	}
+	if c.Mode != ModeVoid {
+		settled, err := s.daySettled(ctx, peer, c.CreatedAt)
+		if err != nil {
+			return "", err
+		}
+		if settled {
+			return apperr.ClockSkew, nil
+		}
+	}
+	if c.Mode == ModeGuaranteed && c.AmountFen > s.cfg.RiskLimitFen {
+		return apperr.RiskLimit, nil
+	}
+	return "", nil
+}
+
 // apply books a charge from peer exactly once (its id is the idempotency
 // key) and answers. Errors are transient (the sender retries).
 func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
@@ -145,23 +173,10 @@ func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswe
 		}
 		c.PIN, c.PINSealed = pin, nil
 	}
-	if !validCharge(peer, c) {
-		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ValidationFailed}, nil
-	}
-	if !s.scanAtOK(c) {
-		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}, nil
-	}
-	if c.Mode != ModeVoid {
-		if settled, err := s.daySettled(ctx, peer, c.CreatedAt); err != nil {
-			return ChargeAnswer{}, err
-		} else if settled {
-			return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.ClockSkew}, nil
-		}
-	}
-	if c.Mode == ModeGuaranteed && c.AmountFen > s.cfg.RiskLimitFen {
-		// A sender accepts a card without its home city only within the
-		// region's risk limit: a larger guaranteed charge is not one we owe.
-		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.RiskLimit}, nil
+	if reason, err := s.refusal(ctx, peer, c); err != nil {
+		return ChargeAnswer{}, err
+	} else if reason != "" {
+		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: reason}, nil
 	}
 	ctx, cancel := detach(ctx)
 	defer cancel()
