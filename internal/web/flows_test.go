@@ -19,6 +19,7 @@ import (
 	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/catalog"
 	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/node"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
 	"github.com/yikatong/yikatong/internal/store/storetest"
 	"github.com/yikatong/yikatong/internal/web"
@@ -356,19 +357,26 @@ func providersOf(tn *nodetest.Node) (map[string]string, error) {
 	return m, rows.Err()
 }
 
+// disputeSetup returns the pages' service over tn and the first demo
+// resident with their id, wallet and the provider their charges credit.
+func disputeSetup(t *testing.T, tn *nodetest.Node) (w *web.Web, res node.DemoResident, rid, wallet, prov string) {
+	t.Helper()
+	w, err := web.New(web.Deps{DB: tn.DB, Auth: tn.Auth, Residents: tn.Residents, Catalog: tn.Catalog, Ledger: tn.Ledger, City: tn.City})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res = tn.Demo.Residents[0]
+	rid = residentID(t, tn, res.CardNumber)
+	wallet, _, _ = tn.Ledger.OpenResidentAccounts(t.Context(), rid)
+	return w, res, rid, wallet, ledger.ReceivableID(tn.Demo.Terminals[0].Provider)
+}
+
 // TestRefundDisputeOnce: refunding a dispute twice (and twice at once)
 // refunds once; the books balance and the resident's balance is right.
 func TestRefundDisputeOnce(t *testing.T) {
 	eachBackend(t, 3, func(t *testing.T, tn *nodetest.Node) {
 		ctx := t.Context()
-		w, err := web.New(web.Deps{DB: tn.DB, Auth: tn.Auth, Residents: tn.Residents, Catalog: tn.Catalog, Ledger: tn.Ledger, City: tn.City})
-		if err != nil {
-			t.Fatal(err)
-		}
-		res := tn.Demo.Residents[0]
-		rid := residentID(t, tn, res.CardNumber)
-		wallet, _, _ := tn.Ledger.OpenResidentAccounts(ctx, rid)
-		prov := ledger.ReceivableID(tn.Demo.Terminals[0].Provider)
+		w, res, rid, wallet, prov := disputeSetup(t, tn)
 		start, provStart := balance(t, tn, wallet), balance(t, tn, prov)
 		charge := func(key string) ledger.Transfer {
 			tr, err := tn.Ledger.Transfer(ctx, ledger.TransferRequest{Key: key, Debit: wallet, Credit: prov, Amount: 200, Kind: "charge"})
@@ -466,14 +474,7 @@ func TestRefundDisputeOnce(t *testing.T) {
 func TestRefundAndRejectAtOnce(t *testing.T) {
 	eachBackend(t, 3, func(t *testing.T, tn *nodetest.Node) {
 		ctx := t.Context()
-		w, err := web.New(web.Deps{DB: tn.DB, Auth: tn.Auth, Residents: tn.Residents, Catalog: tn.Catalog, Ledger: tn.Ledger, City: tn.City})
-		if err != nil {
-			t.Fatal(err)
-		}
-		res := tn.Demo.Residents[0]
-		rid := residentID(t, tn, res.CardNumber)
-		wallet, _, _ := tn.Ledger.OpenResidentAccounts(ctx, rid)
-		prov := ledger.ReceivableID(tn.Demo.Terminals[0].Provider)
+		w, res, rid, wallet, prov := disputeSetup(t, tn)
 		staff := auth.Principal{Kind: auth.KindStaff, Subject: "fin-test", Role: auth.RoleFinance}
 		for i := range 8 {
 			tr, err := tn.Ledger.Transfer(ctx, ledger.TransferRequest{Key: fmt.Sprintf("rr-%d", i), Debit: wallet, Credit: prov, Amount: 100, Kind: "charge"})
