@@ -240,17 +240,16 @@ func (s *Service) prepareRecord(ctx context.Context, t terminal.Terminal, o *off
 			return
 		}
 		rec.decision, rec.reason, rec.residentID, rec.card = Declined, string(c), e.res.ID, e.card
-		rec.answer = s.seal(rec, finish(sc, nil, Declined, c, e))
 		o.w = rowFor(rec)
 		return
 	}
 	rec.residentID, rec.decision, rec.charged, rec.card = e.res.ID, Accepted, e.dec.Amount, e.card
 	rec.cti, rec.legacyCTI = s.replayKeys(e.id)
-	// The stored answer of an offline record is never sent to anyone (the
-	// report is built from the row's columns); it is sealed here, on every
-	// core, without the balances after, so the committer only seals
-	// declines.
-	rec.answer = s.seal(rec, finish(sc, s.facts(sc, e), Accepted, "", e))
+	// An offline record's row stores no answer: the terminal decided
+	// alone and was answered long ago, and the batch's report (and a
+	// re-send's) is built from the row's columns. So no provider's view of
+	// the holder (a name, a masked ID number) is kept at rest for it, and
+	// none is built.
 	o.w = rowFor(rec)
 	if len(e.plan) == 0 {
 		return
@@ -273,7 +272,6 @@ func (s *Service) prepareRecord(ctx context.Context, t terminal.Terminal, o *off
 		}
 		fin := *rec
 		fin.decision, fin.reason, fin.charged = Declined, string(code), 0
-		fin.answer = s.seal(&fin, finish(sc, nil, Declined, code, eval{}))
 		return &fin
 	}
 }
@@ -345,7 +343,6 @@ func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, 
 	declined := func(code apperr.Code) *record {
 		fin := *rec
 		fin.decision, fin.reason, fin.charged, fin.debt = Declined, string(code), 0, 0
-		fin.answer = s.seal(&fin, finish(sc, nil, Declined, code, eval{}))
 		return &fin
 	}
 	base := "scan:" + rec.terminal + ":" + rec.key + ":debt"

@@ -405,6 +405,15 @@ func TestOfflineBatches(t *testing.T) {
 			t.Errorf("charged %d", charged)
 		}
 		c.checkBooks(t, charged)
+		// An offline record's row keeps no answer: nobody is shown it, so
+		// no provider's view of the holder (a name) is stored at rest.
+		var rows, withAnswer int
+		if err := n.DB.R.QueryRow(`SELECT COUNT(*), COUNT(answer) FROM scans WHERE terminal_id = $1 AND offline = 1`, c.term).Scan(&rows, &withAnswer); err != nil {
+			t.Fatal(err)
+		}
+		if rows < 9 || withAnswer != 0 {
+			t.Errorf("%d offline rows, %d with a stored answer; want ≥ 9 and 0", rows, withAnswer)
+		}
 		// Re-sending the batch (any number of times) changes nothing.
 		for i := 0; i < 2; i++ {
 			var again scan.BatchReport
