@@ -1,9 +1,22 @@
 package main
 
-// yikatong backup / restore: one tar.gz holding everything a node needs to
-// come back — the database (a consistent online copy) and the data
-// directory's secrets (the vault master key, the signing key files) — with
-// a manifest of SHA-256 sums that restore checks before writing anything.
+// yikatong backup / restore: two tar.gz archives holding everything a node
+// needs to come back, each with a manifest of SHA-256 sums that restore
+// checks before writing anything:
+//
+//   - the backup (--out): the database (a consistent online copy) and the
+//     data directory's other files;
+//   - the secrets (--secrets-out): the vault master key and the signing key
+//     files (*.key).
+//
+// They are two files because they belong in two custodies (docs/deploy.md,
+// "Key custody"): the database's personal data is sealed under the master
+// key, and the issuer keys sign residents' codes, so one archive holding
+// both would give whoever copies it every resident's data and the power to
+// forge codes. The backup's manifest lists the secrets it needs by name and
+// SHA-256 (which reveals nothing of a random key), so restore refuses
+// secrets of another node or another time. Restore still reads the
+// single-archive backups older versions wrote.
 //
 // SQLite: `VACUUM INTO` writes a consistent, compacted copy while the node
 // keeps serving (WAL readers do not block the writer). PostgreSQL: pg_dump
@@ -40,8 +53,8 @@ import (
 )
 
 func init() {
-	register("backup", "back up a node: database copy + master key + key files into one tar.gz", cmdBackup)
-	register("restore", "restore a backup made by 'yikatong backup' into an empty data directory", cmdRestore)
+	register("backup", "back up a node: database copy and data files into one tar.gz, master key and key files into another", cmdBackup)
+	register("restore", "restore a backup made by 'yikatong backup' (and its secrets) into an empty data directory", cmdRestore)
 }
 
 // Names inside the archive.
@@ -50,6 +63,9 @@ const (
 	backupSQLite   = "yikatong.db"
 	backupPGDump   = "yikatong.pgdump"
 	backupDataDir  = "data/"
+
+	backupFormat  = "yikatong-backup/1"
+	secretsFormat = "yikatong-secrets/1"
 )
 
 type backupFile struct {
@@ -59,10 +75,19 @@ type backupFile struct {
 }
 
 type backupManifestV1 struct {
-	Format   string       `json:"format"` // "yikatong-backup/1"
+	Format   string       `json:"format"` // backupFormat, or secretsFormat for the secrets
 	Created  time.Time    `json:"created"`
-	Database string       `json:"database"` // sqlite | postgres
+	Database string       `json:"database,omitempty"` // sqlite | postgres
 	Files    []backupFile `json:"files"`
+	// Secrets are the files of the secrets archive this backup needs (none
+	// in a backup of an older version, whose Files hold them).
+	Secrets []backupFile `json:"secrets,omitempty"`
+}
+
+// isSecret: a data directory file that goes into the secrets archive (the
+// master key, signing key files).
+func isSecret(rel string) bool {
+	return rel == vault.KeyFile || strings.HasSuffix(rel, ".key")
 }
 
 // postgresURL returns s as the PostgreSQL URL it names (its scheme
@@ -77,24 +102,31 @@ func cmdBackup(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	data := fs.String("data", "./yikatong-data", "the node's data directory")
 	db := fs.String("db", "", "database URL (default: SQLite in the data directory); postgres://… runs pg_dump")
-	out := fs.String("out", "", "the archive to write (.tar.gz)")
+	out := fs.String("out", "", "the archive to write (.tar.gz): the database and the data directory's other files")
+	secretsOut := fs.String("secrets-out", "", "the second archive to write (.tar.gz): the master key and signing keys, for a custody apart from the backup")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *out == "" || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "usage: yikatong backup --data DIR [--db URL] --out FILE.tar.gz")
+	if *out == "" || *secretsOut == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "usage: yikatong backup --data DIR [--db URL] --out FILE.tar.gz --secrets-out SECRETS.tar.gz")
+		fmt.Fprintln(stderr, "  the secrets (master key, signing keys) go into their own archive: keep it apart from the backup")
+		return 2
+	}
+	if a, b := filepath.Clean(*out), filepath.Clean(*secretsOut); a == b {
+		fmt.Fprintln(stderr, "backup: --out and --secrets-out must be two files")
 		return 2
 	}
 	ctx := context.Background()
-	if err := backup(ctx, *data, *db, *out); err != nil {
+	if err := backup(ctx, *data, *db, *out, *secretsOut); err != nil {
 		fmt.Fprintf(stderr, "backup: %v\n", err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "backup written to %s\n", *out)
+	fmt.Fprintf(stdout, "secrets (master key, signing keys) written to %s: keep them apart from the backup, with the key custodians; restore needs both\n", *secretsOut)
 	return 0
 }
 
-func backup(ctx context.Context, dataDir, dsn, out string) error {
+func backup(ctx context.Context, dataDir, dsn, out, secretsOut string) error {
 	if _, err := os.Stat(filepath.Join(dataDir, vault.KeyFile)); err != nil {
 		return fmt.Errorf("%s has no %s: is it a node's data directory? (%v)", dataDir, vault.KeyFile, err)
 	}
@@ -126,9 +158,10 @@ func backup(ctx context.Context, dataDir, dsn, out string) error {
 		}
 	}
 
-	// 2. The data directory's files, less the live SQLite database.
-	type entry struct{ name, src string }
-	files := []entry{{dbName, dbFile}}
+	// 2. The data directory's files, less the live SQLite database; the
+	// secrets apart.
+	files := []archiveEntry{{dbName, dbFile}}
+	var secrets []archiveEntry
 	skip := map[string]bool{}
 	if sqlitePath != "" {
 		abs, _ := filepath.Abs(sqlitePath)
@@ -150,23 +183,54 @@ func backup(ctx context.Context, dataDir, dsn, out string) error {
 		if err != nil {
 			return err
 		}
-		files = append(files, entry{backupDataDir + filepath.ToSlash(rel), p})
+		e := archiveEntry{backupDataDir + filepath.ToSlash(rel), p}
+		if isSecret(filepath.ToSlash(rel)) {
+			secrets = append(secrets, e)
+		} else {
+			files = append(files, e)
+		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", dataDir, err)
 	}
 
-	// 3. Manifest, then the archive (written beside out and renamed, so a
-	// failed backup never leaves a half archive under the final name).
-	man := backupManifestV1{Format: "yikatong-backup/1", Created: time.Now().UTC(), Database: dialect}
+	// 3. Manifests, then the archives (each written beside its final name
+	// and renamed, so a failed backup never leaves a half archive under
+	// it; the secrets first: a backup whose secrets are missing is none).
+	now := time.Now().UTC()
+	man := backupManifestV1{Format: backupFormat, Created: now, Database: dialect}
+	sman := backupManifestV1{Format: secretsFormat, Created: now}
+	if man.Files, err = listFiles(files); err != nil {
+		return err
+	}
+	if sman.Files, err = listFiles(secrets); err != nil {
+		return err
+	}
+	man.Secrets = sman.Files
+	if err := writeArchive(secretsOut, sman, secrets); err != nil {
+		return err
+	}
+	return writeArchive(out, man, files)
+}
+
+type archiveEntry struct{ name, src string }
+
+// listFiles sums the files for a manifest.
+func listFiles(files []archiveEntry) ([]backupFile, error) {
+	var out []backupFile
 	for _, f := range files {
 		sum, size, err := fileSHA256(f.src)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		man.Files = append(man.Files, backupFile{Name: f.name, Size: size, SHA256: sum})
+		out = append(out, backupFile{Name: f.name, Size: size, SHA256: sum})
 	}
+	return out, nil
+}
+
+// writeArchive writes man and files as a tar.gz at out (via out.part).
+func writeArchive(out string, man backupManifestV1, files []archiveEntry) error {
 	mb, _ := json.MarshalIndent(man, "", "  ")
 	part := out + ".part"
 	w, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -288,17 +352,18 @@ func tarFile(tw *tar.Writer, name, src string) error {
 func cmdRestore(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	in := fs.String("in", "", "the archive written by 'yikatong backup'")
+	in := fs.String("in", "", "the archive written by 'yikatong backup' (--out)")
+	secrets := fs.String("secrets", "", "the secrets archive written with it (--secrets-out): master key and signing keys")
 	data := fs.String("data", "", "the data directory to create (must not exist or be empty)")
 	db := fs.String("db", "", "for a PostgreSQL backup: the URL of an empty database to restore into (runs pg_restore)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *in == "" || *data == "" || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "usage: yikatong restore --in FILE.tar.gz --data DIR [--db postgres://…]")
+		fmt.Fprintln(stderr, "usage: yikatong restore --in FILE.tar.gz --secrets SECRETS.tar.gz --data DIR [--db postgres://…]")
 		return 2
 	}
-	man, err := restore(context.Background(), *in, *data, *db)
+	man, err := restore(context.Background(), *in, *secrets, *data, *db)
 	if err != nil {
 		fmt.Fprintf(stderr, "restore: %v\n", err)
 		return 1
@@ -312,15 +377,37 @@ func cmdRestore(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// restore checks the whole archive against its manifest first, then writes
-// the data directory (and, for PostgreSQL, runs pg_restore).
-func restore(ctx context.Context, in, dataDir, dsn string) (*backupManifestV1, error) {
+// restore checks both archives against their manifests (and the secrets
+// against the backup's list of them) first, then writes the data
+// directory (and, for PostgreSQL, runs pg_restore).
+func restore(ctx context.Context, in, secretsIn, dataDir, dsn string) (*backupManifestV1, error) {
 	if ents, err := os.ReadDir(dataDir); err == nil && len(ents) > 0 {
 		return nil, fmt.Errorf("%s is not empty: restore only into a new data directory", dataDir)
 	}
 	files, man, err := readBackup(in)
 	if err != nil {
 		return nil, err
+	}
+	toWrite := man.Files
+	switch {
+	case len(man.Secrets) == 0 && secretsIn != "":
+		return nil, fmt.Errorf("%s holds its secrets itself (a backup of an older version): leave out --secrets", in)
+	case len(man.Secrets) > 0 && secretsIn == "":
+		return nil, fmt.Errorf("%s keeps its secrets (master key, signing keys) in a separate archive: give it with --secrets FILE (written by backup --secrets-out, kept by the key custodians)", in)
+	case len(man.Secrets) > 0:
+		sfiles, err := readSecrets(secretsIn)
+		if err != nil {
+			return nil, err
+		}
+		for _, want := range man.Secrets {
+			b, ok := sfiles[want.Name]
+			sum := sha256.Sum256(b)
+			if !ok || int64(len(b)) != want.Size || hex.EncodeToString(sum[:]) != want.SHA256 {
+				return nil, fmt.Errorf("%s does not hold the secrets of %s: its %s is missing or another one (secrets of another node, or of a time before a key was made?)", secretsIn, in, want.Name)
+			}
+			files[want.Name] = b
+		}
+		toWrite = append(append([]backupFile(nil), man.Files...), man.Secrets...)
 	}
 	if man.Database == "postgres" {
 		u, ok := postgresURL(dsn)
@@ -341,7 +428,7 @@ func restore(ctx context.Context, in, dataDir, dsn string) (*backupManifestV1, e
 		return nil, err
 	}
 	var dump string
-	for _, f := range man.Files {
+	for _, f := range toWrite {
 		var dst string
 		switch {
 		case f.Name == backupSQLite:
@@ -384,9 +471,47 @@ func restore(ctx context.Context, in, dataDir, dsn string) (*backupManifestV1, e
 	return man, nil
 }
 
-// readBackup reads the archive into memory and checks every file against
-// the manifest (names, sizes, SHA-256) and every name for safety.
+// readBackup reads a backup into memory and checks every file against the
+// manifest (names, sizes, SHA-256) and every name for safety.
 func readBackup(in string) (map[string][]byte, *backupManifestV1, error) {
+	files, man, err := readArchive(in, backupFormat, "yikatong backup")
+	if err != nil {
+		return nil, nil, err
+	}
+	hasKey, hasDB := false, false
+	for _, mf := range man.Files {
+		hasKey = hasKey || mf.Name == backupDataDir+vault.KeyFile
+		hasDB = hasDB || mf.Name == backupSQLite && man.Database == "sqlite" || mf.Name == backupPGDump && man.Database == "postgres"
+	}
+	for _, mf := range man.Secrets {
+		if !safeArchiveName(mf.Name) || !strings.HasPrefix(mf.Name, backupDataDir) {
+			return nil, nil, fmt.Errorf("%s lists an unsafe secret name %q", in, mf.Name)
+		}
+		hasKey = hasKey || mf.Name == backupDataDir+vault.KeyFile
+	}
+	if !hasKey || !hasDB {
+		return nil, nil, fmt.Errorf("%s lacks the master key or the database", in)
+	}
+	return files, man, nil
+}
+
+// readSecrets reads a secrets archive as readBackup reads a backup.
+func readSecrets(in string) (map[string][]byte, error) {
+	files, man, err := readArchive(in, secretsFormat, "yikatong secrets archive")
+	if err != nil {
+		return nil, err
+	}
+	for _, mf := range man.Files {
+		if !strings.HasPrefix(mf.Name, backupDataDir) {
+			return nil, fmt.Errorf("%s holds %q, which is no data directory file", in, mf.Name)
+		}
+	}
+	return files, nil
+}
+
+// readArchive reads a tar.gz written by writeArchive whose manifest has
+// the given format, checking every file against the manifest.
+func readArchive(in, format, what string) (map[string][]byte, *backupManifestV1, error) {
 	f, err := os.Open(in)
 	if err != nil {
 		return nil, nil, err
@@ -394,7 +519,7 @@ func readBackup(in string) (map[string][]byte, *backupManifestV1, error) {
 	defer f.Close()
 	gz, err := gzip.NewReader(f)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s is not a yikatong backup (not gzip): %w", in, err)
+		return nil, nil, fmt.Errorf("%s is not a %s (not gzip): %w", in, what, err)
 	}
 	tr := tar.NewReader(gz)
 	files := map[string][]byte{}
@@ -422,13 +547,12 @@ func readBackup(in string) (map[string][]byte, *backupManifestV1, error) {
 		files[h.Name] = b
 	}
 	var man backupManifestV1
-	if err := json.Unmarshal(files[backupManifest], &man); err != nil || man.Format != "yikatong-backup/1" {
-		return nil, nil, fmt.Errorf("%s has no valid yikatong backup manifest", in)
+	if err := json.Unmarshal(files[backupManifest], &man); err != nil || man.Format != format {
+		return nil, nil, fmt.Errorf("%s has no valid %s manifest", in, what)
 	}
 	if len(files) != len(man.Files)+1 {
 		return nil, nil, fmt.Errorf("%s holds %d files but its manifest lists %d", in, len(files)-1, len(man.Files))
 	}
-	hasKey, hasDB := false, false
 	for _, mf := range man.Files {
 		b, ok := files[mf.Name]
 		if !ok {
@@ -436,13 +560,8 @@ func readBackup(in string) (map[string][]byte, *backupManifestV1, error) {
 		}
 		sum := sha256.Sum256(b)
 		if int64(len(b)) != mf.Size || hex.EncodeToString(sum[:]) != mf.SHA256 {
-			return nil, nil, fmt.Errorf("%s: %s does not match its checksum; the backup is damaged", in, mf.Name)
+			return nil, nil, fmt.Errorf("%s: %s does not match its checksum; the archive is damaged", in, mf.Name)
 		}
-		hasKey = hasKey || mf.Name == backupDataDir+vault.KeyFile
-		hasDB = hasDB || mf.Name == backupSQLite && man.Database == "sqlite" || mf.Name == backupPGDump && man.Database == "postgres"
-	}
-	if !hasKey || !hasDB {
-		return nil, nil, fmt.Errorf("%s lacks the master key or the database", in)
 	}
 	return files, &man, nil
 }

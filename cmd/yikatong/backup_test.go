@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -139,7 +140,8 @@ func TestBackupRestoreSQLite(t *testing.T) {
 	before := func() []string { close(stop); return wait() }()
 	wait2 := topUpWhile(t, src, stop2)
 	out := filepath.Join(t.TempDir(), "node.tar.gz")
-	code, msg := runCmd(t, "backup", "--data", src.Dir, "--out", out)
+	secrets := filepath.Join(t.TempDir(), "node-secrets.tar.gz")
+	code, msg := runCmd(t, "backup", "--data", src.Dir, "--out", out, "--secrets-out", secrets)
 	close(stop2)
 	wait2()
 	if code != 0 {
@@ -147,9 +149,11 @@ func TestBackupRestoreSQLite(t *testing.T) {
 	}
 	src.Stop()
 
-	// The archive holds the master key and the key files.
+	// The backup holds the database and the data files; the secrets (the
+	// master key the personal data is sealed under, the signing keys) are
+	// in the other archive only.
 	names := archiveNames(t, out)
-	for _, want := range []string{"manifest.json", "yikatong.db", "data/" + vault.KeyFile, "data/keys/node.key", "data/demo.json"} {
+	for _, want := range []string{"manifest.json", "yikatong.db", "data/demo.json"} {
 		if !names[want] {
 			t.Fatalf("the archive lacks %s: %v", want, names)
 		}
@@ -158,24 +162,75 @@ func TestBackupRestoreSQLite(t *testing.T) {
 		if strings.HasSuffix(n, "-wal") || strings.HasSuffix(n, "-shm") || n == "data/yikatong.db" {
 			t.Fatalf("the archive holds the live database file %s", n)
 		}
+		if strings.HasSuffix(n, ".key") {
+			t.Fatalf("the backup holds the secret %s beside the database", n)
+		}
+	}
+	snames := archiveNames(t, secrets)
+	for _, want := range []string{"manifest.json", "data/" + vault.KeyFile, "data/keys/node.key"} {
+		if !snames[want] {
+			t.Fatalf("the secrets archive lacks %s: %v", want, snames)
+		}
+	}
+	if len(snames) < 4 { // manifest, master key, node key, an issuer key
+		t.Fatalf("the secrets archive holds %v", snames)
+	}
+	for n := range snames {
+		if n != "manifest.json" && !strings.HasSuffix(n, ".key") {
+			t.Fatalf("the secrets archive holds %s", n)
+		}
 	}
 
 	dst := filepath.Join(t.TempDir(), "restored")
-	if code, msg := runCmd(t, "restore", "--in", out, "--data", dst); code != 0 {
+	// Without its secrets, or with another node's, a backup is refused
+	// before anything is written.
+	if code, msg := runCmd(t, "restore", "--in", out, "--data", dst); code != 1 || !strings.Contains(msg, "--secrets") {
+		t.Fatalf("restore without the secrets: %d %s", code, msg)
+	}
+	other := nodetest.Start(t, nodetest.Options{})
+	otherOut, otherSecrets := filepath.Join(t.TempDir(), "o.tar.gz"), filepath.Join(t.TempDir(), "o-secrets.tar.gz")
+	if code, msg := runCmd(t, "backup", "--data", other.Dir, "--out", otherOut, "--secrets-out", otherSecrets); code != 0 {
+		t.Fatalf("backup of another node: %d %s", code, msg)
+	}
+	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", otherSecrets, "--data", dst); code != 1 || !strings.Contains(msg, "does not hold the secrets") {
+		t.Fatalf("restore with another node's secrets: %d %s", code, msg)
+	}
+	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", out, "--data", dst); code != 1 || !strings.Contains(msg, "secrets archive manifest") {
+		t.Fatalf("restore with the backup given as its secrets: %d %s", code, msg)
+	}
+	if _, err := os.Stat(dst); !os.IsNotExist(err) {
+		t.Fatalf("a refused restore left %s behind", dst)
+	}
+	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", dst); code != 0 {
 		t.Fatalf("restore: %d %s", code, msg)
 	}
 	if st, err := os.Stat(filepath.Join(dst, vault.KeyFile)); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("restored master key: %v %v", st, err)
 	}
 	// Restoring over an existing node is refused.
-	if code, msg := runCmd(t, "restore", "--in", out, "--data", dst); code != 1 || !strings.Contains(msg, "not empty") {
+	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", dst); code != 1 || !strings.Contains(msg, "not empty") {
 		t.Fatalf("restore over a node: %d %s", code, msg)
 	}
 	checkRestored(t, dst, "", src.Demo, int64(len(before)), before)
 
+	t.Run("a backup of an older version, secrets inside, still restores", func(t *testing.T) {
+		old := filepath.Join(t.TempDir(), "old.tar.gz")
+		oneArchive(t, out, secrets, old)
+		to := filepath.Join(t.TempDir(), "old")
+		if code, msg := runCmd(t, "restore", "--in", old, "--secrets", secrets, "--data", to); code != 1 || !strings.Contains(msg, "leave out --secrets") {
+			t.Fatalf("old archive with --secrets: %d %s", code, msg)
+		}
+		if code, msg := runCmd(t, "restore", "--in", old, "--data", to); code != 0 {
+			t.Fatalf("restore of an old archive: %d %s", code, msg)
+		}
+		if _, err := os.Stat(filepath.Join(to, vault.KeyFile)); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("a damaged archive is refused before anything is written", func(t *testing.T) {
 		bad := filepath.Join(t.TempDir(), "bad.tar.gz")
-		rewriteArchive(t, out, bad, func(name string, b []byte) []byte {
+		rewriteArchive(t, secrets, bad, func(name string, b []byte) []byte {
 			if name == "data/"+vault.KeyFile {
 				b = append([]byte(nil), b...)
 				b[0] ^= 1
@@ -183,7 +238,18 @@ func TestBackupRestoreSQLite(t *testing.T) {
 			return b
 		})
 		to := filepath.Join(t.TempDir(), "x")
-		if code, msg := runCmd(t, "restore", "--in", bad, "--data", to); code != 1 || !strings.Contains(msg, "checksum") {
+		if code, msg := runCmd(t, "restore", "--in", out, "--secrets", bad, "--data", to); code != 1 || !strings.Contains(msg, "checksum") {
+			t.Fatalf("damaged secrets archive: %d %s", code, msg)
+		}
+		badDB := filepath.Join(t.TempDir(), "bad-db.tar.gz")
+		rewriteArchive(t, out, badDB, func(name string, b []byte) []byte {
+			if name == "yikatong.db" {
+				b = append([]byte(nil), b...)
+				b[len(b)/2] ^= 1
+			}
+			return b
+		})
+		if code, msg := runCmd(t, "restore", "--in", badDB, "--secrets", secrets, "--data", to); code != 1 || !strings.Contains(msg, "checksum") {
 			t.Fatalf("damaged archive: %d %s", code, msg)
 		}
 		if _, err := os.Stat(to); !os.IsNotExist(err) {
@@ -191,7 +257,7 @@ func TestBackupRestoreSQLite(t *testing.T) {
 		}
 		evil := filepath.Join(t.TempDir(), "evil.tar.gz")
 		rewriteArchive(t, out, evil, nil, "data/../../escape")
-		if code, msg := runCmd(t, "restore", "--in", evil, "--data", to); code != 1 || !strings.Contains(msg, "unsafe") {
+		if code, msg := runCmd(t, "restore", "--in", evil, "--secrets", secrets, "--data", to); code != 1 || !strings.Contains(msg, "unsafe") {
 			t.Fatalf("path traversal: %d %s", code, msg)
 		}
 	})
@@ -199,13 +265,20 @@ func TestBackupRestoreSQLite(t *testing.T) {
 		if code, _ := runCmd(t, "backup", "--data", src.Dir); code != 2 {
 			t.Fatalf("backup without --out: %d", code)
 		}
-		if code, msg := runCmd(t, "backup", "--data", t.TempDir(), "--out", filepath.Join(t.TempDir(), "x.tar.gz")); code != 1 || !strings.Contains(msg, vault.KeyFile) {
+		if code, msg := runCmd(t, "backup", "--data", src.Dir, "--out", filepath.Join(t.TempDir(), "x.tar.gz")); code != 2 || !strings.Contains(msg, "--secrets-out") {
+			t.Fatalf("backup without --secrets-out: %d %s", code, msg)
+		}
+		same := filepath.Join(t.TempDir(), "x.tar.gz")
+		if code, msg := runCmd(t, "backup", "--data", src.Dir, "--out", same, "--secrets-out", same); code != 2 || !strings.Contains(msg, "two files") {
+			t.Fatalf("backup with one file for both: %d %s", code, msg)
+		}
+		if code, msg := runCmd(t, "backup", "--data", t.TempDir(), "--out", filepath.Join(t.TempDir(), "x.tar.gz"), "--secrets-out", filepath.Join(t.TempDir(), "s.tar.gz")); code != 1 || !strings.Contains(msg, vault.KeyFile) {
 			t.Fatalf("backup of a non-node dir: %d %s", code, msg)
 		}
-		if code, msg := runCmd(t, "backup", "--data", src.Dir, "--db", filepath.Join(t.TempDir(), "none.db"), "--out", filepath.Join(t.TempDir(), "x.tar.gz")); code != 1 || !strings.Contains(msg, "give its --db") {
+		if code, msg := runCmd(t, "backup", "--data", src.Dir, "--db", filepath.Join(t.TempDir(), "none.db"), "--out", filepath.Join(t.TempDir(), "x.tar.gz"), "--secrets-out", filepath.Join(t.TempDir(), "s.tar.gz")); code != 1 || !strings.Contains(msg, "give its --db") {
 			t.Fatalf("backup of a missing SQLite file: %d %s", code, msg)
 		}
-		if code, msg := runCmd(t, "backup", "--data", src.Dir, "--db", "mysql://bob:sekret@db/city", "--out", filepath.Join(t.TempDir(), "x.tar.gz")); code != 1 ||
+		if code, msg := runCmd(t, "backup", "--data", src.Dir, "--db", "mysql://bob:sekret@db/city", "--out", filepath.Join(t.TempDir(), "x.tar.gz"), "--secrets-out", filepath.Join(t.TempDir(), "s.tar.gz")); code != 1 ||
 			!strings.Contains(msg, `unsupported database URL scheme "mysql"`) || strings.Contains(msg, "sekret") {
 			t.Fatalf("backup of a MySQL URL: %d %s", code, msg)
 		}
@@ -227,22 +300,52 @@ func TestBackupRestorePostgres(t *testing.T) {
 	}
 	before := func() []string { close(stop); return wait() }()
 	out := filepath.Join(t.TempDir(), "node.tar.gz")
-	if code, msg := runCmd(t, "backup", "--data", src.Dir, "--db", dsn, "--out", out); code != 0 {
+	secrets := filepath.Join(t.TempDir(), "node-secrets.tar.gz")
+	if code, msg := runCmd(t, "backup", "--data", src.Dir, "--db", dsn, "--out", out, "--secrets-out", secrets); code != 0 {
 		t.Fatalf("backup: %d %s", code, msg)
 	}
 	src.Stop()
-	if names := archiveNames(t, out); !names["yikatong.pgdump"] || !names["data/"+vault.KeyFile] {
+	if names := archiveNames(t, out); !names["yikatong.pgdump"] || names["data/"+vault.KeyFile] {
 		t.Fatalf("archive: %v", names)
 	}
+	if names := archiveNames(t, secrets); !names["data/"+vault.KeyFile] {
+		t.Fatalf("secrets archive: %v", names)
+	}
 	dst := filepath.Join(t.TempDir(), "restored")
-	if code, msg := runCmd(t, "restore", "--in", out, "--data", dst); code != 1 || !strings.Contains(msg, "--db") {
+	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", dst); code != 1 || !strings.Contains(msg, "--db") {
 		t.Fatalf("PostgreSQL restore without --db: %d %s", code, msg)
 	}
 	dsn2 := storetest.Postgres(t)
-	if code, msg := runCmd(t, "restore", "--in", out, "--data", dst, "--db", dsn2); code != 0 {
+	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", dst, "--db", dsn2); code != 0 {
 		t.Fatalf("restore: %d %s", code, msg)
 	}
 	checkRestored(t, dst, dsn2, src.Demo, int64(len(before)), before)
+}
+
+// oneArchive writes dst as an older version wrote a backup: one archive,
+// the secrets among its files.
+func oneArchive(t *testing.T, backup, secrets, dst string) {
+	t.Helper()
+	sfiles := map[string][]byte{}
+	rewriteArchive(t, secrets, "", func(name string, b []byte) []byte { sfiles[name] = b; return b })
+	delete(sfiles, "manifest.json")
+	var extra []string
+	for n := range sfiles {
+		extra = append(extra, n)
+	}
+	rewriteArchiveWith(t, backup, dst, func(name string, b []byte) []byte {
+		if name != "manifest.json" {
+			return b
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["files"] = append(m["files"].([]any), m["secrets"].([]any)...)
+		delete(m, "secrets")
+		out, _ := json.Marshal(m)
+		return out
+	}, sfiles, extra...)
 }
 
 func archiveNames(t *testing.T, p string) map[string]bool {
@@ -255,6 +358,13 @@ func archiveNames(t *testing.T, p string) map[string]bool {
 // rewriteArchive copies archive src to dst ("" = only read), passing each
 // file through edit, and appends empty files named extra.
 func rewriteArchive(t *testing.T, src, dst string, edit func(string, []byte) []byte, extra ...string) {
+	t.Helper()
+	rewriteArchiveWith(t, src, dst, edit, nil, extra...)
+}
+
+// rewriteArchiveWith is rewriteArchive appending files named extra with
+// their contents from add (empty if absent).
+func rewriteArchiveWith(t *testing.T, src, dst string, edit func(string, []byte) []byte, add map[string][]byte, extra ...string) {
 	t.Helper()
 	f, err := os.Open(src)
 	if err != nil {
@@ -286,7 +396,8 @@ func rewriteArchive(t *testing.T, src, dst string, edit func(string, []byte) []b
 		tw.Write(b)
 	}
 	for _, n := range extra {
-		tw.WriteHeader(&tar.Header{Name: n, Mode: 0o600, Typeflag: tar.TypeReg})
+		tw.WriteHeader(&tar.Header{Name: n, Mode: 0o600, Size: int64(len(add[n])), Typeflag: tar.TypeReg})
+		tw.Write(add[n])
 	}
 	tw.Close()
 	zw.Close()
