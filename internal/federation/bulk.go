@@ -214,6 +214,10 @@ func (s *Service) bookMany(ctx context.Context, peer string, msgs []Charge, idx 
 	var wallet, credit, single []int
 	for _, i := range idx {
 		h := cards[msgs[i].Subject]
+		ok := false
+		if h.err == nil && h.found {
+			ok, h.err = s.usable(ctx, h.card, msgs[i])
+		}
 		switch {
 		case h.err != nil:
 			errs[i] = h.err
@@ -221,7 +225,7 @@ func (s *Service) bookMany(ctx context.Context, peer string, msgs []Charge, idx 
 			// Not a card or token we ever issued: accepted at the sender's
 			// risk, not ours (book does the same).
 			out[i] = ChargeAnswer{ID: msgs[i].ID, State: StateDeclined, Reason: apperr.UnknownHolder}
-		case usable(h.card, msgs[i]):
+		case ok:
 			wallet = append(wallet, i)
 		default:
 			credit = append(credit, i)

@@ -366,6 +366,29 @@ func TestForeignCardsAndBatches(t *testing.T) {
 		checkBooks(t, a, b)
 	})
 
+	t.Run("a tap while the card was lost is not the holder's to pay, once found either", func(t *testing.T) {
+		res := rs[0] // lost by the subtest before
+		w0 := a.wallet(t, res.CardNumber)
+		whileLost := time.Now()
+		time.Sleep(1100 * time.Millisecond) // deny lists count seconds
+		nodetest.NewClient(a.url, a.demo.Staff["hr_admin"].Token).JSON(t, "POST", "/v1/cards/"+res.CardNumber+"/recover", nil, 200, nil)
+		eventually(t, "B to learn the card was found", 10*time.Second, func() bool { return !b.Fed.CardRevoked(a.id, res.CardNumber, time.Now()) })
+		// B's terminal accepted the tap offline; B's deny list no longer
+		// names the card, so B asks A. A judges the tap by the card's
+		// history (lost then) and declines it: the resident's wallet is
+		// not charged.
+		rep := b.upload(t, "transit.bus", "fb-found", []terminal.Record{
+			{ID: "f-while-lost", Seq: 1, At: whileLost, Scenario: "transit.bus", CardNumber: res.CardNumber},
+		})
+		if it := rep.Items[0]; it.Status != "declined" {
+			t.Fatalf("B's report: %+v, want declined", it)
+		}
+		if w := a.wallet(t, res.CardNumber); w != w0 {
+			t.Fatalf("A's wallet %d, want %d: a tap made while the card was lost was charged to its holder", w, w0)
+		}
+		checkBooks(t, a, b)
+	})
+
 	// Nothing of A's residents' names or ID numbers is stored at B.
 	var dump strings.Builder
 	rows, err := b.DB.R.QueryContext(ctx, `SELECT COALESCE(body, ''), COALESCE(answer, '') FROM fed_messages`)

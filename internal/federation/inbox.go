@@ -408,9 +408,15 @@ func (s *Service) book(ctx context.Context, peer string, c Charge) (a ChargeAnsw
 	declined := ChargeAnswer{ID: c.ID, State: StateDeclined}
 	clr := ledger.ClearingID(peer)
 	card, err := s.holderCard(ctx, c.Subject)
+	ok := false
+	if err == nil {
+		if ok, err = s.usable(ctx, card, c); err != nil {
+			return ChargeAnswer{}, false, err
+		}
+	}
 	var resID string
 	switch {
-	case err == nil && usable(card, c):
+	case err == nil && ok:
 		resID = card.ResidentID
 	case c.Mode == ModeGuaranteed && apperr.CodeOf(err) == apperr.NotFound:
 		// No such card or token was ever issued here: the sender accepted
@@ -549,16 +555,24 @@ func (s *Service) holderCard(ctx context.Context, subject string) (resident.Card
 // usable reports whether card may be charged by c. Online, it must be
 // active and not locked. A scan an offline terminal made (ScanAt set) is
 // judged as of the scan, as this city judges its own offline records: a
-// card reported lost or cancelled after it is still charged, and the PIN
-// lock does not matter (no PIN was asked).
-func usable(card resident.Card, c Charge) bool {
+// card reported lost or cancelled after it is still charged, one lost at
+// the scan's time is not, even if found (or lost again) since (its
+// history tells), and the PIN lock does not matter (no PIN was asked).
+func (s *Service) usable(ctx context.Context, card resident.Card, c Charge) (bool, error) {
 	if c.ScanAt.IsZero() {
-		return card.Status == resident.StatusActive && !card.Locked
+		return card.Status == resident.StatusActive && !card.Locked, nil
 	}
 	if card.IssuedAt.After(c.ScanAt) {
-		return false // the card did not exist yet at the scan's time
+		return false, nil // the card did not exist yet at the scan's time
 	}
-	return card.Status == resident.StatusActive || card.StatusChangedAt.After(c.ScanAt)
+	if !card.StatusChangedAt.After(c.ScanAt) {
+		return card.Status == resident.StatusActive, nil
+	}
+	then, ok, err := s.Residents.StatusAt(ctx, card.Number, c.ScanAt)
+	if err != nil {
+		return false, apperr.Wrap(apperr.Unavailable, err)
+	}
+	return !ok || then == resident.StatusActive, nil
 }
 
 // claims are a resident's category and concession flags, as an e-code of

@@ -433,6 +433,42 @@ func (s *Service) CardEvents(ctx context.Context, cardNumber string) ([]CardEven
 	return out, nil
 }
 
+// StatusAt is the card's status at t by its history (card_events): what the
+// last status change at or before t made it, or, before the first one, what
+// that change found ("" before the card was issued). ok is false when the
+// history holds no status change at all (a card written without one); the
+// caller then has only the card's current status and status_changed_at.
+//
+// Offline scans are judged by it when the card changed after the scan: a
+// card lost at the scan's time and found, or lost again, since was not the
+// holder's hand at the gate then, and its status_changed_at (the last
+// change) does not say so.
+func (s *Service) StatusAt(ctx context.Context, cardNumber string, t time.Time) (status string, ok bool, err error) {
+	evs, err := s.CardEvents(ctx, cardNumber)
+	if err != nil {
+		return "", false, err
+	}
+	status, ok = statusAt(evs, t)
+	return status, ok, nil
+}
+
+func statusAt(evs []CardEvent, t time.Time) (string, bool) {
+	status, seen := "", false
+	for _, e := range evs {
+		if e.To == "" { // a PIN lock or unlock: no status change
+			continue
+		}
+		if e.At.After(t) {
+			if !seen {
+				return e.From, true
+			}
+			break
+		}
+		status, seen = e.To, true
+	}
+	return status, seen
+}
+
 // allowed[to] lists the statuses a card may move to `to` from.
 var allowed = map[string][]string{
 	StatusLost:      {StatusActive},

@@ -184,7 +184,24 @@ func (s *Service) evaluateOffline(ctx context.Context, sc catalog.Scenario, t te
 		return s.evaluateRemoteKey(ctx, sc, t, e.id, offlinePrefix+r.ID, r.AmountFen, "", r.At, remoteOpts{offline: true})
 	}
 	status := e.card.Status
-	if apperr.CodeOf(e.err) == apperr.Revoked || e.err == nil && status != resident.StatusActive {
+	revoked := apperr.CodeOf(e.err) == apperr.Revoked
+	if (revoked || e.err == nil) && e.card.Number != "" && e.card.StatusChangedAt.After(r.At) {
+		// The card changed after the scan: judge it as it was then, by its
+		// history. Lost at the scan's time and found (or lost again) since,
+		// the tap was not the holder's. (Before the card was issued, then
+		// is "": a terminal's clock behind, not a loss.)
+		then, ok, err := s.Residents.StatusAt(ctx, e.card.Number, r.At)
+		switch {
+		case err != nil:
+			e.err = apperr.Wrap(apperr.Unavailable, err)
+			return e
+		case ok && then != resident.StatusActive && then != "":
+			e.err = apperr.Newf(apperr.Revoked, "the card was reported lost or cancelled at the time of this scan", "此次扫码时该卡处于挂失或注销状态")
+			return e
+		}
+		// Active then (or no history to tell): as below.
+	}
+	if revoked || e.err == nil && status != resident.StatusActive {
 		if !e.card.StatusChangedAt.After(r.At) {
 			e.err = apperr.Newf(apperr.Revoked, "the card was reported lost or cancelled before this scan", "该卡在此次扫码前已挂失或注销")
 			return e

@@ -608,3 +608,64 @@ func TestOfflinePINThreshold(t *testing.T) {
 	}
 	c.checkBooks(t, 100)
 }
+
+// TestOfflineCardFoundOrLostAgain: an offline record is judged by the
+// card's status at the scan's time, from its history, not only by its
+// last change: a tap while the card was lost is refused even when the card
+// was found since, or lost again since (its last change is then after the
+// tap and alone would let the charge through).
+func TestOfflineCardFoundOrLostAgain(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		adult := c.people[0]
+		res := c.tn.Node.Residents
+		ctx := context.Background()
+		step := func() time.Time {
+			time.Sleep(15 * time.Millisecond)
+			at := time.Now()
+			time.Sleep(15 * time.Millisecond)
+			return at
+		}
+		before := step()
+		if _, err := res.ReportLost(ctx, adult.card, "test"); err != nil {
+			t.Fatal(err)
+		}
+		whileLost := step()
+		if _, err := res.Recover(ctx, adult.card, "test"); err != nil {
+			t.Fatal(err)
+		}
+		whileFound := step()
+		if _, err := res.ReportLost(ctx, adult.card, "test"); err != nil {
+			t.Fatal(err)
+		}
+		rec := func(id string, seq int64, at time.Time) terminal.Record {
+			return terminal.Record{ID: id, Seq: seq, At: at, Scenario: "transit.bus", CardNumber: adult.card}
+		}
+		// Lost again now: its last change is after all three taps.
+		var rep scan.BatchReport
+		c.tc.JSON(t, "POST", "/v1/terminals/"+c.term+"/batches", signBatch(t, c, "h1", []terminal.Record{
+			rec("h1", 1, before), rec("h2", 2, whileLost), rec("h3", 3, whileFound),
+		}), 200, &rep)
+		want := []struct{ status, reason string }{{"applied", ""}, {"declined", "revoked"}, {"applied", ""}}
+		for i, w := range want {
+			if it := rep.Items[i]; it.Status != w.status || string(it.Reason) != w.reason {
+				t.Errorf("lost again, record %s: %+v, want %s %s", it.ID, it, w.status, w.reason)
+			}
+		}
+		// Found again now (active): a tap while it was lost is still refused.
+		if _, err := res.Recover(ctx, adult.card, "test"); err != nil {
+			t.Fatal(err)
+		}
+		rep = scan.BatchReport{}
+		c.tc.JSON(t, "POST", "/v1/terminals/"+c.term+"/batches", signBatch(t, c, "h2", []terminal.Record{
+			rec("h4", 4, whileLost), rec("h5", 5, whileFound), rec("h6", 6, time.Now()),
+		}), 200, &rep)
+		want = []struct{ status, reason string }{{"declined", "revoked"}, {"applied", ""}, {"applied", ""}}
+		for i, w := range want {
+			if it := rep.Items[i]; it.Status != w.status || string(it.Reason) != w.reason {
+				t.Errorf("found again, record %s: %+v, want %s %s", it.ID, it, w.status, w.reason)
+			}
+		}
+		c.checkBooks(t, 4*200)
+	})
+}
