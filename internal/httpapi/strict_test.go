@@ -83,6 +83,19 @@ func TestDecodeJSONStrict(t *testing.T) {
 	}
 }
 
+// A deeply nested body is refused with a clear error, not walked down to
+// the bottom of the stack.
+func TestDecodeJSONDeep(t *testing.T) {
+	for _, body := range []string{
+		`{"raw":` + strings.Repeat("[", 200_000) + strings.Repeat("]", 200_000) + `}`,
+		`{"meta":` + strings.Repeat(`{"a":`, 50_000) + "1" + strings.Repeat("}", 50_000) + `}`,
+	} {
+		if _, err := decode(body); apperr.CodeOf(err) != apperr.ValidationFailed {
+			t.Errorf("%d bytes nested: %v, want validation_failed", len(body), err)
+		}
+	}
+}
+
 // What DecodeJSON accepts, encoding/json accepts too, to the same value;
 // no input makes it panic.
 func FuzzDecodeJSON(f *testing.F) {
@@ -105,4 +118,60 @@ func FuzzDecodeJSON(f *testing.F) {
 			t.Fatalf("%q decoded as %s, encoding/json gives %s", body, a, b)
 		}
 	})
+}
+
+// FuzzStrictMatchesReference: on every well-formed body, the byte walk
+// finds what the reference walk over json.Decoder tokens finds (the same
+// repeat, case variant or non-object body, with the same message), for
+// structs, maps and lists; on any body it neither panics nor hangs.
+func FuzzStrictMatchesReference(f *testing.F) {
+	for _, s := range []string{`{"card_number":"1","amount_fen":100}`, `{"meta":{"a":"1","a":"2"},"lines":[{"note":"x"}]}`,
+		`{"a":1,"a":2}`, `null`, `[1,{"x":[]}]`, `{"raw":{"x":{"y":[{"z":1}]}}}`, `{"AMOUNT_FEN":1}`,
+		`{"a\u0062":1,"ab":2}`, `{"\ud800":1,"\ufffd":2}`, `[{"note":"x","note":"y"}]`, `{"lines":[{},{"Note":1}]}`,
+		`{"k0":0,"k1":1,"k2":2,"k3":3,"k4":4,"k5":5,"k6":6,"k7":7,"k8":8,"k9":9,"k10":0,"k11":1,"k12":2,"k13":3,"k14":4,"k15":5,"k16":6,"k3":7}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		for _, v := range []any{&topup{}, &map[string]any{}, &[]topup{}, &map[string]inner{}, new(any)} {
+			got := walkBody([]byte(body), v)
+			if !json.Valid([]byte(body)) {
+				continue
+			}
+			want := refWalkBody([]byte(body), v)
+			if (got == nil) != (want == nil) || got != nil && got.Error() != want.Error() {
+				t.Fatalf("%q into %T: %v, the reference walk says %v", body, v, got, want)
+			}
+			if got != nil {
+				if g, w := apperr.As(got), apperr.As(want); g != nil && w != nil && g.Field != w.Field {
+					t.Fatalf("%q into %T: field %q, the reference walk says %q", body, v, g.Field, w.Field)
+				}
+			}
+		}
+	})
+}
+
+// BenchmarkStrictWalk times the strict check of a scan's body, the byte
+// walk against the token walk it replaced.
+func BenchmarkStrictWalk(b *testing.B) {
+	body := []byte(`{"idempotency_key":"lib-000123-000456","scenario":"library.loan","code":"YK1:` + strings.Repeat("6BFOXN*TS0BI$ZDFRH", 14) + `","amount_fen":0,"meta":{"desk":"3"}}`)
+	type scanReq struct {
+		Key      string            `json:"idempotency_key"`
+		Scenario string            `json:"scenario"`
+		Code     string            `json:"code"`
+		Amount   int64             `json:"amount_fen"`
+		Meta     map[string]string `json:"meta"`
+	}
+	for _, c := range []struct {
+		name string
+		walk func([]byte, any) error
+	}{{"bytes", walkBody}, {"tokens", refWalkBody}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := c.walk(body, &scanReq{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
