@@ -254,9 +254,9 @@ func (s *Service) prepareRecord(ctx context.Context, t terminal.Terminal, o *off
 	if len(e.plan) == 0 {
 		return
 	}
+	// Nor its plan: a final row's plan is read only to collect a debt
+	// (debtRecord stores it with the debt).
 	o.plan = e.plan
-	b, _ := json.Marshal(e.plan)
-	rec.plan = string(b)
 	o.debtOK = sc.Kind == catalog.KindCharge && sc.CreditLimitFen > 0 && len(e.plan) == 1
 	debtOK := o.debtOK
 	o.w.build = func(_ []ledger.Transfer, err error) *record {
@@ -355,6 +355,10 @@ func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, 
 	}
 	fin := *rec
 	fin.decision, fin.reason, fin.charged, fin.debt = Accepted, "", l.Amount, debt
+	if debt > 0 { // the collector credits what the plan credited
+		b, _ := json.Marshal(o.plan)
+		fin.plan = string(b)
+	}
 	// the card was checked with the first attempt
 	w := &attachRow{rec: &fin, update: o.w.update, debt: debt, limit: sc.CreditLimitFen}
 	w.build = func(_ []ledger.Transfer, err error) *record {

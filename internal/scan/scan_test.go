@@ -414,6 +414,15 @@ func TestOfflineBatches(t *testing.T) {
 		if rows < 9 || withAnswer != 0 {
 			t.Errorf("%d offline rows, %d with a stored answer; want ≥ 9 and 0", rows, withAnswer)
 		}
+		// Nor a plan, but with a debt: the collector credits what it credited.
+		var debtRows, debtPlans, plans int
+		if err := n.DB.R.QueryRow(`SELECT COUNT(CASE WHEN debt_fen > 0 THEN 1 END), COUNT(CASE WHEN debt_fen > 0 AND plan LIKE '%prv:%' THEN 1 END),
+			COUNT(CASE WHEN plan <> '' THEN 1 END) FROM scans WHERE terminal_id = $1 AND offline = 1`, c.term).Scan(&debtRows, &debtPlans, &plans); err != nil {
+			t.Fatal(err)
+		}
+		if debtRows != 3 || debtPlans != 3 || plans != 3 {
+			t.Errorf("%d rows with a debt, %d of them with their plan, %d plans in all; want 3, 3, 3", debtRows, debtPlans, plans)
+		}
 		// Re-sending the batch (any number of times) changes nothing.
 		for i := 0; i < 2; i++ {
 			var again scan.BatchReport
