@@ -440,9 +440,9 @@ func (s *Service) CardEvents(ctx context.Context, cardNumber string) ([]CardEven
 // caller then has only the card's current status and status_changed_at.
 //
 // Offline scans are judged by it when the card changed after the scan: a
-// card lost at the scan's time and found, or lost again, since was not the
-// holder's hand at the gate then, and its status_changed_at (the last
-// change) does not say so.
+// card that was lost at the scan's time, and has been found or lost again
+// since, was not in its holder's hands then, and its status_changed_at
+// (the last change) does not say so.
 func (s *Service) StatusAt(ctx context.Context, cardNumber string, t time.Time) (status string, ok bool, err error) {
 	evs, err := s.CardEvents(ctx, cardNumber)
 	if err != nil {
