@@ -151,17 +151,8 @@ func (w *walker) value(t reflect.Type, p *pathElem, depth int) error {
 			if err := w.value(elem, &pathElem{up: p, index: k, isIdx: true}, depth+1); err != nil {
 				return err
 			}
-			w.ws()
-			if w.i >= len(w.b) {
-				return errSyntax
-			}
-			c := w.b[w.i]
-			w.i++
-			if c == ']' {
-				return nil
-			}
-			if c != ',' {
-				return errSyntax
+			if end, err := w.after(']'); end || err != nil {
+				return err
 			}
 		}
 	case '"':
@@ -305,19 +296,28 @@ func (w *walker) object(t reflect.Type, p *pathElem, depth int) error {
 		if err := w.value(ft, &pathElem{up: p, key: key}, depth); err != nil {
 			return err
 		}
-		w.ws()
-		if w.i >= len(w.b) {
-			return errSyntax
-		}
-		c := w.b[w.i]
-		w.i++
-		if c == '}' {
-			return nil
-		}
-		if c != ',' {
-			return errSyntax
+		if end, err := w.after('}'); end || err != nil {
+			return err
 		}
 	}
+}
+
+// after reads what follows a member of a list or object: a comma (more
+// follow), or its closing byte (end).
+func (w *walker) after(closing byte) (end bool, err error) {
+	w.ws()
+	if w.i >= len(w.b) {
+		return false, errSyntax
+	}
+	c := w.b[w.i]
+	w.i++
+	switch c {
+	case closing:
+		return true, nil
+	case ',':
+		return false, nil
+	}
+	return false, errSyntax
 }
 
 var (
