@@ -4,6 +4,9 @@
 # measures the ceilings (bare HTTP, bare SM2 verify) and the load mixes,
 # prints one table, and stops everything it started.
 #   DURATION=10s CONC=64 scripts/bench-scans.sh
+# An aged database instead of a fresh one (scripts/prefill; the node is
+# started once to create the demo city, stopped, filled, and started again):
+#   PREFILL_SCANS=5000000 PREFILL_ACCOUNTS=2000000 PREFILL_JOURNAL=5000000 scripts/bench-scans.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -16,7 +19,17 @@ BARE=${BARE_PORT:-18481}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$DATA"; }
 trap cleanup EXIT
-"$BIN" serve --demo --data "$DATA" --addr 127.0.0.1:$PORT --log-level warn 2>"$DATA/node.log" & pids+=($!)
+if [ -n "${PREFILL_SCANS:-}${PREFILL_ACCOUNTS:-}${PREFILL_JOURNAL:-}" ]; then
+  "$BIN" serve --demo --data "$DATA" --addr 127.0.0.1:$PORT --log-level warn 2>"$DATA/node.log" & p=$!
+  for _ in $(seq 1 60); do
+    [ -f "$DATA/demo.json" ] && curl -sf 127.0.0.1:$PORT/healthz >/dev/null && break
+    sleep 0.5
+  done
+  kill "$p"; wait "$p" 2>/dev/null || true
+  go run ./scripts/prefill --db "$DATA/yikatong.db" --scans "${PREFILL_SCANS:-0}" --accounts "${PREFILL_ACCOUNTS:-0}" --journal "${PREFILL_JOURNAL:-0}"
+  echo "database: $(du -h "$DATA/yikatong.db" | cut -f1)" >&2
+fi
+"$BIN" serve --demo --data "$DATA" --addr 127.0.0.1:$PORT --log-level warn 2>>"$DATA/node.log" & pids+=($!)
 "$BIN" load --serve-bare 127.0.0.1:$BARE 2>/dev/null & pids+=($!)
 for _ in $(seq 1 60); do
   [ -f "$DATA/demo.json" ] && curl -sf 127.0.0.1:$PORT/healthz >/dev/null && curl -sf 127.0.0.1:$BARE/healthz >/dev/null && break
