@@ -335,3 +335,28 @@ func TestConcurrentOpenersMigrateOnce(t *testing.T) {
 		}
 	})
 }
+
+// The SQLite writer keeps statement journals in memory; readers keep the
+// default (temporary files), so a reader's large sort does not grow the
+// process.
+func TestSQLiteWriterKeepsStatementJournalsInMemory(t *testing.T) {
+	ctx := context.Background()
+	db, err := store.Open(ctx, filepath.Join(t.TempDir(), "y.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, c := range []struct {
+		name string
+		db   *sql.DB
+		want int
+	}{{"writer", db.W, 2}, {"reader", db.R, 0}} {
+		var got int
+		if err := c.db.QueryRowContext(ctx, `PRAGMA temp_store`).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("%s: temp_store = %d, want %d", c.name, got, c.want)
+		}
+	}
+}
