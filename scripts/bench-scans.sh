@@ -7,10 +7,14 @@
 # An aged database instead of a fresh one (scripts/prefill; the node is
 # started once to create the demo city, stopped, filled, and started again):
 #   PREFILL_SCANS=5000000 PREFILL_ACCOUNTS=2000000 PREFILL_JOURNAL=5000000 scripts/bench-scans.sh
+# Scans spread over N terminals per mix (the demo's and new ones):
+#   TERMINALS=2000 scripts/bench-scans.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONC=${CONC:-64}
+SPREAD=()
+[ -n "${TERMINALS:-}" ] && SPREAD=(--terminals "$TERMINALS")
 BIN=$(mktemp -d)/yikatong
 go build -o "$BIN" ./cmd/yikatong
 DATA=$(mktemp -d)
@@ -50,8 +54,8 @@ echo "| run | conc. | scans/s | p50 ms | p90 ms | p99 ms | max ms | errors | dec
 echo "|---|---|---|---|---|---|---|---|---|"
 run "ceiling: SM2 verify (all cores)" --mix sm2
 run "ceiling: bare HTTP" --mix bare --node http://127.0.0.1:$BARE --concurrency "$CONC"
-run "identify (YK1 codes)" --mix identify --demo "$DATA/demo.json" --concurrency "$CONC"
-run "charge (cards)" --mix charge --demo "$DATA/demo.json" --concurrency "$CONC"
-run "charge (cards)" --mix charge --demo "$DATA/demo.json" --concurrency 256
-run "peak" --mix peak --demo "$DATA/demo.json" --concurrency "$CONC"
-run "offline batches (1000 records)" --mix offline --demo "$DATA/demo.json" --concurrency 4 --batch 1000
+run "identify (YK1 codes)" --mix identify --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency "$CONC"
+run "charge (cards)" --mix charge --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency "$CONC"
+run "charge (cards)" --mix charge --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency 256
+run "peak" --mix peak --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency "$CONC"
+run "offline batches (1000 records)" --mix offline --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency 4 --batch 1000

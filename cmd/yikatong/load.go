@@ -40,6 +40,8 @@ percentiles (per request) and decline reasons. Stops by itself.
   --residents N       load residents to enrol and fund first        [200]
   --codes N           e-codes to issue before the clock starts (-1: the mix's default) [-1]
   --batch N           records per offline batch                    [1000]
+  --terminals N       spread the scans over N terminals: the demo's and
+                      new ones onboarded first (0: the demo's only)  [0]
   --json              print the result as one JSON object
   --serve-bare ADDR   serve the bare HTTP ceiling endpoint until SIGINT/SIGTERM
 `
@@ -56,6 +58,7 @@ func cmdLoad(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	residents := fs.Int("residents", 200, "")
 	codes := fs.Int("codes", -1, "")
 	batch := fs.Int("batch", 1000, "")
+	terminals := fs.Int("terminals", 0, "")
 	asJSON := fs.Bool("json", false, "")
 	bare := fs.String("serve-bare", "", "")
 	if err := fs.Parse(args); err != nil {
@@ -82,6 +85,7 @@ func cmdLoad(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		{*residents >= 0, "--residents", *residents, "0 or more"},
 		{*codes >= -1, "--codes", *codes, "-1 (the mix's default), 0 or more"},
 		{*batch > 0, "--batch", *batch, "at least 1 record"},
+		{*terminals >= 0 && *terminals <= loadgen.MaxTerminals, "--terminals", *terminals, fmt.Sprintf("0 to %d", loadgen.MaxTerminals)},
 	} {
 		if !bad.ok {
 			fmt.Fprintf(stderr, "yikatong load: %s %v: want %s\n\n%s", bad.flag, bad.v, bad.want, loadUsage)
@@ -94,7 +98,7 @@ func cmdLoad(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return serveBare(ctx, *bare, stderr)
 	}
 	o := loadgen.Options{Node: *nodeURL, Mix: *mix, Duration: *duration, Concurrency: *conc, MaxRequests: *maxReq,
-		Residents: *residents, Codes: *codes, BatchSize: *batch, Progress: stderr}
+		Residents: *residents, Codes: *codes, BatchSize: *batch, Terminals: *terminals, Progress: stderr}
 	if *demoPath != "" {
 		d, err := node.ReadDemoFile(*demoPath)
 		if err != nil {

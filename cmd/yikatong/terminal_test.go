@@ -57,20 +57,43 @@ func TestCmdTerminalAndLoad(t *testing.T) {
 		t.Fatalf("no token: exit %d", code)
 	}
 
-	// Load: short bounded runs of each mix against the same node.
+	// Load: short bounded runs of each mix against the same node; the
+	// charge and offline runs spread over 30 terminals, onboarded first.
+	terminalsNow := func() int {
+		total := 0
+		seen := map[string]bool{}
+		for _, tm := range n.Demo.Terminals {
+			if seen[tm.Provider] {
+				continue
+			}
+			seen[tm.Provider] = true
+			var list []struct {
+				ID string `json:"id"`
+			}
+			n.Client(n.Demo.Staff["operator"].Token).JSON(t, "GET", "/v1/providers/"+tm.Provider+"/terminals", nil, 200, &list)
+			total += len(list)
+		}
+		return total
+	}
+	before := terminalsNow()
 	for _, mix := range []string{"charge", "identify", "peak", "offline"} {
 		var outb, errb bytes.Buffer
 		args := []string{"load", "--demo", demo, "--mix", mix, "--duration", "1500ms", "--concurrency", "8", "--residents", "10", "--codes", "300", "--batch", "50", "--json"}
+		spread := mix == "charge" || mix == "offline"
+		if spread {
+			args = append(args, "--terminals", "30")
+		}
 		if c := run(args, strings.NewReader(""), &outb, &errb); c != 0 {
 			t.Fatalf("load %s: exit %d: %s", mix, c, errb.String())
 		}
 		var res struct {
-			Records  int64            `json:"records"`
-			Accepted int64            `json:"accepted"`
-			Errors   int64            `json:"errors"`
-			P99      int64            `json:"p99_ns"`
-			Rate     float64          `json:"rate_per_s"`
-			Reasons  map[string]int64 `json:"reasons"`
+			Terminals int              `json:"terminals"`
+			Records   int64            `json:"records"`
+			Accepted  int64            `json:"accepted"`
+			Errors    int64            `json:"errors"`
+			P99       int64            `json:"p99_ns"`
+			Rate      float64          `json:"rate_per_s"`
+			Reasons   map[string]int64 `json:"reasons"`
 		}
 		if err := json.Unmarshal(outb.Bytes(), &res); err != nil {
 			t.Fatalf("load %s output %q", mix, outb.String())
@@ -81,6 +104,14 @@ func TestCmdTerminalAndLoad(t *testing.T) {
 		if !strings.Contains(errb.String(), "\r") {
 			t.Fatalf("load %s: no progress display on stderr", mix)
 		}
+		if spread && res.Terminals != 30 || !spread && (res.Terminals == 0 || res.Terminals > len(n.Demo.Terminals)) {
+			t.Fatalf("load %s: spread over %d terminals", mix, res.Terminals)
+		}
+	}
+	// The charge mix's 3 scenarios and the offline mix's 4 have a demo
+	// terminal each; the rest of each 30 were onboarded.
+	if got, want := terminalsNow()-before, (30-3)+(30-4); got != want {
+		t.Fatalf("the load runs onboarded %d terminals, want %d", got, want)
 	}
 	// The books still balance after all that.
 	var check struct {
@@ -100,7 +131,7 @@ func TestCmdTerminalAndLoad(t *testing.T) {
 		t.Fatal("a 2h run was accepted")
 	}
 	// Flag values that cannot be meant are usage errors naming the flag.
-	for _, bad := range [][]string{{"--concurrency", "0"}, {"--duration", "-1s"}, {"--batch", "0"}, {"--max-requests", "-1"}, {"--residents", "-1"}, {"--codes", "-2"}} {
+	for _, bad := range [][]string{{"--concurrency", "0"}, {"--duration", "-1s"}, {"--batch", "0"}, {"--max-requests", "-1"}, {"--residents", "-1"}, {"--codes", "-2"}, {"--terminals", "-1"}, {"--terminals", "20001"}} {
 		errb.Reset()
 		if c := run(append([]string{"load", "--demo", demo}, bad...), strings.NewReader(""), &outb, &errb); c != 2 || !strings.Contains(errb.String(), bad[0]+" "+bad[1]) {
 			t.Fatalf("load %v: exit %d %s", bad, c, errb.String())

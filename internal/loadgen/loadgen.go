@@ -54,6 +54,7 @@ import (
 const (
 	MaxDuration    = 10 * time.Minute
 	MaxConcurrency = 4096
+	MaxTerminals   = 20_000
 )
 
 // Mixes.
@@ -86,6 +87,12 @@ type Options struct {
 	Codes int
 	// BatchSize is the records per offline batch.
 	BatchSize int
+	// Terminals is how many terminals the mix's scans spread over (0 =
+	// the demo's own, one or two per scenario). Beyond the demo's, the
+	// run onboards terminals of the same providers through the operator
+	// (not timed), as a city has thousands of gates and readers: each
+	// scan's row then lands in its own terminal's part of the indexes.
+	Terminals int
 	// Progress receives a one-line \r display (nil = none).
 	Progress io.Writer
 	// HTTP overrides the client (nil = a pooled client sized for Concurrency).
@@ -234,6 +241,9 @@ func checkOptions(o *Options) error {
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = 1000
+	}
+	if o.Terminals < 0 || o.Terminals > MaxTerminals {
+		return fmt.Errorf("terminals %d: want 0 to %d", o.Terminals, MaxTerminals)
 	}
 	if o.Mix != MixBare && o.Mix != MixSM2 && o.Demo == nil {
 		return errors.New("the mix needs the demo city (demo.json)")
@@ -552,18 +562,69 @@ func mixTargets(mix string) []target {
 	}
 }
 
-// terminalsFor maps each target's scenario to the demo's terminals.
-func terminalsFor(d *node.DemoFile, ts []target) (map[string][]node.DemoTerminal, error) {
-	m := map[string][]node.DemoTerminal{}
-	for _, t := range d.Terminals {
-		m[t.Scenario] = append(m[t.Scenario], t)
+// terminalsFor maps each target's scenario to the demo's terminals, and
+// to new ones of the same providers until the mix has o.Terminals in all
+// (spread over the scenarios by their weight).
+func terminalsFor(ctx context.Context, c *client, o Options, ts []target) (map[string][]node.DemoTerminal, error) {
+	want := map[string]bool{}
+	for _, t := range ts {
+		want[t.scenario] = true
 	}
+	m := map[string][]node.DemoTerminal{}
+	for _, t := range o.Demo.Terminals {
+		if want[t.Scenario] {
+			m[t.Scenario] = append(m[t.Scenario], t)
+		}
+	}
+	have, weight := 0, 0
 	for _, t := range ts {
 		if len(m[t.scenario]) == 0 {
 			return nil, fmt.Errorf("demo.json has no terminal for scenario %s", t.scenario)
 		}
+		have += len(m[t.scenario])
+		weight += t.weight
 	}
-	return m, nil
+	if o.Terminals <= have {
+		return m, nil
+	}
+	op := o.Demo.Staff["operator"].Token
+	if op == "" {
+		return nil, errors.New("demo.json lacks the operator token needed to onboard more terminals")
+	}
+	type job struct{ provider, scenario string }
+	var jobs []job
+	for i, t := range ts {
+		n := (o.Terminals - have) * t.weight / weight
+		if i == len(ts)-1 {
+			n = o.Terminals - have - len(jobs)
+		}
+		for range n {
+			jobs = append(jobs, job{m[t.scenario][0].Provider, t.scenario})
+		}
+	}
+	var mu sync.Mutex
+	prefix := time.Now().Format("150405")
+	err := parallel(ctx, 16, len(jobs), func(i int) error {
+		j := jobs[i]
+		body, _ := json.Marshal(map[string]any{"name": fmt.Sprintf("压测终端 %s-%05d", prefix, i), "scenarios": []string{j.scenario}})
+		var out struct {
+			Terminal struct {
+				ID string `json:"id"`
+			} `json:"terminal"`
+			Credentials struct {
+				Token    string `json:"token"`
+				BatchKey string `json:"batch_key"`
+			} `json:"credentials"`
+		}
+		if err := c.do(ctx, http.MethodPost, "/v1/providers/"+url.PathEscape(j.provider)+"/terminals", op, body, &out); err != nil {
+			return fmt.Errorf("onboarding a load terminal: %w", err)
+		}
+		mu.Lock()
+		m[j.scenario] = append(m[j.scenario], node.DemoTerminal{ID: out.Terminal.ID, Token: out.Credentials.Token, Provider: j.provider, Scenario: j.scenario, BatchKey: out.Credentials.BatchKey})
+		mu.Unlock()
+		return nil
+	})
+	return m, err
 }
 
 func pick(ts []target, rng *rand.Rand) target {
@@ -589,14 +650,14 @@ type scanAnswer struct {
 // runScans runs an online mix: each request is one POST /v1/scans.
 func runScans(ctx context.Context, o Options, c *client, pop *population) (Result, error) {
 	ts := mixTargets(o.Mix)
-	terms, err := terminalsFor(o.Demo, ts)
+	terms, err := terminalsFor(ctx, c, o, ts)
 	if err != nil {
 		return Result{}, err
 	}
 	var seq atomic.Int64
 	prefix := fmt.Sprintf("ld%x-", time.Now().UnixNano()&0xffffffffff)
 	counted := true
-	return runClosedLoop(ctx, o, &counted, func(ctx context.Context, w *workerStats, rng *rand.Rand, r *recorder) error {
+	res, err := runClosedLoop(ctx, o, &counted, func(ctx context.Context, w *workerStats, rng *rand.Rand, r *recorder) error {
 		t := pick(ts, rng)
 		tm := terms[t.scenario][rng.IntN(len(terms[t.scenario]))]
 		req := scan.Request{IdempotencyKey: prefix + fmt.Sprint(seq.Add(1)), Scenario: t.scenario, AmountFen: t.amount(rng)}
@@ -624,4 +685,14 @@ func runScans(ctx context.Context, o Options, c *client, pop *population) (Resul
 		}
 		return nil
 	})
+	res.Terminals = countTerminals(terms)
+	return res, err
+}
+
+func countTerminals(m map[string][]node.DemoTerminal) int {
+	n := 0
+	for _, list := range m {
+		n += len(list)
+	}
+	return n
 }

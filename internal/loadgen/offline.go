@@ -18,7 +18,7 @@ import (
 // gate uploads what it accepted while the network was down.
 func runOffline(ctx context.Context, o Options, c *client, pop *population) (Result, error) {
 	ts := mixTargets(MixOffline)
-	terms, err := terminalsFor(o.Demo, ts)
+	terms, err := terminalsFor(ctx, c, o, ts)
 	if err != nil {
 		return Result{}, err
 	}
@@ -38,7 +38,7 @@ func runOffline(ctx context.Context, o Options, c *client, pop *population) (Res
 	var seq atomic.Int64
 	prefix := fmt.Sprintf("ol%x-", time.Now().UnixNano()&0xffffffffff)
 	counted := true
-	return runClosedLoop(ctx, o, &counted, func(ctx context.Context, w *workerStats, rng *rand.Rand, r *recorder) error {
+	res, err := runClosedLoop(ctx, o, &counted, func(ctx context.Context, w *workerStats, rng *rand.Rand, r *recorder) error {
 		t := pick(ts, rng)
 		tm := terms[t.scenario][rng.IntN(len(terms[t.scenario]))]
 		recs := make([]terminal.Record, o.BatchSize)
@@ -61,6 +61,8 @@ func runOffline(ctx context.Context, o Options, c *client, pop *population) (Res
 		countReport(rep, w, r)
 		return nil
 	})
+	res.Terminals = countTerminals(terms)
+	return res, err
 }
 
 func countReport(rep scan.BatchReport, w *workerStats, r *recorder) {

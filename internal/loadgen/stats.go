@@ -36,6 +36,8 @@ type Result struct {
 	// CardFallbacks counts scans that used a card number because the code
 	// pool ran dry.
 	CardFallbacks int64 `json:"card_fallbacks,omitempty"`
+	// Terminals is how many terminals the scans were spread over.
+	Terminals int `json:"terminals,omitempty"`
 	// Setup describes the preparation (residents, codes) — not timed.
 	Setup string `json:"setup,omitempty"`
 }
@@ -131,6 +133,9 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float
 // Print writes a human-readable summary of res.
 func (res Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "mix %s, concurrency %d, %.1f s\n", res.Mix, res.Concurrency, res.Elapsed.Seconds())
+	if res.Terminals > 0 {
+		fmt.Fprintf(w, "  terminals:  %d\n", res.Terminals)
+	}
 	if res.Setup != "" {
 		fmt.Fprintf(w, "  setup:      %s\n", res.Setup)
 	}
