@@ -130,7 +130,7 @@ func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []
 			}
 			var trs []ledger.TransferRequest
 			for k, l := range o.plan {
-				trs = append(trs, l.request(o.w.rec, k))
+				trs = append(trs, l.request(o.w.rec, k, false))
 			}
 			reqs = append(reqs, ledger.Attached{Transfers: trs, Att: &ledger.Attachment{To: s.rows, Value: o.w}})
 			live = append(live, o)
@@ -345,13 +345,16 @@ func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, 
 		fin.decision, fin.reason, fin.charged, fin.debt = Declined, string(code), 0, 0
 		return &fin
 	}
-	base := "scan:" + rec.terminal + ":" + rec.key + ":debt"
+	// A row an older version left pending keeps that version's keys.
+	legacy := o.w.update
 	var reqs []ledger.TransferRequest
 	if fromWallet > 0 {
-		reqs = append(reqs, leg{Key: base + "0", Debit: l.Debit, Credit: l.Credit, Amount: fromWallet, Kind: l.Kind}.request(rec, 0))
+		k := transferKey(rec.terminal, rec.key, rec.at, "debt0", legacy)
+		reqs = append(reqs, leg{Key: k, Debit: l.Debit, Credit: l.Credit, Amount: fromWallet, Kind: l.Kind}.request(rec, 0, legacy))
 	}
 	if debt > 0 {
-		reqs = append(reqs, leg{Key: base + "1", Debit: CreditAccount, Credit: l.Credit, Amount: debt, Kind: "scan_credit"}.request(rec, 1))
+		k := transferKey(rec.terminal, rec.key, rec.at, "debt1", legacy)
+		reqs = append(reqs, leg{Key: k, Debit: CreditAccount, Credit: l.Credit, Amount: debt, Kind: "scan_credit"}.request(rec, 1, legacy))
 	}
 	fin := *rec
 	fin.decision, fin.reason, fin.charged, fin.debt = Accepted, "", l.Amount, debt

@@ -118,7 +118,7 @@ func (s *Service) charge(ctx context.Context, rec *record, sc catalog.Scenario, 
 	rec.plan = string(b)
 	reqs := make([]ledger.TransferRequest, len(plan))
 	for i, l := range plan {
-		reqs[i] = l.request(rec, i)
+		reqs[i] = l.request(rec, i, false)
 	}
 	var resp Response
 	w := rowFor(rec)

@@ -2,9 +2,7 @@ package scan
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
@@ -173,14 +171,17 @@ func (c *Collector) Owed(ctx context.Context, residentID string) (int64, error) 
 // debit account of the record's credit leg), else the provider account
 // the charge's plan credited.
 func (c *Collector) creditor(ctx context.Context, d debtRow) (string, error) {
-	var acct string
-	err := c.s.DB.R.QueryRowContext(ctx, `SELECT debit FROM ledger_journal WHERE idem_key = $1`,
-		"scan:"+d.terminal+":"+d.key+":debt1").Scan(&acct)
-	switch {
-	case err == nil:
-		return acct, nil
-	case !errors.Is(err, sql.ErrNoRows):
-		return "", apperr.Wrap(apperr.Unavailable, err)
+	// The credit leg's key: time-ordered, or as an older version made it.
+	for _, legacy := range []bool{false, true} {
+		var acct string
+		err := c.s.DB.R.QueryRowContext(ctx, `SELECT debit FROM ledger_journal WHERE idem_key = $1`,
+			transferKey(d.terminal, d.key, d.At.UnixMilli(), "debt1", legacy)).Scan(&acct)
+		switch {
+		case err == nil:
+			return acct, nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return "", apperr.Wrap(apperr.Unavailable, err)
+		}
 	}
 	var plan []leg
 	if json.Unmarshal([]byte(d.plan), &plan) == nil && len(plan) > 0 && plan[0].Credit != "" {
@@ -189,14 +190,12 @@ func (c *Collector) creditor(ctx context.Context, d debtRow) (string, error) {
 	return ledger.ReceivableID(d.ProviderID), nil
 }
 
-// collectionKey is the ledger key of collection seq of a debt row.
-func collectionKey(terminal, key string, seq int64) string {
-	k := "scan:" + terminal + ":" + key + ":collect" + strconv.FormatInt(seq, 10)
-	if len(k) <= ledger.MaxKeyLen {
-		return k
-	}
-	h := sha256.Sum256([]byte(terminal + "\x00" + key))
-	return "scan-collect:" + hex.EncodeToString(h[:20]) + ":" + strconv.FormatInt(seq, 10)
+// collectionKey is the ledger key of collection seq of the debt row
+// (terminal, key) of a scan made at at (Unix ms). (Collections are new
+// transfers each: a collection an older version made under its key is
+// counted by its row, never made again.)
+func collectionKey(terminal, key string, at, seq int64) string {
+	return transferKey(terminal, key, at, "collect"+strconv.FormatInt(seq, 10), false)
 }
 
 // collectRow is one planned collection (Attachment.Value).
@@ -214,7 +213,7 @@ func (w *collectRow) request(d debtRow) ledger.TransferRequest {
 		ref = ref[:ledger.MaxMetaValLen]
 	}
 	return ledger.TransferRequest{
-		Key: collectionKey(w.terminal, w.key, w.seq), Debit: ledger.WalletID(w.residentID), Credit: w.creditor, Amount: w.amount,
+		Key: collectionKey(w.terminal, w.key, d.At.UnixMilli(), w.seq), Debit: ledger.WalletID(w.residentID), Credit: w.creditor, Amount: w.amount,
 		Kind: KindDebtCollection,
 		Memo: "ride first, pay later: offline fare debt collected from a top-up (先乘后付欠款扣回)",
 		Meta: map[string]string{"kind": KindDebtCollection, "scan": ref, "scenario": d.Scenario, "provider": d.ProviderID,

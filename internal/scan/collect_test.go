@@ -426,3 +426,47 @@ func TestDebtWithoutAdvanceRepaysProvider(t *testing.T) {
 		}
 	})
 }
+
+// TestLegacyDebtRepaysItsAdvance: a debt an older version booked (its
+// "ride first, pay later" legs under the keys that version gave them,
+// before keys began with the scan's time) is repaid to the account that
+// advanced it, as a debt booked today is: a top-up collects both, and the
+// provider, paid at the rides, gets nothing more.
+func TestLegacyDebtRepaysItsAdvance(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		ctx := context.Background()
+		p := debtor(t, c, 43)
+		wal, prv := ledger.WalletID(p.id), ledger.ReceivableID(c.provider)
+		// The older version's row and its credit leg (the wallet was empty).
+		at := time.Now().Add(-time.Hour).UnixMilli()
+		plan, _ := json.Marshal([]map[string]any{{"d": wal, "c": prv, "a": 200, "t": "scan_charge"}})
+		if _, err := c.tn.DB.W.ExecContext(ctx, `INSERT INTO scans(terminal_id, idem_key, req_hash, cti, provider_id, scenario, resident_id, state, decision, reason, charged_fen, debt_fen, offline, plan, answer, at)
+			VALUES ($1, 'off:old1', $2, NULL, $3, 'transit.bus', $4, 'final', 'accepted', '', 200, 200, 1, $5, NULL, $6)`,
+			c.term, []byte{1}, c.provider, p.id, string(plan), at); err != nil {
+			t.Fatal(err)
+		}
+		meta := map[string]string{"scenario": "transit.bus", "terminal": c.term}
+		if _, err := c.tn.Ledger.Linked(ctx, []ledger.TransferRequest{{Key: "scan:" + c.term + ":off:old1:debt1", Debit: scan.CreditAccount, Credit: prv, Amount: 200, Kind: "scan_credit", Meta: meta}}); err != nil {
+			t.Fatal(err)
+		}
+		// And one booked today.
+		if rep := rides(t, c, p, "new", 1); rep.Items[0].DebtFen != 200 {
+			t.Fatalf("today's ride: %+v", rep.Items[0])
+		}
+		if b := balanceOf(t, c, scan.CreditAccount); b != -400 {
+			t.Fatalf("advanced %d, want 400", -b)
+		}
+		before := balanceOf(t, c, prv)
+		topUp(t, c, p, "t-legacy", 1000)
+		if owed(t, c, p) != 0 || wallet(t, c, p) != 600 {
+			t.Fatalf("owed %d, wallet %d", owed(t, c, p), wallet(t, c, p))
+		}
+		if got := balanceOf(t, c, prv) - before; got != 0 {
+			t.Fatalf("the provider received %d more", got)
+		}
+		if collected := checkCollections(t, c); collected != 400 {
+			t.Fatalf("collected %d, want 400", collected)
+		}
+	})
+}

@@ -260,7 +260,7 @@ func (s *Service) redriveOffline(ctx context.Context, ex *record, sc catalog.Sce
 	}
 	debtOK := sc.Kind == catalog.KindCharge && sc.CreditLimitFen > 0 && len(plan) == 1
 	if debtOK {
-		legs, err := s.journalAmounts(ctx, "scan:"+rec.terminal+":"+rec.key+":debt0", "scan:"+rec.terminal+":"+rec.key+":debt1")
+		legs, err := s.journalAmounts(ctx, transferKey(rec.terminal, rec.key, rec.at, "debt0", true), transferKey(rec.terminal, rec.key, rec.at, "debt1", true))
 		if err != nil {
 			return reject(err)
 		}
@@ -292,7 +292,7 @@ func (s *Service) redriveOffline(ctx context.Context, ex *record, sc catalog.Sce
 	}
 	reqs := make([]ledger.TransferRequest, len(plan))
 	for i, l := range plan {
-		reqs[i] = l.request(&rec, i)
+		reqs[i] = l.request(&rec, i, true)
 	}
 	out, err := s.Ledger.Attach(ctx, reqs, &ledger.Attachment{To: s.rows, Value: w})
 	if err != nil {

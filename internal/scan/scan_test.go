@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -676,5 +677,38 @@ func TestOfflineCardFoundOrLostAgain(t *testing.T) {
 			}
 		}
 		c.checkBooks(t, 4*200)
+	})
+}
+
+// TestChargeKeysAppendToTheJournal: the ledger keys of charges, in the
+// order the journal received them, are in key order (each lands at the end
+// of the journal's index of keys), although their idempotency keys are not.
+func TestChargeKeysAppendToTheJournal(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		for i := 1; i <= 12; i++ {
+			if a, r := c.scan(t, map[string]any{"idempotency_key": fmt.Sprintf("k%d", i), "scenario": "transit.bus", "card_number": c.people[i%2].card}); r.Status != 200 || a.Decision != "accepted" {
+				t.Fatalf("scan %d: %d %s", i, r.Status, r.Body)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		rows, err := c.tn.DB.R.QueryContext(context.Background(), `SELECT idem_key FROM ledger_journal WHERE kind = 'scan_charge' ORDER BY seq`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var keys []string
+		for rows.Next() {
+			var k string
+			if err := rows.Scan(&k); err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, k)
+		}
+		// (The odd scans are a senior's free rides: no transfer.) k10 and
+		// k12 sort before k2 as idempotency keys.
+		if len(keys) != 6 || !sort.StringsAreSorted(keys) {
+			t.Fatalf("charge keys in journal order: %q", keys)
+		}
 	})
 }
