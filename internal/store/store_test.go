@@ -360,3 +360,54 @@ func TestSQLiteWriterKeepsStatementJournalsInMemory(t *testing.T) {
 		}
 	}
 }
+
+// The write-ahead log reaches the database file without the writer's
+// commits copying it (the writer's own automatic checkpoint is a backstop
+// far above what is written here): the background checkpointer does it.
+func TestSQLiteCheckpointsInTheBackground(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "y.db")
+	db, err := store.Open(ctx, path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var auto int
+	if err := db.W.QueryRowContext(ctx, `PRAGMA wal_autocheckpoint`).Scan(&auto); err != nil || auto < 4000 {
+		t.Fatalf("writer's wal_autocheckpoint %d (%v), want a backstop of at least 4000 pages", auto, err)
+	}
+	if _, err := db.W.ExecContext(ctx, `CREATE TABLE blobs(b BLOB)`); err != nil {
+		t.Fatal(err)
+	}
+	const pages = 2000
+	blob := make([]byte, 3000)
+	for i := 0; i < pages/100; i++ {
+		tx, err := db.W.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := 0; j < 100; j++ {
+			blob[0], blob[1] = byte(i), byte(j)
+			if _, err := tx.ExecContext(ctx, `INSERT INTO blobs(b) VALUES ($1)`, blob); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() >= pages*4096*9/10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the database file holds %d bytes after %d pages were written: nothing checkpointed it", fi.Size(), pages)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
