@@ -58,7 +58,6 @@ type DB struct {
 	Where   string
 	walPath string // SQLite in WAL mode: the database file (SyncWAL)
 	reads   readStmts
-	ckpt    *checkpointer // SQLite in WAL mode (checkpoint.go)
 }
 
 // Options tune Open.
@@ -130,7 +129,6 @@ func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
 		wq[k] = v
 	}
 	wq.Add("_pragma", "temp_store(MEMORY)")
-	wq.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", writerAutoCheckpoint))
 	w, err := sql.Open("sqlite", "file:"+path+"?"+wq.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("opening SQLite database %s: %w", path, err)
@@ -181,15 +179,7 @@ func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
 		r.Close()
 		return nil, err
 	}
-	db := &DB{Dialect: SQLite, W: w, R: r, Where: path, walPath: walPath}
-	if walPath != "" {
-		if db.ckpt, err = startCheckpointer(dsn); err != nil {
-			w.Close()
-			r.Close()
-			return nil, err
-		}
-	}
-	return db, nil
+	return &DB{Dialect: SQLite, W: w, R: r, Where: path, walPath: walPath}, nil
 }
 
 func openPostgres(ctx context.Context, dsn string, opt Options) (*DB, error) {
@@ -282,10 +272,7 @@ func (db *DB) Close() error {
 		return nil
 	}
 	db.closeReads()
-	err := db.ckpt.close()
-	if e := db.W.Close(); err == nil {
-		err = e
-	}
+	err := db.W.Close()
 	if db.R != db.W {
 		if e := db.R.Close(); err == nil {
 			err = e
