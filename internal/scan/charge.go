@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
@@ -89,6 +90,12 @@ func (s *Service) outcome(ctx context.Context, rec *record, err error) (int, *re
 	return 0, nil, err
 }
 
+// showsBalance says whether sc's view has a balance after the scan (the
+// facts balances adds).
+func showsBalance(sc catalog.Scenario) bool {
+	return slices.Contains(sc.ViewFields, "balance_fen") || slices.Contains(sc.ViewFields, "medical_balance_fen")
+}
+
 // balances adds the holder's balances after the transfers to the facts.
 func balances(all map[string]any, rec *record, plan []leg, trs []ledger.Transfer) {
 	for i, l := range plan {
@@ -120,11 +127,30 @@ func (s *Service) charge(ctx context.Context, rec *record, sc catalog.Scenario, 
 	for i, l := range plan {
 		reqs[i] = l.request(rec, i, false)
 	}
+	accepted := func(trs []ledger.Transfer) Response {
+		facts := make(map[string]any, len(all)+2)
+		for k, v := range all {
+			facts[k] = v
+		}
+		balances(facts, rec, plan, trs)
+		return finish(sc, facts, Accepted, "", eval{})
+	}
+	// build runs in the ledger's committer, which every charge waits for.
+	// Unless the provider sees a balance after the fare (a bus gate sees
+	// the decision and the fare), the accepted answer does not depend on
+	// the ledger: it is made and sealed here, beforehand, in parallel.
+	var pre Response
+	var preSealed []byte
+	if !showsBalance(sc) {
+		pre = accepted(nil)
+		preSealed = s.seal(rec, pre)
+	}
 	var resp Response
 	w := rowFor(rec)
 	w.build = func(trs []ledger.Transfer, err error) *record {
 		fin := *rec
-		if err != nil {
+		switch {
+		case err != nil:
 			code := apperr.CodeOf(err)
 			switch code {
 			case apperr.Unavailable, apperr.Internal, apperr.IdempotencyConflict:
@@ -132,13 +158,11 @@ func (s *Service) charge(ctx context.Context, rec *record, sc catalog.Scenario, 
 			}
 			fin.decision, fin.reason, fin.charged = Declined, string(code), 0
 			resp = finish(sc, nil, Declined, code, eval{})
-		} else {
-			facts := make(map[string]any, len(all)+2)
-			for k, v := range all {
-				facts[k] = v
-			}
-			balances(facts, rec, plan, trs)
-			resp = finish(sc, facts, Accepted, "", eval{})
+		case preSealed != nil:
+			resp, fin.answer = pre, preSealed
+			return &fin
+		default:
+			resp = accepted(trs)
 		}
 		fin.answer = s.seal(&fin, resp)
 		return &fin

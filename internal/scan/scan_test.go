@@ -712,3 +712,51 @@ func TestChargeKeysAppendToTheJournal(t *testing.T) {
 		}
 	})
 }
+
+// TestChargeAnswersOnRetry: a charge's answer is the same on a retry of
+// its key, whether it was made before the ledger applied the fare (a bus
+// gate sees no balance) or after (a canteen sees the balance after the
+// fare); a fare the wallet cannot pay is declined, and stays declined on
+// a retry, although an accepted answer had been prepared for it.
+func TestChargeAnswersOnRetry(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus", "campus.canteen"})
+		rich := enrol(t, c.tn.Node, rand.New(rand.NewPCG(61, 62)), resident.CategoryLocal, time.Now().AddDate(-30, 0, 0), 10_000, 0)
+		poor := enrol(t, c.tn.Node, rand.New(rand.NewPCG(63, 64)), resident.CategoryLocal, time.Now().AddDate(-30, 0, 0), 100, 0)
+		for _, tc := range []struct {
+			key, scenario string
+			p             person
+			amount        int64
+			decision      string
+			view          map[string]any
+		}{
+			{"bus-ok", "transit.bus", rich, 0, "accepted", map[string]any{"decision": "accepted", "charged_fen": 200.0}},
+			{"canteen-ok", "campus.canteen", rich, 1_500, "accepted", map[string]any{"decision": "accepted", "charged_fen": 1_500.0, "balance_fen": float64(10_000 - 200 - 1_500)}},
+			{"bus-poor", "transit.bus", poor, 0, "declined", map[string]any{"decision": "declined", "reason": "insufficient_funds"}},
+			{"canteen-poor", "campus.canteen", poor, 1_500, "declined", map[string]any{"decision": "declined", "reason": "insufficient_funds"}},
+		} {
+			body := map[string]any{"idempotency_key": tc.key, "scenario": tc.scenario, "card_number": tc.p.card}
+			if tc.amount > 0 {
+				body["amount_fen"] = tc.amount
+			}
+			first, r := c.scan(t, body)
+			if r.Status != 200 || first.Decision != tc.decision {
+				t.Fatalf("%s: %d %s", tc.key, r.Status, r.Body)
+			}
+			for k, want := range tc.view {
+				if first.View[k] != want {
+					t.Fatalf("%s: view %v, want %s = %v", tc.key, first.View, k, want)
+				}
+			}
+			if _, r2 := c.scan(t, body); r2.Status != 200 || string(r2.Body) != string(r.Body) {
+				t.Fatalf("%s: retried answer %s, first %s", tc.key, r2.Body, r.Body)
+			}
+		}
+		if w := wallet(t, c, rich); w != 10_000-200-1_500 {
+			t.Fatalf("wallet %d", w)
+		}
+		if w := wallet(t, c, poor); w != 100 {
+			t.Fatalf("poor wallet %d", w)
+		}
+	})
+}
