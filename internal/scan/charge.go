@@ -2,7 +2,6 @@ package scan
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"slices"
 	"time"
@@ -119,10 +118,12 @@ func balances(all map[string]any, rec *record, plan []leg, trs []ledger.Transfer
 // no pending state. A fare the ledger refuses is stored as a declined scan
 // with the ledger's reason (the code's nonce stays used); a conflicting
 // ledger key (idempotency_conflict), or a failed batch, writes nothing.
+//
+// The row keeps no plan: a final row's plan is never read again (only a
+// pending row's, left by an older version, is re-driven, and an offline
+// debt's, which the debt collector repays).
 func (s *Service) charge(ctx context.Context, rec *record, sc catalog.Scenario, plan []leg, all map[string]any) (Response, error) {
 	rec.state = stateFinal
-	b, _ := json.Marshal(plan)
-	rec.plan = string(b)
 	reqs := make([]ledger.TransferRequest, len(plan))
 	for i, l := range plan {
 		reqs[i] = l.request(rec, i, false)

@@ -758,5 +758,10 @@ func TestChargeAnswersOnRetry(t *testing.T) {
 		if w := wallet(t, c, poor); w != 100 {
 			t.Fatalf("poor wallet %d", w)
 		}
+		// A final charge's row keeps no plan (nothing reads it again).
+		var plans int
+		if err := c.tn.DB.R.QueryRowContext(context.Background(), `SELECT COUNT(*) FROM scans WHERE plan <> ''`).Scan(&plans); err != nil || plans != 0 {
+			t.Fatalf("%d scan rows keep a plan (%v)", plans, err)
+		}
 	})
 }
