@@ -41,7 +41,9 @@ percentiles (per request) and decline reasons. Stops by itself.
   --codes N           e-codes to issue before the clock starts (-1: the mix's default) [-1]
   --batch N           records per offline batch                    [1000]
   --terminals N       spread the scans over N terminals: the demo's and
-                      new ones onboarded first (0: the demo's only)  [0]
+                      new ones onboarded first, anew on every run (a
+                      terminal's token is shown once), so use a throwaway
+                      demo node (0: the demo's only)                 [0]
   --json              print the result as one JSON object
   --serve-bare ADDR   serve the bare HTTP ceiling endpoint until SIGINT/SIGTERM
 `
