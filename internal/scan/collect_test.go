@@ -400,22 +400,28 @@ func TestDebtSweepAfterCrash(t *testing.T) {
 	})
 }
 
+// debtRow stores an accepted offline bus ride (200 fen) of p under key,
+// made at at (Unix ms), whose debt (fen) is outstanding, as if the scan
+// path had written it.
+func debtRow(t testing.TB, c *city, p person, key string, debt, at int64) {
+	t.Helper()
+	plan, _ := json.Marshal([]map[string]any{{"d": ledger.WalletID(p.id), "c": ledger.ReceivableID(c.provider), "a": 200, "t": "scan_charge"}})
+	if _, err := c.tn.DB.W.ExecContext(context.Background(), `INSERT INTO scans(terminal_id, idem_key, req_hash, cti, provider_id, scenario, resident_id, state, decision, reason, charged_fen, debt_fen, offline, plan, answer, at)
+		VALUES ($1, $2, $3, NULL, $4, 'transit.bus', $5, 'final', 'accepted', '', 200, $6, 1, $7, NULL, $8)`,
+		c.term, key, []byte{1}, c.provider, p.id, debt, string(plan), at); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestDebtWithoutAdvanceRepaysProvider: a debt row whose fare was not
 // advanced to the provider (no "…:debt1" leg) is repaid to the provider
 // account its charge's plan credited.
 func TestDebtWithoutAdvanceRepaysProvider(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, dsn string) {
 		c := setup(t, dsn, []string{"transit.bus"})
-		ctx := context.Background()
 		p := debtor(t, c, 41)
-		wal, prv := ledger.WalletID(p.id), ledger.ReceivableID(c.provider)
-		plan, _ := json.Marshal([]map[string]any{{"d": wal, "c": prv, "a": 200, "t": "scan_charge"}})
-		answer := c.tn.Vault.Seal([]byte(`{}`), "x")
-		if _, err := c.tn.DB.W.ExecContext(ctx, `INSERT INTO scans(terminal_id, idem_key, req_hash, cti, provider_id, scenario, resident_id, state, decision, reason, charged_fen, debt_fen, offline, plan, answer, at)
-			VALUES ($1, 'off:x1', $2, NULL, $3, 'transit.bus', $4, 'final', 'accepted', '', 200, 150, 1, $5, $6, $7)`,
-			c.term, []byte{1}, c.provider, p.id, string(plan), answer, time.Now().UnixMilli()); err != nil {
-			t.Fatal(err)
-		}
+		prv := ledger.ReceivableID(c.provider)
+		debtRow(t, c, p, "off:x1", 150, time.Now().UnixMilli())
 		before := balanceOf(t, c, prv)
 		topUp(t, c, p, "t", 1000)
 		if got := balanceOf(t, c, prv) - before; got != 150 {
@@ -437,15 +443,9 @@ func TestLegacyDebtRepaysItsAdvance(t *testing.T) {
 		c := setup(t, dsn, []string{"transit.bus"})
 		ctx := context.Background()
 		p := debtor(t, c, 43)
-		wal, prv := ledger.WalletID(p.id), ledger.ReceivableID(c.provider)
+		prv := ledger.ReceivableID(c.provider)
 		// The older version's row and its credit leg (the wallet was empty).
-		at := time.Now().Add(-time.Hour).UnixMilli()
-		plan, _ := json.Marshal([]map[string]any{{"d": wal, "c": prv, "a": 200, "t": "scan_charge"}})
-		if _, err := c.tn.DB.W.ExecContext(ctx, `INSERT INTO scans(terminal_id, idem_key, req_hash, cti, provider_id, scenario, resident_id, state, decision, reason, charged_fen, debt_fen, offline, plan, answer, at)
-			VALUES ($1, 'off:old1', $2, NULL, $3, 'transit.bus', $4, 'final', 'accepted', '', 200, 200, 1, $5, NULL, $6)`,
-			c.term, []byte{1}, c.provider, p.id, string(plan), at); err != nil {
-			t.Fatal(err)
-		}
+		debtRow(t, c, p, "off:old1", 200, time.Now().Add(-time.Hour).UnixMilli())
 		meta := map[string]string{"scenario": "transit.bus", "terminal": c.term}
 		if _, err := c.tn.Ledger.Linked(ctx, []ledger.TransferRequest{{Key: "scan:" + c.term + ":off:old1:debt1", Debit: scan.CreditAccount, Credit: prv, Amount: 200, Kind: "scan_credit", Meta: meta}}); err != nil {
 			t.Fatal(err)
