@@ -103,6 +103,15 @@ func (p *pathElem) String() string {
 	return up + "." + string(p.key)
 }
 
+// caseVariantErr refuses the member name, which differs from the field f
+// only in case.
+func caseVariantErr(name, f string) error {
+	e := apperr.Newf(apperr.ValidationFailed, fmt.Sprintf("unknown field %q (field names are case-sensitive: %q)", name, f),
+		fmt.Sprintf("未知字段 %q（字段名区分大小写，应为 %q）", name, f))
+	e.Field = name
+	return e
+}
+
 func (w *walker) ws() {
 	for w.i < len(w.b) {
 		switch w.b[w.i] {
@@ -277,11 +286,7 @@ func (w *walker) object(t reflect.Type, p *pathElem, depth int) error {
 			if ft, ok = fields[string(key)]; !ok {
 				for f := range fields {
 					if strings.EqualFold(f, string(key)) {
-						name := (&pathElem{up: p, key: key}).String()
-						e := apperr.Newf(apperr.ValidationFailed, fmt.Sprintf("unknown field %q (field names are case-sensitive: %q)", name, f),
-							fmt.Sprintf("未知字段 %q（字段名区分大小写，应为 %q）", name, f))
-						e.Field = name
-						return e
+						return caseVariantErr((&pathElem{up: p, key: key}).String(), f)
 					}
 				}
 			}

@@ -102,10 +102,7 @@ func refWalkObject(dec *json.Decoder, t reflect.Type, path string) error {
 			if ft, ok = fields[key]; !ok {
 				for f := range fields {
 					if strings.EqualFold(f, key) {
-						e := apperr.Newf(apperr.ValidationFailed, fmt.Sprintf("unknown field %q (field names are case-sensitive: %q)", name, f),
-							fmt.Sprintf("未知字段 %q（字段名区分大小写，应为 %q）", name, f))
-						e.Field = name
-						return e
+						return caseVariantErr(name, f)
 					}
 				}
 			}
