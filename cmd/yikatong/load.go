@@ -44,6 +44,10 @@ percentiles (per request) and decline reasons. Stops by itself.
                       new ones onboarded first, anew on every run (a
                       terminal's token is shown once), so use a throwaway
                       demo node (0: the demo's only)                 [0]
+  --client C          how the timed requests are sent: wire (each worker
+                      writes HTTP/1.1 on its own connection; cheap, so the
+                      node keeps the machine's CPU) | std (Go's net/http
+                      client)                                      [wire]
   --json              print the result as one JSON object
   --serve-bare ADDR   serve the bare HTTP ceiling endpoint until SIGINT/SIGTERM
 `
@@ -61,6 +65,7 @@ func cmdLoad(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	codes := fs.Int("codes", -1, "")
 	batch := fs.Int("batch", 1000, "")
 	terminals := fs.Int("terminals", 0, "")
+	client := fs.String("client", loadgen.ClientWire, "")
 	asJSON := fs.Bool("json", false, "")
 	bare := fs.String("serve-bare", "", "")
 	if err := fs.Parse(args); err != nil {
@@ -87,6 +92,7 @@ func cmdLoad(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		{*residents >= 0, "--residents", *residents, "0 or more"},
 		{*codes >= -1, "--codes", *codes, "-1 (the mix's default), 0 or more"},
 		{*batch > 0, "--batch", *batch, "at least 1 record"},
+		{*client == loadgen.ClientWire || *client == loadgen.ClientStd, "--client", *client, "wire or std"},
 		{*terminals >= 0 && *terminals <= loadgen.MaxTerminals, "--terminals", *terminals, fmt.Sprintf("0 to %d", loadgen.MaxTerminals)},
 	} {
 		if !bad.ok {
@@ -100,7 +106,7 @@ func cmdLoad(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return serveBare(ctx, *bare, stderr)
 	}
 	o := loadgen.Options{Node: *nodeURL, Mix: *mix, Duration: *duration, Concurrency: *conc, MaxRequests: *maxReq,
-		Residents: *residents, Codes: *codes, BatchSize: *batch, Terminals: *terminals, Progress: stderr}
+		Residents: *residents, Codes: *codes, BatchSize: *batch, Terminals: *terminals, Client: *client, Progress: stderr}
 	if *demoPath != "" {
 		d, err := node.ReadDemoFile(*demoPath)
 		if err != nil {

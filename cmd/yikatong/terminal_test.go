@@ -83,11 +83,18 @@ func TestCmdTerminalAndLoad(t *testing.T) {
 		if spread {
 			args = append(args, "--terminals", "30")
 		}
+		// The online mixes' timed requests go over the wire client by
+		// default; identify runs once with net/http's client.
+		wantClient := map[string]string{"charge": "wire", "peak": "wire", "identify": "std"}[mix]
+		if mix == "identify" {
+			args = append(args, "--client", "std")
+		}
 		if c := run(args, strings.NewReader(""), &outb, &errb); c != 0 {
 			t.Fatalf("load %s: exit %d: %s", mix, c, errb.String())
 		}
 		var res struct {
 			Terminals int              `json:"terminals"`
+			Client    string           `json:"client"`
 			Records   int64            `json:"records"`
 			Accepted  int64            `json:"accepted"`
 			Errors    int64            `json:"errors"`
@@ -100,6 +107,9 @@ func TestCmdTerminalAndLoad(t *testing.T) {
 		}
 		if res.Records == 0 || res.Accepted == 0 || res.Errors != 0 || res.P99 <= 0 || res.Rate <= 0 {
 			t.Fatalf("load %s: %+v (stderr %s)", mix, res, errb.String())
+		}
+		if res.Client != wantClient {
+			t.Fatalf("load %s: client %q, want %q", mix, res.Client, wantClient)
 		}
 		if !strings.Contains(errb.String(), "\r") {
 			t.Fatalf("load %s: no progress display on stderr", mix)
@@ -131,7 +141,7 @@ func TestCmdTerminalAndLoad(t *testing.T) {
 		t.Fatal("a 2h run was accepted")
 	}
 	// Flag values that cannot be meant are usage errors naming the flag.
-	for _, bad := range [][]string{{"--concurrency", "0"}, {"--duration", "-1s"}, {"--batch", "0"}, {"--max-requests", "-1"}, {"--residents", "-1"}, {"--codes", "-2"}, {"--terminals", "-1"}, {"--terminals", "20001"}} {
+	for _, bad := range [][]string{{"--concurrency", "0"}, {"--duration", "-1s"}, {"--batch", "0"}, {"--max-requests", "-1"}, {"--residents", "-1"}, {"--codes", "-2"}, {"--terminals", "-1"}, {"--terminals", "20001"}, {"--client", "curl"}} {
 		errb.Reset()
 		if c := run(append([]string{"load", "--demo", demo}, bad...), strings.NewReader(""), &outb, &errb); c != 2 || !strings.Contains(errb.String(), bad[0]+" "+bad[1]) {
 			t.Fatalf("load %v: exit %d %s", bad, c, errb.String())

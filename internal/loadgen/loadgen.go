@@ -26,6 +26,10 @@
 //     BareHandler) and "sm2" (a bare SM2 code-verify loop on every core).
 //   - Latency is measured per HTTP request in each worker, merged and sorted
 //     at the end (exact percentiles, no histogram error).
+//   - The generator shares the machine with the node, so its timed
+//     requests are cheap: each worker writes HTTP/1.1 on a connection of
+//     its own (wire.go) instead of going through net/http's Transport;
+//     Options.Client = ClientStd keeps net/http's client for comparison.
 package loadgen
 
 import (
@@ -67,6 +71,12 @@ const (
 	MixSM2      = "sm2"
 )
 
+// Clients of the timed requests.
+const (
+	ClientWire = "wire"
+	ClientStd  = "std"
+)
+
 // Mixes lists the mixes Run accepts.
 var Mixes = []string{MixPeak, MixIdentify, MixCharge, MixOffline, MixBare, MixSM2}
 
@@ -95,8 +105,14 @@ type Options struct {
 	Terminals int
 	// Progress receives a one-line \r display (nil = none).
 	Progress io.Writer
-	// HTTP overrides the client (nil = a pooled client sized for Concurrency).
+	// HTTP overrides the client of the untimed setup requests (nil = a
+	// pooled client sized for Concurrency), and of the timed ones when
+	// Client is ClientStd.
 	HTTP *http.Client
+	// Client is how the timed requests are sent: ClientWire (the default
+	// for http:// nodes: each worker writes its requests on its own
+	// connection, wire.go) or ClientStd (net/http's client).
+	Client string
 }
 
 // CheckLoopback refuses a base URL that is not on this machine.
@@ -132,6 +148,7 @@ func NewHTTPClient(conc int) *http.Client {
 type client struct {
 	base string
 	hc   *http.Client
+	wire bool // timed requests go over each worker's wireConn
 }
 
 // do posts body (JSON) with token; out (if non-nil) receives a 2xx answer.
@@ -160,14 +177,40 @@ func (c *client) do(ctx context.Context, method, path, token string, body []byte
 	if err != nil {
 		return err
 	}
-	if resp.StatusCode/100 != 2 {
+	return decodeAnswer(resp.StatusCode, data, out)
+}
+
+// timed is do for the requests a run times: over the worker's own
+// connection when the client is the wire client.
+func (c *client) timed(ctx context.Context, w *workerStats, method, path, token string, body []byte, out any) error {
+	if !c.wire {
+		return c.do(ctx, method, path, token, body, out)
+	}
+	if w.conn == nil {
+		wc, err := newWireConn(c.base)
+		if err != nil {
+			return err
+		}
+		w.conn = wc
+	}
+	a, err := w.conn.Do(ctx, method, path, token, body)
+	if err != nil {
+		return err
+	}
+	return decodeAnswer(a.Status, a.Body, out)
+}
+
+// decodeAnswer turns an answer into out (2xx) or the problem's code as an
+// *apperr.Error.
+func decodeAnswer(status int, data []byte, out any) error {
+	if status/100 != 2 {
 		var p struct {
 			Code   apperr.Code `json:"code"`
 			Detail string      `json:"detail"`
 		}
 		json.Unmarshal(data, &p)
 		if p.Code == "" {
-			p.Code = apperr.Code(fmt.Sprintf("http_%d", resp.StatusCode))
+			p.Code = apperr.Code(fmt.Sprintf("http_%d", status))
 		}
 		return apperr.Newf(p.Code, p.Detail, p.Detail)
 	}
@@ -251,6 +294,20 @@ func checkOptions(o *Options) error {
 	if o.HTTP == nil {
 		o.HTTP = NewHTTPClient(o.Concurrency)
 	}
+	switch o.Client {
+	case "":
+		o.Client = ClientWire
+		if strings.HasPrefix(o.Node, "https://") {
+			o.Client = ClientStd
+		}
+	case ClientWire:
+		if !strings.HasPrefix(o.Node, "http://") {
+			return fmt.Errorf("the wire client speaks only http://, not %s (use the std client)", o.Node)
+		}
+	case ClientStd:
+	default:
+		return fmt.Errorf("unknown client %q (wire or std)", o.Client)
+	}
 	return nil
 }
 
@@ -259,7 +316,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err := checkOptions(&o); err != nil {
 		return Result{}, err
 	}
-	c := &client{base: o.Node, hc: o.HTTP}
+	c := &client{base: o.Node, hc: o.HTTP, wire: o.Client == ClientWire}
 	if o.Mix != MixSM2 {
 		if err := c.reachable(ctx); err != nil {
 			return Result{}, err
@@ -269,10 +326,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	case MixSM2:
 		return SM2Ceiling(ctx, o.Duration, o.Progress)
 	case MixBare:
-		return runClosedLoop(ctx, o, nil, func(ctx context.Context, w *workerStats, rng *rand.Rand, r *recorder) error {
+		res, err := runClosedLoop(ctx, o, nil, func(ctx context.Context, w *workerStats, rng *rand.Rand, r *recorder) error {
 			var out map[string]any
-			return c.do(ctx, http.MethodPost, "/bare", "", []byte(`{"idempotency_key":"k","scenario":"library.loan","card_number":"1234567812345670"}`), &out)
+			return c.timed(ctx, w, http.MethodPost, "/bare", "", []byte(`{"idempotency_key":"k","scenario":"library.loan","card_number":"1234567812345670"}`), &out)
 		})
+		res.Client = o.Client
+		return res, err
 	}
 	setupStart := time.Now()
 	pop, err := prepare(ctx, c, o)
@@ -479,6 +538,7 @@ func runClosedLoop(ctx context.Context, o Options, counted *bool, f step) (Resul
 			defer wg.Done()
 			w := r.newWorker()
 			defer r.merge(w)
+			defer w.closeConn()
 			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(i)))
 			for ctx.Err() == nil {
 				if o.MaxRequests > 0 && issued.Add(1) > o.MaxRequests {
@@ -673,7 +733,7 @@ func runScans(ctx context.Context, o Options, c *client, pop *population) (Resul
 		}
 		body, _ := json.Marshal(req)
 		var a scanAnswer
-		if err := c.do(ctx, http.MethodPost, "/v1/scans", tm.Token, body, &a); err != nil {
+		if err := c.timed(ctx, w, http.MethodPost, "/v1/scans", tm.Token, body, &a); err != nil {
 			return err
 		}
 		r.records.Add(1)
@@ -686,6 +746,7 @@ func runScans(ctx context.Context, o Options, c *client, pop *population) (Resul
 		return nil
 	})
 	res.Terminals = countTerminals(terms)
+	res.Client = o.Client
 	return res, err
 }
 

@@ -38,6 +38,8 @@ type Result struct {
 	CardFallbacks int64 `json:"card_fallbacks,omitempty"`
 	// Terminals is how many terminals the scans were spread over.
 	Terminals int `json:"terminals,omitempty"`
+	// Client is how the timed requests were sent (ClientWire, ClientStd).
+	Client string `json:"client,omitempty"`
 	// Setup describes the preparation (residents, codes) — not timed.
 	Setup string `json:"setup,omitempty"`
 }
@@ -61,6 +63,13 @@ type workerStats struct {
 	lat     []time.Duration
 	reasons map[string]int64
 	errs    map[string]int64
+	conn    *wireConn // the worker's connection (wire client)
+}
+
+func (w *workerStats) closeConn() {
+	if w.conn != nil {
+		w.conn.Close()
+	}
 }
 
 func (r *recorder) newWorker() *workerStats {
@@ -135,6 +144,9 @@ func (res Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "mix %s, concurrency %d, %.1f s\n", res.Mix, res.Concurrency, res.Elapsed.Seconds())
 	if res.Terminals > 0 {
 		fmt.Fprintf(w, "  terminals:  %d\n", res.Terminals)
+	}
+	if res.Client != "" {
+		fmt.Fprintf(w, "  client:     %s\n", res.Client)
 	}
 	if res.Setup != "" {
 		fmt.Fprintf(w, "  setup:      %s\n", res.Setup)
