@@ -4,6 +4,9 @@
 # measures the ceilings (bare HTTP, bare SM2 verify) and the load mixes,
 # prints one table, and stops everything it started.
 #   DURATION=10s CONC=64 scripts/bench-scans.sh
+# The timed requests go over the load generator's wire client (each worker
+# writes HTTP/1.1 on its own connection); CLIENT=std uses net/http's:
+#   CLIENT=std scripts/bench-scans.sh
 # An aged database instead of a fresh one (scripts/prefill; the node is
 # started once to create the demo city, stopped, filled, and started again):
 #   PREFILL_SCANS=5000000 PREFILL_ACCOUNTS=2000000 PREFILL_JOURNAL=5000000 scripts/bench-scans.sh
@@ -41,7 +44,7 @@ for _ in $(seq 1 60); do
 done
 run() { # name, args...
   local name=$1; shift
-  local j; j=$("$BIN" load --json --duration "$DURATION" "$@" 2>/dev/null)
+  local j; j=$("$BIN" load --json --duration "$DURATION" --client "${CLIENT:-wire}" "$@" 2>/dev/null)
   python3 - "$name" "$j" <<'PY'
 import json, sys
 name, r = sys.argv[1], json.loads(sys.argv[2])
@@ -56,6 +59,7 @@ run "ceiling: SM2 verify (all cores)" --mix sm2
 run "ceiling: bare HTTP" --mix bare --node http://127.0.0.1:$BARE --concurrency "$CONC"
 run "identify (YK1 codes)" --mix identify --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency "$CONC"
 run "charge (cards)" --mix charge --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency "$CONC"
+run "charge (cards)" --mix charge --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency 128
 run "charge (cards)" --mix charge --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency 256
 run "peak" --mix peak --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency "$CONC"
 run "offline batches (1000 records)" --mix offline --demo "$DATA/demo.json" "${SPREAD[@]}" --concurrency 4 --batch 1000
