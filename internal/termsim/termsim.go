@@ -229,11 +229,21 @@ func ProblemError(status int, body []byte) error {
 	return apperr.Newf(p.Code, p.Detail, p.DetailZh)
 }
 
-// NewRequestKey returns a fresh idempotency key.
+// NewRequestKey returns a fresh idempotency key: the time in Unix
+// milliseconds (12 hex digits) and 64 random bits, so that keys sort by
+// when they were made. The node keeps scans under (key, terminal); keys
+// that grow with time land at the end of that index whichever terminal
+// sent them, where random keys would each cost a page of their own
+// (docs/trust-bundle.md, "Idempotency keys").
 func NewRequestKey(prefix string) string {
-	var b [12]byte
-	rand.Read(b[:])
-	return prefix + hex.EncodeToString(b[:])
+	return fmt.Sprintf("%s%012x%s", prefix, time.Now().UnixMilli(), randomHex(16))
+}
+
+// randomHex returns n random hex digits.
+func randomHex(n int) string {
+	b := make([]byte, (n+1)/2)
+	rand.Read(b)
+	return hex.EncodeToString(b)[:n]
 }
 
 // ScanOnline posts one scan to the node.
@@ -389,7 +399,7 @@ func (t *Terminal) DecideOffline(code, card string, amount int64) Decision {
 	}
 	t.state.Seq++
 	rec.Seq = t.state.Seq
-	rec.ID = fmt.Sprintf("%d-%s", rec.Seq, NewRequestKey("")[:8])
+	rec.ID = fmt.Sprintf("%d-%s", rec.Seq, randomHex(8))
 	t.state.Queue = append(t.state.Queue, rec)
 	d.Decision, d.RecordID, d.Queued = scan.Accepted, rec.ID, len(t.state.Queue)
 	if amount > 0 {
