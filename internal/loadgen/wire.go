@@ -56,11 +56,12 @@ func newWireConn(base string) (*wireConn, error) {
 	return &wireConn{addr: addr, host: u.Host}, nil
 }
 
-// Close closes the connection (a later request dials again).
+// Close closes the connection (a later request dials again, and reuses
+// the read buffer).
 func (w *wireConn) Close() {
 	if w.conn != nil {
 		w.conn.Close()
-		w.conn, w.br, w.used = nil, nil, false
+		w.conn, w.used = nil, false
 	}
 }
 
