@@ -35,6 +35,7 @@ if [ -n "${PREFILL_SCANS:-}${PREFILL_ACCOUNTS:-}${PREFILL_JOURNAL:-}" ]; then
   kill "$p"; wait "$p" 2>/dev/null || true
   go run ./scripts/prefill --db "$DATA/yikatong.db" --scans "${PREFILL_SCANS:-0}" --accounts "${PREFILL_ACCOUNTS:-0}" --journal "${PREFILL_JOURNAL:-0}"
   echo "database: $(du -h "$DATA/yikatong.db" | cut -f1)" >&2
+  sync # the filled file's dirty pages reach the disk now, not during the runs
 fi
 "$BIN" serve --demo --data "$DATA" --addr 127.0.0.1:$PORT --log-level warn 2>>"$DATA/node.log" & pids+=($!)
 "$BIN" load --serve-bare 127.0.0.1:$BARE 2>/dev/null & pids+=($!)
