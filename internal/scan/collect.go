@@ -82,6 +82,9 @@ type Collected struct {
 type CollectStats struct {
 	Collections  int64
 	CollectedFen int64
+	// Probes counts the top-ups' "any debt?" questions, ProbeQueries the
+	// queries that answered them (debtprobe.go).
+	Probes, ProbeQueries int64
 }
 
 // Collector collects offline debt from wallets (see above).
@@ -89,16 +92,18 @@ type Collector struct {
 	s                 *Service
 	collections, fen  atomic.Int64
 	maxRounds, sweepN int
+	probe             debtProbe
 }
 
 // NewCollector returns the debt collector of s (whose Ledger must be set).
 func NewCollector(s *Service) *Collector {
-	return &Collector{s: s, maxRounds: 16, sweepN: 4}
+	return &Collector{s: s, maxRounds: 16, sweepN: 4, probe: debtProbe{s: s}}
 }
 
 // Stats returns the counters (for metrics).
 func (c *Collector) Stats() CollectStats {
-	return CollectStats{Collections: c.collections.Load(), CollectedFen: c.fen.Load()}
+	probes, queries := c.probe.stats()
+	return CollectStats{Collections: c.collections.Load(), CollectedFen: c.fen.Load(), Probes: probes, ProbeQueries: queries}
 }
 
 // KindDebtCollection is the ledger kind (and meta "kind") of a collection.
@@ -232,7 +237,19 @@ var errCollectionRace = errors.New("scan: the debt changed since the collection 
 // race for a debt to other collectors plans again, at most maxRounds
 // times; what it leaves is collected by the next top-up or sweep.
 func (c *Collector) Collect(ctx context.Context, residentID string) (Collected, error) {
+	return c.collect(ctx, residentID, true)
+}
+
+// collect is Collect; probe first asks the shared probe whether the
+// resident has any debt row (a sweep knows they do).
+func (c *Collector) collect(ctx context.Context, residentID string, probe bool) (Collected, error) {
 	var res Collected
+	if probe {
+		has, err := c.probe.hasDebt(ctx, residentID)
+		if err != nil || !has {
+			return res, err
+		}
+	}
 	for round := 0; ; round++ {
 		debts, err := c.outstanding(ctx, residentID)
 		if err != nil {
@@ -360,7 +377,7 @@ func (c *Collector) Sweep(ctx context.Context) (Collected, error) {
 		go func() {
 			defer wg.Done()
 			for id := range work {
-				r, err := c.Collect(ctx, id)
+				r, err := c.collect(ctx, id, false)
 				mu.Lock()
 				total.Collections += r.Collections
 				total.CollectedFen += r.CollectedFen

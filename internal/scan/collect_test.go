@@ -470,3 +470,88 @@ func TestLegacyDebtRepaysItsAdvance(t *testing.T) {
 		}
 	})
 }
+
+// TestDebtProbeGathersTopUps: the collections that top-ups start ask
+// whether the resident has any debt in shared queries; a resident with
+// none is answered without the full read, one with debt is collected as
+// before, and a resident whose debt is all collected owes nothing.
+func TestDebtProbeGathersTopUps(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		ctx := context.Background()
+		col := c.tn.Node.DebtCollector()
+		p := debtor(t, c, 31)
+		rides(t, c, p, "g1", 1) // p owes 200
+		var clean []person
+		for i := 0; i < 24; i++ {
+			clean = append(clean, debtor(t, c, uint64(1000+7919*i)))
+		}
+		// Money in p's wallet, put there directly so no collection runs yet.
+		if _, err := c.tn.Ledger.Transfer(ctx, ledger.TransferRequest{Key: "probe-fund", Debit: ledger.AccountBank, Credit: ledger.WalletID(p.id), Amount: 500, Kind: "topup"}); err != nil {
+			t.Fatal(err)
+		}
+		before := col.Stats()
+		// The first query waits until every caller has asked, as a
+		// query does while requests keep arriving on a busy node.
+		first := true
+		scan.HoldDebtProbes(col, func() {
+			if !first {
+				return
+			}
+			first = false
+			deadline := time.Now().Add(10 * time.Second)
+			for col.Stats().Probes-before.Probes < int64(len(clean)+1) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+		})
+		defer scan.HoldDebtProbes(col, nil)
+		release := make(chan struct{})
+		var wg sync.WaitGroup
+		results := make([]scan.Collected, len(clean)+1)
+		errs := make([]error, len(clean)+1)
+		for i := range results {
+			id := p.id
+			if i < len(clean) {
+				id = clean[i].id
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-release
+				results[i], errs[i] = col.Collect(ctx, id)
+			}()
+		}
+		close(release)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("collect %d: %v", i, err)
+			}
+		}
+		for i := range clean {
+			if results[i] != (scan.Collected{}) {
+				t.Fatalf("resident without debt: %+v", results[i])
+			}
+		}
+		if r := results[len(clean)]; r.Collections != 1 || r.CollectedFen != 200 || r.OwedFen != 0 {
+			t.Fatalf("resident with debt: %+v, want 200 collected", r)
+		}
+		after := col.Stats()
+		probes, queries := after.Probes-before.Probes, after.ProbeQueries-before.ProbeQueries
+		t.Logf("%d probes in %d queries", probes, queries)
+		// One query for the first caller and one for all who came
+		// meanwhile (or one for all, if they came before it started).
+		if probes != int64(len(results)) || queries < 1 || queries > 2 {
+			t.Fatalf("%d probes answered by %d queries, want %d probes in 1 or 2 queries", probes, queries, len(results))
+		}
+		// Debt rows all collected: the probe finds the row, the full read
+		// finds nothing owed.
+		if r, err := col.Collect(ctx, p.id); err != nil || r != (scan.Collected{}) {
+			t.Fatalf("after full repayment: %+v %v", r, err)
+		}
+		if owed(t, c, p) != 0 {
+			t.Fatal("still owed after collection")
+		}
+		c.checkBooks(t, 200) // the ride's fare
+	})
+}

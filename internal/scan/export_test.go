@@ -11,3 +11,7 @@ func RecordHash(r terminal.Record) []byte { return recordHash(r) }
 func UnkeyedRequestHash(scenario, code, card string, amount int64, pin string) []byte {
 	return requestHash(Request{Scenario: scenario, Code: code, CardNumber: card, AmountFen: amount, PIN: pin})
 }
+
+// HoldDebtProbes makes c's debt probe call hold before each query it runs
+// (tests gather callers deterministically); nil removes it.
+func HoldDebtProbes(c *Collector, hold func()) { c.probe.hold = hold }
