@@ -32,8 +32,10 @@ import (
 // oldest scan first, each debt min(what the wallet holds above zero and
 // its floor, what is still owed on it); partial collection is fine, the
 // rest stays owed. It runs after every wallet top-up (the node's top-up
-// handler), and Sweep runs it for every resident with outstanding debt
-// (at node start: a crash between a top-up and its collection).
+// handler; it first asks the shared debt probe, debtprobe.go, whether the
+// resident has any debt row at all), and Sweep runs it for every resident
+// with outstanding debt (at node start: a crash between a top-up and its
+// collection).
 //
 // Exactly once, under concurrency, retries and crashes:
 //
