@@ -80,6 +80,10 @@ func (n *Node) debtRoutes() {
 		func() float64 { return float64(n.scans().Debts.Stats().Collections) }))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_debt_collected_fen_total", Help: "Offline ride-first-pay-later debt collected from wallets, in fen."},
 		func() float64 { return float64(n.scans().Debts.Stats().CollectedFen) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_debt_probes_total", Help: "Top-ups' questions whether the resident has any offline debt."},
+		func() float64 { return float64(n.scans().Debts.Stats().Probes) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_debt_probe_queries_total", Help: "Database queries that answered those questions (many per query under load)."},
+		func() float64 { return float64(n.scans().Debts.Stats().ProbeQueries) }))
 }
 
 // collectDebts collects a resident's offline debt after a top-up. The

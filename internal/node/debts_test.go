@@ -131,7 +131,13 @@ func TestDebtsOverHTTP(t *testing.T) {
 			t.Fatalf("statement: %s", got)
 		}
 		metrics := string(tn.Client("").Do(t, "GET", "/metrics", nil).Body)
-		if !strings.Contains(metrics, "yikatong_debt_collections_total 1\n") || !strings.Contains(metrics, "yikatong_debt_collected_fen_total 150\n") {
+		var probes, probeQueries int
+		for _, l := range strings.Split(metrics, "\n") {
+			fmt.Sscanf(l, "yikatong_debt_probes_total %d", &probes)
+			fmt.Sscanf(l, "yikatong_debt_probe_queries_total %d", &probeQueries)
+		}
+		if !strings.Contains(metrics, "yikatong_debt_collections_total 1\n") || !strings.Contains(metrics, "yikatong_debt_collected_fen_total 150\n") ||
+			probeQueries < 1 || probes < probeQueries {
 			t.Fatalf("metrics:\n%s", metrics)
 		}
 
