@@ -118,18 +118,14 @@ func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", "immediate")
-	dsn := "file:" + path + "?" + q.Encode()
+	dsn := "file:" + path + "?" + q.Encode() // the readers'
 	// The writer keeps its statement journals in memory (temp_store):
 	// a multi-row INSERT that gives the rowid (the ledger journal's seq)
 	// opens one, and on disk each batch created, wrote and deleted a
 	// temporary file (3 % of a node's CPU at 7,800 charges/s). Readers
 	// keep SQLite's default, so a large sort spills to disk, not to memory.
-	wq := url.Values{}
-	for k, v := range q {
-		wq[k] = v
-	}
-	wq.Add("_pragma", "temp_store(MEMORY)")
-	w, err := sql.Open("sqlite", "file:"+path+"?"+wq.Encode())
+	q.Add("_pragma", "temp_store(MEMORY)")
+	w, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("opening SQLite database %s: %w", path, err)
 	}
