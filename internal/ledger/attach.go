@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/yikatong/yikatong/internal/apperr"
 )
 
@@ -224,6 +226,89 @@ func refused(o *op) bool { return o.att != nil && o.att.Refused != nil }
 // writeAttached runs step 3 (see Attacher) for batch b, after the
 // ledger's writes.
 func (b *batch) writeAttached(ctx context.Context, ops []*op) error {
+	outcomes(ops)
+	order, m := attachersOf(ops, func(o *op) bool { return !refused(o) })
+	for _, a := range order {
+		if err := a.Write(ctx, b.tx, m[a]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PipelineAttacher is an Attacher whose reads and writes can ride in the
+// ledger's PostgreSQL pipelines (pgbatch.go) instead of a database/sql
+// transaction: QueueClaim queues Claim's reads behind the batch's own
+// loads (the same round trip, after the chain head is locked) and returns
+// the function that decides the refusals once they have run; QueueWrite
+// queues Write's statements behind the ledger's writes, before COMMIT.
+// A batch whose attachers all implement it takes the two round trips of a
+// batch without attachments; through a transaction it took one for BEGIN,
+// one per read and write statement of the attacher, and one for COMMIT.
+// Both methods must behave exactly as Claim and Write do (the same rules,
+// in the same order); only where the statements run differs. SQLite
+// calls Claim and Write.
+type PipelineAttacher interface {
+	Attacher
+	QueueClaim(q Queue, atts []*Attachment) (decide func() error)
+	QueueWrite(q Queue, atts []*Attachment) error
+}
+
+// Queue collects statements for one PostgreSQL pipeline
+// (PipelineAttacher). A statement's error fails the whole batch, as an
+// error of Claim or Write does.
+type Queue struct{ pb *pgx.Batch }
+
+// Query queues a query; once the pipeline has run, each is called with
+// every row's Scan, in order.
+func (q Queue) Query(sql string, args []any, each func(scan func(dest ...any) error) error) {
+	q.pb.Queue(sql, args...).Query(func(r pgx.Rows) error {
+		for r.Next() {
+			if err := each(r.Scan); err != nil {
+				return err
+			}
+		}
+		return r.Err()
+	})
+}
+
+// Exec queues a statement whose rows, if any, are not read.
+func (q Queue) Exec(sql string, args ...any) { q.pb.Queue(sql, args...) }
+
+// pipelined reports whether a can ride in the pipelines.
+func pipelined(a Attacher) bool {
+	_, ok := a.(PipelineAttacher)
+	return ok
+}
+
+// queueClaims is claimAttached for a pipelined batch: it queues every
+// attacher's reads on pb and keeps the functions that decide.
+func (b *batch) queueClaims(pb *pgx.Batch, ops []*op) {
+	for _, o := range ops {
+		if o.att != nil {
+			o.att.Refused, o.att.Err, o.att.Transfers = nil, nil, nil
+		}
+	}
+	b.decides = b.decides[:0]
+	order, m := attachersOf(ops, func(*op) bool { return true })
+	for _, a := range order {
+		b.decides = append(b.decides, a.(PipelineAttacher).QueueClaim(Queue{pb}, m[a]))
+	}
+}
+
+// decideClaims runs the deciding half of queueClaims, after the pipeline.
+func (b *batch) decideClaims() error {
+	for _, d := range b.decides {
+		if err := d(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// outcomes sets each live attachment's outcome from its op's results
+// (step 3, before Write).
+func outcomes(ops []*op) {
 	for _, o := range ops {
 		if o.att == nil || refused(o) {
 			continue
@@ -237,9 +322,14 @@ func (b *batch) writeAttached(ctx context.Context, ops []*op) error {
 			o.att.Transfers = append(o.att.Transfers, r.t)
 		}
 	}
+}
+
+// queueWrites is writeAttached for a pipelined batch.
+func (b *batch) queueWrites(pb *pgx.Batch, ops []*op) error {
+	outcomes(ops)
 	order, m := attachersOf(ops, func(o *op) bool { return !refused(o) })
 	for _, a := range order {
-		if err := a.Write(ctx, b.tx, m[a]); err != nil {
+		if err := a.(PipelineAttacher).QueueWrite(Queue{pb}, m[a]); err != nil {
 			return err
 		}
 	}

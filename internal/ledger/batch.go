@@ -54,6 +54,7 @@ type batch struct {
 	existing map[string]*entry
 	applied  map[string]*entry
 	entries  []*entry
+	decides  []func() error // PipelineAttachers' decisions (queueClaims)
 
 	cached bool  // accounts come from l.cache where present (SQLite)
 	epoch  int64 // l.acctEpoch when the batch began

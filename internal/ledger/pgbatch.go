@@ -46,10 +46,13 @@ import (
 // Every statement's text is fixed whatever the batch size (rows are bound
 // as arrays: = ANY($1), unnest), so pgx prepares each once per connection.
 //
-// A batch with attachments (attach.go) or the test hook beforeCommit needs
-// a *sql.Tx: it begins one on the same connection (one more round trip)
-// and commits it with tx.Commit (another), still loading and writing the
-// ledger's rows in the two pipelines.
+// A batch's attachments (attach.go) ride in the same two pipelines when
+// their attachers are PipelineAttachers (the scans table's is): their
+// reads after the loads, their writes before COMMIT. Any other attacher,
+// or the test hook beforeCommit, needs a *sql.Tx: the batch begins one on
+// the same connection (one more round trip), runs Claim and Write on it
+// (one round trip per statement) and commits it with tx.Commit (another),
+// still loading and writing the ledger's rows in the two pipelines.
 
 const (
 	pgChainLock       = chainHead + ` FOR UPDATE`
@@ -88,12 +91,15 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 	}
 	defer conn.Close()
 	b := l.newBatch(l.opt.Now().UnixMilli())
+	// A batch needs a database/sql transaction only for the test hook or
+	// an attacher that cannot ride in the pipelines (PipelineAttacher).
 	useTx := l.opt.beforeCommit != nil
 	for _, o := range ops {
-		if o.att != nil {
+		if o.att != nil && !pipelined(o.att.To) {
 			useTx = true
 		}
 	}
+	claims := !useTx // the attachers' reads ride in the load pipeline
 	defer func() {
 		if err == nil {
 			return
@@ -110,7 +116,7 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 				return err
 			}
 		}
-		err = b.pgLoad(ctx, conn, ops, !useTx, true)
+		err = b.pgLoad(ctx, conn, ops, !useTx, true, claims)
 		if isLockNotAvailable(err) {
 			if b.tx != nil {
 				b.tx.Rollback()
@@ -124,9 +130,10 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 		// Another process holds the chain head (its batch is committing):
 		// wait for it, and let the requests that arrive meanwhile join this
 		// batch, so that processes taking turns commit full batches instead
-		// of halves. Without attachments the transaction begins in the
-		// pipeline that waits, and commits in the one that writes (three
-		// round trips); a request with attachments that arrives meanwhile
+		// of halves. Without a database/sql transaction the transaction
+		// begins in the pipeline that waits, and commits in the one that
+		// writes (three round trips); a request whose attacher needs the
+		// transaction (not a PipelineAttacher) that arrives meanwhile
 		// waits for the next batch.
 		b = l.newBatch(b.now)
 		lock := &pgx.Batch{}
@@ -141,15 +148,20 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 		if err = pgSend(ctx, conn, lock); err != nil {
 			return err
 		}
-		ops = l.absorb(ops, func(o *op) bool { return useTx || o.att == nil })
+		ops = l.absorb(ops, func(o *op) bool { return useTx || o.att == nil || pipelined(o.att.To) })
 		*opsp = ops
-		err = b.pgLoad(ctx, conn, ops, false, false)
+		err = b.pgLoad(ctx, conn, ops, false, false, claims)
 	}
 	if err != nil {
 		return err
 	}
 	seq0 := b.seq // the chain head as locked (linger.go: shared)
-	if err := b.claimAttached(ctx, ops); err != nil {
+	if claims {
+		err = b.decideClaims()
+	} else {
+		err = b.claimAttached(ctx, ops)
+	}
+	if err != nil {
 		return err
 	}
 	t0 = l.phase(phaseLoad, t0)
@@ -157,6 +169,9 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 	t0 = l.phase(phaseApply, t0)
 	pb := b.pgWrites()
 	if !useTx {
+		if err := b.queueWrites(pb, ops); err != nil {
+			return err
+		}
 		t0 = l.phase(phaseWrite, t0)
 		pb.Queue(`COMMIT`)
 		if err := pgSend(ctx, conn, pb); err != nil {
@@ -232,8 +247,10 @@ func pgRollback(conn *sql.Conn) {
 }
 
 // pgLoad reads and locks, in one pipeline (two when the batch refers to
-// holds or transfers), what the batch may touch; begin puts BEGIN first.
-func (b *batch) pgLoad(ctx context.Context, conn *sql.Conn, ops []*op, begin, nowait bool) error {
+// holds or transfers), what the batch may touch; begin puts BEGIN first,
+// and claims queues the attachers' reads at the end of the last pipeline
+// (queueClaims).
+func (b *batch) pgLoad(ctx context.Context, conn *sql.Conn, ops []*op, begin, nowait, claims bool) error {
 	refs := collectRefs(ops)
 	keys, holdIDs, origIDs, accounts, expire := refs.keys, refs.holdIDs, refs.origIDs, refs.accounts, refs.expire
 	pb := &pgx.Batch{}
@@ -354,6 +371,9 @@ func (b *batch) pgLoad(ctx context.Context, conn *sql.Conn, ops []*op, begin, no
 			}
 			return r.Err()
 		})
+		if claims {
+			b.queueClaims(pb, ops)
+		}
 		if err := pgSend(ctx, conn, pb); err != nil {
 			return err
 		}
@@ -363,6 +383,9 @@ func (b *batch) pgLoad(ctx context.Context, conn *sql.Conn, ops []*op, begin, no
 			}
 		}
 		return nil
+	}
+	if claims {
+		b.queueClaims(pb, ops)
 	}
 	return pgSend(ctx, conn, pb)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -172,9 +173,17 @@ func newRows(ctx context.Context, s *Service) (*rows, error) {
 
 func (r *rows) close() { r.stmts.Close() }
 
-// in runs sqlFor(class) over args (width values per item) in chunks, each
-// padded to its size class by repeating its last item.
-func (r *rows) in(ctx context.Context, tx *sql.Tx, sqlFor func(int) string, args []any, width int, fn func(*sql.Rows) error) error {
+// stmt is one statement of Claim or Write: its text and arguments, and
+// for a read what each row does.
+type stmt struct {
+	sql  string
+	args []any
+	each func(scan func(dest ...any) error) error
+}
+
+// in appends to out sqlFor(class) over args (width values per item) in
+// chunks, each padded to its size class by repeating its last item.
+func in(out []stmt, sqlFor func(int) string, args []any, width int, each func(scan func(dest ...any) error) error) []stmt {
 	for len(args) > 0 {
 		n := min(maxClass, len(args)/width)
 		c := class(n)
@@ -183,33 +192,56 @@ func (r *rows) in(ctx context.Context, tx *sql.Tx, sqlFor func(int) string, args
 		for len(chunk) < c*width {
 			chunk = append(chunk, args[(n-1)*width:n*width]...)
 		}
-		rs, err := r.stmts.Query(ctx, tx, sqlFor(c), chunk...)
-		if err != nil {
-			return err
-		}
-		for rs.Next() {
-			if err := fn(rs); err != nil {
-				rs.Close()
-				return err
-			}
-		}
-		if err := rs.Close(); err != nil {
-			return err
-		}
-		if err := rs.Err(); err != nil {
-			return err
-		}
+		out = append(out, stmt{sql: sqlFor(c), args: chunk, each: each})
 		args = args[n*width:]
 	}
-	return nil
+	return out
+}
+
+// query runs a read in tx (prepared on SQLite when it is in the set).
+func (r *rows) query(ctx context.Context, tx *sql.Tx, q stmt) error {
+	rs, err := r.stmts.Query(ctx, tx, q.sql, q.args...)
+	if err != nil {
+		return err
+	}
+	for rs.Next() {
+		if err := q.each(rs.Scan); err != nil {
+			rs.Close()
+			return err
+		}
+	}
+	if err := rs.Close(); err != nil {
+		return err
+	}
+	return rs.Err()
 }
 
 type tk struct{ terminal, key string }
 
-// Claim implements ledger.Attacher.
-func (r *rows) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
+type cardState struct {
+	status  string
+	changed int64
+}
+
+// claim is what Claim's reads found, and decides the refusals from it.
+type claim struct {
+	r      *rows
+	atts   []*ledger.Attachment
+	stored map[tk]*record
+	used   map[string]bool
+	cards  map[string]cardState
+	// owed: outstanding debt of the residents the batch advances credit
+	// to, read under the batch's lock: two batches (or two rows of one)
+	// cannot both pass the limit.
+	owed map[string]int64
+}
+
+// newClaim returns the claim of atts and the reads that fill it.
+func (r *rows) newClaim(atts []*ledger.Attachment) (*claim, []stmt) {
+	c := &claim{r: r, atts: atts, stored: map[tk]*record{}, used: map[string]bool{}, cards: map[string]cardState{}, owed: map[string]int64{}}
 	var keyArgs, ctiArgs, cardArgs []any
 	seenCard := map[string]bool{}
+	var owedOf []string
 	for _, a := range atts {
 		w := a.Value.(*attachRow)
 		keyArgs = append(keyArgs, w.rec.terminal, w.rec.key)
@@ -223,89 +255,77 @@ func (r *rows) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment)
 			seenCard[w.cardNumber] = true
 			cardArgs = append(cardArgs, w.cardNumber)
 		}
+		if w.debt > 0 && !slices.Contains(owedOf, w.rec.residentID) {
+			owedOf = append(owedOf, w.rec.residentID)
+		}
 	}
-	stored := map[tk]*record{}
-	err := r.in(ctx, tx, func(c int) string { return keysSQL(r.pg, c) }, keyArgs, 2, func(rs *sql.Rows) error {
-		rec, err := scanRecord(rs)
+	var reads []stmt
+	reads = in(reads, func(n int) string { return keysSQL(r.pg, n) }, keyArgs, 2, func(scan func(...any) error) error {
+		rec, err := scanRecord(scanFunc(scan))
 		if err == nil {
-			stored[tk{rec.terminal, rec.key}] = rec
+			c.stored[tk{rec.terminal, rec.key}] = rec
 		}
 		return err
 	})
-	if err != nil {
-		return err
-	}
-	used := map[string]bool{}
-	err = r.in(ctx, tx, func(c int) string { return listSQL(r.pg, ctiPrefix, c) }, ctiArgs, 1, func(rs *sql.Rows) error {
-		var c string
-		err := rs.Scan(&c)
-		used[c] = true
+	reads = in(reads, func(n int) string { return listSQL(r.pg, ctiPrefix, n) }, ctiArgs, 1, func(scan func(...any) error) error {
+		var cti string
+		err := scan(&cti)
+		c.used[cti] = true
 		return err
 	})
-	if err != nil {
-		return err
-	}
-	type cardState struct {
-		status  string
-		changed int64
-	}
-	cards := map[string]cardState{}
-	err = r.in(ctx, tx, func(c int) string { return listSQL(r.pg, cardPrefix, c) }, cardArgs, 1, func(rs *sql.Rows) error {
+	reads = in(reads, func(n int) string { return listSQL(r.pg, cardPrefix, n) }, cardArgs, 1, func(scan func(...any) error) error {
 		var n string
 		var st cardState
-		err := rs.Scan(&n, &st.status, &st.changed)
-		cards[n] = st
+		err := scan(&n, &st.status, &st.changed)
+		c.cards[n] = st
 		return err
 	})
-	if err != nil {
-		return err
-	}
-	// Outstanding debt of the residents the batch advances credit to, read
-	// under the batch's lock: two batches (or two rows of one) cannot both
-	// pass the limit.
-	owed := map[string]int64{}
-	for _, a := range atts {
-		w := a.Value.(*attachRow)
-		if w.debt <= 0 {
-			continue
-		}
-		if _, ok := owed[w.rec.residentID]; ok {
-			continue
-		}
-		var n int64
-		if err := tx.QueryRowContext(ctx, owedSQL, w.rec.residentID).Scan(&n); err != nil {
+	for _, id := range owedOf {
+		reads = append(reads, stmt{sql: owedSQL, args: []any{id}, each: func(scan func(...any) error) error {
+			var n int64
+			err := scan(&n)
+			c.owed[id] = n
 			return err
-		}
-		owed[w.rec.residentID] = n
+		}})
 	}
+	return c, reads
+}
+
+// scanFunc makes a Scan method of a row's scan function.
+type scanFunc func(dest ...any) error
+
+func (f scanFunc) Scan(dest ...any) error { return f(dest...) }
+
+// decide sets the refusals of the claim's attachments.
+func (c *claim) decide() error {
 	inBatch := map[tk]bool{}
-	for _, a := range atts {
+	for _, a := range c.atts {
 		w := a.Value.(*attachRow)
 		k := tk{w.rec.terminal, w.rec.key}
 		switch {
-		case w.update && (stored[k] == nil || stored[k].state != statePending):
-			a.Refused = &dupKeyErr{existing: stored[k]}
+		case w.update && (c.stored[k] == nil || c.stored[k].state != statePending):
+			a.Refused = &dupKeyErr{existing: c.stored[k]}
 		case w.update && inBatch[k]:
 			a.Refused = &dupKeyErr{}
 		case w.update: // the pending row holds its nonce already
-		case stored[k] != nil:
-			a.Refused = &dupKeyErr{existing: stored[k]}
+		case c.stored[k] != nil:
+			a.Refused = &dupKeyErr{existing: c.stored[k]}
 		case inBatch[k]:
 			a.Refused = &dupKeyErr{}
-		case w.rec.cti != "" && (used[w.rec.cti] || w.rec.legacyCTI != "" && used[w.rec.legacyCTI]):
+		case w.rec.cti != "" && (c.used[w.rec.cti] || w.rec.legacyCTI != "" && c.used[w.rec.legacyCTI]):
 			a.Refused = errReplayed
-		case w.cardNumber != "" && (cards[w.cardNumber].status != w.cardStatus || cards[w.cardNumber].changed != w.cardChanged):
+		case w.cardNumber != "" && (c.cards[w.cardNumber].status != w.cardStatus || c.cards[w.cardNumber].changed != w.cardChanged):
 			a.Refused = errStaleCard
-			r.s.cards.forget(w.cardNumber)
+			c.r.s.cards.forget(w.cardNumber)
 		}
 		if a.Refused == nil && w.debt > 0 {
-			if owed[w.rec.residentID]+w.debt > w.limit {
+			if c.owed[w.rec.residentID]+w.debt > w.limit {
 				a.Refused = errOverLimit
 			} else {
 				// Counted even if the ledger then refuses its transfers: a
 				// later row of the batch may be declined that could have
 				// passed, never the other way round.
-				owed[w.rec.residentID] += w.debt
+				c.owed[w.rec.residentID] += w.debt
 			}
 		}
 		if a.Refused != nil {
@@ -313,14 +333,37 @@ func (r *rows) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment)
 		}
 		inBatch[k] = true
 		if w.rec.cti != "" {
-			used[w.rec.cti] = true
+			c.used[w.rec.cti] = true
 		}
 	}
 	return nil
 }
 
-// Write implements ledger.Attacher.
-func (r *rows) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
+// Claim implements ledger.Attacher.
+func (r *rows) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
+	c, reads := r.newClaim(atts)
+	for _, q := range reads {
+		if err := r.query(ctx, tx, q); err != nil {
+			return err
+		}
+	}
+	return c.decide()
+}
+
+// QueueClaim implements ledger.PipelineAttacher: Claim's reads, queued.
+func (r *rows) QueueClaim(q ledger.Queue, atts []*ledger.Attachment) func() error {
+	c, reads := r.newClaim(atts)
+	for _, rd := range reads {
+		q.Query(rd.sql, rd.args, rd.each)
+	}
+	return c.decide
+}
+
+// writes builds the rows of atts from the ledger's outcomes (setting each
+// one's written) and returns the statements that store them: an UPDATE per
+// pending row finalised, multi-row INSERTs for the rest.
+func (r *rows) writes(atts []*ledger.Attachment) []stmt {
+	var out []stmt
 	args := make([]any, 0, len(atts)*rowCols)
 	n := 0
 	for _, a := range atts {
@@ -334,11 +377,9 @@ func (r *rows) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment)
 			continue
 		}
 		if w.update {
-			if _, err := tx.ExecContext(ctx, `UPDATE scans SET state = $3, decision = $4, reason = $5, charged_fen = $6, debt_fen = $7, answer = $8, plan = $9
+			out = append(out, stmt{sql: `UPDATE scans SET state = $3, decision = $4, reason = $5, charged_fen = $6, debt_fen = $7, answer = $8, plan = $9
 				WHERE terminal_id = $1 AND idem_key = $2 AND state = 'pending'`,
-				rec.terminal, rec.key, rec.state, rec.decision, rec.reason, rec.charged, rec.debt, rec.answer, rec.plan); err != nil {
-				return err
-			}
+				args: []any{rec.terminal, rec.key, rec.state, rec.decision, rec.reason, rec.charged, rec.debt, rec.answer, rec.plan}})
 			continue
 		}
 		n++
@@ -347,10 +388,27 @@ func (r *rows) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment)
 	}
 	for n > 0 {
 		c := floorClass(n)
-		if _, err := r.stmts.Exec(ctx, tx, insertSQL(r.pg, c), args[:c*rowCols]...); err != nil {
+		out = append(out, stmt{sql: insertSQL(r.pg, c), args: args[:c*rowCols]})
+		args, n = args[c*rowCols:], n-c
+	}
+	return out
+}
+
+// Write implements ledger.Attacher.
+func (r *rows) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
+	for _, w := range r.writes(atts) {
+		if _, err := r.stmts.Exec(ctx, tx, w.sql, w.args...); err != nil {
 			return err
 		}
-		args, n = args[c*rowCols:], n-c
+	}
+	return nil
+}
+
+// QueueWrite implements ledger.PipelineAttacher: Write's statements,
+// queued.
+func (r *rows) QueueWrite(q ledger.Queue, atts []*ledger.Attachment) error {
+	for _, w := range r.writes(atts) {
+		q.Exec(w.sql, w.args...)
 	}
 	return nil
 }
