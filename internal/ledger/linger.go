@@ -19,22 +19,42 @@ import "time"
 // reads, the writes with COMMIT); it took five through a database/sql
 // transaction, which only attachments need. A process alone
 // tries the lock with NOWAIT in its first pipeline and never pays for
-// this; a process that saw another's commits at its last batch (shared)
-// goes straight to the waiting path, saving the failed attempt.
+// this; a process that saw another process on the chain head within the
+// last sharedFor goes straight to the waiting path, saving the failed
+// attempt (a NOWAIT that fails costs its pipeline and a ROLLBACK, two
+// round trips, before the batch waits anyway). It sees another process
+// when the chain head moved since its own last batch, or when its NOWAIT
+// found the head locked. The second matters for batches that write no
+// journal entry (scans that move no money): they leave the head where it
+// was, so with the first sign alone two processes serving only such scans
+// never noticed each other, and about half of their batches paid for a
+// failed NOWAIT (docs/benchmarks.md, session 11). Once sharedFor has
+// passed without a sign, the next batch tries NOWAIT again: a process
+// that has the database to itself again returns to two round trips, and
+// one that does not pays one failed attempt per sharedFor.
 // (An earlier version lingered up to 1 ms before each batch instead; it
 // raised the two-process ratio from 0.78 to 1.01 but did not refill the
 // batches. docs/benchmarks.md.)
 type lingerState struct {
 	on      bool
-	shared  bool          // the last batch saw another process's commits
+	shared  bool          // another process was seen within sharedFor
+	seen    time.Time     // when another process was last seen
 	lastSeq int64         // chain head seq after this process's last batch
 	dbTime  time.Duration // database time of the last batch (applyBatchPG)
 }
 
+// sharedFor is how long a process takes the waiting path after it last
+// saw another process on the chain head.
+const sharedFor = time.Second
+
 // observe records, after a committed batch, whether another process had
 // committed since the previous one (seqBefore: the chain head as locked;
-// seqAfter: as written).
-func (s *lingerState) observe(seqBefore, seqAfter int64, dbTime time.Duration) {
-	s.shared = s.on && s.lastSeq != 0 && seqBefore != s.lastSeq
+// seqAfter: as written) or held the head when this batch tried it with
+// NOWAIT (lockBusy); now is the time of the observation.
+func (s *lingerState) observe(seqBefore, seqAfter int64, lockBusy bool, now time.Time, dbTime time.Duration) {
+	if s.on && (lockBusy || s.lastSeq != 0 && seqBefore != s.lastSeq) {
+		s.seen = now
+	}
+	s.shared = s.on && !s.seen.IsZero() && now.Sub(s.seen) < sharedFor
 	s.lastSeq, s.dbTime = seqAfter, dbTime
 }

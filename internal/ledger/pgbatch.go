@@ -110,6 +110,7 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 		}
 		pgRollback(conn)
 	}()
+	lockBusy := false // the NOWAIT attempt found the chain head locked
 	if !l.lg.shared {
 		if useTx {
 			if b.tx, err = conn.BeginTx(ctx, nil); err != nil {
@@ -117,7 +118,8 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 			}
 		}
 		err = b.pgLoad(ctx, conn, ops, !useTx, true, claims)
-		if isLockNotAvailable(err) {
+		lockBusy = isLockNotAvailable(err)
+		if lockBusy {
 			if b.tx != nil {
 				b.tx.Rollback()
 				b.tx = nil
@@ -126,7 +128,7 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 			}
 		}
 	}
-	if l.lg.shared || isLockNotAvailable(err) {
+	if l.lg.shared || lockBusy {
 		// Another process holds the chain head (its batch is committing):
 		// wait for it, and let the requests that arrive meanwhile join this
 		// batch, so that processes taking turns commit full batches instead
@@ -194,7 +196,8 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 			return err
 		}
 	}
-	l.lg.observe(seq0, b.seq, l.phase(phaseCommit, t0).Sub(start))
+	end := l.phase(phaseCommit, t0)
+	l.lg.observe(seq0, b.seq, lockBusy, end, end.Sub(start))
 	l.batches.Add(1)
 	l.entries.Add(int64(len(b.entries)))
 	return nil

@@ -173,21 +173,43 @@ func TestTwoLedgersSameKeys(t *testing.T) {
 	}
 }
 
-// TestShared: a process notices another's commits on the chain head.
+// TestShared: a process notices another on the chain head, by the head's
+// moves or by a NOWAIT that found it locked (batches without journal
+// entries do not move it), and tries NOWAIT again once it has seen no
+// sign of another process for sharedFor.
 func TestShared(t *testing.T) {
+	t0 := time.Now()
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	s := &lingerState{on: true}
-	s.observe(0, 10, 4*time.Millisecond)
-	s.observe(10, 42, 4*time.Millisecond)
+	s.observe(0, 10, false, at(0), 4*time.Millisecond)
+	s.observe(10, 42, false, at(time.Millisecond), 4*time.Millisecond)
 	if s.shared {
 		t.Fatal("a process alone on the database counts as shared")
 	}
-	s.observe(50, 80, 4*time.Millisecond) // another process moved it from 42 to 50
+	s.observe(50, 80, false, at(2*time.Millisecond), 4*time.Millisecond) // another process moved it from 42 to 50
 	if !s.shared {
 		t.Fatal("another process's commits were not noticed")
 	}
-	s.observe(80, 90, 4*time.Millisecond)
+	s.observe(80, 90, false, at(sharedFor/2), 4*time.Millisecond)
+	if !s.shared {
+		t.Fatal("forgot the other process before sharedFor")
+	}
+	s.observe(90, 95, false, at(sharedFor+3*time.Millisecond), 4*time.Millisecond)
 	if s.shared {
-		t.Fatal("still shared after a batch that followed on its own")
+		t.Fatal("still shared after sharedFor of batches that followed on their own")
+	}
+	// Batches that write no entry leave the head at 95: only the failed
+	// NOWAIT shows the other process.
+	s.observe(95, 95, true, at(2*sharedFor), 4*time.Millisecond)
+	if !s.shared {
+		t.Fatal("a NOWAIT that found the head locked was not noticed")
+	}
+	s.observe(95, 95, false, at(2*sharedFor+time.Millisecond), 4*time.Millisecond)
+	if !s.shared {
+		t.Fatal("forgot the other process right after its lock was seen")
+	}
+	if off := (&lingerState{}); func() bool { off.observe(1, 2, true, at(0), 0); return off.shared }() {
+		t.Fatal("SQLite (on false) counts as shared")
 	}
 }
 
