@@ -86,13 +86,14 @@ func (n *Node) debtRoutes() {
 		func() float64 { return float64(n.scans().Debts.Stats().ProbeQueries) }))
 }
 
-// collectDebts collects a resident's offline debt after a top-up. The
+// collectDebts collects a resident's offline debt after a top-up that
+// found the resident may owe some (scan.Collector.Credit). The
 // top-up stands whatever happens here: a failure is logged and the debt
 // stays owed for the next top-up or the sweep at start.
 func (n *Node) collectDebts(ctx context.Context, residentID string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), collectTimeout)
 	defer cancel()
-	res, err := n.scans().Debts.Collect(ctx, residentID)
+	res, err := n.scans().Debts.CollectOwed(ctx, residentID)
 	if err != nil {
 		n.Log.Warn("collecting offline debt after a top-up", "resident", residentID, "collected_fen", res.CollectedFen, "err", err)
 		return

@@ -170,9 +170,10 @@ func (n *Node) ledgerRoutes() {
 			key := "topup:" + p.Subject + ":" + req.IdempotencyKey
 			var t ledger.Transfer
 			var err error
+			owes := false // the resident may owe offline debt (wallet top-ups)
 			switch req.Account {
 			case "", "wallet":
-				t, err = n.Ledger.Transfer(r.Context(), ledger.TransferRequest{Key: key, Debit: ledger.AccountBank, Credit: wallet, Amount: req.AmountFen, Kind: "topup", Meta: meta})
+				t, owes, err = n.scans().Debts.Credit(r.Context(), ledger.TransferRequest{Key: key, Debit: ledger.AccountBank, Credit: wallet, Amount: req.AmountFen, Kind: "topup", Meta: meta}, residentID)
 			case "medical":
 				if p.Role != auth.RoleFinance {
 					return apperr.Newf(apperr.Forbidden, "only finance may credit medical accounts", "仅财政人员可为医保个人账户入账")
@@ -191,7 +192,7 @@ func (n *Node) ledgerRoutes() {
 			if err != nil {
 				return err
 			}
-			if t.Credit == wallet {
+			if owes {
 				// Offline debt is collected from the money just credited
 				// (a retried top-up collects only what is still owed).
 				n.collectDebts(r.Context(), residentID)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -553,5 +554,88 @@ func TestDebtProbeGathersTopUps(t *testing.T) {
 			t.Fatal("still owed after collection")
 		}
 		c.checkBooks(t, 200) // the ride's fare
+	})
+}
+
+// TestCreditAsksAboutDebt: a wallet top-up through Collector.Credit is
+// applied like a transfer and says whether the resident may owe offline
+// debt: yes for a resident with a debt row, no for the others, also when
+// the top-up is re-sent. On PostgreSQL the question rides in the top-up's
+// ledger batch: at most one query per batch, none of its own.
+func TestCreditAsksAboutDebt(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		ctx := context.Background()
+		col := c.tn.Node.DebtCollector()
+		p := debtor(t, c, 31)
+		rides(t, c, p, "cr1", 1) // p owes 200
+		people := []person{p}
+		for i := 0; i < 24; i++ {
+			people = append(people, debtor(t, c, uint64(2000+7919*i)))
+		}
+		var probed atomic.Bool // the shared probe ran a query
+		scan.HoldDebtProbes(col, func() { probed.Store(true) })
+		defer scan.HoldDebtProbes(col, nil)
+		before, batches := col.Stats(), c.tn.Ledger.Stats().Batches
+		topUp := func(who person) ledger.TransferRequest {
+			return ledger.TransferRequest{Key: "credit-" + who.id, Debit: ledger.AccountBank, Credit: ledger.WalletID(who.id), Amount: 500, Kind: "topup"}
+		}
+		var wg sync.WaitGroup
+		owes := make([]bool, len(people))
+		errs := make([]error, len(people))
+		for i, who := range people {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var tr ledger.Transfer
+				tr, owes[i], errs[i] = col.Credit(ctx, topUp(who), who.id)
+				if errs[i] == nil && (tr.Amount != 500 || tr.Replayed) {
+					errs[i] = fmt.Errorf("transfer %+v", tr)
+				}
+			}()
+		}
+		wg.Wait()
+		for i, who := range people {
+			if errs[i] != nil {
+				t.Fatalf("credit %d: %v", i, errs[i])
+			}
+			if want := i == 0; owes[i] != want {
+				t.Fatalf("resident %d: owes %v, want %v", i, owes[i], want)
+			}
+			if i > 0 {
+				if a, err := c.tn.Ledger.Balance(ctx, ledger.WalletID(who.id)); err != nil || a.Balance != 500 {
+					t.Fatalf("resident %d: wallet %+v %v", i, a, err)
+				}
+			}
+		}
+		after, batchesAfter := col.Stats(), c.tn.Ledger.Stats().Batches
+		probes, queries := after.Probes-before.Probes, after.ProbeQueries-before.ProbeQueries
+		t.Logf("%d questions in %d queries, %d ledger batches", probes, queries, batchesAfter-batches)
+		if probes != int64(len(people)) || queries < 1 || queries > probes {
+			t.Fatalf("%d questions answered by %d queries", probes, queries)
+		}
+		if pg := c.tn.DB.Dialect == store.Postgres; pg && (queries > batchesAfter-batches || probed.Load()) || !pg && !probed.Load() {
+			t.Fatalf("%d queries for %d ledger batches, shared probe ran: %v", queries, batchesAfter-batches, probed.Load())
+		}
+		if r, err := col.CollectOwed(ctx, p.id); err != nil || r.Collections != 1 || r.CollectedFen != 200 || r.OwedFen != 0 {
+			t.Fatalf("collect: %+v %v", r, err)
+		}
+		// Re-sent: the same transfer, replayed, and the same answers (p's
+		// row is still there, with nothing owed on it).
+		tr, again, err := col.Credit(ctx, topUp(p), p.id)
+		if err != nil || !tr.Replayed || !again {
+			t.Fatalf("re-sent: %+v owes %v %v", tr, again, err)
+		}
+		if r, err := col.CollectOwed(ctx, p.id); err != nil || r != (scan.Collected{}) {
+			t.Fatalf("collect after repayment: %+v %v", r, err)
+		}
+		if _, again, err := col.Credit(ctx, topUp(people[1]), people[1].id); err != nil || again {
+			t.Fatalf("re-sent, no debt: owes %v %v", again, err)
+		}
+		// A top-up the ledger refuses is the ledger's error.
+		if _, _, err := col.Credit(ctx, ledger.TransferRequest{Key: "credit-none", Debit: ledger.AccountBank, Credit: ledger.WalletID("nobody"), Amount: 1, Kind: "topup"}, "nobody"); apperr.CodeOf(err) != apperr.UnknownAccount {
+			t.Fatalf("unknown wallet: %v", err)
+		}
+		c.checkBooks(t, 200)
 	})
 }

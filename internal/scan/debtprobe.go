@@ -2,10 +2,12 @@ package scan
 
 import (
 	"context"
+	"database/sql"
 	"sync"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/store"
 )
 
@@ -133,4 +135,140 @@ func (p *debtProbe) stats() (calls, queries int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.calls, p.queries
+}
+
+// Credit applies req, a top-up that credits residentID's wallet, exactly
+// as Ledger.Transfer does, and reports whether the resident may owe
+// offline debt (has any debt row): then the caller collects it
+// (CollectOwed), from the money just credited.
+//
+// On PostgreSQL the question rides in the top-up's own ledger batch
+// (debtCheck, a ledger.PipelineAttacher): one statement before the
+// batch's COMMIT answers every top-up of the batch, with no round trip of
+// its own. Asked after the commit by the shared probe instead, it took
+// 0.12–0.20 PostgreSQL transactions per top-up, each process gathering
+// only its own callers (docs/benchmarks.md, session 11). On SQLite the
+// batch's transaction is the one writer every scan waits for, so the
+// question stays out of it and goes to the shared probe, which reads on
+// the reader connections. A probe that fails answers "may owe": the full
+// read then says, and the top-up stands either way.
+func (c *Collector) Credit(ctx context.Context, req ledger.TransferRequest, residentID string) (t ledger.Transfer, owes bool, err error) {
+	if c.s.DB.Dialect != store.Postgres {
+		if t, err = c.s.Ledger.Transfer(ctx, req); err != nil {
+			return t, false, err
+		}
+		has, perr := c.probe.hasDebt(ctx, residentID)
+		return t, has || perr != nil, nil
+	}
+	ask := &debtAsk{resident: residentID}
+	out, err := c.s.Ledger.Attach(ctx, []ledger.TransferRequest{req}, &ledger.Attachment{To: debtCheck{&c.probe}, Value: ask})
+	switch {
+	case err != nil:
+		return t, false, err
+	case out.Err != nil:
+		return t, false, out.Err
+	case len(out.Transfers) != 1:
+		return t, false, apperr.Newf(apperr.Internal, "the top-up's batch returned no transfer", "充值批次未返回转账")
+	}
+	return out.Transfers[0], ask.has(), nil
+}
+
+// CollectOwed is Collect for a resident Credit found may owe (it does not
+// ask the probe again).
+func (c *Collector) CollectOwed(ctx context.Context, residentID string) (Collected, error) {
+	return c.collect(ctx, residentID, false)
+}
+
+// debtAsk is one top-up's question to debtCheck (Attachment.Value).
+type debtAsk struct {
+	resident string
+	// found: the residents of the batch found with debt, filled by Write,
+	// or by the pipeline after QueueWrite (read once the batch committed).
+	found map[string]bool
+}
+
+func (q *debtAsk) has() bool { return q.found[q.resident] }
+
+// debtCheck answers, inside a top-up's ledger batch, which of the batch's
+// residents have any debt row (the probe's query as one statement). It
+// claims nothing and writes nothing.
+type debtCheck struct{ p *debtProbe }
+
+const debtCheckSQL = `SELECT DISTINCT resident_id FROM scans WHERE debt_fen > 0 AND decision = 'accepted' AND resident_id = ANY($1::text[])`
+
+func (debtCheck) Claim(context.Context, *sql.Tx, []*ledger.Attachment) error { return nil }
+
+func (debtCheck) QueueClaim(ledger.Queue, []*ledger.Attachment) func() error {
+	return func() error { return nil }
+}
+
+// ask lists the residents of atts and counts the question (Stats).
+func (d debtCheck) ask(atts []*ledger.Attachment) []string {
+	ids := make([]string, len(atts))
+	for i, a := range atts {
+		q := a.Value.(*debtAsk)
+		q.found = nil
+		ids[i] = q.resident
+	}
+	d.p.mu.Lock()
+	d.p.calls += int64(len(atts))
+	d.p.queries++
+	d.p.mu.Unlock()
+	return ids
+}
+
+func answerAsks(atts []*ledger.Attachment, found map[string]bool) {
+	for _, a := range atts {
+		a.Value.(*debtAsk).found = found
+	}
+}
+
+// Write implements ledger.Attacher (SQLite does not use debtCheck, but a
+// batch mixing it with an attacher that needs a transaction would).
+func (d debtCheck) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
+	ids := d.ask(atts)
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	found := map[string]bool{}
+	for len(args) > 0 {
+		n := min(len(args), maxClass)
+		rs, err := tx.QueryContext(ctx, listSQL(d.p.s.DB.Dialect == store.Postgres, debtProbePrefix, n), args[:n]...)
+		if err != nil {
+			return err
+		}
+		for rs.Next() {
+			var id string
+			if err := rs.Scan(&id); err != nil {
+				rs.Close()
+				return err
+			}
+			found[id] = true
+		}
+		if err := rs.Close(); err != nil {
+			return err
+		}
+		if err := rs.Err(); err != nil {
+			return err
+		}
+		args = args[n:]
+	}
+	answerAsks(atts, found)
+	return nil
+}
+
+func (d debtCheck) QueueWrite(q ledger.Queue, atts []*ledger.Attachment) error {
+	ids := d.ask(atts)
+	found := map[string]bool{}
+	q.Query(debtCheckSQL, []any{ids}, func(scan func(...any) error) error {
+		var id string
+		err := scan(&id)
+		found[id] = true
+		return err
+	})
+	// The answers arrive when the pipeline runs, after this returns; the
+	// callers read them only once the batch has committed.
+	answerAsks(atts, found)
+	return nil
 }
