@@ -626,7 +626,9 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 // measurement, not a check: set YIKATONG_BENCH=1 to run it, and
 // YIKATONG_BENCH_PROFILES=DIR to save CPU profiles of the node processes
 // (docs/benchmarks.md, "Two processes on PostgreSQL"), and
-// YIKATONG_BENCH_WORKERS=N to run N closed-loop callers instead of 32.
+// YIKATONG_BENCH_WORKERS=N to run N closed-loop callers instead of 32,
+// YIKATONG_BENCH_ROUNDS=N rounds instead of 5, and YIKATONG_BENCH_ROUND=D
+// per round instead of 5s (the profiles cover the round less 2 s).
 //
 // Before the rounds, each load runs for 3 s on both processes and the
 // database is analysed, as pgbench vacuums before it measures. Without
@@ -659,8 +661,19 @@ func TestTwoProcessThroughput(t *testing.T) {
 			t.Fatalf("YIKATONG_BENCH_WORKERS=%q: want a positive number", s)
 		}
 	}
-	const rounds = 5
-	dur := 5 * time.Second
+	rounds, dur := 5, 5*time.Second
+	if s := os.Getenv("YIKATONG_BENCH_ROUNDS"); s != "" {
+		var err error
+		if rounds, err = strconv.Atoi(s); err != nil || rounds < 1 {
+			t.Fatalf("YIKATONG_BENCH_ROUNDS=%q: want a positive number", s)
+		}
+	}
+	if s := os.Getenv("YIKATONG_BENCH_ROUND"); s != "" {
+		var err error
+		if dur, err = time.ParseDuration(s); err != nil || dur < 3*time.Second {
+			t.Fatalf("YIKATONG_BENCH_ROUND=%q: want a duration of at least 3s", s)
+		}
+	}
 	var seq atomic.Int64
 	type load struct {
 		name string
