@@ -31,9 +31,10 @@ import (
 // The Collector collects a resident's outstanding debt from the wallet,
 // oldest scan first, each debt min(what the wallet holds above zero and
 // its floor, what is still owed on it); partial collection is fine, the
-// rest stays owed. It runs after every wallet top-up (the node's top-up
-// handler; it first asks the shared debt probe, debtprobe.go, whether the
-// resident has any debt row at all), and Sweep runs it for every resident
+// rest stays owed. It runs after every wallet top-up whose resident has
+// any debt row at all (the node's top-up handler applies the top-up with
+// Collector.Credit, which answers that question, debtprobe.go, and then
+// calls CollectOwed), and Sweep runs it for every resident
 // with outstanding debt (at node start: a crash between a top-up and its
 // collection).
 //

@@ -26,7 +26,9 @@ import (
 // not find owes nothing, exactly as the full read would have said: a
 // debt row written after the probe read is one the full read, run at
 // that moment, would have missed as well (the next top-up or the sweep
-// at start collects it).
+// at start collects it). On PostgreSQL a top-up asks the same question
+// inside its own ledger batch instead (Credit, debtCheck below); the
+// probe answers there for Collect, and on SQLite for every top-up.
 type debtProbe struct {
 	s       *Service
 	mu      sync.Mutex
