@@ -133,6 +133,14 @@ func (p *debtProbe) answer(calls []*probeCall) {
 	}
 }
 
+// count adds to the counters (Stats).
+func (p *debtProbe) count(calls, queries int64) {
+	p.mu.Lock()
+	p.calls += calls
+	p.queries += queries
+	p.mu.Unlock()
+}
+
 func (p *debtProbe) stats() (calls, queries int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -204,7 +212,7 @@ func (debtCheck) QueueClaim(ledger.Queue, []*ledger.Attachment) func() error {
 	return func() error { return nil }
 }
 
-// ask lists the residents of atts and counts the question (Stats).
+// ask lists the residents of atts and counts their questions (Stats).
 func (d debtCheck) ask(atts []*ledger.Attachment) []string {
 	ids := make([]string, len(atts))
 	for i, a := range atts {
@@ -212,10 +220,7 @@ func (d debtCheck) ask(atts []*ledger.Attachment) []string {
 		q.found = nil
 		ids[i] = q.resident
 	}
-	d.p.mu.Lock()
-	d.p.calls += int64(len(atts))
-	d.p.queries++
-	d.p.mu.Unlock()
+	d.p.count(int64(len(atts)), 0)
 	return ids
 }
 
@@ -236,6 +241,7 @@ func (d debtCheck) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachm
 	found := map[string]bool{}
 	for len(args) > 0 {
 		n := min(len(args), maxClass)
+		d.p.count(0, 1)
 		rs, err := tx.QueryContext(ctx, listSQL(d.p.s.DB.Dialect == store.Postgres, debtProbePrefix, n), args[:n]...)
 		if err != nil {
 			return err
@@ -262,6 +268,7 @@ func (d debtCheck) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachm
 
 func (d debtCheck) QueueWrite(q ledger.Queue, atts []*ledger.Attachment) error {
 	ids := d.ask(atts)
+	d.p.count(0, 1)
 	found := map[string]bool{}
 	q.Query(debtCheckSQL, []any{ids}, func(scan func(...any) error) error {
 		var id string
