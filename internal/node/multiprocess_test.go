@@ -770,6 +770,7 @@ func TestTwoProcessThroughput(t *testing.T) {
 				}
 				var cpu0 cpuSplit
 				var b0, e0, x0 float64
+				var ph0 map[string]float64
 				var once sync.Once
 				for w := 0; w < workers; w++ {
 					wg.Add(1)
@@ -781,7 +782,12 @@ func TestTwoProcessThroughput(t *testing.T) {
 							if time.Now().Before(warm) {
 								continue
 							}
-							once.Do(func() { cpu0 = readCPUSplit(nodePids, cl); b0, e0 = ledgerBatches(a.URL, b.URL); x0 = xacts() })
+							once.Do(func() {
+								cpu0 = readCPUSplit(nodePids, cl)
+								b0, e0 = ledgerBatches(a.URL, b.URL)
+								x0 = xacts()
+								ph0 = ledgerPhases(a.URL, b.URL)
+							})
 							if err == nil && resp.Status == 200 {
 								ok.Add(1)
 							} else {
@@ -793,6 +799,7 @@ func TestTwoProcessThroughput(t *testing.T) {
 				wg.Wait()
 				cpu1 := readCPUSplit(nodePids, cl)
 				b1, e1 := ledgerBatches(a.URL, b.URL)
+				ph1 := ledgerPhases(a.URL, b.URL)
 				x1 := xacts()
 				for _, ch := range profWait {
 					<-ch
@@ -803,6 +810,14 @@ func TestTwoProcessThroughput(t *testing.T) {
 				t.Logf("%-26s %d process(es) round %d: %6.0f req/s (%d failed) | CPU ms/request: node %.2f, PostgreSQL %.2f, load generator %.2f; machine busy %.0f%%; ledger requests per batch %.1f; PostgreSQL transactions per request %.2f",
 					ld.name, spread, round, rate, failed.Load(), per(cpu1.node-cpu0.node), per(cpu1.pg-cpu0.pg), per(cpu1.self-cpu0.self),
 					100*(cpu1.busy-cpu0.busy)/(cpu1.total-cpu0.total), (e1-e0)/max(b1-b0, 1), (x1-x0)/float64(ok.Load()+failed.Load()))
+				var phases []string
+				for _, name := range ledger.PhaseNames {
+					if d := ph1[name] - ph0[name]; d > 0 {
+						phases = append(phases, fmt.Sprintf("%s %.2f", name, 1000*d/max(b1-b0, 1)))
+					}
+				}
+				t.Logf("%-26s %d process(es) round %d: %.0f ledger batches/s; ms per batch (summed over processes): %s",
+					ld.name, spread, round, (b1-b0)/dur.Seconds(), strings.Join(phases, ", "))
 			}
 		}
 		ratios := make([]float64, rounds)
@@ -907,6 +922,34 @@ func procPPid(pid int) int {
 
 // ledgerBatches sums the ledger's group-commit batches and the requests in
 // them over the nodes' /metrics.
+// ledgerPhases sums yikatong_ledger_phase_seconds_total per phase over the
+// processes at urls.
+func ledgerPhases(urls ...string) map[string]float64 {
+	out := map[string]float64{}
+	for _, u := range urls {
+		resp, err := http.Get(u + "/metrics")
+		if err != nil {
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(body), "\n") {
+			rest, ok := strings.CutPrefix(line, `yikatong_ledger_phase_seconds_total{phase="`)
+			if !ok {
+				continue
+			}
+			name, val, ok := strings.Cut(rest, `"} `)
+			if !ok {
+				continue
+			}
+			var v float64
+			fmt.Sscan(val, &v)
+			out[name] += v
+		}
+	}
+	return out
+}
+
 func ledgerBatches(urls ...string) (batches, entries float64) {
 	for _, u := range urls {
 		resp, err := http.Get(u + "/metrics")
