@@ -45,17 +45,22 @@ func (n *noteRows) Write(ctx context.Context, tx *sql.Tx, atts []*Attachment) er
 		return errors.New("disk on fire")
 	}
 	for _, a := range atts {
-		outcome := "ok"
-		if a.Err != nil {
-			outcome = string(apperr.CodeOf(a.Err))
-		} else if len(a.Transfers) == 0 && a.Value.(string) != "bare" {
-			outcome = "no transfers?"
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO att_notes(name, outcome) VALUES ($1, $2)`, a.Value.(string), outcome); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO att_notes(name, outcome) VALUES ($1, $2)`, a.Value.(string), noteOutcome(a)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// noteOutcome is what Write stores for a: "ok" or the ledger's refusal.
+func noteOutcome(a *Attachment) string {
+	switch {
+	case a.Err != nil:
+		return string(apperr.CodeOf(a.Err))
+	case len(a.Transfers) == 0 && a.Value.(string) != "bare":
+		return "no transfers?"
+	}
+	return "ok"
 }
 
 // pipeNotes is noteRows as a PipelineAttacher: on PostgreSQL its reads and
@@ -104,13 +109,7 @@ func (p *pipeNotes) QueueWrite(q Queue, atts []*Attachment) error {
 		return errors.New("disk on fire")
 	}
 	for _, a := range atts {
-		outcome := "ok"
-		if a.Err != nil {
-			outcome = string(apperr.CodeOf(a.Err))
-		} else if len(a.Transfers) == 0 && a.Value.(string) != "bare" {
-			outcome = "no transfers?"
-		}
-		q.Exec(`INSERT INTO att_notes(name, outcome) VALUES ($1, $2)`, a.Value.(string), outcome)
+		q.Exec(`INSERT INTO att_notes(name, outcome) VALUES ($1, $2)`, a.Value.(string), noteOutcome(a))
 	}
 	return nil
 }

@@ -920,12 +920,9 @@ func procPPid(pid int) int {
 	return pp
 }
 
-// ledgerBatches sums the ledger's group-commit batches and the requests in
-// them over the nodes' /metrics.
-// ledgerPhases sums yikatong_ledger_phase_seconds_total per phase over the
-// processes at urls.
-func ledgerPhases(urls ...string) map[string]float64 {
-	out := map[string]float64{}
+// metricLines calls fn with every line of the /metrics of the nodes at
+// urls (a node that does not answer is left out).
+func metricLines(urls []string, fn func(line string)) {
 	for _, u := range urls {
 		resp, err := http.Get(u + "/metrics")
 		if err != nil {
@@ -934,40 +931,41 @@ func ledgerPhases(urls ...string) map[string]float64 {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, line := range strings.Split(string(body), "\n") {
-			rest, ok := strings.CutPrefix(line, `yikatong_ledger_phase_seconds_total{phase="`)
-			if !ok {
-				continue
-			}
-			name, val, ok := strings.Cut(rest, `"} `)
-			if !ok {
-				continue
-			}
+			fn(line)
+		}
+	}
+}
+
+// ledgerPhases sums yikatong_ledger_phase_seconds_total per phase over the
+// nodes at urls.
+func ledgerPhases(urls ...string) map[string]float64 {
+	out := map[string]float64{}
+	metricLines(urls, func(line string) {
+		rest, ok := strings.CutPrefix(line, `yikatong_ledger_phase_seconds_total{phase="`)
+		if !ok {
+			return
+		}
+		if name, val, ok := strings.Cut(rest, `"} `); ok {
 			var v float64
 			fmt.Sscan(val, &v)
 			out[name] += v
 		}
-	}
+	})
 	return out
 }
 
+// ledgerBatches sums the ledger's group-commit batches and the requests in
+// them over the nodes' /metrics.
 func ledgerBatches(urls ...string) (batches, entries float64) {
-	for _, u := range urls {
-		resp, err := http.Get(u + "/metrics")
-		if err != nil {
-			continue
+	metricLines(urls, func(line string) {
+		var v float64
+		if rest, ok := strings.CutPrefix(line, "yikatong_ledger_batches_total "); ok {
+			fmt.Sscan(rest, &v)
+			batches += v
+		} else if rest, ok := strings.CutPrefix(line, "yikatong_ledger_requests_total "); ok {
+			fmt.Sscan(rest, &v)
+			entries += v
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		for _, line := range strings.Split(string(body), "\n") {
-			var v float64
-			if rest, ok := strings.CutPrefix(line, "yikatong_ledger_batches_total "); ok {
-				fmt.Sscan(rest, &v)
-				batches += v
-			} else if rest, ok := strings.CutPrefix(line, "yikatong_ledger_requests_total "); ok {
-				fmt.Sscan(rest, &v)
-				entries += v
-			}
-		}
-	}
+	})
 	return batches, entries
 }
