@@ -14,10 +14,10 @@ import "time"
 // Now a batch that finds the chain head locked waits for it and then takes
 // in every request that arrived meanwhile (absorb, pgbatch.go): the wait
 // costs nothing, since the batch could not have started anyway, and a
-// process's batch again holds all its waiting callers. Without attachments
-// such a batch takes three round trips (BEGIN with the waiting lock, the
-// reads, the writes with COMMIT); it took five through a database/sql
-// transaction, which only attachments need. A process alone
+// process's batch again holds all its waiting callers. Such a batch takes
+// three round trips (BEGIN with the waiting lock, the reads, the writes
+// with COMMIT), unless an attacher that is not a PipelineAttacher makes it
+// use a database/sql transaction (attach.go). A process alone
 // tries the lock with NOWAIT in its first pipeline and never pays for
 // this; a process that saw another process on the chain head within the
 // last sharedFor goes straight to the waiting path, saving the failed

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -240,7 +239,7 @@ type claim struct {
 func (r *rows) newClaim(atts []*ledger.Attachment) (*claim, []stmt) {
 	c := &claim{r: r, atts: atts, stored: map[tk]*record{}, used: map[string]bool{}, cards: map[string]cardState{}, owed: map[string]int64{}}
 	var keyArgs, ctiArgs, cardArgs []any
-	seenCard := map[string]bool{}
+	seenCard, seenDebtor := map[string]bool{}, map[string]bool{}
 	var owedOf []string
 	for _, a := range atts {
 		w := a.Value.(*attachRow)
@@ -255,7 +254,8 @@ func (r *rows) newClaim(atts []*ledger.Attachment) (*claim, []stmt) {
 			seenCard[w.cardNumber] = true
 			cardArgs = append(cardArgs, w.cardNumber)
 		}
-		if w.debt > 0 && !slices.Contains(owedOf, w.rec.residentID) {
+		if w.debt > 0 && !seenDebtor[w.rec.residentID] {
+			seenDebtor[w.rec.residentID] = true
 			owedOf = append(owedOf, w.rec.residentID)
 		}
 	}
