@@ -679,16 +679,27 @@ func TestTwoProcessThroughput(t *testing.T) {
 		name string
 		req  func(base string) (*nodetest.Client, string, map[string]any)
 	}
+	// One transport for every caller, keeping a connection per caller and
+	// node, as terminals and bank channels keep theirs. (A client with
+	// http.DefaultTransport keeps two idle connections per node, so most
+	// requests of 64 callers opened and closed a connection of their own.)
+	transport := &http.Transport{MaxIdleConns: 2 * workers, MaxIdleConnsPerHost: workers, IdleConnTimeout: time.Minute}
+	defer transport.CloseIdleConnections()
+	client := func(base, token string) *nodetest.Client {
+		c := nodetest.NewClient(base, token)
+		c.HTTP.Transport = transport
+		return c
+	}
 	loads := []load{
 		{"card scans (transit.bus)", func(base string) (*nodetest.Client, string, map[string]any) {
 			i := seq.Add(1)
 			r := demo.Residents[int(i)%len(demo.Residents)]
-			return nodetest.NewClient(base, bus.Token), "/v1/scans", map[string]any{"idempotency_key": fmt.Sprintf("bench-%d", i), "scenario": "transit.bus", "card_number": r.CardNumber}
+			return client(base, bus.Token), "/v1/scans", map[string]any{"idempotency_key": fmt.Sprintf("bench-%d", i), "scenario": "transit.bus", "card_number": r.CardNumber}
 		}},
 		{"top-ups", func(base string) (*nodetest.Client, string, map[string]any) {
 			i := seq.Add(1)
 			r := demo.Residents[int(i)%len(demo.Residents)]
-			return nodetest.NewClient(base, finance), "/v1/topups", map[string]any{"idempotency_key": fmt.Sprintf("bench-%d", i), "card_number": r.CardNumber, "amount_fen": 1}
+			return client(base, finance), "/v1/topups", map[string]any{"idempotency_key": fmt.Sprintf("bench-%d", i), "card_number": r.CardNumber, "amount_fen": 1}
 		}},
 	}
 	profile := func(name, addr string, done chan<- struct{}) {
