@@ -239,28 +239,18 @@ func (d debtCheck) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachm
 		args[i] = id
 	}
 	found := map[string]bool{}
-	for len(args) > 0 {
-		n := min(len(args), maxClass)
+	pg := d.p.s.DB.Dialect == store.Postgres
+	reads := in(nil, func(n int) string { return listSQL(pg, debtProbePrefix, n) }, args, 1, func(scan func(...any) error) error {
+		var id string
+		err := scan(&id)
+		found[id] = true
+		return err
+	})
+	for _, q := range reads {
 		d.p.count(0, 1)
-		rs, err := tx.QueryContext(ctx, listSQL(d.p.s.DB.Dialect == store.Postgres, debtProbePrefix, n), args[:n]...)
-		if err != nil {
+		if err := q.run(ctx, tx, nil); err != nil {
 			return err
 		}
-		for rs.Next() {
-			var id string
-			if err := rs.Scan(&id); err != nil {
-				rs.Close()
-				return err
-			}
-			found[id] = true
-		}
-		if err := rs.Close(); err != nil {
-			return err
-		}
-		if err := rs.Err(); err != nil {
-			return err
-		}
-		args = args[n:]
 	}
 	answerAsks(atts, found)
 	return nil

@@ -197,9 +197,10 @@ func in(out []stmt, sqlFor func(int) string, args []any, width int, each func(sc
 	return out
 }
 
-// query runs a read in tx (prepared on SQLite when it is in the set).
-func (r *rows) query(ctx context.Context, tx *sql.Tx, q stmt) error {
-	rs, err := r.stmts.Query(ctx, tx, q.sql, q.args...)
+// run runs the read q in tx, prepared when its text is in stmts (a nil
+// set runs it unprepared).
+func (q stmt) run(ctx context.Context, tx *sql.Tx, stmts store.WriterStmts) error {
+	rs, err := stmts.Query(ctx, tx, q.sql, q.args...)
 	if err != nil {
 		return err
 	}
@@ -343,7 +344,7 @@ func (c *claim) decide() error {
 func (r *rows) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
 	c, reads := r.newClaim(atts)
 	for _, q := range reads {
-		if err := r.query(ctx, tx, q); err != nil {
+		if err := q.run(ctx, tx, r.stmts); err != nil {
 			return err
 		}
 	}
