@@ -1,9 +1,12 @@
 package scan
 
 import (
+	"context"
+	"database/sql"
 	"strings"
 	"testing"
 
+	"github.com/yikatong/yikatong/internal/store"
 	"github.com/yikatong/yikatong/internal/store/storetest"
 )
 
@@ -29,4 +32,67 @@ func TestScanKeyLookupsSearchThePrimaryKey(t *testing.T) {
 			t.Errorf("%s: plan %q, want a search of the primary key (idem_key, terminal_id)", c.name, p)
 		}
 	}
+}
+
+// TestNonceLookupsUseThePartialIndex: a code's nonce is unique through a
+// partial index of the scans that have one (migration 0048), and every
+// read of scans by nonce — the batch's Claim, the legacy check of a nonce
+// stored under its old key — searches that index on both backends. A
+// planner that could not prove the index applies would read the whole
+// table once per batch.
+func TestNonceLookupsUseThePartialIndex(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		db := storetest.Open(t, dsn)
+		pg := db.Dialect == store.Postgres
+		for _, c := range []struct {
+			name, sql string
+			args      []any
+		}{
+			{"Claim (ctiPrefix)", listSQL(pg, ctiPrefix, 2), []any{"YK1:iss:1:n1", "YK1:iss:1:n2"}},
+			{"a nonce under its old key", legacyNonceSQL, []any{"n1"}},
+		} {
+			var plan string
+			if pg {
+				plan = pgPlan(t, db.R, c.sql, c.args...)
+			} else {
+				plan = storetest.QueryPlan(t, db.R, c.sql, c.args...)
+			}
+			if !strings.Contains(plan, "scans_cti") {
+				t.Errorf("%s: plan %q, want a search of scans_cti", c.name, plan)
+			}
+		}
+	})
+}
+
+// pgPlan is PostgreSQL's plan for query with sequential scans priced out,
+// so that an index the planner may use shows even on an empty table.
+func pgPlan(t *testing.T, db *sql.DB, query string, args ...any) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `SET enable_seqscan = off`); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.ExecContext(ctx, `RESET enable_seqscan`)
+	rows, err := conn.QueryContext(ctx, `EXPLAIN `+query, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var lines []string
+	for rows.Next() {
+		var l string
+		if err := rows.Scan(&l); err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, l)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(lines, "; ")
 }

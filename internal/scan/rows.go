@@ -136,9 +136,13 @@ func listSQL(pg bool, prefix string, n int) string {
 	return sb.String()
 }
 
+// Reads by nonce search the partial unique index scans_cti (migration
+// 0048); they say "cti IS NOT NULL" so that it plainly applies (both
+// planners also infer it from the comparison).
 const (
-	ctiPrefix  = `SELECT cti FROM scans WHERE cti IN `
-	cardPrefix = `SELECT number, status, status_changed_at FROM cards WHERE number IN `
+	ctiPrefix      = `SELECT cti FROM scans WHERE cti IS NOT NULL AND cti IN `
+	legacyNonceSQL = `SELECT COUNT(*) FROM scans WHERE cti IS NOT NULL AND cti = $1`
+	cardPrefix     = `SELECT number, status, status_changed_at FROM cards WHERE number IN `
 )
 
 func insertSQL(pg bool, n int) string {

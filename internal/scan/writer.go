@@ -237,7 +237,7 @@ func (w *writer) apply(batch []*wop) error {
 			// A nonce stored under its old key (replayKeys) is taken too.
 			taken := 0
 			if r.legacyCTI != "" {
-				if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM scans WHERE cti = $1`, r.legacyCTI).Scan(&taken); err != nil {
+				if err := tx.QueryRowContext(ctx, legacyNonceSQL, r.legacyCTI).Scan(&taken); err != nil {
 					return err
 				}
 			}
