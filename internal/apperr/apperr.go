@@ -82,8 +82,11 @@ const (
 	ClockSkew Code = "clock_skew"
 	// DuplicateRecord: an offline record already applied (reported, not charged again).
 	DuplicateRecord Code = "duplicate_record"
-	// OutOfOrder: an offline record whose sequence number is not above the previous one in its batch.
+	// OutOfOrder: an offline record whose sequence number is not above the previous one in its batch,
+	// or is below a record the terminal uploaded before while its time is after that record's.
 	OutOfOrder Code = "out_of_order"
+	// ClockBack: an offline record dated before a record its terminal made earlier (by sequence number).
+	ClockBack Code = "clock_back"
 	// UnknownHolder: the card or code belongs to no resident of this city (or is not bound).
 	UnknownHolder Code = "unknown_holder"
 	// PINRequired: the scenario asks for the holder's PIN at this amount and none was sent.
@@ -164,7 +167,8 @@ var catalogue = map[Code]entry{
 	BatchTampered:    {422, "the offline batch's signature does not verify; it was altered or not made by this terminal", "离线批次签名无效，已被篡改或并非本终端生成"},
 	ClockSkew:        {422, "the record's time is too far from the node's clock", "记录时间与节点时钟偏差过大"},
 	DuplicateRecord:  {409, "this offline record was already applied", "该离线记录已处理"},
-	OutOfOrder:       {422, "this offline record is out of order in its batch", "该离线记录在批次中顺序错误"},
+	OutOfOrder:       {422, "this offline record is out of order: in its batch, or numbered before a record of this terminal that is dated earlier", "该离线记录顺序错误：在批次内乱序，或编号早于本终端某条时间更早的记录"},
+	ClockBack:        {422, "this offline record is dated before a record the terminal made earlier; its clock went back", "该离线记录的时间早于本终端先前生成的记录，终端时钟被回拨"},
 	UnknownHolder:    {404, "no resident of this city holds this card or code", "本市无此卡或码的持有人"},
 	PINRequired:      {401, "this payment needs the holder's PIN", "此笔支付需要输入密码"},
 

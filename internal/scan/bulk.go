@@ -227,7 +227,8 @@ func (s *Service) prepareRecord(ctx context.Context, t terminal.Terminal, o *off
 		return
 	}
 	o.sc = sc
-	rec := &record{terminal: t.ID, key: "off:" + r.ID, hash: recordHash(r), provider: t.ProviderID, scenario: r.Scenario, offline: true, at: r.At.UnixMilli(), state: stateFinal}
+	rec := &record{terminal: t.ID, key: "off:" + r.ID, hash: recordHash(r), provider: t.ProviderID, scenario: r.Scenario, offline: true, at: r.At.UnixMilli(), state: stateFinal,
+		seq: r.Seq, numbered: true}
 	if o.force != "" {
 		o.e = eval{err: apperr.New(o.force)}
 	} else {

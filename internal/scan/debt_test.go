@@ -292,12 +292,12 @@ func TestRemoteKeyCheckedFirst(t *testing.T) {
 		reg.Register("FX1", fakeForeign{})
 		remote := &countingRemote{}
 		svc, err := scan.New(ctx, scan.Deps{DB: n.DB, Vault: n.Vault, Catalog: n.Catalog, Residents: n.Residents, Ledger: n.Ledger,
-			Registry: reg, City: n.City, Remote: remote})
+			Terminals: terminal.New(n.DB, nil, nil, nil), Registry: reg, City: n.City, Remote: remote})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer svc.Close()
-		term := terminal.Terminal{ID: "trm_remote", ProviderID: c.provider, Scenarios: []string{"transit.bus"}}
+		term := bareTerminal(t, n.DB, "trm_remote", c.provider)
 		req := scan.Request{IdempotencyKey: "r1", Scenario: "transit.bus", Code: "FX1:nonce-1"}
 		first, err := svc.Scan(ctx, term, req)
 		if err != nil || first.Decision != scan.Accepted || remote.asked.Load() != 1 {

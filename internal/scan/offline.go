@@ -18,9 +18,17 @@ import (
 // Offline clock tolerance: a record may be at most OfflineFutureSkew ahead
 // of the node's clock and at most OfflineMaxAge old; anything else is
 // reported clock_skew and not applied.
+//
+// And a terminal's records are numbered (Seq) and dated in the same order,
+// within OfflineClockBack (a clock set back a little, as a time sync
+// does): a record dated before one the terminal made earlier — in its
+// batch, or the terminal's mark (the latest record stored from it,
+// terminal.Mark) — is reported clock_back; a record numbered below the
+// mark but dated after it, out_of_order. Neither is applied.
 const (
 	OfflineFutureSkew = 5 * time.Minute
 	OfflineMaxAge     = 30 * 24 * time.Hour
+	OfflineClockBack  = 5 * time.Minute
 )
 
 // Record statuses in a batch report.
@@ -64,8 +72,13 @@ func validRecordID(id string) bool { return validKey(id) && len(id) <= 48 }
 func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b terminal.Batch) (BatchReport, error) {
 	now := s.Now()
 	rep := BatchReport{BatchID: b.ID, Terminal: t.ID, Records: len(b.Records), Items: make([]RecordReport, len(b.Records))}
+	mark, err := s.Terminals.OfflineMark(ctx, t.ID)
+	if err != nil {
+		return rep, err
+	}
 	// Shape checks that depend on the order of the batch run first.
 	var lastSeq int64 = -1 << 62
+	var prevAt time.Time // the time of the batch's last record not refused for its time
 	seen := make(map[string]bool, len(b.Records))
 	todo := make([]int, 0, len(b.Records))
 	for i, r := range b.Records {
@@ -80,6 +93,11 @@ func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b termina
 			it.Status, it.Reason = StatusRejected, apperr.OutOfOrder
 		case r.At.After(now.Add(OfflineFutureSkew)) || r.At.Before(now.Add(-OfflineMaxAge)):
 			it.Status, it.Reason = StatusRejected, apperr.ClockSkew
+		case r.At.Before(prevAt.Add(-OfflineClockBack)),
+			mark.Set && r.Seq > mark.Seq && r.At.Before(mark.At.Add(-OfflineClockBack)):
+			it.Status, it.Reason = StatusRejected, apperr.ClockBack
+		case mark.Set && r.Seq <= mark.Seq && r.At.After(mark.At.Add(OfflineClockBack)):
+			it.Status, it.Reason = StatusRejected, apperr.OutOfOrder
 		case !slices.Contains(t.Scenarios, r.Scenario):
 			it.Status, it.Reason = StatusRejected, apperr.Forbidden
 		default:
@@ -90,6 +108,9 @@ func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b termina
 		}
 		if r.Seq > lastSeq {
 			lastSeq = r.Seq
+		}
+		if it.Reason != apperr.ClockSkew && it.Reason != apperr.ClockBack && it.Reason != apperr.OutOfOrder {
+			prevAt = r.At
 		}
 	}
 	if err := s.applyRecords(ctx, t, b.Records, todo, rep.Items); err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/store"
 	"github.com/yikatong/yikatong/internal/store/storetest"
 	"github.com/yikatong/yikatong/internal/terminal"
 )
@@ -72,12 +73,12 @@ func TestForeignCard(t *testing.T) {
 		}
 		remote := &cardRemote{}
 		svc, err := scan.New(ctx, scan.Deps{DB: n.DB, Vault: n.Vault, Catalog: n.Catalog, Residents: n.Residents, Ledger: n.Ledger,
-			Registry: scan.NewRegistry(), City: n.City, Remote: remote})
+			Terminals: terminal.New(n.DB, nil, nil, nil), Registry: scan.NewRegistry(), City: n.City, Remote: remote})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer svc.Close()
-		term := terminal.Terminal{ID: "trm_card", ProviderID: c.provider, Scenarios: []string{"transit.bus"}}
+		term := bareTerminal(t, n.DB, "trm_card", c.provider)
 		card := foreignCard()
 		r, err := svc.Scan(ctx, term, scan.Request{IdempotencyKey: "c1", Scenario: "transit.bus", CardNumber: card})
 		if err != nil || r.Decision != scan.Accepted || r.ChargedFen == nil || *r.ChargedFen != 100 {
@@ -127,4 +128,15 @@ func TestForeignCard(t *testing.T) {
 			t.Fatalf("clr:CN-999999 = %d, want -200", bal.Balance)
 		}
 	})
+}
+
+// bareTerminal stores a terminal of provider that scans transit.bus, for a
+// scan.Service built without the node's handlers (no credentials).
+func bareTerminal(t *testing.T, db *store.DB, id, provider string) terminal.Terminal {
+	t.Helper()
+	if _, err := db.W.ExecContext(context.Background(), `INSERT INTO terminals(id, provider_id, name, scenarios, public_key, disabled, created_at) VALUES ($1, $2, $3, $4, $5, 0, 0)`,
+		id, provider, id, `["transit.bus"]`, make([]byte, 32)); err != nil {
+		t.Fatal(err)
+	}
+	return terminal.Terminal{ID: id, ProviderID: provider, Scenarios: []string{"transit.bus"}}
 }

@@ -166,6 +166,7 @@ func newRows(ctx context.Context, s *Service) (*rows, error) {
 		for c := 1; c <= maxClass; c <<= 1 {
 			texts = append(texts, keysSQL(false, c), listSQL(false, ctiPrefix, c), listSQL(false, cardPrefix, c), insertSQL(false, c))
 		}
+		texts = append(texts, markSQL)
 	}
 	var err error
 	if r.stmts, err = store.PrepareWriter(ctx, s.DB, texts); err != nil {
@@ -366,11 +367,13 @@ func (r *rows) QueueClaim(q ledger.Queue, atts []*ledger.Attachment) func() erro
 
 // writes builds the rows of atts from the ledger's outcomes (setting each
 // one's written) and returns the statements that store them: an UPDATE per
-// pending row finalised, multi-row INSERTs for the rest.
+// pending row finalised, multi-row INSERTs for the rest, and an UPDATE of
+// the mark of each terminal whose numbered offline records are among them.
 func (r *rows) writes(atts []*ledger.Attachment) []stmt {
 	var out []stmt
 	args := make([]any, 0, len(atts)*rowCols)
 	n := 0
+	var marks map[string]*record // terminal → its written record with the highest seq
 	for _, a := range atts {
 		w := a.Value.(*attachRow)
 		rec := w.rec
@@ -380,6 +383,14 @@ func (r *rows) writes(atts []*ledger.Attachment) []stmt {
 		w.written = rec
 		if rec == nil {
 			continue
+		}
+		if rec.numbered {
+			if marks == nil {
+				marks = map[string]*record{}
+			}
+			if m := marks[rec.terminal]; m == nil || rec.seq > m.seq {
+				marks[rec.terminal] = rec
+			}
 		}
 		if w.update {
 			out = append(out, stmt{sql: `UPDATE scans SET state = $3, decision = $4, reason = $5, charged_fen = $6, debt_fen = $7, answer = $8, plan = $9
@@ -396,8 +407,15 @@ func (r *rows) writes(atts []*ledger.Attachment) []stmt {
 		out = append(out, stmt{sql: insertSQL(r.pg, c), args: args[:c*rowCols]})
 		args, n = args[c*rowCols:], n-c
 	}
+	for _, m := range marks {
+		out = append(out, stmt{sql: markSQL, args: []any{m.terminal, m.seq, m.at}})
+	}
 	return out
 }
+
+// markSQL moves a terminal's offline mark forward (never back: of two
+// uploads at once, the higher stays).
+const markSQL = `UPDATE terminals SET offline_seq = $2, offline_at = $3 WHERE id = $1 AND (offline_seq IS NULL OR offline_seq < $2)`
 
 // Write implements ledger.Attacher.
 func (r *rows) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {

@@ -372,11 +372,11 @@ func TestOfflineBatches(t *testing.T) {
 			{ID: "r2", Seq: 2, At: now.Add(-9 * time.Minute), Scenario: "transit.bus", CardNumber: adult.card},
 			{ID: "r3", Seq: 3, At: now.Add(-8 * time.Minute), Scenario: "transit.bus", CardNumber: senior.card},   // lost later: applied (free ride)
 			{ID: "r4", Seq: 4, At: lostAt.Add(2 * time.Second), Scenario: "transit.bus", CardNumber: senior.card}, // after the loss: revoked
-			{ID: "r5", Seq: 5, At: now.Add(-7 * time.Minute), Scenario: "transit.bus", CardNumber: poor.card},     // 300 fen → 100 left
-			{ID: "r6", Seq: 6, At: now.Add(-6 * time.Minute), Scenario: "transit.bus", CardNumber: poor.card},     // 100 + 100 debt
-			{ID: "r7", Seq: 7, At: now.Add(-5 * time.Minute), Scenario: "transit.bus", CardNumber: poor.card},     // 200 debt: total 300 ≤ 500
-			{ID: "r8", Seq: 8, At: now.Add(-4 * time.Minute), Scenario: "transit.bus", CardNumber: poor.card},     // 500 debt > 500? 300+200 = 500 ok
-			{ID: "r9", Seq: 9, At: now.Add(-3 * time.Minute), Scenario: "transit.bus", CardNumber: poor.card},     // over the limit: declined
+			{ID: "r5", Seq: 5, At: lostAt.Add(3 * time.Second), Scenario: "transit.bus", CardNumber: poor.card},   // 300 fen → 100 left
+			{ID: "r6", Seq: 6, At: lostAt.Add(4 * time.Second), Scenario: "transit.bus", CardNumber: poor.card},   // 100 + 100 debt
+			{ID: "r7", Seq: 7, At: lostAt.Add(5 * time.Second), Scenario: "transit.bus", CardNumber: poor.card},   // 200 debt: total 300 ≤ 500
+			{ID: "r8", Seq: 8, At: lostAt.Add(6 * time.Second), Scenario: "transit.bus", CardNumber: poor.card},   // 500 debt > 500? 300+200 = 500 ok
+			{ID: "r9", Seq: 9, At: lostAt.Add(7 * time.Second), Scenario: "transit.bus", CardNumber: poor.card},   // over the limit: declined
 			{ID: "r2", Seq: 10, At: now, Scenario: "transit.bus", CardNumber: adult.card},                         // duplicate id
 			{ID: "r11", Seq: 5, At: now, Scenario: "transit.bus", CardNumber: adult.card},                         // out of order
 			{ID: "r12", Seq: 12, At: now.Add(time.Hour), Scenario: "transit.bus", CardNumber: adult.card},         // clock skew
@@ -445,6 +445,84 @@ func TestOfflineBatches(t *testing.T) {
 			t.Errorf("other terminal: %d %s", r.Status, r.Body)
 		}
 		c.checkBooks(t, charged)
+	})
+}
+
+// TestOfflineRecordTimesAcrossBatches: a terminal's records are numbered
+// and dated in the same order, within scan.OfflineClockBack, inside a
+// batch and against the terminal's mark (its latest stored record) across
+// batches. A record dated before one the terminal made earlier is
+// clock_back, one numbered below the mark but dated after it out_of_order;
+// neither moves money. A late batch of older records, and a re-sent one,
+// still go through.
+func TestOfflineRecordTimesAcrossBatches(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		adult := c.people[0]
+		now := time.Now().Truncate(time.Millisecond)
+		rec := func(id string, seq int64, at time.Time) terminal.Record {
+			return terminal.Record{ID: id, Seq: seq, At: at, Scenario: "transit.bus", CardNumber: adult.card}
+		}
+		mark := func() (int64, time.Time) {
+			t.Helper()
+			var seq, at int64
+			if err := c.tn.DB.R.QueryRow(`SELECT offline_seq, offline_at FROM terminals WHERE id = $1`, c.term).Scan(&seq, &at); err != nil {
+				t.Fatal(err)
+			}
+			return seq, time.UnixMilli(at)
+		}
+		status := func(rep scan.BatchReport) string {
+			var out []string
+			for _, it := range rep.Items {
+				s := it.ID + ":" + it.Status
+				if it.Status == scan.StatusRejected {
+					s += "/" + string(it.Reason)
+				}
+				out = append(out, s)
+			}
+			return strings.Join(out, " ")
+		}
+		var charged int64
+		check := func(rep scan.BatchReport, want string) {
+			t.Helper()
+			if got := status(rep); got != want {
+				t.Fatalf("batch %s:\n got %s\nwant %s", rep.BatchID, got, want)
+			}
+			charged += rep.ChargedFen
+			c.checkBooks(t, charged)
+		}
+		first := []terminal.Record{rec("a1", 10, now.Add(-60*time.Minute)), rec("a2", 11, now.Add(-50*time.Minute))}
+		check(upload(t, c, "a", first), "a1:applied a2:applied")
+		if seq, at := mark(); seq != 11 || !at.Equal(now.Add(-50*time.Minute)) {
+			t.Fatalf("mark after the first batch: %d %v", seq, at)
+		}
+		// The clock went back 20 minutes after a2 (beyond the tolerance),
+		// then a time sync set it back 4 minutes (within it); in the batch,
+		// b4 is dated 30 minutes before b3.
+		check(upload(t, c, "b", []terminal.Record{
+			rec("b1", 12, now.Add(-70*time.Minute)),
+			rec("b2", 13, now.Add(-54*time.Minute)),
+			rec("b3", 14, now.Add(-40*time.Minute)),
+			rec("b4", 15, now.Add(-70*time.Minute)),
+			rec("b5", 16, now.Add(-39*time.Minute)),
+		}), "b1:rejected/clock_back b2:applied b3:applied b4:rejected/clock_back b5:applied")
+		if seq, at := mark(); seq != 16 || !at.Equal(now.Add(-39*time.Minute)) {
+			t.Fatalf("mark after the second batch: %d %v", seq, at)
+		}
+		// A late batch of older records goes through (and leaves the mark);
+		// one numbered below the mark but dated after it does not.
+		check(upload(t, c, "late", []terminal.Record{
+			rec("l1", 5, now.Add(-90*time.Minute)),
+			rec("l2", 6, now.Add(-20*time.Minute)),
+		}), "l1:applied l2:rejected/out_of_order")
+		if seq, _ := mark(); seq != 16 {
+			t.Fatalf("a late batch moved the mark to %d", seq)
+		}
+		// The first batch again: duplicates, not a clock going back.
+		check(upload(t, c, "a", first), "a1:duplicate a2:duplicate")
+		if charged != 6*200 { // a1 a2 b2 b3 b5 l1
+			t.Fatalf("charged %d, want 6 fares", charged)
+		}
 	})
 }
 

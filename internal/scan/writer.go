@@ -39,6 +39,11 @@ type record struct {
 	// card is the card the scan was decided on (not a column): the ledger
 	// batch that writes the row checks its status is still the same.
 	card resident.Card
+	// seq (not a column) is an offline record's sequence number, if
+	// numbered: the batch that writes the row moves its terminal's mark
+	// (terminal.Mark) in the same transaction.
+	seq      int64
+	numbered bool
 }
 
 const (

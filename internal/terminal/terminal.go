@@ -416,3 +416,25 @@ func (t Terminal) BatchPublicKey() ed25519.PublicKey {
 	}
 	return ed25519.PublicKey(b)
 }
+
+// Mark is a terminal's offline high-water mark: the sequence number and
+// time of the latest record (by sequence number) stored from it. The scans
+// table's writer moves it in the transaction that stores the records.
+type Mark struct {
+	Seq int64
+	At  time.Time
+	Set bool // false until the terminal's first record is stored
+}
+
+// OfflineMark returns terminal id's mark, read from the database.
+func (s *Service) OfflineMark(ctx context.Context, id string) (Mark, error) {
+	var seq sql.NullInt64
+	var at int64
+	if err := s.db.QueryRow(ctx, `SELECT offline_seq, offline_at FROM terminals WHERE id = $1`, id).Scan(&seq, &at); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return Mark{}, apperr.Newf(apperr.NotFound, "no such terminal", "未找到该终端")
+		}
+		return Mark{}, storeErr(err)
+	}
+	return Mark{Seq: seq.Int64, At: time.UnixMilli(at).UTC(), Set: seq.Valid}, nil
+}
