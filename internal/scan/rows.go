@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -407,7 +409,8 @@ func (r *rows) writes(atts []*ledger.Attachment) []stmt {
 		out = append(out, stmt{sql: insertSQL(r.pg, c), args: args[:c*rowCols]})
 		args, n = args[c*rowCols:], n-c
 	}
-	for _, m := range marks {
+	for _, id := range slices.Sorted(maps.Keys(marks)) { // in id order: one lock order for every batch
+		m := marks[id]
 		out = append(out, stmt{sql: markSQL, args: []any{m.terminal, m.seq, m.at}})
 	}
 	return out
