@@ -113,7 +113,7 @@ type Deps struct {
 	Catalog   *catalog.Catalog
 	Residents *resident.Service
 	Ledger    *ledger.Ledger
-	Terminals *terminal.Service
+	Terminals *terminal.Service // offline batches read each terminal's mark
 	Registry  *Registry
 	City      string
 	Now       func() time.Time
