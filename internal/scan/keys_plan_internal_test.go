@@ -1,8 +1,6 @@
 package scan
 
 import (
-	"context"
-	"database/sql"
 	"strings"
 	"testing"
 
@@ -51,48 +49,9 @@ func TestNonceLookupsUseThePartialIndex(t *testing.T) {
 			{"Claim (ctiPrefix)", listSQL(pg, ctiPrefix, 2), []any{"YK1:iss:1:n1", "YK1:iss:1:n2"}},
 			{"a nonce under its old key", legacyNonceSQL, []any{"n1"}},
 		} {
-			var plan string
-			if pg {
-				plan = pgPlan(t, db.R, c.sql, c.args...)
-			} else {
-				plan = storetest.QueryPlan(t, db.R, c.sql, c.args...)
-			}
-			if !strings.Contains(plan, "scans_cti") {
+			if plan := storetest.Plan(t, db, c.sql, c.args...); !strings.Contains(plan, "scans_cti") {
 				t.Errorf("%s: plan %q, want a search of scans_cti", c.name, plan)
 			}
 		}
 	})
-}
-
-// pgPlan is PostgreSQL's plan for query with sequential scans priced out,
-// so that an index the planner may use shows even on an empty table.
-func pgPlan(t *testing.T, db *sql.DB, query string, args ...any) string {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, `SET enable_seqscan = off`); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.ExecContext(ctx, `RESET enable_seqscan`)
-	rows, err := conn.QueryContext(ctx, `EXPLAIN `+query, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var lines []string
-	for rows.Next() {
-		var l string
-		if err := rows.Scan(&l); err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, l)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return strings.Join(lines, "; ")
 }

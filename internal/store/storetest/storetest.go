@@ -297,6 +297,44 @@ func QueryPlan(tb testing.TB, db *sql.DB, query string, args ...any) string {
 	return strings.Join(plan, "; ")
 }
 
+// Plan is db's plan for query with args, for tests that a query uses the
+// index meant for it, on either backend: SQLite's QueryPlan, or
+// PostgreSQL's EXPLAIN with sequential scans priced out, so that an index
+// the planner may use shows even on a nearly empty table.
+func Plan(tb testing.TB, db *store.DB, query string, args ...any) string {
+	tb.Helper()
+	if db.Dialect != store.Postgres {
+		return QueryPlan(tb, db.R, query, args...)
+	}
+	ctx := context.Background()
+	conn, err := db.R.Conn(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `SET enable_seqscan = off`); err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.ExecContext(ctx, `RESET enable_seqscan`)
+	rows, err := conn.QueryContext(ctx, `EXPLAIN `+query, args...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rows.Close()
+	var lines []string
+	for rows.Next() {
+		var l string
+		if err := rows.Scan(&l); err != nil {
+			tb.Fatal(err)
+		}
+		lines = append(lines, l)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return strings.Join(lines, "; ")
+}
+
 // Open opens (and migrates) the database at dsn for a test, closed when
 // the test ends.
 func Open(tb testing.TB, dsn string) *store.DB {
