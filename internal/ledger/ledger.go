@@ -51,6 +51,7 @@ type Ledger struct {
 	log   *slog.Logger
 
 	batches, entries, failed atomic.Int64
+	retried                  atomic.Int64 // batch attempts run again after a conflict
 	batchNanos               atomic.Int64
 	phases                   [nPhases]atomic.Int64
 
@@ -70,13 +71,17 @@ type Stats struct {
 	Batches       int64 // database transactions committed
 	Entries       int64 // journal entries written
 	FailedBatches int64 // batches failed by a database error
-	BatchTime     time.Duration
-	Phases        [nPhases]time.Duration // time spent per phase (PhaseNames)
+	// RetriedBatches counts batch attempts rolled back by a conflict with
+	// another process (a unique key, a deadlock or a serialization
+	// failure) and run again at once; their callers never see them.
+	RetriedBatches int64
+	BatchTime      time.Duration
+	Phases         [nPhases]time.Duration // time spent per phase (PhaseNames)
 }
 
 // Stats returns the ledger's counters.
 func (l *Ledger) Stats() Stats {
-	st := Stats{Batches: l.batches.Load(), Entries: l.entries.Load(), FailedBatches: l.failed.Load(), BatchTime: time.Duration(l.batchNanos.Load())}
+	st := Stats{Batches: l.batches.Load(), Entries: l.entries.Load(), FailedBatches: l.failed.Load(), RetriedBatches: l.retried.Load(), BatchTime: time.Duration(l.batchNanos.Load())}
 	for i := range st.Phases {
 		st.Phases[i] = time.Duration(l.phases[i].Load())
 	}
@@ -317,6 +322,7 @@ func (l *Ledger) runBatch(batch []*op) {
 		if !store.IsUniqueViolation(err) && !isSerialization(err) {
 			break
 		}
+		l.retried.Add(1)
 	}
 	if err != nil {
 		l.failed.Add(1)

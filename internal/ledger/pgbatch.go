@@ -34,8 +34,8 @@ import (
 //     only from those rows: it reads them in the first pipeline and its
 //     accounts in a second one. If another process holds the chain
 //     head, NOWAIT fails the pipeline: the batch then begins again, waits
-//     for the lock alone, takes in the requests queued meanwhile (absorb)
-//     and loads (linger.go).
+//     for the lock alone (reading the head as it takes it), takes in the
+//     requests queued meanwhile (absorb) and loads the rest (linger.go).
 //  2. write and commit: one INSERT for the journal, one each for new and
 //     resolved holds, one statement that updates every touched account and
 //     the chain head, and COMMIT. If the account UPDATE does not match
@@ -117,7 +117,7 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 				return err
 			}
 		}
-		err = b.pgLoad(ctx, conn, ops, !useTx, true, claims)
+		err = b.pgLoad(ctx, conn, ops, !useTx, pgChainLockNowait, claims)
 		lockBusy = isLockNotAvailable(err)
 		if lockBusy {
 			if b.tx != nil {
@@ -146,13 +146,13 @@ func (l *Ledger) applyBatchPG(ctx context.Context, opsp *[]*op) (err error) {
 		} else {
 			lock.Queue(`BEGIN`)
 		}
-		lock.Queue(pgChainLock)
+		lock.Queue(pgChainLock).QueryRow(func(r pgx.Row) error { return r.Scan(&b.seq, &b.prevHash) })
 		if err = pgSend(ctx, conn, lock); err != nil {
 			return err
 		}
 		ops = l.absorb(ops, func(o *op) bool { return useTx || o.att == nil || pipelined(o.att.To) })
 		*opsp = ops
-		err = b.pgLoad(ctx, conn, ops, false, false, claims)
+		err = b.pgLoad(ctx, conn, ops, false, "", claims)
 	}
 	if err != nil {
 		return err
@@ -251,20 +251,19 @@ func pgRollback(conn *sql.Conn) {
 
 // pgLoad reads and locks, in one pipeline (two when the batch refers to
 // holds or transfers), what the batch may touch; begin puts BEGIN first,
-// and claims queues the attachers' reads at the end of the last pipeline
-// (queueClaims).
-func (b *batch) pgLoad(ctx context.Context, conn *sql.Conn, ops []*op, begin, nowait, claims bool) error {
+// lock is the statement that locks and reads the chain head (empty when
+// the waiting path has locked and read it already), and claims queues the
+// attachers' reads at the end of the last pipeline (queueClaims).
+func (b *batch) pgLoad(ctx context.Context, conn *sql.Conn, ops []*op, begin bool, lock string, claims bool) error {
 	refs := collectRefs(ops)
 	keys, holdIDs, origIDs, accounts, expire := refs.keys, refs.holdIDs, refs.origIDs, refs.accounts, refs.expire
 	pb := &pgx.Batch{}
 	if begin {
 		pb.Queue(`BEGIN`)
 	}
-	lock := pgChainLock
-	if nowait {
-		lock = pgChainLockNowait
+	if lock != "" {
+		pb.Queue(lock).QueryRow(func(r pgx.Row) error { return r.Scan(&b.seq, &b.prevHash) })
 	}
-	pb.Queue(lock).QueryRow(func(r pgx.Row) error { return r.Scan(&b.seq, &b.prevHash) })
 	if len(keys) > 0 {
 		pb.Queue(pgKeys, keys).Query(func(r pgx.Rows) error {
 			for r.Next() {

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -290,6 +291,72 @@ func TestChainLockWaitAbsorbs(t *testing.T) {
 		t.Fatalf("%d attachments written (%v), want %d", notes, err, attached)
 	}
 	if r, err := l.Check(ctx); err != nil || !r.OK() {
+		t.Fatalf("check: %+v %v", r, err)
+	}
+}
+
+// TestChainLockWaitReadsMovedHead: a batch that waits for the chain head
+// takes the head as the other process left it, not as it was when the
+// wait began: it reads the head in the statement that locks it (the
+// waiting path has no second look at it), so its entries chain onto the
+// other process's and the journal stays one unbroken chain.
+func TestChainLockWaitReadsMovedHead(t *testing.T) {
+	dsn := storetest.Postgres(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	holding := make(chan struct{}, 1)
+	hold := func(ctx context.Context, _ *sql.Tx, entries int) error {
+		if entries > 0 {
+			holding <- struct{}{}
+			<-release
+		}
+		return nil
+	}
+	l1 := openLedger(t, openDB(t, dsn), Options{})
+	l2 := openLedger(t, openDB(t, dsn), Options{beforeCommit: hold}) // "another process"
+	for _, id := range []string{"w", "bus"} {
+		if _, err := l1.CreateAccount(ctx, Account{ID: id, Kind: KindWallet}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l1.TopUp(ctx, "fund", "w", 100_000, nil); err != nil {
+		t.Fatal(err)
+	}
+	var head0 int64
+	if err := l1.db.R.QueryRowContext(ctx, `SELECT seq FROM ledger_chain WHERE id = 1`).Scan(&head0); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	go func() { // the other process's batch locks the head and stops before COMMIT
+		_, err := l2.Transfer(ctx, TransferRequest{Key: "other", Debit: "w", Credit: "bus", Amount: 300, Kind: "fare"})
+		errs <- err
+	}()
+	<-holding
+	go func() { // this process's batch finds the head locked and waits for it
+		_, err := l1.Transfer(ctx, TransferRequest{Key: "mine", Debit: "w", Credit: "bus", Amount: 200, Kind: "fare"})
+		errs <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	close(release)
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var other, mine int64
+	if err := l1.db.R.QueryRowContext(ctx, `SELECT (SELECT seq FROM ledger_journal WHERE idem_key = 'other'), (SELECT seq FROM ledger_journal WHERE idem_key = 'mine')`).Scan(&other, &mine); err != nil {
+		t.Fatal(err)
+	}
+	if st := l1.Stats(); st.FailedBatches != 0 || st.RetriedBatches != 0 {
+		t.Fatalf("the waiting process's batches: %d failed, %d tried again; want none", st.FailedBatches, st.RetriedBatches)
+	}
+	if other != head0+1 || mine != other+1 {
+		t.Fatalf("head was %d; the other process's entry has seq %d and the waiting batch's %d, want %d and %d", head0, other, mine, head0+1, head0+2)
+	}
+	if a, err := l1.Balance(ctx, "w"); err != nil || a.Balance != 100_000-500 {
+		t.Fatalf("wallet %+v %v, want %d", a, err, 100_000-500)
+	}
+	if r, err := l1.Check(ctx); err != nil || !r.OK() {
 		t.Fatalf("check: %+v %v", r, err)
 	}
 }

@@ -87,6 +87,8 @@ func (n *Node) registerMetrics() {
 		func() float64 { return float64(n.Ledger.Stats().Entries) }))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_ledger_failed_batches_total", Help: "Ledger batches failed by the database."},
 		func() float64 { return float64(n.Ledger.Stats().FailedBatches) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_ledger_retried_batches_total", Help: "Ledger batch attempts rolled back by a conflict with another process and run again."},
+		func() float64 { return float64(n.Ledger.Stats().RetriedBatches) }))
 	for i, name := range ledger.PhaseNames {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yikatong_ledger_phase_seconds_total",
 			Help:        "Time the ledger's group commit spent per phase (load, apply, write, commit; sync: SQLite's deferred WAL fsync, beside the next batch).",
