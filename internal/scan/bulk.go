@@ -67,10 +67,12 @@ type offlineRec struct {
 	w      *attachRow
 	plan   []leg
 	debtOK bool
+	plans  int // debtRecord: splits planned so far (maxDebtPlans)
 }
 
-// applyRecords applies b.Records[idx] and fills their reports.
-func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []terminal.Record, idx []int, items []RecordReport) error {
+// applyRecords applies b.Records[idx] and fills their reports. stored
+// are the rows of the batch's records stored before (ApplyBatch read them).
+func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []terminal.Record, idx []int, items []RecordReport, stored map[string]*record) error {
 	ctx = withPendingWait(ctx, 2*time.Second)
 	if len(idx) == 0 {
 		return nil
@@ -79,14 +81,6 @@ func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []
 		return apperr.Newf(apperr.Unavailable, "offline batches need the ledger", "离线批次需要账本")
 	}
 	// 1. Re-sent records.
-	keys := make([]string, len(idx))
-	for j, i := range idx {
-		keys[j] = "off:" + recs[i].ID
-	}
-	stored, err := lookupMany(ctx, s, t.ID, keys)
-	if err != nil {
-		return err
-	}
 	var firstErr error
 	fail := func(i int, err error) {
 		items[i] = RecordReport{ID: recs[i].ID, Status: StatusRejected, Reason: apperr.CodeOf(err)}
@@ -363,23 +357,40 @@ func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, 
 		b, _ := json.Marshal(o.plan)
 		fin.plan = string(b)
 	}
+	// The wallet's part was read before the ledger batch: another charge
+	// (an upload of the holder's other rides, an online scan) may take it
+	// first. Then nothing is written and the split is planned again from
+	// the new balance, as applying the rides one by one would; only after
+	// maxDebtPlans such races is the ride declined.
+	o.plans++
+	replan := fromWallet > 0 && o.plans < maxDebtPlans
 	// the card was checked with the first attempt
 	w := &attachRow{rec: &fin, update: o.w.update, debt: debt, limit: sc.CreditLimitFen}
 	w.build = func(_ []ledger.Transfer, err error) *record {
 		if err == nil {
 			return &fin
 		}
-		switch code := apperr.CodeOf(err); code {
-		case apperr.Unavailable, apperr.Internal, apperr.IdempotencyConflict:
+		switch code := apperr.CodeOf(err); {
+		case code == apperr.Unavailable, code == apperr.Internal, code == apperr.IdempotencyConflict:
+			return nil
+		case code == apperr.InsufficientFunds && replan:
 			return nil
 		default:
 			return declined(code)
 		}
 	}
 	out, err := s.Ledger.Attach(ctx, reqs, &ledger.Attachment{To: s.rows, Value: w})
-	if err == nil && errors.Is(out.Refused, errOverLimit) {
+	switch {
+	case err == nil && errors.Is(out.Refused, errOverLimit):
 		// Over the limit: stored declined (no transfers).
 		w = &attachRow{rec: declined(apperr.InsufficientFunds), update: o.w.update}
+		out, err = s.Ledger.Attach(ctx, nil, &ledger.Attachment{To: s.rows, Value: w})
+	case err == nil && errors.Is(out.Refused, errReplayed):
+		// The code was used (by another record, or an online scan) after
+		// this record's first attempt: declined replayed, as that attempt
+		// would have been, and stored without the nonce.
+		w = &attachRow{rec: declined(apperr.Replayed), update: o.w.update}
+		w.rec.cti, w.rec.legacyCTI = "", ""
 		out, err = s.Ledger.Attach(ctx, nil, &ledger.Attachment{To: s.rows, Value: w})
 	}
 	if err != nil {
@@ -395,11 +406,18 @@ func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, 
 		}
 		return reject(apperr.New(apperr.Replayed))
 	}
+	if w.written == nil && replan && apperr.CodeOf(out.Err) == apperr.InsufficientFunds {
+		return s.debtRecord(ctx, o) // the wallet's part was taken: plan again
+	}
 	if w.written == nil {
 		return reject(out.Err)
 	}
 	return reportOf(w.written, false), nil
 }
+
+// maxDebtPlans bounds how often debtRecord plans a ride's split (a
+// wallet's part taken by another charge before the batch applied it).
+const maxDebtPlans = 8
 
 // lookupMany reads the scans of terminal under keys (at most 256 per query).
 func lookupMany(ctx context.Context, s *Service, terminal string, keys []string) (map[string]*record, error) {

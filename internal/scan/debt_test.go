@@ -314,3 +314,94 @@ func TestRemoteKeyCheckedFirst(t *testing.T) {
 		c.checkBooks(t, 200)
 	})
 }
+
+// TestDebtSplitRacesWallet: offline rides of one holder uploaded at once
+// in separate batches, each short of the wallet, are settled as if one by
+// one: the first takes what the wallet holds and credit for the rest, the
+// next all on credit, within the limit. A ride whose wallet part another
+// upload took meanwhile is not declined insufficient_funds.
+func TestDebtSplitRacesWallet(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		const holders = 6
+		people := make([]person, holders)
+		for i := range people {
+			// 150 in the wallet: a 200 fare leaves 50 on credit; a second, 200.
+			people[i] = enrol(t, c.tn.Node, rand.New(rand.NewPCG(uint64(90+i), 7)), resident.CategoryLocal, time.Now().AddDate(-30, 0, -3), 150, 0)
+		}
+		now := time.Now()
+		var wg sync.WaitGroup
+		reps := make([]scan.BatchReport, 2*holders)
+		for i := range reps {
+			p := people[i/2]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				reps[i] = upload(t, c, fmt.Sprintf("race-%d", i), []terminal.Record{
+					{ID: fmt.Sprintf("race-%d", i), Seq: int64(i + 1), At: now.Add(-time.Minute), Scenario: "transit.bus", CardNumber: p.card},
+				})
+			}()
+		}
+		wg.Wait()
+		var charged int64
+		for i, rep := range reps {
+			if it := rep.Items[0]; it.Status != scan.StatusApplied {
+				t.Errorf("holder %d, ride %s: %+v; want applied (credit 250 of 500)", i/2, it.ID, it)
+			}
+			charged += rep.ChargedFen
+		}
+		for i, p := range people {
+			if w := wallet(t, c, p); w != 0 {
+				t.Errorf("holder %d: wallet %d, want 0", i, w)
+			}
+			if d := storedDebt(t, c, p); d != 250 {
+				t.Errorf("holder %d: debt %d, want 250", i, d)
+			}
+		}
+		c.checkBooks(t, charged)
+	})
+}
+
+// TestDebtRecordReplayedCode: one e-code in the records of two uploads at
+// once, its holder's wallet empty (both go to the credit step): the code
+// is charged once, and the other record is declined replayed in its
+// batch's report; neither upload fails.
+func TestDebtRecordReplayedCode(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		const holders = 6
+		now := time.Now()
+		var wg sync.WaitGroup
+		reps := make([]scan.BatchReport, 2*holders)
+		for h := 0; h < holders; h++ {
+			p := debtor(t, c, uint64(200+h))
+			yk := code(t, c.tn.Node, p.card)
+			for j := 0; j < 2; j++ {
+				i := 2*h + j
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					reps[i] = upload(t, c, fmt.Sprintf("dup-%d", i), []terminal.Record{
+						{ID: fmt.Sprintf("dup-%d", i), Seq: int64(i + 1), At: now, Scenario: "transit.bus", Code: yk},
+					})
+				}()
+			}
+		}
+		wg.Wait()
+		var charged int64
+		for h := 0; h < holders; h++ {
+			if len(reps[2*h].Items) != 1 || len(reps[2*h+1].Items) != 1 {
+				t.Fatalf("holder %d: an upload failed", h)
+			}
+			a, b := reps[2*h].Items[0], reps[2*h+1].Items[0]
+			if a.Status == scan.StatusDeclined {
+				a, b = b, a
+			}
+			if a.Status != scan.StatusApplied || a.DebtFen != 200 || b.Status != scan.StatusDeclined || b.Reason != "replayed" {
+				t.Errorf("holder %d: %+v and %+v; want one applied on credit, one declined replayed", h, a, b)
+			}
+			charged += reps[2*h].ChargedFen + reps[2*h+1].ChargedFen
+		}
+		c.checkBooks(t, charged)
+	})
+}

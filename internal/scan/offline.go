@@ -76,6 +76,22 @@ func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b termina
 	if err != nil {
 		return rep, err
 	}
+	// A record stored before (a re-send) is answered from its row, whatever
+	// its time says now: the mark may have moved on (a clock set back since,
+	// within the tolerance each time), or the record aged past
+	// OfflineMaxAge, and its first outcome stands (duplicate).
+	var stored map[string]*record
+	if s.rows != nil {
+		keys := make([]string, 0, len(b.Records))
+		for _, r := range b.Records {
+			if validRecordID(r.ID) {
+				keys = append(keys, offlinePrefix+r.ID)
+			}
+		}
+		if stored, err = lookupMany(ctx, s, t.ID, keys); err != nil {
+			return rep, err
+		}
+	}
 	// Shape checks that depend on the order of the batch run first.
 	var lastSeq int64 = -1 << 62
 	var prevAt time.Time // the time of the batch's last record not refused for its time
@@ -89,6 +105,8 @@ func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b termina
 			it.Status, it.Reason = StatusRejected, apperr.ValidationFailed
 		case seen[r.ID]:
 			it.Status, it.Reason = StatusDuplicate, apperr.DuplicateRecord
+		case stored[offlinePrefix+r.ID] != nil:
+			todo = append(todo, i)
 		case r.Seq <= lastSeq:
 			it.Status, it.Reason = StatusRejected, apperr.OutOfOrder
 		case r.At.After(now.Add(OfflineFutureSkew)) || r.At.Before(now.Add(-OfflineMaxAge)):
@@ -113,7 +131,7 @@ func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b termina
 			prevAt = r.At
 		}
 	}
-	if err := s.applyRecords(ctx, t, b.Records, todo, rep.Items); err != nil {
+	if err := s.applyRecords(ctx, t, b.Records, todo, rep.Items, stored); err != nil {
 		// Some records could not be written (the database is unavailable):
 		// the batch must be re-sent; what was applied stays applied once.
 		return rep, err

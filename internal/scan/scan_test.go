@@ -843,3 +843,34 @@ func TestChargeAnswersOnRetry(t *testing.T) {
 		}
 	})
 }
+
+// TestResentRecordAfterClockSyncs: a terminal whose clock was set back a
+// few minutes at a time (each within scan.OfflineClockBack of its mark)
+// re-sends an old batch: its records were applied, and are reported
+// duplicate with their first outcome, not rejected out_of_order (which
+// says "not applied, no money moved").
+func TestResentRecordAfterClockSyncs(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		c := setup(t, dsn, []string{"transit.bus"})
+		adult := c.people[0]
+		now := time.Now().Truncate(time.Millisecond)
+		rec := func(id string, seq int64, at time.Time) terminal.Record {
+			return terminal.Record{ID: id, Seq: seq, At: at, Scenario: "transit.bus", CardNumber: adult.card}
+		}
+		first := []terminal.Record{rec("s1", 1, now.Add(-30*time.Minute))}
+		if rep := upload(t, c, "s1", first); rep.Applied != 1 {
+			t.Fatalf("first: %+v", rep.Items)
+		}
+		// Two time syncs, each setting the clock back 4 minutes.
+		for i, back := range []time.Duration{34, 38} {
+			if rep := upload(t, c, fmt.Sprintf("s%d", i+2), []terminal.Record{rec(fmt.Sprintf("s%d", i+2), int64(i+2), now.Add(-back*time.Minute))}); rep.Applied != 1 {
+				t.Fatalf("after sync %d: %+v", i+1, rep.Items)
+			}
+		}
+		rep := upload(t, c, "s1", first)
+		if it := rep.Items[0]; it.Status != scan.StatusDuplicate || it.Decision != scan.Accepted || it.ChargedFen != 200 {
+			t.Fatalf("re-sent record: %+v; want duplicate of its applied outcome", it)
+		}
+		c.checkBooks(t, 3*200)
+	})
+}
