@@ -84,8 +84,26 @@ func (p Principal) Has(roles ...Role) bool {
 	return false
 }
 
-// String is a log-safe description.
+// String names the principal as role:subject, for records kept in the
+// database (a card's history names its actor). It is not for logs: a
+// resident's subject is their card number; use LogString there.
 func (p Principal) String() string { return string(p.Role) + ":" + p.Subject }
+
+// LogString is a log-safe description: String, except that a resident's
+// card number is masked to its last four digits (a card number names a
+// person; logs are read by people who may not see who did what).
+func (p Principal) LogString() string {
+	if p.Kind != KindResident && p.Role != RoleResident {
+		return p.String()
+	}
+	sub := p.Subject
+	if len(sub) > 4 {
+		sub = strings.Repeat("*", len(sub)-4) + sub[len(sub)-4:]
+	} else {
+		sub = strings.Repeat("*", len(sub))
+	}
+	return string(p.Role) + ":" + sub
+}
 
 // StaffUser is a staff account.
 type StaffUser struct {
@@ -352,6 +370,24 @@ func (s *Service) RevokeSubject(ctx context.Context, kind Kind, subject string) 
 	s.mu.Lock()
 	for h, c := range s.cache {
 		if c.p.Kind == kind && c.p.Subject == subject {
+			delete(s.cache, h)
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// RevokeSubjectExcept revokes every token of a subject but keep (a
+// resident who changes the PIN ends the card's other sessions, which may
+// be someone else's who learnt the old PIN, and keeps the one in use).
+func (s *Service) RevokeSubjectExcept(ctx context.Context, kind Kind, subject, keep string) error {
+	kh := tokenHash(keep)
+	if _, err := s.db.W.ExecContext(ctx, `UPDATE auth_tokens SET revoked = 1 WHERE kind = $1 AND subject = $2 AND revoked = 0 AND hash <> $3`, string(kind), subject, kh); err != nil {
+		return storeErr(err)
+	}
+	s.mu.Lock()
+	for h, c := range s.cache {
+		if c.p.Kind == kind && c.p.Subject == subject && h != kh {
 			delete(s.cache, h)
 		}
 	}

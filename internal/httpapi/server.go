@@ -206,17 +206,24 @@ func (s *Server) Handle(rt Route) {
 }
 
 func (s *Server) principal(r *http.Request) (auth.Principal, error) {
-	h := r.Header.Get("Authorization")
-	// The scheme's case does not matter (RFC 9110, 11.1): "bearer" too.
-	scheme, token, ok := strings.Cut(h, " ")
-	token = strings.TrimSpace(token)
-	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+	token := BearerToken(r)
+	if token == "" {
 		return auth.Principal{}, apperr.Newf(apperr.Unauthorized, "missing bearer token", "缺少访问令牌")
 	}
 	if s.authn == nil {
 		return auth.Principal{}, apperr.New(apperr.Unauthorized)
 	}
-	return s.authn.Authenticate(r.Context(), strings.TrimSpace(token))
+	return s.authn.Authenticate(r.Context(), token)
+}
+
+// BearerToken returns the request's bearer token, or "" if it has none.
+func BearerToken(r *http.Request) string {
+	// The scheme's case does not matter (RFC 9110, 11.1): "bearer" too.
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(token)
 }
 
 // ServeHTTP adds logging, metrics and panic recovery around the mux.
@@ -245,7 +252,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		attrs := []any{"method", r.Method, "route", pattern, "status", rec.status, "ms", float64(d.Microseconds()) / 1000}
 		if info.p.Role != "" {
-			attrs = append(attrs, "who", info.p.String())
+			attrs = append(attrs, "who", info.p.LogString())
 		}
 		if info.code != "" {
 			attrs = append(attrs, "code", info.code)

@@ -283,10 +283,18 @@ func (n *Node) residentRoutes() {
 					refused.Status = http.StatusForbidden
 					err = &refused
 				}
+				if err == nil {
+					// Whoever else signed in with the old PIN is signed out;
+					// the session that changed it stays.
+					err = n.Auth.RevokeSubjectExcept(r.Context(), auth.KindResident, p.Subject, httpapi.BearerToken(r))
+				}
 			} else {
 				err = n.Residents.SetPIN(r.Context(), number, req.NewPIN, p.String())
 				if err == nil {
 					n.Auth.Audit(r.Context(), p, "set_pin", number, "")
+					// A PIN set at the counter (forgotten, or known to
+					// someone else) ends every session signed in with the old one.
+					err = n.Auth.RevokeSubject(r.Context(), auth.KindResident, resident.NormalizeCardNumber(number))
 				}
 			}
 			if err != nil {
