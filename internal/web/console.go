@@ -238,8 +238,10 @@ func (w *Web) consoleCardOp(rq *req) error {
 	}
 	if err == nil {
 		w.d.Auth.Audit(ctx, rq.S.P, "card_"+op, number, "web")
-		if op == "lost" || op == "replace" || op == "cancel" {
-			w.d.Auth.RevokeSubject(ctx, auth.KindResident, number)
+		if op == "lost" || op == "replace" || op == "cancel" || op == "pin" {
+			// A card that stopped, or a PIN set at the counter (forgotten,
+			// or known to someone else): every session signed in with it ends.
+			w.d.Auth.RevokeSubject(ctx, auth.KindResident, c.Number)
 		}
 		if w.d.AfterCardChange != nil {
 			w.d.AfterCardChange(ctx)

@@ -387,6 +387,11 @@ func (w *Web) residentPIN(rq *req) error {
 		err = apperr.Invalid("new_pin2", "the two new PINs are not the same", "两次输入的新密码不一致")
 	default:
 		err = w.d.Residents.ChangePIN(rq.r.Context(), rq.S.P.Subject, oldPIN, newPIN)
+		if err == nil {
+			// Whoever else signed in with the old PIN is signed out; this
+			// session stays.
+			err = w.d.Auth.RevokeSubjectExcept(rq.r.Context(), auth.KindResident, rq.S.P.Subject, rq.S.token)
+		}
 	}
 	if err != nil {
 		return rq.renderWithError(err, "r_pin.html", "r.pin.title", nil)

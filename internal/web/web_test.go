@@ -138,6 +138,50 @@ func testSafety(t *testing.T, dsn string) {
 		}
 	})
 
+	t.Run("a PIN change signs out the card's other sessions; a PIN set at the counter, all", func(t *testing.T) {
+		res := tn.Demo.Residents[2]
+		signIn := func(pin string) *browser {
+			b := newBrowser(t, tn.URL)
+			tok := b.csrf("/r/login")
+			if st, body, _ := b.do("POST", "/r/login", url.Values{"csrf": {tok}, "card_number": {res.CardNumber}, "pin": {pin}}); st != http.StatusSeeOther {
+				t.Fatalf("resident sign-in: %d %.300s", st, body)
+			}
+			return b
+		}
+		signedIn := func(b *browser) bool {
+			st, _, _ := b.do("GET", "/r/pin", nil)
+			return st == 200
+		}
+		holder, other := signIn(res.PIN), signIn(res.PIN)
+		tok := holder.csrf("/r/pin")
+		st, body, _ := holder.do("POST", "/r/pin", url.Values{"csrf": {tok}, "old_pin": {res.PIN}, "new_pin": {"135790"}, "new_pin2": {"135790"}})
+		if st != http.StatusSeeOther {
+			t.Fatalf("PIN change: %d %.300s", st, body)
+		}
+		if signedIn(other) {
+			t.Fatal("a session signed in with the old PIN still works after the PIN change")
+		}
+		if !signedIn(holder) {
+			t.Fatal("the session that changed the PIN was signed out")
+		}
+		staff := newBrowser(t, tn.URL)
+		staff.staffLogin(hr.User, hr.Password)
+		c, err := tn.Residents.Card(t.Context(), res.CardNumber)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok = staff.csrf("/console/residents/" + c.ResidentID)
+		if st, body, _ := staff.do("POST", "/console/cards/"+res.CardNumber+"/pin", url.Values{"csrf": {tok}, "pin": {"246813"}}); st != http.StatusSeeOther {
+			t.Fatalf("PIN set at the counter: %d %.300s", st, body)
+		}
+		if signedIn(holder) {
+			t.Fatal("a session signed in with the old PIN still works after staff set a new one")
+		}
+		if !signedIn(signIn("246813")) {
+			t.Fatal("the new PIN does not sign in")
+		}
+	})
+
 	t.Run("a resident may not open staff pages", func(t *testing.T) {
 		b := newBrowser(t, tn.URL)
 		tok := b.csrf("/r/login")
