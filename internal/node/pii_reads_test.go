@@ -1,6 +1,8 @@
 package node_test
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/yikatong/yikatong/internal/node/nodetest"
@@ -86,5 +88,55 @@ func TestStaffReadsOfPersonalDataAreAudited(t *testing.T) {
 	tn.Client(login.Token).JSON(t, "GET", "/v1/accounts/"+wallet, nil, 200, nil)
 	if audited(wallet, "read_account") != 1 {
 		t.Fatal("the resident's own read was recorded as a staff read")
+	}
+}
+
+// TestStatementCounterpartsAreAudited: a provider's statement names the
+// resident wallet behind each fare (with terminal, scenario and time), so
+// a staff read of it is recorded under each of those residents' accounts,
+// once per page; the provider's account itself is not personal data.
+func TestStatementCounterpartsAreAudited(t *testing.T) {
+	tn := nodetest.Start(t, nodetest.Options{Demo: true})
+	d := tn.Demo
+	hr := tn.Client(d.Staff["hr_admin"].Token)
+	fin := tn.Client(d.Staff["finance"].Token)
+	bus := demoTerminal(t, d, "transit.bus")
+	riders := d.Residents[:3]
+	for i, r := range riders {
+		for j := 0; j < 2; j++ { // two rides each: one audit row per resident, not per line
+			tn.Client(bus.Token).JSON(t, "POST", "/v1/scans", map[string]any{"idempotency_key": fmt.Sprintf("cp-%d-%d", i, j), "scenario": "transit.bus", "card_number": r.CardNumber}, 200, nil)
+		}
+	}
+	reads := func(subject string) (n int, detail string) {
+		var log []struct{ Action, Subject, Detail string }
+		hr.JSON(t, "GET", "/v1/audit?limit=500&subject="+subject, nil, 200, &log)
+		for _, e := range log {
+			if e.Action == "read_statement" {
+				n++
+				detail = e.Detail
+			}
+		}
+		return n, detail
+	}
+	var page struct {
+		Entries []struct{ Debit, Credit string }
+	}
+	prv := "prv:" + bus.Provider
+	fin.JSON(t, "GET", "/v1/accounts/"+prv+"/statement", nil, 200, &page)
+	shown := map[string]bool{}
+	for _, e := range page.Entries {
+		shown[e.Debit] = true
+	}
+	for _, r := range riders {
+		w := "w:" + r.ResidentID
+		if !shown[w] {
+			t.Fatalf("the provider's statement does not show %s: %+v", w, page.Entries)
+		}
+		if n, detail := reads(w); n != 1 || !strings.Contains(detail, prv) {
+			t.Fatalf("%s: %d read_statement records (%q), want 1 naming %s", w, n, detail, prv)
+		}
+	}
+	if n, _ := reads(prv); n != 0 {
+		t.Fatalf("the provider's own account was recorded %d times as personal data", n)
 	}
 }

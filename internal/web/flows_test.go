@@ -665,3 +665,23 @@ func scenarioValues(s catalog.Scenario) url.Values {
 	}
 	return f
 }
+
+// TestLedgerStatementReadsAreAudited: a resident's wallet statement read or
+// exported on the console is recorded under the wallet, with the reader.
+func TestLedgerStatementReadsAreAudited(t *testing.T) {
+	tn := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 3})
+	b := newBrowser(t, tn.URL).staffAs(tn, "finance")
+	wallet := "w:" + tn.Demo.Residents[0].ResidentID
+	if st, body, _ := b.do("GET", "/console/ledger?account="+url.QueryEscape(wallet), nil); st != 200 {
+		t.Fatalf("statement: %d %.300s", st, body)
+	}
+	if st, body, _ := b.do("GET", "/console/ledger/export?format=csv&account="+url.QueryEscape(wallet), nil); st != 200 {
+		t.Fatalf("export: %d %.300s", st, body)
+	}
+	for _, action := range []string{"read_statement", "export_statement"} {
+		got := audited(t, tn, action, wallet)
+		if len(got) != 1 || got[0].ActorRole != auth.RoleFinance || got[0].Actor == "" {
+			t.Fatalf("%s of %s: %+v, want one record by finance", action, wallet, got)
+		}
+	}
+}

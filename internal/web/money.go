@@ -49,6 +49,10 @@ func (w *Web) consoleLedger(rq *req) error {
 		w.d.Auth.Audit(rq.r.Context(), rq.S.P, "ledger_check", "", "")
 	}
 	if d.Account != "" {
+		// Recorded before it is shown: no record, no statement.
+		if err := w.d.Auth.Audit(rq.r.Context(), rq.S.P, "read_statement", d.Account, "web"); err != nil {
+			return err
+		}
 		info, err := w.d.Ledger.Balance(rq.r.Context(), d.Account)
 		if err != nil {
 			return rq.renderWithError(err, "c_ledger.html", "c.ledger.title", d)
@@ -59,7 +63,6 @@ func (w *Web) consoleLedger(rq *req) error {
 			return rq.renderWithError(err, "c_ledger.html", "c.ledger.title", d)
 		}
 		d.Lines, d.More = shown(lines)
-		w.d.Auth.Audit(rq.r.Context(), rq.S.P, "read_statement", d.Account, "web")
 	}
 	return rq.render(200, "c_ledger.html", "c.ledger.title", d)
 }
@@ -77,7 +80,9 @@ func (w *Web) consoleLedgerExport(rq *req) error {
 	if err != nil {
 		return err
 	}
-	w.d.Auth.Audit(rq.r.Context(), rq.S.P, "export_statement", acct, q.Get("format"))
+	if err := w.d.Auth.Audit(rq.r.Context(), rq.S.P, "export_statement", acct, q.Get("format")); err != nil {
+		return err // no record, no export
+	}
 	return rq.export(q.Get("format"), "statement-"+safeFile(acct), lines)
 }
 
