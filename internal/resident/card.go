@@ -148,20 +148,13 @@ func newCardNumberIn(prefix string) string {
 // RegionDigits digits of its 6-digit administrative division code
 // ("CN-330100" → "3301"), or "" if the id does not end in one (the first
 // digit of a division code is never 0).
-func RegionCode(city string) string {
-	i := strings.LastIndexByte(city, '-')
-	code := city[i+1:]
-	if len(code) != 6 || !isDigits(code) || code[0] == '0' {
-		return ""
-	}
-	return code[:RegionDigits]
-}
+func RegionCode(city string) string { return trust.RegionCode(city) }
 
 // RegionDigits is the length of the region code a card number starts
 // with: the first four digits of the city's administrative division code
 // (province and prefecture: CN-330100 Hangzhou → 3301), which tell the
 // cities of a region apart and leave 11 random digits to each card.
-const RegionDigits = 4
+const RegionDigits = trust.RegionDigits
 
 // CardRegion is the region code a card number starts with: the issuing
 // city's, for cards issued since card numbers carry it (as the chip of a

@@ -38,6 +38,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/emmansun/gmsm/sm3"
@@ -62,8 +63,9 @@ type Bundle struct {
 
 	keys    ecode.KeyMap
 	subs    map[string]map[string]time.Time // issuer → subject → revoked at
-	cards   map[string]time.Time            // card hash → revoked at
+	cards   map[string]map[string]time.Time // issuer → card hash → revoked at
 	peerExp map[string]time.Time
+	regions map[string][]string // a peer's card region code → the peer
 }
 
 // Key is an issuer key in a bundle.
@@ -292,8 +294,9 @@ func checkSignature(data []byte, sig *Signature, nodeKey *ecode.PublicKey) error
 func (b *Bundle) index() error {
 	b.keys = ecode.KeyMap{}
 	b.subs = map[string]map[string]time.Time{}
-	b.cards = map[string]time.Time{}
+	b.cards = map[string]map[string]time.Time{}
 	b.peerExp = map[string]time.Time{}
+	b.regions = map[string][]string{}
 	add := func(issuer string, keys []Key, d Deny) error {
 		if issuer == "" {
 			return badBundle("a peer entry lacks its issuer", "对端条目缺少发码方")
@@ -318,11 +321,13 @@ func (b *Bundle) index() error {
 			}
 		}
 		b.subs[issuer] = subs
+		cards := map[string]time.Time{}
 		for _, c := range d.Cards {
-			if t, ok := b.cards[c.CardHash]; !ok || c.At.Before(t) {
-				b.cards[c.CardHash] = c.At
+			if t, ok := cards[c.CardHash]; !ok || c.At.Before(t) {
+				cards[c.CardHash] = c.At
 			}
 		}
+		b.cards[issuer] = cards
 		return nil
 	}
 	if err := add(b.Issuer, b.Keys, b.Deny); err != nil {
@@ -333,9 +338,33 @@ func (b *Bundle) index() error {
 			return err
 		}
 		b.peerExp[p.Issuer] = p.ExpiresAt
+		if r := RegionCode(p.Issuer); r != "" {
+			b.regions[r] = append(b.regions[r], p.Issuer)
+		}
 	}
 	return nil
 }
+
+// RegionCode is the code a city's card numbers start with: the first
+// RegionDigits digits (province and prefecture) of the 6-digit
+// administrative division code its node id ends in (CN-330100 → 3301),
+// or "" if the id does not end in one (the first digit of a division code
+// is never 0).
+func RegionCode(city string) string {
+	code := city[strings.LastIndexByte(city, '-')+1:]
+	if len(code) != 6 || code[0] < '1' || code[0] > '9' {
+		return ""
+	}
+	for i := 1; i < len(code); i++ {
+		if code[i] < '0' || code[i] > '9' {
+			return ""
+		}
+	}
+	return code[:RegionDigits]
+}
+
+// RegionDigits is the length of the region code a card number starts with.
+const RegionDigits = 4
 
 // KeySet returns the keys of this city and its peers as an ecode.KeySet.
 func (b *Bundle) KeySet() ecode.KeySet { return b.keys }
@@ -377,8 +406,25 @@ func (b *Bundle) VerifyCodeHeader(code string, at time.Time) (ecode.Claims, ecod
 }
 
 // CardRevoked reports whether the physical card with this number is on a
-// deny list (this city's or a peer's) with a revocation at or before at.
+// deny list with a revocation at or before at: this city's (any number),
+// or that of the peer whose region code the number starts with. A peer
+// speaks only for its own cards, as for its codes: a peer listing another
+// city's card number does not revoke it here.
 func (b *Bundle) CardRevoked(cardNumber string, at time.Time) bool {
-	t, ok := b.cards[CardHash(cardNumber)]
-	return ok && !t.After(at)
+	h := CardHash(cardNumber)
+	revoked := func(issuer string) bool {
+		t, ok := b.cards[issuer][h]
+		return ok && !t.After(at)
+	}
+	if revoked(b.Issuer) {
+		return true
+	}
+	if len(cardNumber) >= RegionDigits {
+		for _, p := range b.regions[cardNumber[:RegionDigits]] {
+			if p != b.Issuer && revoked(p) {
+				return true
+			}
+		}
+	}
+	return false
 }

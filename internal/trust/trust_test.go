@@ -274,3 +274,39 @@ func TestCanonical(t *testing.T) {
 		t.Errorf("UTF-16 order: %s", got)
 	}
 }
+
+// TestPeerDenyListCoversOnlyItsOwnCards: a peer's deny list carries only
+// the peer's say over its own cards (whose numbers start with its region
+// code, as a peer's codes are checked against its deny list only). A peer
+// listing the hash of a card of this city, or of a third city, must not
+// make this city's terminals refuse that card; this city's own list still
+// covers every number it lists.
+func TestPeerDenyListCoversOnlyItsOwnCards(t *testing.T) {
+	const (
+		peerCard  = "3100000000000010" // CN-310000's region code
+		ourCard   = "4101000000000018" // CN-410100's
+		thirdCard = "3301000000000001" // CN-330100's, not in this bundle
+		ourOld    = "3100000000000028" // ours, issued before region prefixes
+	)
+	f := newFixture(t,
+		[]Revocation{{CardHash: CardHash(ourOld), At: t0}},
+		[]Revocation{{CardHash: CardHash(peerCard), At: t0}, {CardHash: CardHash(ourCard), At: t0}, {CardHash: CardHash(thirdCard), At: t0}})
+	nk := f.node.Public()
+	b, err := Parse(f.json, &nk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := t0.Add(time.Minute)
+	if !b.CardRevoked(peerCard, at) {
+		t.Fatal("the peer's own lost card is not refused")
+	}
+	if !b.CardRevoked(ourOld, at) {
+		t.Fatal("our own list does not cover a number of ours with the peer's prefix")
+	}
+	if b.CardRevoked(ourCard, at) {
+		t.Fatal("the peer revoked one of our cards at our terminals")
+	}
+	if b.CardRevoked(thirdCard, at) {
+		t.Fatal("the peer revoked a third city's card")
+	}
+}
