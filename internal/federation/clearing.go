@@ -328,9 +328,13 @@ func (s *Service) HandleStatement(ctx context.Context, data []byte) ([]byte, err
 }
 
 // daySettled reports whether the day (UTC) of at has a statement with
-// peer that both cities signed. A charge dated on such a day is refused:
-// the day's statement is final (a settled day means every message of it
-// had been delivered, so only a back-dated message can arrive later).
+// peer that both cities signed after the day ended. A charge dated on such
+// a day is refused: the day's statement is final (a day settled once it
+// was over means every message of it had been delivered, so only a
+// back-dated message can arrive later). A statement signed while its day
+// was still running (settle accepts today; a peer may ask for any day)
+// covers only the messages created before it and is not final: a charge
+// created later that day, delivered after midnight, is still booked.
 func (s *Service) daySettled(ctx context.Context, peer string, at time.Time) (bool, error) {
 	day := at.UTC().Format("2006-01-02")
 	if day >= s.Now().UTC().Format("2006-01-02") {
@@ -340,8 +344,10 @@ func (s *Service) daySettled(ctx context.Context, peer string, at time.Time) (bo
 	if _, ok := s.settled.Load(k); ok {
 		return true, nil
 	}
+	end := at.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour).UnixMilli()
 	var n int
-	err := s.DB.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM fed_statements WHERE peer = $1 AND day = $2 AND ours <> '' AND theirs <> '' AND theirs <> 'null' AND ours <> 'null'`, peer, day).Scan(&n)
+	err := s.DB.R.QueryRowContext(ctx, `SELECT COUNT(*) FROM fed_statements WHERE peer = $1 AND day = $2 AND created_at >= $3
+		AND ours <> '' AND theirs <> '' AND theirs <> 'null' AND ours <> 'null'`, peer, day, end).Scan(&n)
 	if err != nil {
 		return false, unavailable(err)
 	}

@@ -46,12 +46,23 @@ func testConfig(anchor ecode.PublicKey, members string) federation.Config {
 
 func startCity(t *testing.T, id, dsn string, cfg federation.Config) *city {
 	t.Helper()
+	return startCityWith(t, id, dsn, cfg, nil)
+}
+
+// startCityWith is startCity with the node's configuration changed by
+// tweak (if not nil): its clock, its bundles' lifetime.
+func startCityWith(t *testing.T, id, dsn string, cfg federation.Config, tweak func(*node.Config)) *city {
+	t.Helper()
 	dir := t.TempDir()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if os.Getenv("YIKATONG_TEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	n, err := node.Open(context.Background(), node.Config{DataDir: dir, DB: dsn, City: id, Logger: log, Federation: cfg})
+	nc := node.Config{DataDir: dir, DB: dsn, City: id, Logger: log, Federation: cfg}
+	if tweak != nil {
+		tweak(&nc)
+	}
+	n, err := node.Open(context.Background(), nc)
 	if err != nil {
 		t.Fatal(err)
 	}

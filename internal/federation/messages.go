@@ -327,6 +327,22 @@ func (s *Service) Authorize(ctx context.Context, home string, req scan.RemoteCha
 		why = err.Error()
 	}
 	if req.OfflineAllowed {
+		// Accepting without the home city vouches for the card against the
+		// home city's deny list as this node holds it (as of the scan);
+		// past that data's expiry (when the home city's codes are refused
+		// too) it cannot.
+		at := req.At
+		if at.IsZero() {
+			at = now
+		}
+		if _, exp, ok := s.trusted(home); !ok || at.After(exp) {
+			reason := apperr.TrustExpired
+			if !ok {
+				reason = apperr.UnknownIssuer
+			}
+			defer s.Kick()
+			return s.setState(ctx, id, "voiding", nil, why, scan.RemoteResult{Reason: reason})
+		}
 		// One card's offline acceptances are decided one at a time (the
 		// records of an uploaded batch are evaluated concurrently), so
 		// that the limit holds.

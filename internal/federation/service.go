@@ -562,10 +562,13 @@ func (s *Service) fetchBundle(ctx context.Context, l *MemberList, m Member) (cha
 	if b == nil {
 		return false // the same bytes as last time
 	}
-	if ps.bundle != nil && ps.checked && b.IssuedAt.Before(ps.bundle.IssuedAt) {
+	if ps.bundle != nil && ps.checked && ps.bundle.Signature != nil && ps.bundle.Signature.Kid == key.KidString() &&
+		b.IssuedAt.Before(ps.bundle.IssuedAt) {
 		// Older than the bundle held (replayed to us on the way): keep
 		// the newer. A peer whose clock went back is taken again once it
-		// passes the time.
+		// passes the time. A bundle held under a node key the list no
+		// longer gives (replaced, perhaps because it leaked) does not
+		// count: its issue time may be anything its holder chose.
 		return false
 	}
 	c := trustContent(b.Keys, b.Deny)
