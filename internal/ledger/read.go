@@ -57,6 +57,37 @@ func (l *Ledger) GetTransfer(ctx context.Context, id string) (Transfer, error) {
 	return e.transfer(), nil
 }
 
+// GetTransferByKey returns the journal entry applied under an
+// idempotency key (not_found if none was).
+func (l *Ledger) GetTransferByKey(ctx context.Context, key string) (Transfer, error) {
+	e, err := scanEntry(l.db.QueryRow(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE idem_key = $1`, key))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Transfer{}, apperr.Newf(apperr.NotFound, "no such transfer", "交易不存在")
+	}
+	if err != nil {
+		return Transfer{}, dbErr(err)
+	}
+	return e.transfer(), nil
+}
+
+// Reversed returns how much of transfer id its reversals have returned,
+// leaving out the reversal made under the key except (if not empty): what
+// a caller that reverses under its own key sees others to have reversed.
+func (l *Ledger) Reversed(ctx context.Context, id, except string) (int64, error) {
+	seq, ok := parseID(id)
+	if !ok {
+		return 0, apperr.Newf(apperr.NotFound, "no such transfer", "交易不存在")
+	}
+	// ref <> 0 lets the planner use the partial index ledger_journal_ref.
+	var n int64
+	err := l.db.QueryRow(ctx, `SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger_journal
+		WHERE type = 'reversal' AND ref <> 0 AND ref = $1 AND COALESCE(idem_key, '') <> $2`, seq, except).Scan(&n)
+	if err != nil {
+		return 0, dbErr(err)
+	}
+	return n, nil
+}
+
 // GetHold returns a hold and its current status. A hold past its timeout
 // that nobody has touched yet is reported as expired.
 func (l *Ledger) GetHold(ctx context.Context, id string) (HoldInfo, error) {

@@ -10,6 +10,7 @@ import (
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/scan"
 	"github.com/yikatong/yikatong/internal/store"
 )
 
@@ -90,6 +91,13 @@ func (w *Web) OpenDispute(ctx context.Context, residentID, cardNumber, transferI
 	if t.Type != "transfer" && t.Type != "post" {
 		return Dispute{}, apperr.Invalid("transfer_id", "only a charge can be disputed", "只能对扣款提出异议")
 	}
+	// A charge already reversed in full (by finance, a federation void)
+	// has nothing left to refund.
+	if rest, err := w.refundable(ctx, t.ID, t.Amount, ""); err != nil {
+		return Dispute{}, err
+	} else if rest <= 0 {
+		return Dispute{}, errReversed
+	}
 	d := Dispute{ID: auth.RandomID("dsp_"), ResidentID: residentID, CardNumber: cardNumber, TransferID: t.ID, AccountID: t.Debit,
 		AmountFen: t.Amount, Reason: reason, Status: DisputeOpen, CreatedAt: w.d.Now().UTC().Truncate(time.Millisecond)}
 	_, err = w.d.DB.W.ExecContext(ctx, `INSERT INTO disputes(id, resident_id, card_number, transfer_id, account_id, amount_fen, reason, status, created_at)
@@ -151,7 +159,8 @@ var errNotOpen = apperr.Newf(apperr.Conflict, "the dispute has already been reso
 // a second click never refunds twice). The dispute is marked refunding
 // before the money moves, so a rejection at the same moment either comes
 // first (and there is no refund) or is refused; a refund whose reversal
-// failed stays refunding until it is retried.
+// failed stays refunding until it is retried. Only what remains of the
+// charge after other reversals is refunded (reverseRest).
 func (w *Web) RefundDispute(ctx context.Context, p auth.Principal, id, note string) (Dispute, error) {
 	if w.d.Ledger == nil {
 		return Dispute{}, unavailable("ledger")
@@ -167,6 +176,9 @@ func (w *Web) RefundDispute(ctx context.Context, p auth.Principal, id, note stri
 	}
 	switch d.Status {
 	case DisputeOpen:
+		if err := w.refundableHere(ctx, d); err != nil {
+			return Dispute{}, err
+		}
 		r, err := w.d.DB.W.ExecContext(ctx, `UPDATE disputes SET status = 'refunding' WHERE id = $1 AND status = 'open'`, d.ID)
 		if err != nil {
 			return Dispute{}, apperr.Wrap(apperr.Internal, err)
@@ -183,7 +195,7 @@ func (w *Web) RefundDispute(ctx context.Context, p auth.Principal, id, note stri
 	default:
 		return Dispute{}, errNotOpen
 	}
-	t, err := w.d.Ledger.Reverse(ctx, "dispute:"+d.ID, d.TransferID, d.AmountFen)
+	t, err := w.reverseRest(ctx, d)
 	if err != nil {
 		return Dispute{}, err
 	}
@@ -196,6 +208,105 @@ func (w *Web) RefundDispute(ctx context.Context, p auth.Principal, id, note stri
 	}
 	w.d.Auth.Audit(ctx, p, "dispute_refund", d.ID, t.ID)
 	return w.dispute(ctx, id)
+}
+
+// refundableHere refuses the refund of a charge this city cannot
+// reverse on its own: one made in another city, booked at home from the
+// resident's account to our clearing account for that city. Reversing
+// it here would change what we owe that city in our books only (its
+// clearing account for us, and the day's statement both cities sign,
+// would still count the fare), and its void by that city could no
+// longer be reversed. Such a dispute is answered (rejected) with a note
+// sending the resident to that city's provider.
+func (w *Web) refundableHere(ctx context.Context, d Dispute) error {
+	t, err := w.d.Ledger.GetTransfer(ctx, d.TransferID)
+	if err != nil {
+		return err
+	}
+	a, err := w.d.Ledger.Balance(ctx, t.Credit)
+	if err != nil {
+		return err
+	}
+	if a.Kind == ledger.KindClearing {
+		peer := strings.TrimPrefix(t.Credit, "clr:")
+		return apperr.Newf(apperr.Conflict, "this charge was made in another city ("+peer+") and is cleared with it: it cannot be refunded here alone",
+			"该笔扣款发生在其他城市（"+peer+"）并已与其清算，本市不能单方面退款")
+	}
+	onCredit := t.Kind == scan.KindDebtCollection
+	if base, ok := strings.CutSuffix(t.Key, ":debt0"); ok && strings.HasPrefix(base, "scan:") {
+		// The wallet's part of an offline ride: was the rest advanced on
+		// credit (the record's "…:debt1" leg, scan.debtRecord)?
+		_, err := w.d.Ledger.GetTransferByKey(ctx, base+":debt1")
+		switch apperr.CodeOf(err) {
+		case "":
+			onCredit = true
+		case apperr.NotFound:
+		default:
+			return err
+		}
+	}
+	if onCredit {
+		return errOnCredit
+	}
+	return nil
+}
+
+// errOnCredit refuses the refund of a part of a ride taken on credit
+// ("ride first, pay later", internal/scan/collect.go): the part the
+// wallet paid at the ride, or a debt collection from a later top-up.
+// Reversing the wallet's part leaves the ride's debt owed, and the next
+// collection takes the refund straight back for that same ride;
+// reversing a collection returns the money while the debt stays
+// recorded as collected, so the credit account no longer holds minus
+// what residents owe. A refund must cancel the whole ride with its debt
+// (a write-off in the scan package, under its collections' Claim), which
+// does not exist yet.
+var errOnCredit = apperr.Newf(apperr.Conflict,
+	"this charge is part of a ride taken on credit (ride first, pay later): refunding it alone would leave the ride's debt inconsistent; the ride must be cancelled with its debt",
+	"该笔扣款属于先乘后付（赊账）乘车：单独退款会使该次乘车欠款不一致，须连同欠款一并撤销")
+
+var errReversed = apperr.Newf(apperr.Conflict, "this charge has already been reversed in full (refunded another way): there is nothing left to refund",
+	"该笔扣款已全额冲正（已通过其他途径退款），无可退金额")
+
+// refundable is what remains to be refunded of a charge of amount: the
+// amount less the reversals made other than under key (the dispute's own
+// refund, so that a retry asks the ledger for the same refund again).
+func (w *Web) refundable(ctx context.Context, transferID string, amount int64, key string) (int64, error) {
+	reversed, err := w.d.Ledger.Reversed(ctx, transferID, key)
+	if err != nil {
+		return 0, err
+	}
+	return amount - reversed, nil
+}
+
+// reverseRest refunds dispute d (marked refunding): it reverses what
+// remains of the charge, under the key "dispute:<id>". A charge may have
+// been reversed in part or in full another way (finance's reversal, a
+// federation void) before or while this runs: the refund is then the
+// rest, never more than was charged; if nothing remains the dispute goes
+// back to open (and can be rejected) and the refund is refused. That is
+// safe because nothing can ever remain again, so no other attempt can
+// be refunding it.
+func (w *Web) reverseRest(ctx context.Context, d Dispute) (ledger.Transfer, error) {
+	key := "dispute:" + d.ID
+	for attempt := 0; ; attempt++ {
+		rest, err := w.refundable(ctx, d.TransferID, d.AmountFen, key)
+		if err != nil {
+			return ledger.Transfer{}, err
+		}
+		if rest <= 0 {
+			if _, err := w.d.DB.W.ExecContext(ctx, `UPDATE disputes SET status = 'open' WHERE id = $1 AND status = 'refunding'`, d.ID); err != nil {
+				return ledger.Transfer{}, apperr.Wrap(apperr.Internal, err)
+			}
+			return ledger.Transfer{}, errReversed
+		}
+		t, err := w.d.Ledger.Reverse(ctx, key, d.TransferID, rest)
+		// Another reversal came between the read and ours: read again.
+		if apperr.CodeOf(err) == apperr.ReversalExceeds && attempt < 3 {
+			continue
+		}
+		return t, err
+	}
 }
 
 // RejectDispute resolves an open dispute without a refund; the resident

@@ -1,0 +1,187 @@
+package web_test
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/idnum"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/node/nodetest"
+	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/terminal"
+	"github.com/yikatong/yikatong/internal/web"
+)
+
+// debtor enrols a resident with an empty wallet.
+func debtor(t *testing.T, tn *nodetest.Node, seed uint64) (rid, card string) {
+	t.Helper()
+	num := idnum.Generate(rand.New(rand.NewPCG(seed, 11)), idnum.KindCitizen, "410105", time.Now().AddDate(-30, 0, -int(seed)), "F")
+	res, c, err := tn.Node.Enrol(t.Context(), auth.Principal{Kind: auth.KindStaff, Subject: "test", Role: auth.RoleHRAdmin},
+		resident.EnrolInput{Name: "赊账测试", IDNumber: num, Category: resident.CategoryLocal}, true, "246810")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.ID, c.Number
+}
+
+// rideOffline uploads one offline bus ride of card (record id) from the
+// demo's bus terminal: what the wallet cannot pay becomes debt.
+func rideOffline(t *testing.T, tn *nodetest.Node, card, id string, seq int64) {
+	t.Helper()
+	for _, trm := range tn.Demo.Terminals {
+		if trm.Scenario != "transit.bus" {
+			continue
+		}
+		key, err := terminal.ParseBatchKey(trm.BatchKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		sb, err := terminal.SignBatch(terminal.Batch{Terminal: trm.ID, ID: "b-" + id, CreatedAt: now,
+			Records: []terminal.Record{{ID: id, Seq: seq, At: now.Add(-time.Minute), Scenario: "transit.bus", CardNumber: card}}}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tn.Client(trm.Token).JSON(t, "POST", "/v1/terminals/"+trm.ID+"/batches", sb, 200, nil)
+		return
+	}
+	t.Fatal("no bus terminal in the demo")
+}
+
+// owed is a resident's outstanding offline debt.
+func owed(t *testing.T, tn *nodetest.Node, rid string) int64 {
+	t.Helper()
+	n, err := tn.Node.DebtCollector().Owed(t.Context(), rid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// creditBooksOK checks the debt collector's books against the ledger:
+// the credit account that advances "ride first, pay later" fares holds
+// minus what residents still owe on them (internal/scan/collect.go).
+func creditBooksOK(t *testing.T, tn *nodetest.Node, when string) {
+	t.Helper()
+	var debt, collected int64
+	tn.DB.R.QueryRowContext(t.Context(), `SELECT COALESCE(SUM(debt_fen), 0) FROM scans WHERE debt_fen > 0 AND decision = 'accepted'`).Scan(&debt)
+	tn.DB.R.QueryRowContext(t.Context(), `SELECT COALESCE(SUM(amount_fen), 0) FROM scan_debt_collections`).Scan(&collected)
+	if bal := balance(t, tn, scan.CreditAccount); bal != -(debt - collected) {
+		t.Fatalf("%s: %s holds %d, but residents owe %d (debt %d, collected %d)", when, scan.CreditAccount, bal, debt-collected, debt, collected)
+	}
+	ledgerOK(t, tn)
+}
+
+// TestMoneyDisputeOfRideOnCredit: a ride taken on credit ("ride first,
+// pay later") shows on the resident's statement as the part the wallet
+// paid at the ride and as the debt collections of later top-ups. A
+// dispute of one of those lines must not leave the books inconsistent:
+// if the console refunds it, the ride is cancelled (the refund is not
+// collected straight back as that same ride's debt, and the credit
+// account still holds minus what residents owe); otherwise the refund is
+// refused, nothing moves and the dispute stays open to be answered.
+func TestMoneyDisputeOfRideOnCredit(t *testing.T) {
+	eachBackend(t, 2, func(t *testing.T, tn *nodetest.Node) {
+		ctx := t.Context()
+		w, err := web.New(web.Deps{DB: tn.DB, Auth: tn.Auth, Residents: tn.Residents, Catalog: tn.Catalog, Ledger: tn.Ledger, City: tn.City})
+		if err != nil {
+			t.Fatal(err)
+		}
+		staff := auth.Principal{Kind: auth.KindStaff, Subject: "fin-test", Role: auth.RoleFinance}
+		op := tn.Client(tn.Demo.Staff["operator"].Token)
+		creditBooksOK(t, tn, "at start")
+
+		t.Run("a debt collection", func(t *testing.T) {
+			rid, card := debtor(t, tn, 1)
+			rideOffline(t, tn, card, "credit-1", 1)
+			fare := owed(t, tn, rid)
+			if fare <= 0 {
+				t.Fatalf("owed %d after a ride on an empty wallet", fare)
+			}
+			op.JSON(t, "POST", "/v1/topups", map[string]any{"idempotency_key": "dc-1", "resident_id": rid, "amount_fen": fare}, 200, nil)
+			if o := owed(t, tn, rid); o != 0 {
+				t.Fatalf("owed %d after a top-up of the fare", o)
+			}
+			creditBooksOK(t, tn, "after the collection")
+			var coll string
+			if err := tn.DB.R.QueryRowContext(ctx, `SELECT transfer_id FROM scan_debt_collections WHERE resident_id = $1`, rid).Scan(&coll); err != nil {
+				t.Fatal(err)
+			}
+			d, err := w.OpenDispute(ctx, rid, card, coll, "I never took that bus")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, rerr := w.RefundDispute(ctx, staff, d.ID, "")
+			tn.Node.DebtCollector().Sweep(ctx)
+			wallet := balance(t, tn, ledger.WalletID(rid))
+			if rerr == nil {
+				if wallet != fare || owed(t, tn, rid) != 0 {
+					t.Fatalf("refunded: wallet %d (want %d), owed %d", wallet, fare, owed(t, tn, rid))
+				}
+			} else if wallet != 0 || disputeStatus(t, w, rid, d.ID) != web.DisputeOpen {
+				t.Fatalf("refused (%v): wallet %d, dispute %s", rerr, wallet, disputeStatus(t, w, rid, d.ID))
+			}
+			creditBooksOK(t, tn, "after the dispute")
+		})
+
+		t.Run("the wallet's part of a ride partly on credit", func(t *testing.T) {
+			rid, card := debtor(t, tn, 2)
+			if _, err := tn.Ledger.TopUp(ctx, "split-top", ledger.WalletID(rid), 50, nil); err != nil {
+				t.Fatal(err)
+			}
+			rideOffline(t, tn, card, "credit-2", 2)
+			debt := owed(t, tn, rid)
+			if debt <= 0 || balance(t, tn, ledger.WalletID(rid)) != 0 {
+				t.Fatalf("owed %d, wallet %d after a ride on 50", debt, balance(t, tn, ledger.WalletID(rid)))
+			}
+			var seq int64
+			if err := tn.DB.R.QueryRowContext(ctx, `SELECT seq FROM ledger_journal WHERE debit = $1 AND type = 'transfer'`, ledger.WalletID(rid)).Scan(&seq); err != nil {
+				t.Fatal(err)
+			}
+			d, err := w.OpenDispute(ctx, rid, card, ledger.TransferID(seq), "I never took that bus")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, rerr := w.RefundDispute(ctx, staff, d.ID, "")
+			tn.Node.DebtCollector().Sweep(ctx) // as the node does every few minutes
+			wallet, o := balance(t, tn, ledger.WalletID(rid)), owed(t, tn, rid)
+			if rerr == nil {
+				if wallet != 50 || o != 0 {
+					t.Fatalf("refunded, but the ride still counts: wallet %d (want the 50 back), owed %d (want 0)", wallet, o)
+				}
+			} else if wallet != 0 || o != debt || disputeStatus(t, w, rid, d.ID) != web.DisputeOpen {
+				t.Fatalf("refused (%v): wallet %d, owed %d, dispute %s", rerr, wallet, o, disputeStatus(t, w, rid, d.ID))
+			}
+			creditBooksOK(t, tn, "after the dispute")
+		})
+
+		t.Run("an offline ride the wallet paid in full is refunded", func(t *testing.T) {
+			rid, card := debtor(t, tn, 3)
+			if _, err := tn.Ledger.TopUp(ctx, "full-top", ledger.WalletID(rid), 500, nil); err != nil {
+				t.Fatal(err)
+			}
+			rideOffline(t, tn, card, "paid-3", 3)
+			var seq int64
+			if err := tn.DB.R.QueryRowContext(ctx, `SELECT seq FROM ledger_journal WHERE debit = $1 AND type = 'transfer'`, ledger.WalletID(rid)).Scan(&seq); err != nil {
+				t.Fatal(err)
+			}
+			if owed(t, tn, rid) != 0 || balance(t, tn, ledger.WalletID(rid)) >= 500 {
+				t.Fatalf("owed %d, wallet %d", owed(t, tn, rid), balance(t, tn, ledger.WalletID(rid)))
+			}
+			d, err := w.OpenDispute(ctx, rid, card, ledger.TransferID(seq), "I never took that bus")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.RefundDispute(ctx, staff, d.ID, ""); err != nil {
+				t.Fatal(err)
+			}
+			if got := balance(t, tn, ledger.WalletID(rid)); got != 500 {
+				t.Fatalf("wallet %d after the refund, want 500", got)
+			}
+			creditBooksOK(t, tn, "after the refund")
+		})
+	})
+}
