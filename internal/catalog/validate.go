@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/yikatong/yikatong/internal/apperr"
@@ -106,14 +107,19 @@ func Validate(s Scenario) error {
 	return nil
 }
 
+// checkName checks a name as it will be stored: one line of valid text of
+// at most maxNameLen characters, not only spaces. Control characters are
+// refused: a NUL cannot be stored in PostgreSQL (it failed there as an
+// internal error while SQLite kept it), and a line break or tab breaks the
+// tables the name is shown in. The length counts the name as given, not
+// trimmed, since that is what is stored.
 func checkName(field, v string) error {
-	v = strings.TrimSpace(v)
-	if v == "" {
+	if strings.TrimSpace(v) == "" {
 		return invalid(field, "the name must not be empty", "名称不能为空")
 	}
-	if !utf8.ValidString(v) || utf8.RuneCountInString(v) > maxNameLen {
-		return invalid(field, fmt.Sprintf("the name must be valid text of at most %d characters", maxNameLen),
-			fmt.Sprintf("名称须为不超过 %d 个字符的有效文本", maxNameLen))
+	if !utf8.ValidString(v) || utf8.RuneCountInString(v) > maxNameLen || strings.ContainsFunc(v, unicode.IsControl) {
+		return invalid(field, fmt.Sprintf("the name must be one line of valid text of at most %d characters", maxNameLen),
+			fmt.Sprintf("名称须为不超过 %d 个字符的单行有效文本", maxNameLen))
 	}
 	return nil
 }
