@@ -4,10 +4,11 @@
 // A programme is a subsidy_programme ledger account ("sp:<id>") with a
 // budget: finance funds it from the treasury external account, and hr_admin
 // uploads payment lists (CSV lines "id_number_or_card_number,amount_fen,
-// reference", optional header, optional UTF-8 byte order mark as Excel
-// writes it). Each line is paid exactly once however often a list is
-// uploaded: its ledger idempotency key is
-// "subsidy:<programme>:<reference>", and the request content includes the
+// reference", optional header naming the amount column ("amount" or
+// "金额"), optional UTF-8 byte order mark as Excel writes it). Each line
+// is paid exactly once however often a list is uploaded: its ledger
+// idempotency key is "subsidy:<programme>:<reference>" (hashed when that
+// is too long for the ledger, lineKey), and the request content includes the
 // resident's wallet and the amount, so the same reference for another
 // person or amount is reported as a conflict, never paid twice. A refused
 // line (unknown person, cancelled card, programme exhausted, malformed)
@@ -24,7 +25,9 @@ package subsidy
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/csv"
+	"encoding/hex"
 	"errors"
 	"io"
 	"regexp"
@@ -198,7 +201,7 @@ func (s *Service) Upload(ctx context.Context, programme string, list io.Reader) 
 			rep.Lines = append(rep.Lines, lr)
 			continue
 		}
-		if n == 1 && len(rec) >= 2 && !isInt(strings.TrimSpace(rec[1])) && strings.Contains(strings.ToLower(strings.Join(rec, ",")), "amount") {
+		if n == 1 && len(rec) >= 2 && !isInt(strings.TrimSpace(rec[1])) && isHeader(rec) {
 			continue // header
 		}
 		if len(rec) == 1 && strings.TrimSpace(rec[0]) == "" {
@@ -241,7 +244,7 @@ func (s *Service) Upload(ctx context.Context, programme string, list io.Reader) 
 			continue
 		}
 		seen[ref] = content
-		reqs = append(reqs, ledger.TransferRequest{Key: "subsidy:" + programme + ":" + ref, Debit: prog, Credit: wallet, Amount: amount,
+		reqs = append(reqs, ledger.TransferRequest{Key: lineKey(programme, ref), Debit: prog, Credit: wallet, Amount: amount,
 			Kind: "subsidy", Meta: map[string]string{"programme": programme, "reference": ref}})
 		at = append(at, len(rep.Lines))
 		rep.Lines = append(rep.Lines, lr)
@@ -282,6 +285,29 @@ func (s *Service) Upload(ctx context.Context, programme string, list io.Reader) 
 		}
 	}
 	return rep, nil
+}
+
+// lineKey is the ledger idempotency key of a list line:
+// "subsidy:<programme>:<reference>", or, when that would be longer than
+// the ledger takes (a long programme id with a long reference, up to 137
+// bytes), "subsidy#" and the SHA-256 of that plain key in hex. No plain
+// key starts with "subsidy#", and a plain key that long was never
+// accepted by the ledger, so no line paid before changes its key.
+func lineKey(programme, ref string) string {
+	k := "subsidy:" + programme + ":" + ref
+	if len(k) <= ledger.MaxKeyLen {
+		return k
+	}
+	h := sha256.Sum256([]byte(k))
+	return "subsidy#" + hex.EncodeToString(h[:])
+}
+
+// isHeader reports whether a first line that has no number for an amount
+// names an amount column, in English or Chinese (金额), as the console's
+// list reader also takes it.
+func isHeader(rec []string) bool {
+	head := strings.ToLower(strings.Join(rec, ","))
+	return strings.Contains(head, "amount") || strings.Contains(head, "金额")
 }
 
 func isInt(s string) bool {
