@@ -222,11 +222,14 @@ func (s *Service) facts(sc catalog.Scenario, e eval) map[string]any {
 		"home_city":        s.City,
 	}
 	if e.id.Issuer != "" && e.id.Issuer != s.City && (e.id.Scheme == SchemeYK1 || e.id.Scheme == SchemeCard) {
-		// Another city's resident: nothing personal is known here.
+		// Another city's resident: nothing personal is known here. Nor is
+		// the age: e.age is what remoteAge assumes for pricing (an adult
+		// of 30 without claims), not the holder's, so no age band is shown.
 		all["home_city"] = e.id.Issuer
 		delete(all, "name")
 		delete(all, "masked_name")
 		delete(all, "masked_id_number")
+		delete(all, "age_band")
 	}
 	if e.dec.Concession != "" {
 		all["concession"] = e.dec.Concession
