@@ -43,6 +43,18 @@ type snapshot struct {
 	gen  int64
 	list []Scenario // ordered by item, position, id
 	byID map[string]*Scenario
+
+	// The replaced versions of scenarios, read when first asked for
+	// (ScenarioAt). A change bumps the generation, so a snapshot's
+	// histories never miss a version replaced before the snapshot.
+	histMu sync.Mutex
+	hist   map[string][]pastVersion
+}
+
+// pastVersion is a scenario as it was until an edit replaced it.
+type pastVersion struct {
+	until int64 // Unix ms: in force before this instant
+	s     Scenario
 }
 
 // Open returns the catalogue of db, seeding the 13 items and the seeded
@@ -346,6 +358,94 @@ func (c *Catalog) Scenario(ctx context.Context, id string) (Scenario, error) {
 	return s.Clone(), nil
 }
 
+// ScenarioAt returns the scenario with this id as it was in force at the
+// instant at: the current version, unless an edit replaced it after at;
+// then the version in force at at (for an instant before the scenario
+// existed, its first version). An offline ride is charged at the fare and
+// under the rules of its time, not of its upload: a fare raised, or a
+// concession withdrawn, while the terminal was offline does not change
+// what its earlier rides cost.
+func (c *Catalog) ScenarioAt(ctx context.Context, id string, at time.Time) (Scenario, error) {
+	snap, err := c.snapshotFor(ctx)
+	if err != nil {
+		return Scenario{}, err
+	}
+	cur, ok := snap.byID[id]
+	if !ok {
+		return Scenario{}, notFound(id)
+	}
+	if !cur.UpdatedAt.After(at) {
+		return cur.Clone(), nil
+	}
+	past, err := c.history(ctx, snap, id)
+	if err != nil {
+		return Scenario{}, err
+	}
+	ms := at.UnixMilli()
+	for _, v := range past { // ordered by until
+		if v.until > ms {
+			return v.s.Clone(), nil
+		}
+	}
+	return cur.Clone(), nil
+}
+
+// history returns the replaced versions of scenario id, oldest first.
+func (c *Catalog) history(ctx context.Context, snap *snapshot, id string) ([]pastVersion, error) {
+	snap.histMu.Lock()
+	past, ok := snap.hist[id]
+	snap.histMu.Unlock()
+	if ok {
+		return past, nil
+	}
+	rows, err := c.db.R.QueryContext(ctx, `SELECT valid_to, scenario FROM catalog_scenario_history WHERE id = $1 ORDER BY valid_to, version`, id)
+	if err != nil {
+		return nil, apperr.Wrap(apperr.Unavailable, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var v pastVersion
+		var b string
+		if err := rows.Scan(&v.until, &b); err != nil {
+			return nil, apperr.Wrap(apperr.Unavailable, err)
+		}
+		if err := json.Unmarshal([]byte(b), &v.s); err != nil {
+			return nil, apperr.Wrap(apperr.Internal, fmt.Errorf("scenario %s, a past version: %w", id, err))
+		}
+		past = append(past, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, apperr.Wrap(apperr.Unavailable, err)
+	}
+	snap.histMu.Lock()
+	if snap.hist == nil {
+		snap.hist = map[string][]pastVersion{}
+	}
+	snap.hist[id] = past
+	snap.histMu.Unlock()
+	return past, nil
+}
+
+// keepVersion copies scenario id as it stands into the history, in force
+// until now, in the transaction of the edit that replaces it. Two edits at
+// once on PostgreSQL may both find the same version; the first copy stays.
+func keepVersion(ctx context.Context, tx *sql.Tx, id string, now int64) error {
+	s, _, err := scanScenario(tx.QueryRowContext(ctx, `SELECT `+scenarioCols+` FROM catalog_scenarios WHERE id = $1`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return notFound(id)
+	}
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO catalog_scenario_history(id, version, valid_to, scenario) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (id, version) DO NOTHING`, id, s.Version, now, string(b))
+	return err
+}
+
 func notFound(id string) *apperr.Error {
 	if len(id) > maxIDLen || !scenarioID.MatchString(id) {
 		id = "(invalid id)"
@@ -413,6 +513,9 @@ func (c *Catalog) UpdateScenario(ctx context.Context, s Scenario) (Scenario, err
 		if s.Version != 0 && s.Version != version {
 			return apperr.Newf(apperr.Conflict, "the scenario was changed by someone else; reload it and try again", "服务场景已被他人修改，请刷新后重试")
 		}
+		if err := keepVersion(ctx, tx, s.ID, now); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `UPDATE catalog_scenarios SET name_zh = $2, name_en = $3, default_amount_fen = $4,
 			amount_from_terminal = $5, max_amount_fen = $6, eligibility = $7, concessions = $8, view_fields = $9,
 			offline_allowed = $10, credit_limit_fen = $11, local_only = $12, require_pin = $13, pin_above_fen = $14,
@@ -436,6 +539,9 @@ func (c *Catalog) UpdateScenario(ctx context.Context, s Scenario) (Scenario, err
 func (c *Catalog) SetEnabled(ctx context.Context, id string, enabled bool) (Scenario, error) {
 	now := c.now().UnixMilli()
 	err := c.db.Tx(ctx, func(tx *sql.Tx) error {
+		if err := keepVersion(ctx, tx, id, now); err != nil {
+			return err
+		}
 		res, err := tx.ExecContext(ctx, `UPDATE catalog_scenarios SET enabled = $2, version = version + 1, updated_at = $3 WHERE id = $1`,
 			id, b2i(enabled), now)
 		if err != nil {

@@ -212,7 +212,9 @@ func (s *Service) evaluateAll(ctx context.Context, t terminal.Terminal, todo []*
 func (s *Service) prepareRecord(ctx context.Context, t terminal.Terminal, o *offlineRec) {
 	o.w, o.plan, o.debtOK = nil, nil, false
 	r := o.r
-	sc, err := s.Catalog.Scenario(ctx, r.Scenario)
+	// The scenario as it was at the ride: a fare or rule changed while
+	// the terminal was offline applies to rides after the change only.
+	sc, err := s.Catalog.ScenarioAt(ctx, r.Scenario, r.At)
 	if err == nil && !sc.OfflineAllowed {
 		err = apperr.New(apperr.Forbidden)
 	}
