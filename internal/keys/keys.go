@@ -47,6 +47,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/ecode"
@@ -89,8 +90,16 @@ func Open(ctx context.Context, dataDir string, db *store.DB, alg ecode.Alg) (*Ma
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("keys: creating %s: %w", dir, err)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	// Only the node's user may list the keys. A directory already so is
+	// left alone (it may be a read-only mount of the city's secrets,
+	// docs/deploy.md); one on a read-only file system cannot be changed,
+	// and nobody can write keys into it either.
+	if fi, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("keys: %w", err)
+	} else if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dir, 0o700); err != nil && !errors.Is(err, syscall.EROFS) {
+			return nil, fmt.Errorf("keys: %w", err)
+		}
 	}
 	m := &Manager{dir: dir, db: db, alg: alg, loaded: map[string]ecode.Signer{}}
 	if err := m.ensureNodeKey(ctx); err != nil {

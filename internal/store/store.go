@@ -145,7 +145,7 @@ func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
 	}
 	if err != nil {
 		w.Close()
-		return nil, fmt.Errorf("opening SQLite database %s: %w", path, err)
+		return nil, fmt.Errorf("opening SQLite database %s: %w%s", path, err, notWritable(filepath.Dir(path)))
 	}
 	// The ledger defers its fsync only where SQLite really is in WAL mode
 	// (a file system may refuse it; then every commit keeps its own fsync).
@@ -176,6 +176,20 @@ func openSQLite(ctx context.Context, path string, opt Options) (*DB, error) {
 		return nil, err
 	}
 	return &DB{Dialect: SQLite, W: w, R: r, Where: path, walPath: walPath}, nil
+}
+
+// notWritable explains a failed open when dir cannot be written (a
+// read-only mount, a directory of another user): SQLite's own words
+// ("unable to open database file") do not say so.
+func notWritable(dir string) string {
+	f, err := os.CreateTemp(dir, ".yikatong-probe-")
+	if err == nil {
+		name := f.Name()
+		f.Close()
+		os.Remove(name)
+		return ""
+	}
+	return fmt.Sprintf("; the directory %s cannot be written (%v): a SQLite node writes its database, write-ahead log and shared-memory files there (SQLite 数据库所在目录不可写)", dir, err)
 }
 
 func openPostgres(ctx context.Context, dsn string, opt Options) (*DB, error) {
