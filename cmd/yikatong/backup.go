@@ -40,11 +40,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/store"
@@ -116,7 +119,11 @@ func cmdBackup(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "backup: --out and --secrets-out must be two files")
 		return 2
 	}
-	ctx := context.Background()
+	// SIGINT/SIGTERM (Ctrl-C, a cron job's timeout, systemd) stop the
+	// backup through its context, so that its copy of the database and its
+	// half-written archive are removed on the way out.
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
 	if err := backup(ctx, *data, *db, *out, *secretsOut); err != nil {
 		fmt.Fprintf(stderr, "backup: %v\n", err)
 		return 1
@@ -169,9 +176,19 @@ func backup(ctx context.Context, dataDir, dsn, out, secretsOut string) error {
 			skip[abs+s] = true
 		}
 	}
+	// Nor this backup's own work: its copy of the database and the
+	// archives it writes, when the operator keeps backups in the data
+	// directory (and what a backup or restore that was killed left there).
+	for _, p := range []string{out, out + ".part", secretsOut, secretsOut + ".part"} {
+		abs, _ := filepath.Abs(p)
+		skip[abs] = true
+	}
 	err = filepath.WalkDir(dataDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if d.IsDir() && p != dataDir && (strings.HasPrefix(d.Name(), ".yikatong-backup-") || strings.HasPrefix(d.Name(), ".yikatong-restore-")) {
+			return filepath.SkipDir
 		}
 		if !d.Type().IsRegular() {
 			return nil
@@ -208,10 +225,10 @@ func backup(ctx context.Context, dataDir, dsn, out, secretsOut string) error {
 		return err
 	}
 	man.Secrets = sman.Files
-	if err := writeArchive(secretsOut, sman, secrets); err != nil {
+	if err := writeArchive(ctx, secretsOut, sman, secrets); err != nil {
 		return err
 	}
-	return writeArchive(out, man, files)
+	return writeArchive(ctx, out, man, files)
 }
 
 type archiveEntry struct{ name, src string }
@@ -230,7 +247,7 @@ func listFiles(files []archiveEntry) ([]backupFile, error) {
 }
 
 // writeArchive writes man and files as a tar.gz at out (via out.part).
-func writeArchive(out string, man backupManifestV1, files []archiveEntry) error {
+func writeArchive(ctx context.Context, out string, man backupManifestV1, files []archiveEntry) error {
 	mb, _ := json.MarshalIndent(man, "", "  ")
 	part := out + ".part"
 	w, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -245,7 +262,7 @@ func writeArchive(out string, man backupManifestV1, files []archiveEntry) error 
 		return err
 	}
 	for _, f := range files {
-		if err := tarFile(tw, f.name, f.src); err != nil {
+		if err := tarFile(ctx, tw, f.name, f.src); err != nil {
 			w.Close()
 			return err
 		}
@@ -290,12 +307,33 @@ func pgDump(ctx context.Context, dsn, dst string) error {
 		return errors.New("pg_dump is not installed: install the PostgreSQL client (Debian: postgresql-client), or back up the database with pg_basebackup and WAL archiving (docs/deploy.md)")
 	}
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "--format=custom", "--no-owner", "--no-privileges", "--file="+dst, "--dbname="+dsn)
+	target, env := pgToolTarget(dsn)
+	cmd := exec.CommandContext(ctx, bin, "--format=custom", "--no-owner", "--no-privileges", "--file="+dst, "--dbname="+target)
+	cmd.Env = env
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("pg_dump failed: %v: %s", err, redactURL(strings.TrimSpace(stderr.String()), dsn))
 	}
 	return nil
+}
+
+// pgToolTarget returns what pg_dump and pg_restore get: the URL without
+// its password, and their environment with the password as PGPASSWORD.
+// A command line is readable by every user of the host (ps,
+// /proc/PID/cmdline) as long as the tool runs; the environment only by
+// its own user.
+func pgToolTarget(dsn string) (string, []string) {
+	env := os.Environ()
+	u, err := url.Parse(dsn)
+	if err != nil || u.User == nil {
+		return dsn, env
+	}
+	pw, ok := u.User.Password()
+	if !ok {
+		return dsn, env
+	}
+	u.User = url.User(u.User.Username())
+	return u.String(), append(env, "PGPASSWORD="+pw)
 }
 
 // redactURL removes the password of dsn from msg.
@@ -330,7 +368,7 @@ func tarBytes(tw *tar.Writer, name string, b []byte) error {
 	return err
 }
 
-func tarFile(tw *tar.Writer, name, src string) error {
+func tarFile(ctx context.Context, tw *tar.Writer, name, src string) error {
 	f, err := os.Open(src)
 	if err != nil {
 		return err
@@ -345,8 +383,21 @@ func tarFile(tw *tar.Writer, name, src string) error {
 	}
 	// Copy exactly the size in the header: a key file cannot change under
 	// us, and the database copy is ours.
-	_, err = io.CopyN(tw, f, st.Size())
+	_, err = io.CopyN(tw, ctxReader{ctx, f}, st.Size())
 	return err
+}
+
+// ctxReader stops reading once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 func cmdRestore(args []string, _ io.Reader, stdout, stderr io.Writer) int {
@@ -363,7 +414,9 @@ func cmdRestore(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: yikatong restore --in FILE.tar.gz --secrets SECRETS.tar.gz --data DIR [--db postgres://…]")
 		return 2
 	}
-	man, err := restore(context.Background(), *in, *secrets, *data, *db)
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	man, err := restore(ctx, *in, *secrets, *data, *db)
 	if err != nil {
 		fmt.Fprintf(stderr, "restore: %v\n", err)
 		return 1
@@ -379,16 +432,68 @@ func cmdRestore(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 
 // restore checks both archives against their manifests (and the secrets
 // against the backup's list of them) first, then writes the data
-// directory (and, for PostgreSQL, runs pg_restore).
+// directory (and, for PostgreSQL, runs pg_restore). The backup is streamed
+// to a staging directory as it is checked, never held in memory (a city's
+// database may be larger than the restore host's memory). A data
+// directory that does not exist is created whole by one rename of the
+// staging directory beside it; an existing empty one (a volume mounted for
+// the node, a directory its operator may write but not its parent) gets
+// the staging directory inside it, whose files then move up. A refused or
+// failed restore leaves the data directory as it found it.
 func restore(ctx context.Context, in, secretsIn, dataDir, dsn string) (*backupManifestV1, error) {
-	if ents, err := os.ReadDir(dataDir); err == nil && len(ents) > 0 {
-		return nil, fmt.Errorf("%s is not empty: restore only into a new data directory", dataDir)
+	dataDir = filepath.Clean(dataDir)
+	exists := false
+	if ents, err := os.ReadDir(dataDir); err == nil {
+		// What a restore killed here left (its staging directory) does
+		// not count, and goes.
+		var left []string
+		for _, e := range ents {
+			if !e.IsDir() || !strings.HasPrefix(e.Name(), ".yikatong-restore-") {
+				return nil, fmt.Errorf("%s is not empty: restore only into a new data directory", dataDir)
+			}
+			left = append(left, filepath.Join(dataDir, e.Name()))
+		}
+		for _, p := range left {
+			if err := os.RemoveAll(p); err != nil {
+				return nil, err
+			}
+		}
+		exists = true
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", dataDir, err)
 	}
-	files, man, err := readBackup(in)
+	// Both archives must be readable before anything is created.
+	for _, f := range []string{in, secretsIn} {
+		if f != "" {
+			if _, err := os.Stat(f); err != nil {
+				return nil, err
+			}
+		}
+	}
+	stageIn := dataDir
+	if !exists {
+		stageIn = filepath.Dir(dataDir)
+		if err := os.MkdirAll(stageIn, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	stage, err := os.MkdirTemp(stageIn, ".yikatong-restore-")
 	if err != nil {
 		return nil, err
 	}
-	toWrite := man.Files
+	defer os.RemoveAll(stage)
+	if err := os.Chmod(stage, 0o700); err != nil {
+		return nil, err
+	}
+	incoming := filepath.Join(stage, ".incoming")
+	if err := os.Mkdir(incoming, 0o700); err != nil {
+		return nil, err
+	}
+	files, man, err := extractBackup(ctx, in, incoming)
+	if err != nil {
+		return nil, err
+	}
+	var secrets map[string][]byte
 	switch {
 	case len(man.Secrets) == 0 && secretsIn != "":
 		return nil, fmt.Errorf("%s holds its secrets itself (a backup of an older version): leave out --secrets", in)
@@ -399,15 +504,18 @@ func restore(ctx context.Context, in, secretsIn, dataDir, dsn string) (*backupMa
 		if err != nil {
 			return nil, err
 		}
+		secrets = map[string][]byte{}
 		for _, want := range man.Secrets {
 			b, ok := sfiles[want.Name]
 			sum := sha256.Sum256(b)
 			if !ok || int64(len(b)) != want.Size || hex.EncodeToString(sum[:]) != want.SHA256 {
 				return nil, fmt.Errorf("%s does not hold the secrets of %s: its %s is missing or another one (secrets of another node, or of a time before a key was made?)", secretsIn, in, want.Name)
 			}
-			files[want.Name] = b
+			if _, dup := files[want.Name]; dup {
+				return nil, fmt.Errorf("%s holds %s, which its secrets archive holds too", in, want.Name)
+			}
+			secrets[want.Name] = b
 		}
-		toWrite = append(append([]backupFile(nil), man.Files...), man.Secrets...)
 	}
 	if man.Database == "postgres" {
 		u, ok := postgresURL(dsn)
@@ -419,35 +527,36 @@ func restore(ctx context.Context, in, secretsIn, dataDir, dsn string) (*backupMa
 	if man.Database == "sqlite" && dsn != "" {
 		return nil, errors.New("this is a SQLite backup: it restores into DATA/yikatong.db; leave out --db")
 	}
-	stage, err := os.MkdirTemp(filepath.Dir(filepath.Clean(dataDir)), ".yikatong-restore-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(stage)
-	if err := os.Chmod(stage, 0o700); err != nil {
-		return nil, err
-	}
-	var dump string
-	for _, f := range toWrite {
-		var dst string
-		switch {
-		case f.Name == backupSQLite:
-			dst = filepath.Join(stage, "yikatong.db")
-		case f.Name == backupPGDump:
-			tf, err := os.CreateTemp("", "yikatong-restore-*.pgdump")
-			if err != nil {
-				return nil, err
-			}
-			tf.Close()
-			dst, dump = tf.Name(), tf.Name()
-			defer os.Remove(dump)
-		default:
-			dst = filepath.Join(stage, filepath.FromSlash(strings.TrimPrefix(f.Name, backupDataDir)))
+	// Every file in place in the staging directory.
+	dump := ""
+	target := func(name string) string {
+		switch name {
+		case backupSQLite:
+			return filepath.Join(stage, "yikatong.db")
+		case backupPGDump:
+			dump = filepath.Join(stage, ".yikatong.pgdump")
+			return dump
 		}
+		return filepath.Join(stage, filepath.FromSlash(strings.TrimPrefix(name, backupDataDir)))
+	}
+	for _, f := range man.Files {
+		dst := target(f.Name)
 		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(dst, files[f.Name], 0o600); err != nil {
+		if _, err := os.Lstat(dst); err == nil {
+			return nil, fmt.Errorf("%s holds two files for %s", in, dst)
+		}
+		if err := os.Rename(files[f.Name], dst); err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range man.Secrets {
+		dst := target(f.Name)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return nil, err
+		}
+		if err := writeFileSync(dst, secrets[f.Name]); err != nil {
 			return nil, err
 		}
 	}
@@ -456,19 +565,49 @@ func restore(ctx context.Context, in, secretsIn, dataDir, dsn string) (*backupMa
 			return nil, err
 		}
 	}
+	if err := os.RemoveAll(incoming); err != nil {
+		return nil, err
+	}
 	if dump != "" {
 		if err := pgRestore(ctx, dsn, dump); err != nil {
 			return nil, err
 		}
+		if err := os.Remove(dump); err != nil {
+			return nil, err
+		}
 	}
-	if err := os.MkdirAll(filepath.Dir(filepath.Clean(dataDir)), 0o700); err != nil {
+	if !exists {
+		if err := os.Rename(stage, dataDir); err != nil {
+			return nil, err
+		}
+		return man, nil
+	}
+	ents, err := os.ReadDir(stage)
+	if err != nil {
 		return nil, err
 	}
-	os.Remove(dataDir) // an empty directory may be in the way
-	if err := os.Rename(stage, dataDir); err != nil {
-		return nil, err
+	for _, e := range ents {
+		if err := os.Rename(filepath.Join(stage, e.Name()), filepath.Join(dataDir, e.Name())); err != nil {
+			return nil, err
+		}
 	}
 	return man, nil
+}
+
+func writeFileSync(p string, b []byte) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // readBackup reads a backup into memory and checks every file against the
@@ -478,6 +617,45 @@ func readBackup(in string) (map[string][]byte, *backupManifestV1, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkBackupManifest(in, man); err != nil {
+		return nil, nil, err
+	}
+	return files, man, nil
+}
+
+// extractBackup is readBackup writing each file to its own file in dir
+// instead of memory: it returns the path of each.
+func extractBackup(ctx context.Context, in, dir string) (map[string]string, *backupManifestV1, error) {
+	paths := map[string]string{}
+	man, _, err := scanArchive(in, backupFormat, "yikatong backup", func(name string, r io.Reader) (int64, string, error) {
+		p := filepath.Join(dir, fmt.Sprint(len(paths)))
+		paths[name] = p
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return 0, "", err
+		}
+		h := sha256.New()
+		n, err := io.Copy(io.MultiWriter(f, h), ctxReader{ctx, r})
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return n, hex.EncodeToString(h.Sum(nil)), err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkBackupManifest(in, man); err != nil {
+		return nil, nil, err
+	}
+	return paths, man, nil
+}
+
+// checkBackupManifest: a backup names the master key and its database,
+// and its secrets under safe names.
+func checkBackupManifest(in string, man *backupManifestV1) error {
 	hasKey, hasDB := false, false
 	for _, mf := range man.Files {
 		hasKey = hasKey || mf.Name == backupDataDir+vault.KeyFile
@@ -485,14 +663,14 @@ func readBackup(in string) (map[string][]byte, *backupManifestV1, error) {
 	}
 	for _, mf := range man.Secrets {
 		if !safeArchiveName(mf.Name) || !strings.HasPrefix(mf.Name, backupDataDir) {
-			return nil, nil, fmt.Errorf("%s lists an unsafe secret name %q", in, mf.Name)
+			return fmt.Errorf("%s lists an unsafe secret name %q", in, mf.Name)
 		}
 		hasKey = hasKey || mf.Name == backupDataDir+vault.KeyFile
 	}
 	if !hasKey || !hasDB {
-		return nil, nil, fmt.Errorf("%s lacks the master key or the database", in)
+		return fmt.Errorf("%s lacks the master key or the database", in)
 	}
-	return files, man, nil
+	return nil
 }
 
 // readSecrets reads a secrets archive as readBackup reads a backup.
@@ -510,8 +688,30 @@ func readSecrets(in string) (map[string][]byte, error) {
 }
 
 // readArchive reads a tar.gz written by writeArchive whose manifest has
-// the given format, checking every file against the manifest.
+// the given format into memory, checking every file against the manifest.
 func readArchive(in, format, what string) (map[string][]byte, *backupManifestV1, error) {
+	files := map[string][]byte{}
+	man, manifest, err := scanArchive(in, format, what, func(name string, r io.Reader) (int64, string, error) {
+		b, err := io.ReadAll(r)
+		files[name] = b
+		sum := sha256.Sum256(b)
+		return int64(len(b)), hex.EncodeToString(sum[:]), err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	files[backupManifest] = manifest
+	return files, man, nil
+}
+
+// maxManifest bounds the manifest read into memory.
+const maxManifest = 16 << 20
+
+// scanArchive reads the tar.gz at in, giving each file but the manifest
+// to keep (which returns its size and SHA-256), and checks the files
+// against the manifest, whose format must be format: every file listed,
+// none more, each of its size and sum, every name safe and once.
+func scanArchive(in, format, what string, keep func(name string, r io.Reader) (int64, string, error)) (*backupManifestV1, []byte, error) {
 	f, err := os.Open(in)
 	if err != nil {
 		return nil, nil, err
@@ -522,7 +722,13 @@ func readArchive(in, format, what string) (map[string][]byte, *backupManifestV1,
 		return nil, nil, fmt.Errorf("%s is not a %s (not gzip): %w", in, what, err)
 	}
 	tr := tar.NewReader(gz)
-	files := map[string][]byte{}
+	type got struct {
+		size int64
+		sum  string
+	}
+	files := map[string]got{}
+	var manifest []byte
+	seen := map[string]bool{}
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -537,33 +743,46 @@ func readArchive(in, format, what string) (map[string][]byte, *backupManifestV1,
 		if !safeArchiveName(h.Name) {
 			return nil, nil, fmt.Errorf("%s holds an unsafe name %q", in, h.Name)
 		}
-		if _, dup := files[h.Name]; dup {
+		if seen[h.Name] {
 			return nil, nil, fmt.Errorf("%s holds %q twice", in, h.Name)
 		}
-		b, err := io.ReadAll(tr)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s is damaged: %w", in, err)
+		seen[h.Name] = true
+		if h.Name == backupManifest {
+			manifest, err = io.ReadAll(io.LimitReader(tr, maxManifest+1))
+			if err == nil && len(manifest) > maxManifest {
+				err = errors.New("the manifest is too large")
+			}
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s is damaged: %w", in, err)
+			}
+			continue
 		}
-		files[h.Name] = b
+		size, sum, err := keep(h.Name, tr)
+		if err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) || errors.Is(err, gzip.ErrHeader) || errors.Is(err, tar.ErrHeader) {
+				return nil, nil, fmt.Errorf("%s is damaged: %w", in, err)
+			}
+			return nil, nil, fmt.Errorf("%s: %w", in, err)
+		}
+		files[h.Name] = got{size, sum}
 	}
 	var man backupManifestV1
-	if err := json.Unmarshal(files[backupManifest], &man); err != nil || man.Format != format {
+	if err := json.Unmarshal(manifest, &man); err != nil || man.Format != format {
 		return nil, nil, fmt.Errorf("%s has no valid %s manifest", in, what)
 	}
-	if len(files) != len(man.Files)+1 {
-		return nil, nil, fmt.Errorf("%s holds %d files but its manifest lists %d", in, len(files)-1, len(man.Files))
+	if len(files) != len(man.Files) {
+		return nil, nil, fmt.Errorf("%s holds %d files but its manifest lists %d", in, len(files), len(man.Files))
 	}
 	for _, mf := range man.Files {
-		b, ok := files[mf.Name]
+		g, ok := files[mf.Name]
 		if !ok {
 			return nil, nil, fmt.Errorf("%s lacks %s", in, mf.Name)
 		}
-		sum := sha256.Sum256(b)
-		if int64(len(b)) != mf.Size || hex.EncodeToString(sum[:]) != mf.SHA256 {
+		if g.size != mf.Size || g.sum != mf.SHA256 {
 			return nil, nil, fmt.Errorf("%s: %s does not match its checksum; the archive is damaged", in, mf.Name)
 		}
 	}
-	return files, &man, nil
+	return &man, manifest, nil
 }
 
 func safeArchiveName(n string) bool {
@@ -596,7 +815,9 @@ func pgRestore(ctx context.Context, dsn, dump string) error {
 		return errors.New("pg_restore is not installed: install the PostgreSQL client (Debian: postgresql-client)")
 	}
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", "--dbname="+dsn, dump)
+	target, env := pgToolTarget(dsn)
+	cmd := exec.CommandContext(ctx, bin, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", "--dbname="+target, dump)
+	cmd.Env = env
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("pg_restore failed (restore into an empty database): %v: %s", err, redactURL(strings.TrimSpace(stderr.String()), dsn))
