@@ -87,11 +87,26 @@ func cmdServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	defer n.Close()
 	if *demo {
 		path := filepath.Join(*data, "demo.json")
-		if err := n.EnsureDemo(ctx, baseURL, path); err != nil {
+		err := n.EnsureDemo(ctx, baseURL, path)
+		_, statErr := os.Stat(path)
+		// A node that holds data but no demo.json gets no demo city (it
+		// never mixes demo data into a real one); the likeliest cause is a
+		// first start stopped while it created the demo, which no later
+		// start completes: say so instead of pointing at a file that is
+		// not there.
+		const interrupted = "this node already holds data but has no %s (a first start stopped while creating the demo city?); for a demo city start on an empty --data directory (节点已有数据但没有 demo.json，演示城市的创建可能曾被中断；请使用空的数据目录重新启动)"
+		if err != nil {
 			fmt.Fprintf(stderr, "serve: creating the demo city: %v\n", err)
+			if statErr != nil && ctx.Err() == nil {
+				fmt.Fprintf(stderr, "serve: "+interrupted+"\n", path)
+			}
 			return 1
 		}
-		fmt.Fprintf(stderr, "yikatong: demo city %s — sign-in details in %s\n", n.City, path)
+		if statErr != nil {
+			fmt.Fprintf(stderr, "yikatong: --demo: no demo city created: "+interrupted+"\n", path)
+		} else {
+			fmt.Fprintf(stderr, "yikatong: demo city %s — sign-in details in %s\n", n.City, path)
+		}
 	}
 	fmt.Fprintf(stderr, "yikatong: city %s serving on %s (data %s, database %s %s)\n", n.City, baseURL, *data, n.DB.Dialect, n.DB.Where)
 	if err := n.Serve(ctx, ln); err != nil {
