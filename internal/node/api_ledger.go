@@ -12,6 +12,7 @@ import (
 	"github.com/yikatong/yikatong/internal/httpapi"
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/resident"
+	"github.com/yikatong/yikatong/internal/scan"
 	"github.com/yikatong/yikatong/internal/subsidy"
 )
 
@@ -259,6 +260,11 @@ func (n *Node) ledgerRoutes() {
 				return err
 			}
 			if err := httpapi.Required("idempotency_key", req.IdempotencyKey, "reason", req.Reason); err != nil {
+				return err
+			}
+			// A charge cleared with another city, or a part of a ride on
+			// credit, is not reversed alone (scan.CheckReversible).
+			if err := scan.CheckReversible(r.Context(), n.Ledger, r.PathValue("id")); err != nil {
 				return err
 			}
 			t, err := n.Ledger.Reverse(r.Context(), "reversal:"+p.Subject+":"+req.IdempotencyKey, r.PathValue("id"), req.AmountFen)

@@ -210,60 +210,13 @@ func (w *Web) RefundDispute(ctx context.Context, p auth.Principal, id, note stri
 	return w.dispute(ctx, id)
 }
 
-// refundableHere refuses the refund of a charge this city cannot
-// reverse on its own: one made in another city, booked at home from the
-// resident's account to our clearing account for that city. Reversing
-// it here would change what we owe that city in our books only (its
-// clearing account for us, and the day's statement both cities sign,
-// would still count the fare), and its void by that city could no
-// longer be reversed. Such a dispute is answered (rejected) with a note
-// sending the resident to that city's provider.
+// refundableHere refuses the refund of a charge this city cannot reverse
+// on its own (scan.CheckReversible: one made in another city, a part of a
+// ride taken on credit); the dispute stays open, to be rejected with a
+// note.
 func (w *Web) refundableHere(ctx context.Context, d Dispute) error {
-	t, err := w.d.Ledger.GetTransfer(ctx, d.TransferID)
-	if err != nil {
-		return err
-	}
-	a, err := w.d.Ledger.Balance(ctx, t.Credit)
-	if err != nil {
-		return err
-	}
-	if a.Kind == ledger.KindClearing {
-		peer := strings.TrimPrefix(t.Credit, "clr:")
-		return apperr.Newf(apperr.Conflict, "this charge was made in another city ("+peer+") and is cleared with it: it cannot be refunded here alone",
-			"该笔扣款发生在其他城市（"+peer+"）并已与其清算，本市不能单方面退款")
-	}
-	onCredit := t.Kind == scan.KindDebtCollection
-	if base, ok := strings.CutSuffix(t.Key, ":debt0"); ok && strings.HasPrefix(base, "scan:") {
-		// The wallet's part of an offline ride: was the rest advanced on
-		// credit (the record's "…:debt1" leg, scan.debtRecord)?
-		_, err := w.d.Ledger.GetTransferByKey(ctx, base+":debt1")
-		switch apperr.CodeOf(err) {
-		case "":
-			onCredit = true
-		case apperr.NotFound:
-		default:
-			return err
-		}
-	}
-	if onCredit {
-		return errOnCredit
-	}
-	return nil
+	return scan.CheckReversible(ctx, w.d.Ledger, d.TransferID)
 }
-
-// errOnCredit refuses the refund of a part of a ride taken on credit
-// ("ride first, pay later", internal/scan/collect.go): the part the
-// wallet paid at the ride, or a debt collection from a later top-up.
-// Reversing the wallet's part leaves the ride's debt owed, and the next
-// collection takes the refund straight back for that same ride;
-// reversing a collection returns the money while the debt stays
-// recorded as collected, so the credit account no longer holds minus
-// what residents owe. A refund must cancel the whole ride with its debt
-// (a write-off in the scan package, under its collections' Claim), which
-// does not exist yet.
-var errOnCredit = apperr.Newf(apperr.Conflict,
-	"this charge is part of a ride taken on credit (ride first, pay later): refunding it alone would leave the ride's debt inconsistent; the ride must be cancelled with its debt",
-	"该笔扣款属于先乘后付（赊账）乘车：单独退款会使该次乘车欠款不一致，须连同欠款一并撤销")
 
 var errReversed = apperr.Newf(apperr.Conflict, "this charge has already been reversed in full (refunded another way): there is nothing left to refund",
 	"该笔扣款已全额冲正（已通过其他途径退款），无可退金额")

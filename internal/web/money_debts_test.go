@@ -125,6 +125,7 @@ func TestMoneyDisputeOfRideOnCredit(t *testing.T) {
 				t.Fatalf("refused (%v): wallet %d, dispute %s", rerr, wallet, disputeStatus(t, w, rid, d.ID))
 			}
 			creditBooksOK(t, tn, "after the dispute")
+			finReverses(t, tn, coll, fare)
 		})
 
 		t.Run("the wallet's part of a ride partly on credit", func(t *testing.T) {
@@ -156,6 +157,7 @@ func TestMoneyDisputeOfRideOnCredit(t *testing.T) {
 				t.Fatalf("refused (%v): wallet %d, owed %d, dispute %s", rerr, wallet, o, disputeStatus(t, w, rid, d.ID))
 			}
 			creditBooksOK(t, tn, "after the dispute")
+			finReverses(t, tn, ledger.TransferID(seq), 50)
 		})
 
 		t.Run("an offline ride the wallet paid in full is refunded", func(t *testing.T) {
@@ -184,4 +186,16 @@ func TestMoneyDisputeOfRideOnCredit(t *testing.T) {
 			creditBooksOK(t, tn, "after the refund")
 		})
 	})
+}
+
+// finReverses: finance's reversal endpoint refuses to reverse a part of a
+// ride on credit alone (409 conflict), and the books stay as they were.
+func finReverses(t *testing.T, tn *nodetest.Node, transferID string, amount int64) {
+	t.Helper()
+	fin := tn.Client(tn.Demo.Staff["finance"].Token)
+	r := fin.Do(t, "POST", "/v1/transfers/"+transferID+"/reversal", map[string]any{"idempotency_key": "fin-" + transferID, "amount_fen": amount, "reason": "test"})
+	if r.Status != 409 || r.Code() != "conflict" {
+		t.Fatalf("finance reversing %s alone: %d %s, want 409 conflict", transferID, r.Status, r.Body)
+	}
+	creditBooksOK(t, tn, "after finance's refused reversal")
 }
