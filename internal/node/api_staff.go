@@ -42,6 +42,17 @@ func (n *Node) staffRoutes() {
 		},
 	})
 	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/auth/logout", Summary: "Sign out: the token presented stops working at once (staff and residents)", Tag: "auth",
+		Roles: []auth.Role{auth.RoleHRAdmin, auth.RoleFinance, auth.RoleOperator, auth.RoleProvider, auth.RoleResident},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			if err := n.Auth.RevokeToken(r.Context(), httpapi.BearerToken(r)); err != nil {
+				return err
+			}
+			w.WriteHeader(http.StatusNoContent)
+			return nil
+		},
+	})
+	n.API.Handle(httpapi.Route{
 		Pattern: "GET /v1/audit", Summary: "The audit log, newest first (?subject=, ?before=, ?limit=)", Tag: "audit",
 		Roles: []auth.Role{auth.RoleHRAdmin, auth.RoleFinance}, Response: []auth.AuditEntry{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {

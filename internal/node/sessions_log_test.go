@@ -61,3 +61,35 @@ func TestAccessLogHasNoCardNumber(t *testing.T) {
 		t.Fatalf("the access log holds a resident's card number:\n%s", out)
 	}
 }
+
+// TestLogout: a signed-out token stops working at once, staff's and a
+// resident's alike, and other sessions go on; a terminal cannot sign out
+// its credential this way.
+func TestLogout(t *testing.T) {
+	tn := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 3})
+	hr := tn.Demo.Staff["hr_admin"]
+	signIn := func() *nodetest.Client {
+		var lt struct{ Token string }
+		tn.Client("").JSON(t, "POST", "/v1/auth/staff", map[string]string{"user": hr.User, "password": hr.Password}, 200, &lt)
+		return tn.Client(lt.Token)
+	}
+	a, b := signIn(), signIn()
+	a.JSON(t, "POST", "/v1/auth/logout", nil, 204, nil)
+	if r := a.Do(t, "GET", "/v1/audit?limit=1", nil); r.Status != 401 {
+		t.Fatalf("a signed-out staff token: %d %s", r.Status, r.Body)
+	}
+	b.JSON(t, "GET", "/v1/audit?limit=1", nil, 200, nil)
+
+	res := tn.Demo.Residents[0]
+	var lt struct{ Token string }
+	tn.Client("").JSON(t, "POST", "/v1/auth/resident", map[string]string{"card_number": res.CardNumber, "pin": res.PIN}, 200, &lt)
+	rc := tn.Client(lt.Token)
+	rc.JSON(t, "POST", "/v1/auth/logout", nil, 204, nil)
+	if r := rc.Do(t, "GET", "/v1/me", nil); r.Status != 401 {
+		t.Fatalf("a signed-out resident token: %d %s", r.Status, r.Body)
+	}
+	term := tn.Demo.Terminals[0]
+	if r := tn.Client(term.Token).Do(t, "POST", "/v1/auth/logout", nil); r.Status != 403 {
+		t.Fatalf("a terminal signing out: %d %s", r.Status, r.Body)
+	}
+}
