@@ -91,7 +91,7 @@ func openNodeForAdmin(ctx context.Context, data, db string, stderr io.Writer) (*
 			return nil, fmt.Errorf("%s holds no SQLite database (yikatong.db): for a node on PostgreSQL give its --db postgres://…", data)
 		}
 	}
-	return node.Open(ctx, node.Config{DataDir: data, DB: db, NoBackground: true, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	return node.Open(ctx, node.Config{DataDir: data, DB: db, NoBackground: true, NoMigrate: true, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 }
 
 func cmdTrust(args []string, _ io.Reader, stdout, stderr io.Writer) int {

@@ -37,6 +37,9 @@ type Config struct {
 	// the node beside the running processes only to read or change one
 	// thing.
 	NoBackground bool
+	// NoMigrate: check that the schema is this version's instead of
+	// migrating it (store.Options.NoMigrate), for the same commands.
+	NoMigrate bool
 	// City is this node's id, e.g. CN-410100; used on first start only
 	// (afterwards the stored one wins, and a different one is an error).
 	City string
@@ -113,7 +116,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 			}
 		}
 	}
-	db, err := store.Open(ctx, dsn, store.Options{MaxConns: cfg.MaxConns, StatementTimeout: cfg.StatementTimeout})
+	db, err := store.Open(ctx, dsn, store.Options{MaxConns: cfg.MaxConns, StatementTimeout: cfg.StatementTimeout, NoMigrate: cfg.NoMigrate})
 	if err != nil {
 		return nil, err
 	}

@@ -83,6 +83,42 @@ func (db *DB) migrate(ctx context.Context) error {
 	return db.migrateList(ctx, ms)
 }
 
+// checkMigrated fails, in plain words, unless every migration of this
+// binary is applied (Options.NoMigrate).
+func (db *DB) checkMigrated(ctx context.Context) error {
+	ms, err := Migrations(db.Dialect)
+	if err != nil {
+		return err
+	}
+	applied := map[string]bool{}
+	rows, err := db.R.QueryContext(ctx, `SELECT name FROM schema_migrations`)
+	if err != nil {
+		return fmt.Errorf("%s database %s holds no yikatong schema (start `yikatong serve` on it first; 数据库中没有 yikatong 的表结构，请先启动节点): %w", db.Dialect, db.Where, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return err
+		}
+		applied[n] = true
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	var missing []string
+	for _, m := range ms {
+		if !applied[m.Name] {
+			missing = append(missing, m.Name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%s database %s lacks %d migration(s) of this version (%s first): this command does not change the schema under the serving processes; upgrade the serving node first (docs/deploy.md: upgrades stop every process, the first new one migrates) and run it again (数据库结构落后于本程序版本，本命令不修改结构，请先升级节点后重试)",
+			db.Dialect, db.Where, len(missing), missing[0])
+	}
+	return nil
+}
+
 // LiftStatementTimeout lifts, on PostgreSQL, the pool's statement timeout
 // (a bound for requests: --statement-timeout) for the rest of tx, which
 // its caller's context still bounds. For work whose length grows with the

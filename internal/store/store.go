@@ -66,6 +66,10 @@ type Options struct {
 	MaxConns int
 	// StatementTimeout bounds every PostgreSQL statement (default 5s).
 	StatementTimeout time.Duration
+	// NoMigrate checks that every migration of this binary was applied
+	// instead of applying them (an administrative command run beside the
+	// serving processes must not change their schema under them).
+	NoMigrate bool
 }
 
 // Open opens the database named by dsn: "postgres://…" or "postgresql://…"
@@ -90,6 +94,13 @@ func Open(ctx context.Context, dsn string, opt Options) (*DB, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if opt.NoMigrate {
+		if err := db.checkMigrated(ctx); err != nil {
+			db.Close()
+			return nil, err
+		}
+		return db, nil
 	}
 	if err := db.migrate(ctx); err != nil {
 		db.Close()

@@ -360,3 +360,42 @@ func TestSQLiteWriterKeepsStatementJournalsInMemory(t *testing.T) {
 		}
 	}
 }
+
+// TestNoMigrateChecksTheSchema: with NoMigrate (the administrative
+// commands) a database with no schema, or one migration behind, is
+// refused in plain words and left as it was; a current one opens.
+func TestNoMigrateChecksTheSchema(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		if _, err := store.Open(ctx, dsn, store.Options{NoMigrate: true}); err == nil || !strings.Contains(err.Error(), "holds no yikatong schema") {
+			t.Fatalf("an empty database: %v", err)
+		}
+		db, err := store.Open(ctx, dsn, store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		ms, err := store.Migrations(db.Dialect)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := ms[len(ms)-1].Name
+		if _, err := db.W.ExecContext(ctx, `DELETE FROM schema_migrations WHERE name = $1`, last); err != nil {
+			t.Fatal(err)
+		}
+		for range 2 { // refused, and refused again: the first changed nothing
+			_, err = store.Open(ctx, dsn, store.Options{NoMigrate: true})
+			if err == nil || !strings.Contains(err.Error(), "lacks 1 migration") || !strings.Contains(err.Error(), last) {
+				t.Fatalf("a database one migration behind: %v", err)
+			}
+		}
+		if _, err := db.W.ExecContext(ctx, `INSERT INTO schema_migrations(name, applied_at) VALUES ($1, 0)`, last); err != nil {
+			t.Fatal(err)
+		}
+		cur, err := store.Open(ctx, dsn, store.Options{NoMigrate: true})
+		if err != nil {
+			t.Fatalf("a current database: %v", err)
+		}
+		cur.Close()
+	})
+}
