@@ -99,34 +99,7 @@ func rowOf(t *testing.T, body, id string) string {
 // both cities sign; operators see but cannot settle; hr_admin is refused.
 func TestClearingRegion(t *testing.T) {
 	t.Parallel()
-	anchor, err := ecode.GenerateSM2()
-	if err != nil {
-		t.Fatal(err)
-	}
-	members := filepath.Join(t.TempDir(), "members.json")
-	cfg := federation.Config{Anchor: anchor.Public(), Members: members, Refresh: 150 * time.Millisecond, OutboxEvery: 100 * time.Millisecond,
-		AuthTimeout: 2 * time.Second, MaxBackoff: 300 * time.Millisecond}
-	a := startFedCity(t, "CN-330100", cfg)
-	b := startFedCity(t, "CN-310000", cfg)
-	list, err := federation.SignMembers(federation.MemberList{Region: "test", Members: []federation.Member{
-		{City: a.id, BaseURL: a.url, NodeKey: a.Keys.NodePublicKey().JWK()},
-		{City: b.id, BaseURL: b.url, NodeKey: b.Keys.NodePublicKey().JWK()},
-	}}, anchor)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(members, list, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	trusts := func(c *fedCity, peer string) bool {
-		for _, p := range c.Fed.Status().Peers {
-			if p.City == peer && p.Trusted {
-				return true
-			}
-		}
-		return false
-	}
-	waitFor(t, "the cities to trust each other", func() bool { return trusts(a, b.id) && trusts(b, a.id) })
+	a, b := startFedPair(t)
 
 	// A's resident rides a bus in B.
 	ctx := context.Background()
@@ -283,4 +256,40 @@ func yuanOf(fen int64) string {
 		sign, fen = "-", -fen
 	}
 	return fmt.Sprintf("%s%d.%02d", sign, fen/100, fen%100)
+}
+
+// startFedPair starts two federated cities, A (CN-330100) and B
+// (CN-310000), in one signed member list, and waits until each trusts
+// the other.
+func startFedPair(t *testing.T) (a, b *fedCity) {
+	t.Helper()
+	anchor, err := ecode.GenerateSM2()
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := filepath.Join(t.TempDir(), "members.json")
+	cfg := federation.Config{Anchor: anchor.Public(), Members: members, Refresh: 150 * time.Millisecond, OutboxEvery: 100 * time.Millisecond,
+		AuthTimeout: 2 * time.Second, MaxBackoff: 300 * time.Millisecond}
+	a = startFedCity(t, "CN-330100", cfg)
+	b = startFedCity(t, "CN-310000", cfg)
+	list, err := federation.SignMembers(federation.MemberList{Region: "test", Members: []federation.Member{
+		{City: a.id, BaseURL: a.url, NodeKey: a.Keys.NodePublicKey().JWK()},
+		{City: b.id, BaseURL: b.url, NodeKey: b.Keys.NodePublicKey().JWK()},
+	}}, anchor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(members, list, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	trusts := func(c *fedCity, peer string) bool {
+		for _, p := range c.Fed.Status().Peers {
+			if p.City == peer && p.Trusted {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, "the cities to trust each other", func() bool { return trusts(a, b.id) && trusts(b, a.id) })
+	return a, b
 }

@@ -2,14 +2,9 @@ package web_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/yikatong/yikatong/internal/auth"
-	"github.com/yikatong/yikatong/internal/ecode"
-	"github.com/yikatong/yikatong/internal/federation"
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/node"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
@@ -26,34 +21,7 @@ import (
 // clearing accounts still mirror each other.
 func TestMoneyDisputeOfCrossCityCharge(t *testing.T) {
 	t.Parallel()
-	anchor, err := ecode.GenerateSM2()
-	if err != nil {
-		t.Fatal(err)
-	}
-	members := filepath.Join(t.TempDir(), "members.json")
-	cfg := federation.Config{Anchor: anchor.Public(), Members: members, Refresh: 150 * time.Millisecond, OutboxEvery: 100 * time.Millisecond,
-		AuthTimeout: 2 * time.Second, MaxBackoff: 300 * time.Millisecond}
-	a := startFedCity(t, "CN-330100", cfg)
-	b := startFedCity(t, "CN-310000", cfg)
-	list, err := federation.SignMembers(federation.MemberList{Region: "test", Members: []federation.Member{
-		{City: a.id, BaseURL: a.url, NodeKey: a.Keys.NodePublicKey().JWK()},
-		{City: b.id, BaseURL: b.url, NodeKey: b.Keys.NodePublicKey().JWK()},
-	}}, anchor)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(members, list, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	trusts := func(c *fedCity, peer string) bool {
-		for _, p := range c.Fed.Status().Peers {
-			if p.City == peer && p.Trusted {
-				return true
-			}
-		}
-		return false
-	}
-	waitFor(t, "the cities to trust each other", func() bool { return trusts(a, b.id) && trusts(b, a.id) })
+	a, b := startFedPair(t)
 
 	ctx := context.Background()
 	res := a.demo.Residents[0]
