@@ -166,9 +166,10 @@ type Deps struct {
 	// OnChange is called when the peers' trust data changes (the node
 	// rebuilds its bundle).
 	OnChange func()
-	// HolderFlags are the concession flags this city's e-codes carry for a
-	// resident at an instant (node.HolderFlags); a physical card's charge
-	// is answered with them. Nil: no flags.
+	// HolderFlags are the concession flags a physical card's charge is
+	// answered with for a resident at an instant: the age flags its
+	// e-codes carry (node.AgeFlags; other cities price cards only for
+	// those, see scan's remoteFlagSets). Nil: no flags.
 	HolderFlags func(r resident.Resident, at time.Time) []string
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -120,8 +121,28 @@ func (n *Node) IssueCode(ctx context.Context, cardNumber string) (string, time.T
 }
 
 // HolderFlags are the concession flags a code carries for offline
-// terminals: only what a gate needs to price a ride, never the birth date.
+// terminals: only what a gate needs to decide and price, never the birth
+// date: the age flag (AgeFlags) and the resident's holder flags (student,
+// teacher, disabled, veteran), sorted. An online scan of a local code
+// takes the holder flags from the resident's record instead (a flag
+// removed since the code was issued stops working at once); a terminal
+// offline trusts the code for its minute.
 func HolderFlags(r resident.Resident, at time.Time) []string {
+	age := AgeFlags(r, at)
+	if len(r.Flags) == 0 {
+		return age
+	}
+	out := append(append([]string{}, age...), r.Flags...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// AgeFlags are senior_65 from 65, senior_60 from 60 to 64, else none. They
+// are the claims a physical card's cross-city charge is answered with
+// (federation): the other city prices a card only for age-based claims,
+// and the home city's answer gives away nothing it does not need (a
+// disability, say).
+func AgeFlags(r resident.Resident, at time.Time) []string {
 	switch age := r.Age(at); {
 	case age >= 65:
 		return []string{ecode.FlagSenior65}

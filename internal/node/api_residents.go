@@ -21,8 +21,14 @@ type enrolRequest struct {
 	IDNumber string `json:"id_number"`
 	Category string `json:"category" doc:"local | insured_nonlocal | permanent_resident"`
 	// IssueCard issues a card at once (default true when omitted).
-	IssueCard *bool  `json:"issue_card,omitempty"`
-	PIN       string `json:"pin,omitempty" doc:"6 digits; may be set later at a counter"`
+	IssueCard *bool    `json:"issue_card,omitempty"`
+	PIN       string   `json:"pin,omitempty" doc:"6 digits; may be set later at a counter"`
+	Flags     []string `json:"flags,omitempty" doc:"holder flags: student, teacher, disabled, veteran (may be set later: PUT /v1/residents/{id}/flags)"`
+}
+
+// flagsRequest replaces a resident's holder flags.
+type flagsRequest struct {
+	Flags *[]string `json:"flags" doc:"the resident's holder flags, all of them ([] for none): student, teacher, disabled, veteran"`
 }
 
 // residentView is what staff see of a resident. The full ID number appears
@@ -41,11 +47,19 @@ type residentView struct {
 	BirthYear      int             `json:"birth_year"`
 	BirthDate      string          `json:"birth_date,omitempty" doc:"only with ?reveal=id_number: beside the masked number it would give the full one away"`
 	CreatedAt      time.Time       `json:"created_at"`
+	Flags          []string        `json:"flags,omitzero" doc:"holder flags (student, teacher, disabled, veteran); shown when one resident is read, never in search results"`
 	Cards          []resident.Card `json:"cards,omitempty"`
 }
 
 func viewResident(r resident.Resident) residentView {
 	return residentView{ID: r.ID, Name: r.Name, IDNumberMasked: r.IDMasked, IDKind: r.IDKind, Category: r.Category, Sex: r.Sex, BirthYear: r.BirthDate.Year(), CreatedAt: r.CreatedAt}
+}
+
+// viewResidentFlags is viewResident with the holder flags ([] for none).
+func viewResidentFlags(r resident.Resident) residentView {
+	v := viewResident(r)
+	v.Flags = append([]string{}, r.Flags...)
+	return v
 }
 
 type enrolResponse struct {
@@ -91,11 +105,11 @@ func (n *Node) residentRoutes() {
 					return err
 				}
 			}
-			res, card, err := n.Enrol(r.Context(), p, resident.EnrolInput{Name: req.Name, IDNumber: req.IDNumber, Category: req.Category}, req.IssueCard == nil || *req.IssueCard, req.PIN)
+			res, card, err := n.Enrol(r.Context(), p, resident.EnrolInput{Name: req.Name, IDNumber: req.IDNumber, Category: req.Category, Flags: req.Flags}, req.IssueCard == nil || *req.IssueCard, req.PIN)
 			if err != nil {
 				return err
 			}
-			out := enrolResponse{Resident: viewResident(res), Card: card}
+			out := enrolResponse{Resident: viewResidentFlags(res), Card: card}
 			return httpapi.WriteJSON(w, http.StatusCreated, out)
 		},
 	})
@@ -146,7 +160,7 @@ func (n *Node) residentRoutes() {
 			if err != nil {
 				return err
 			}
-			v := viewResident(res)
+			v := viewResidentFlags(res)
 			action := "read_resident"
 			if r.URL.Query().Get("reveal") == "id_number" {
 				full, err := n.Residents.RevealIDNumber(r.Context(), id)
@@ -166,6 +180,24 @@ func (n *Node) residentRoutes() {
 			}
 			v.Cards = cards
 			return httpapi.WriteJSON(w, http.StatusOK, v)
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "PUT /v1/residents/{id}/flags", Summary: "Set a resident's holder flags (student, teacher, disabled, veteran; the whole set, [] for none), audited; the next scan and new e-codes carry them", Tag: "residents",
+		Roles: hrOnly, Request: flagsRequest{}, Response: residentView{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			var req flagsRequest
+			if err := httpapi.DecodeJSON(r, &req); err != nil {
+				return err
+			}
+			if req.Flags == nil {
+				return apperr.Invalid("flags", "give the resident's flags, [] for none", "请给出居民的身份标记，无标记时为 []")
+			}
+			res, err := n.SetResidentFlags(r.Context(), p, r.PathValue("id"), *req.Flags)
+			if err != nil {
+				return err
+			}
+			return httpapi.WriteJSON(w, http.StatusOK, viewResidentFlags(res))
 		},
 	})
 	n.API.Handle(httpapi.Route{
@@ -356,6 +388,9 @@ func (n *Node) Enrol(ctx context.Context, p auth.Principal, in resident.EnrolInp
 		return resident.Resident{}, nil, err
 	}
 	n.Auth.Audit(ctx, p, "enrol_resident", res.ID, in.Category)
+	if len(res.Flags) > 0 {
+		n.Auth.Audit(ctx, p, "set_flags", res.ID, "flags="+itoa(len(res.Flags))+" enrolment")
+	}
 	if err := n.openResidentAccounts(ctx, res.ID); err != nil {
 		return res, nil, err
 	}
@@ -367,6 +402,22 @@ func (n *Node) Enrol(ctx context.Context, p auth.Principal, in resident.EnrolInp
 		return res, nil, err
 	}
 	return res, &c, nil
+}
+
+// SetResidentFlags replaces a resident's holder flags and audits the
+// change ("set_flags", subject the resident; the detail names how many
+// flags, not which: the audit log is not sealed, and a disability is
+// health data). The scan path forgets its cached copy of the resident
+// (resident.OnChange), so the next scan decides with the new flags.
+func (n *Node) SetResidentFlags(ctx context.Context, p auth.Principal, residentID string, flags []string) (resident.Resident, error) {
+	res, err := n.Residents.SetFlags(ctx, residentID, flags, p.String())
+	if err != nil {
+		return resident.Resident{}, err
+	}
+	if err := n.Auth.Audit(ctx, p, "set_flags", residentID, "flags="+itoa(len(res.Flags))); err != nil {
+		n.Log.Warn("auditing set_flags", "resident", residentID, "err", err)
+	}
+	return res, nil
 }
 
 func statusZh(s string) string {

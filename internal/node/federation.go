@@ -33,7 +33,7 @@ type settleResponse struct {
 // federation's background loops.
 func (n *Node) wireFederation(ctx context.Context) error {
 	fed, err := federation.New(ctx, federation.Deps{DB: n.DB, Ledger: n.Ledger, Residents: n.Residents, Node: n.Keys.NodeSigner,
-		City: n.City, Now: n.Now, Log: n.Log, OnChange: n.invalidateTrust, HolderFlags: HolderFlags}, n.Config.Federation)
+		City: n.City, Now: n.Now, Log: n.Log, OnChange: n.invalidateTrust, HolderFlags: AgeFlags}, n.Config.Federation)
 	if err != nil {
 		return err
 	}

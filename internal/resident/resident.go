@@ -14,6 +14,14 @@
 // 2017 one has two numbers; the second enrolment is not detected as the same
 // person (the numbers share nothing that can be matched safely).
 //
+// Holder flags. A resident may carry flags from a fixed set (KnownFlags:
+// student, teacher, disabled, veteran) that scenarios' eligibility rules and
+// concessions ask about. Staff set them at enrolment or later (SetFlags).
+// Being personal data (disabled is health data), they live inside the
+// sealed blob with the name; a blob sealed before flags existed reads as
+// no flags, so no migration was needed. OnChange tells caches of residents
+// (the scan path's) to forget one whose flags changed.
+//
 // Cards. A card number is 16 digits, the first non-zero and the last a Luhn
 // check digit (as on bank cards: every single-digit typo and most adjacent
 // swaps are caught). A node that knows its city (SetCardIssuer) starts new
@@ -59,6 +67,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode"
@@ -93,6 +102,13 @@ type Resident struct {
 	Region      string    `json:"region"`
 	Nationality string    `json:"nationality,omitempty"`
 	CreatedAt   time.Time `json:"created_at"`
+	// Flags are the holder flags (KnownFlags: student, teacher, disabled,
+	// veteran), sorted and unique; nil for none. Sealed like the name.
+	Flags []string `json:"flags,omitempty"`
+	// FlagsSetBy and FlagsSetAt say who last set the flags, and when
+	// (empty and zero if never).
+	FlagsSetBy string    `json:"flags_set_by,omitempty"`
+	FlagsSetAt time.Time `json:"flags_set_at,omitzero"`
 }
 
 // Age is the resident's age in completed years at the instant at (China
@@ -131,6 +147,11 @@ type pii struct {
 	BirthDate   string `json:"b"`
 	Region      string `json:"r"`
 	Nationality string `json:"c,omitempty"`
+	// Holder flags (flags.go), who set them and when (Unix ms). A blob
+	// sealed before flags existed has none.
+	Flags   []string `json:"f,omitempty"`
+	FlagsBy string   `json:"fb,omitempty"`
+	FlagsAt int64    `json:"fa,omitempty"`
 }
 
 // Service is the residents and cards service. It is safe for concurrent use.
@@ -142,6 +163,9 @@ type Service struct {
 	pinIter int
 	prefix  atomic.Value // string: region code new card numbers start with (SetCardIssuer)
 	holders holderCache  // card number → resident id (HolderOf)
+
+	watchMu  sync.Mutex
+	watchers []func(residentID string) // OnChange
 }
 
 // DefaultPINIterations is the PBKDF2 iteration count of new PIN hashes.
@@ -161,6 +185,8 @@ type EnrolInput struct {
 	Name     string `json:"name"`
 	IDNumber string `json:"id_number"`
 	Category string `json:"category"`
+	// Flags are holder flags to enrol with (optional; KnownFlags).
+	Flags []string `json:"flags,omitempty"`
 }
 
 // BatchItem is one record of EnrolBatch: a resident and, optionally, a card
@@ -320,6 +346,10 @@ func (s *Service) prepare(it BatchItem, now time.Time) (prepared, error) {
 	if err := checkCategory(it.Category, num.Kind); err != nil {
 		return prepared{}, err
 	}
+	flags, err := NormalizeFlags(it.Flags)
+	if err != nil {
+		return prepared{}, err
+	}
 	p := prepared{card: it.IssueCard}
 	if it.PIN != "" {
 		if !it.IssueCard {
@@ -341,8 +371,9 @@ func (s *Service) prepare(it BatchItem, now time.Time) (prepared, error) {
 		Region:      num.Region,
 		Nationality: num.Nationality,
 		CreatedAt:   time.UnixMilli(now.UnixMilli()).UTC(),
+		Flags:       flags,
 	}
-	plain, _ := json.Marshal(pii{Name: name, IDNumber: num.Raw, BirthDate: num.BirthDate.Format(time.DateOnly), Region: num.Region, Nationality: num.Nationality})
+	plain, _ := json.Marshal(pii{Name: name, IDNumber: num.Raw, BirthDate: num.BirthDate.Format(time.DateOnly), Region: num.Region, Nationality: num.Nationality, Flags: flags})
 	p.sealed = s.v.Seal(plain, p.res.ID)
 	p.idHash = s.v.LookupHash(hashKindID, num.Raw)
 	return p, nil
@@ -351,23 +382,36 @@ func (s *Service) prepare(it BatchItem, now time.Time) (prepared, error) {
 const residentCols = `id, id_masked, id_kind, category, sex, pii, created_at`
 
 func (s *Service) scanResident(row interface{ Scan(...any) error }) (Resident, error) {
+	r, _, err := s.scanResidentPII(row)
+	return r, err
+}
+
+// scanResidentPII is scanResident that also returns the opened blob.
+func (s *Service) scanResidentPII(row interface{ Scan(...any) error }) (Resident, pii, error) {
 	var r Resident
 	var sealed []byte
 	var created int64
 	if err := row.Scan(&r.ID, &r.IDMasked, &r.IDKind, &r.Category, &r.Sex, &sealed, &created); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
-			return Resident{}, apperr.Newf(apperr.NotFound, "no such resident", "未找到该居民")
+			return Resident{}, pii{}, apperr.Newf(apperr.NotFound, "no such resident", "未找到该居民")
 		}
-		return Resident{}, apperr.Wrap(apperr.Internal, err)
+		return Resident{}, pii{}, apperr.Wrap(apperr.Internal, err)
 	}
 	p, err := s.unseal(r.ID, sealed)
 	if err != nil {
-		return Resident{}, err
+		return Resident{}, pii{}, err
 	}
 	r.Name, r.Region, r.Nationality = p.Name, p.Region, p.Nationality
 	r.BirthDate, _ = time.Parse(time.DateOnly, p.BirthDate)
 	r.CreatedAt = time.UnixMilli(created).UTC()
-	return r, nil
+	if len(p.Flags) > 0 {
+		r.Flags = p.Flags
+	}
+	r.FlagsSetBy = p.FlagsBy
+	if p.FlagsAt != 0 {
+		r.FlagsSetAt = time.UnixMilli(p.FlagsAt).UTC()
+	}
+	return r, p, nil
 }
 
 func (s *Service) unseal(id string, sealed []byte) (pii, error) {

@@ -7,6 +7,7 @@ import (
 	"github.com/yikatong/yikatong/internal/trust"
 	"math/rand/v2"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -106,7 +107,7 @@ func TestEnrolGetFindSearch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got != r {
+		if !reflect.DeepEqual(got, r) {
 			t.Fatalf("Get = %+v\nwant %+v", got, r)
 		}
 		if got.Age(time.Date(2024, 12, 31, 12, 0, 0, 0, time.UTC)) != 75 || got.Age(time.Date(2024, 12, 30, 12, 0, 0, 0, time.UTC)) != 74 {

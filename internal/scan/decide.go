@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -104,6 +105,49 @@ func (s *Service) resident(ctx context.Context, id string) (resident.Resident, e
 	return r, nil
 }
 
+// forgetResident drops a resident from the cache (resident.OnChange: its
+// holder flags changed), so this process's next scan reads it afresh.
+// Another process sharing the database keeps its copy for at most the
+// cache's minute.
+func (s *Service) forgetResident(id string) {
+	s.mu.Lock()
+	delete(s.cache, id)
+	s.mu.Unlock()
+}
+
+// holderFlags are the flags a local resident's scan is decided with: the
+// resident's stored holder flags (student, disabled, …) and, of the
+// code's claims, only those that are not holder flags (the age flags
+// senior_60/senior_65). A holder flag removed after a code was issued
+// therefore stops working at once online, and one added works at once,
+// by card as by code.
+func holderFlags(code []string, r resident.Resident) []string {
+	if !slices.ContainsFunc(code, resident.IsFlag) {
+		return unionFlags(code, r.Flags) // the common case: no copy
+	}
+	out := make([]string, 0, len(code)+len(r.Flags))
+	for _, f := range code {
+		if !resident.IsFlag(f) {
+			out = append(out, f)
+		}
+	}
+	return unionFlags(out, r.Flags)
+}
+
+// unionFlags is a ∪ b, sorted, without repeats (a or b itself when the
+// other is empty: both come sorted, from a code or a resident's record).
+func unionFlags(a, b []string) []string {
+	switch {
+	case len(b) == 0:
+		return a
+	case len(a) == 0:
+		return b
+	}
+	out := append(slices.Clone(a), b...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 // identify resolves a code or card number to a card and its resident.
 func (s *Service) identify(ctx context.Context, code, cardNumber string, at time.Time) (Identity, resident.Card, resident.Resident, error) {
 	var id Identity
@@ -161,7 +205,7 @@ func (s *Service) evaluate(ctx context.Context, sc catalog.Scenario, t terminal.
 		return e
 	}
 	e.age = e.res.Age(at)
-	flags := e.id.Flags
+	flags := holderFlags(e.id.Flags, e.res)
 	e.dec = catalog.Decide(sc, catalog.Holder{Category: e.res.Category, Age: e.age, Flags: flags, CardStatus: e.card.Status, Local: true}, amount)
 	if !e.dec.Eligible {
 		e.err = e.dec.Err()

@@ -257,7 +257,11 @@ func (s *Service) evaluateOffline(ctx context.Context, sc catalog.Scenario, t te
 		return e
 	}
 	e.age = e.res.Age(r.At)
-	e.dec = catalog.Decide(sc, catalog.Holder{Category: e.res.Category, Age: e.age, Flags: e.id.Flags, CardStatus: status, Local: true}, r.AmountFen)
+	// Flags: the code's claims (this node signed them when the code was
+	// issued, a minute at most before the scan) and the resident's holder
+	// flags as stored now; a card's scan has only the latter.
+	flags := unionFlags(e.id.Flags, e.res.Flags)
+	e.dec = catalog.Decide(sc, catalog.Holder{Category: e.res.Category, Age: e.age, Flags: flags, CardStatus: status, Local: true}, r.AmountFen)
 	if !e.dec.Eligible {
 		e.err = e.dec.Err()
 		return e

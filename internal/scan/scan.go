@@ -157,6 +157,10 @@ func New(ctx context.Context, d Deps) (*Service, error) {
 		}
 	}
 	s := &Service{Deps: d, w: newWriter(d.DB, d.Log), cache: map[string]cachedResident{}}
+	if d.Residents != nil {
+		// A resident whose flags change is read afresh by the next scan.
+		d.Residents.OnChange(s.forgetResident)
+	}
 	s.loadReplayCutover(ctx)
 	if d.Ledger != nil {
 		r, err := newRows(ctx, s)

@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -40,6 +41,7 @@ func (w *Web) consoleRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /console/residents", staff(hrOnly, w.consoleSearch))
 	mux.HandleFunc("GET /console/residents/{id}", staff(hrOnly, w.consoleResident))
 	mux.HandleFunc("POST /console/residents/{id}/reveal", staff(hrOnly, w.consoleReveal))
+	mux.HandleFunc("POST /console/residents/{id}/flags", staff(hrOnly, w.consoleSetFlags))
 	mux.HandleFunc("POST /console/cards/{number}/{op}", staff(hrOnly, w.consoleCardOp))
 	mux.HandleFunc("GET /console/enrol", staff(hrOnly, w.consoleEnrolForm))
 	mux.HandleFunc("POST /console/enrol", staff(hrOnly, w.consoleEnrol))
@@ -158,6 +160,24 @@ type residentPage struct {
 	Resident resident.Resident
 	FullID   string
 	Cards    []cardWithEvents
+	// Flags are every holder flag, on where the resident has it (the
+	// form's checkboxes).
+	Flags []flagChoice
+}
+
+// flagChoice is one holder flag's checkbox.
+type flagChoice struct {
+	Flag string
+	On   bool
+}
+
+// flagChoices lists every holder flag, on where have has it.
+func flagChoices(have []string) []flagChoice {
+	out := make([]flagChoice, 0, len(resident.KnownFlags))
+	for _, f := range resident.KnownFlags {
+		out = append(out, flagChoice{Flag: f.Flag, On: slices.Contains(have, f.Flag)})
+	}
+	return out
 }
 
 type cardWithEvents struct {
@@ -171,7 +191,7 @@ func (w *Web) residentPageData(ctx context.Context, p auth.Principal, id string,
 		return residentPage{}, err
 	}
 	action := "read_resident"
-	d := residentPage{Resident: r}
+	d := residentPage{Resident: r, Flags: flagChoices(r.Flags)}
 	if reveal {
 		full, err := w.d.Residents.RevealIDNumber(ctx, id)
 		if err != nil {
@@ -210,6 +230,26 @@ func (w *Web) consoleReveal(rq *req) error {
 		return err
 	}
 	return rq.render(200, "c_resident.html", "c.resident.title", d)
+}
+
+// consoleSetFlags replaces the resident's holder flags with the form's
+// checked ones (none checked: none). Audited "set_flags" with how many,
+// not which (the audit log is not sealed; a disability is health data).
+// The scan path's cached copy of the resident is dropped by the resident
+// service itself (resident.OnChange): the next scan decides with them.
+func (w *Web) consoleSetFlags(rq *req) error {
+	ctx := rq.r.Context()
+	id := rq.r.PathValue("id")
+	r, err := w.d.Residents.SetFlags(ctx, id, rq.r.PostForm["flag"], rq.S.P.String())
+	if err == nil {
+		w.d.Auth.Audit(ctx, rq.S.P, "set_flags", id, "flags="+strconv.Itoa(len(r.Flags))+" web")
+		return redirect("/console/residents/" + id + "?m=flags")
+	}
+	d, derr := w.residentPageData(ctx, rq.S.P, id, false)
+	if derr != nil {
+		return err
+	}
+	return rq.renderWithError(err, "c_resident.html", "c.resident.title", d)
 }
 
 func (w *Web) consoleCardOp(rq *req) error {
@@ -258,9 +298,13 @@ func (w *Web) consoleCardOp(rq *req) error {
 type enrolForm struct {
 	Name, IDNumber, Category, PIN string
 	IssueCard                     bool
+	Flags                         []string
 	Done                          *resident.Resident
 	Card                          *resident.Card
 }
+
+// FlagChoices are the form's holder-flag checkboxes.
+func (f enrolForm) FlagChoices() []flagChoice { return flagChoices(f.Flags) }
 
 func (w *Web) consoleEnrolForm(rq *req) error {
 	return rq.render(200, "c_enrol.html", "c.enrol.title", enrolForm{IssueCard: true, Category: resident.CategoryLocal})
@@ -284,7 +328,7 @@ func validateEnrol(name, idNumber, category, pin string) error {
 
 func (w *Web) consoleEnrol(rq *req) error {
 	f := enrolForm{Name: rq.r.PostFormValue("name"), IDNumber: rq.r.PostFormValue("id_number"), Category: rq.r.PostFormValue("category"),
-		PIN: rq.r.PostFormValue("pin"), IssueCard: rq.r.PostFormValue("issue_card") != ""}
+		PIN: rq.r.PostFormValue("pin"), IssueCard: rq.r.PostFormValue("issue_card") != "", Flags: rq.r.PostForm["flag"]}
 	if w.d.Enrol == nil {
 		return unavailable("enrolment")
 	}
@@ -292,7 +336,7 @@ func (w *Web) consoleEnrol(rq *req) error {
 	if err == nil {
 		var r resident.Resident
 		var c *resident.Card
-		r, c, err = w.d.Enrol(rq.r.Context(), rq.S.P, resident.EnrolInput{Name: f.Name, IDNumber: f.IDNumber, Category: f.Category}, f.IssueCard, f.PIN)
+		r, c, err = w.d.Enrol(rq.r.Context(), rq.S.P, resident.EnrolInput{Name: f.Name, IDNumber: f.IDNumber, Category: f.Category, Flags: f.Flags}, f.IssueCard, f.PIN)
 		if err == nil {
 			return redirect("/console/residents/" + r.ID + "?m=enrolled")
 		}

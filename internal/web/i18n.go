@@ -1,6 +1,10 @@
 package web
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/yikatong/yikatong/internal/resident"
+)
 
 // messages holds every page text: key → {Chinese, English}. Chinese is
 // the default; a cookie ("lang=en") switches to English.
@@ -50,6 +54,7 @@ var messages = map[string][2]string{
 	"flash.card_unlock":  {"已解锁密码。", "PIN unlocked."},
 	"flash.card_pin":     {"已重置密码。", "PIN set."},
 	"flash.enrolled":     {"登记成功。", "Enrolled."},
+	"flash.flags":        {"身份标记已保存。", "Holder flags saved."},
 
 	"landing.title":        {"居民服务一卡通", "Resident service one-card"},
 	"landing.lead":         {"社会保障卡和电子码，一卡多用、一码通行：公交、医院、图书馆、补贴发放……", "One social security card and one e-code for every public service: buses, hospitals, libraries, subsidies…"},
@@ -122,6 +127,12 @@ var messages = map[string][2]string{
 	"c.resident.issued":     {"发卡时间", "Issued"},
 	"c.resident.replacedby": {"已补换为", "replaced by"},
 	"c.resident.history":    {"卡片记录", "Card history"},
+	"c.flags.title":         {"身份标记", "Holder flags"},
+	"c.flags.none":          {"无", "None"},
+	"c.flags.setby":         {"最近设置", "Last set by"},
+	"c.flags.legend":        {"设置身份标记", "Set the holder flags"},
+	"c.flags.hint":          {"身份标记属于个人信息（残疾人标记属于健康信息），加密存储。保存后，下一次刷卡、扫码即按新标记判断，新生成的电子码也带有这些标记；每次修改都记入审计日志。", "Holder flags are personal data (disability is health data) and are stored encrypted. Once saved, the next scan by card or code and every new e-code use them; each change is audited."},
+	"c.flags.save":          {"保存标记", "Save flags"},
 	"c.confirm.lost":        {"确定挂失？该卡的电子码将立即失效。", "Report lost? The card's codes stop working at once."},
 	"c.confirm.replace":     {"确定补换？旧卡将作废。", "Replace? The old card will be dead."},
 	"c.confirm.cancel":      {"确定注销？此操作不可撤销。", "Cancel the card? This cannot be undone."},
@@ -353,6 +364,7 @@ var messages = map[string][2]string{
 	"audit.read_resident":        {"查看居民信息", "resident read"},
 	"audit.reveal_id_number":     {"查看完整证件号", "full ID number shown"},
 	"audit.enrol_resident":       {"登记居民", "resident enrolled"},
+	"audit.set_flags":            {"设置身份标记", "holder flags set"},
 	"audit.enrol_csv":            {"批量登记", "bulk enrolment"},
 	"audit.ledger_check":         {"核对账务", "ledger check"},
 	"audit.read_statement":       {"查看对账单", "statement read"},
@@ -464,6 +476,14 @@ var messages = map[string][2]string{
 	"c.clearing.disagreed":      {"对方未会签", "not countersigned"},
 }
 
+// The holder flags' labels ("flag.student" → 学生) come from the resident
+// package's list, so a flag added there is labelled here.
+func init() {
+	for _, f := range resident.KnownFlags {
+		messages["flag."+f.Flag] = [2]string{f.NameZh, f.NameEn}
+	}
+}
+
 // tr returns the text of key in lang ("zh" or "en"). A missing key of a
 // dynamic family (kind.x, status.x, …) shows its last part, so an unknown
 // ledger kind still reads sensibly; any other missing key shows itself.
@@ -472,7 +492,7 @@ func tr(lang, key string) string {
 	if !ok {
 		if i := strings.IndexByte(key, '.'); i > 0 {
 			switch key[:i] {
-			case "kind", "status", "cat", "dispute", "payout", "role", "sex", "event", "scenariokind", "provkind", "audit", "view":
+			case "kind", "status", "cat", "dispute", "payout", "role", "sex", "event", "scenariokind", "provkind", "audit", "view", "flag":
 				return key[i+1:]
 			}
 		}
