@@ -98,6 +98,11 @@ const (
 const (
 	FlagSenior65 = "senior_65"
 	FlagSenior60 = "senior_60"
+	// FlagSenior70 (with FlagSenior65) marks 70 and over, FlagChild6 six
+	// and under: the other age limits of the seeded concessions (scenic
+	// spots), so another city prices them without the birth date.
+	FlagSenior70 = "senior_70"
+	FlagChild6   = "child_6"
 	FlagStudent  = "student"
 	FlagDisabled = "disabled"
 )

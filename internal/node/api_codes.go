@@ -137,17 +137,22 @@ func HolderFlags(r resident.Resident, at time.Time) []string {
 	return slices.Compact(out)
 }
 
-// AgeFlags are senior_65 from 65, senior_60 from 60 to 64, else none. They
-// are the claims a physical card's cross-city charge is answered with
-// (federation): the other city prices a card only for age-based claims,
-// and the home city's answer gives away nothing it does not need (a
-// disability, say).
+// AgeFlags are the age claims: senior_65 and senior_70 from 70,
+// senior_65 from 65 to 69, senior_60 from 60 to 64, child_6 to 6, else
+// none; always one of scan.AgeClaimSets. They are the claims a physical
+// card's cross-city charge is answered with (federation): the other city
+// prices a card only for age-based claims, and the home city's answer
+// gives away nothing it does not need (a disability, say).
 func AgeFlags(r resident.Resident, at time.Time) []string {
 	switch age := r.Age(at); {
+	case age >= 70:
+		return []string{ecode.FlagSenior65, ecode.FlagSenior70}
 	case age >= 65:
 		return []string{ecode.FlagSenior65}
 	case age >= 60:
 		return []string{ecode.FlagSenior60}
+	case age <= 6:
+		return []string{ecode.FlagChild6}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package scan
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 
@@ -108,17 +109,25 @@ type RemoteResult struct {
 }
 
 // remoteAge is the age assumed for another city's resident, whose birth
-// date stays at home: the code's senior flags say 60+ or 65+; otherwise an
-// adult. Scenarios with an upper age limit therefore treat other cities'
-// residents without flags as adults.
+// date stays at home: the code's age flags say 70+, 65+, 60+ or 6 and
+// under; otherwise an adult. The flags follow the seeded concessions'
+// limits (6, 60, 65, 70): a scenario with other limits treats other
+// cities' residents by the nearest flag below (a limit of 14 sees a child
+// of 6 and under, and an adult otherwise).
 func remoteAge(flags []string) int {
 	age := 30
 	for _, f := range flags {
 		switch f {
+		case ecode.FlagSenior70:
+			return 70
 		case ecode.FlagSenior65:
-			return 65
+			age = max(age, 65)
 		case ecode.FlagSenior60:
-			age = 60
+			age = max(age, 60)
+		case ecode.FlagChild6:
+			if age == 30 {
+				age = 6
+			}
 		}
 	}
 	return age
@@ -245,8 +254,19 @@ func (s *Service) evaluateRemoteKey(ctx context.Context, sc catalog.Scenario, t 
 	return e
 }
 
-// remoteFlagSets are the concession claims an e-code can carry about age.
-var remoteFlagSets = [][]string{nil, {ecode.FlagSenior60}, {ecode.FlagSenior65}}
+// remoteFlagSets are the concession claims an e-code can carry about age
+// (node.AgeFlags gives one of them for every age), each sorted.
+var remoteFlagSets = [][]string{nil, {ecode.FlagSenior60}, {ecode.FlagSenior65}, {ecode.FlagSenior65, ecode.FlagSenior70}, {ecode.FlagChild6}}
+
+// AgeClaimSets returns the age claim sets another city offers fares for
+// (a copy): a home city's answer for a physical card must be one of them.
+func AgeClaimSets() [][]string {
+	out := make([][]string, len(remoteFlagSets))
+	for i, fl := range remoteFlagSets {
+		out[i] = slices.Clone(fl)
+	}
+	return out
+}
 
 func fareKey(category string, flags []string) string {
 	return category + "|" + strings.Join(flags, ",")
