@@ -80,6 +80,8 @@ var messages = map[string][2]string{
 	"r.home.manual":      {"无法扫码时，可将下方号码交给工作人员手工录入：", "If the QR cannot be scanned, staff can type in this code:"},
 	"r.home.renewing":    {"正在刷新……", "Renewing…"},
 	"r.home.renewfailed": {"刷新失败，请重新登录。", "Could not renew; please sign in again."},
+	"r.home.offline":     {"网络连接失败，正在重试……", "No connection to the node; trying again…"},
+	"r.home.expired":     {"电子码已过期，正在重新获取……", "The code has expired; getting a new one…"},
 	"r.home.balances":    {"余额", "Balances"},
 	"r.home.card":        {"卡号", "Card"},
 	"r.statement.title":  {"账单", "Statement"},

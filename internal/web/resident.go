@@ -28,6 +28,11 @@ func (w *Web) residentRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /r/statement", res(w.residentStatement))
 	mux.HandleFunc("GET /r/lost", res(w.residentLostForm))
 	mux.HandleFunc("POST /r/lost", res(w.residentLost))
+	// The confirmation has its own address (the session has ended), so
+	// its language switch and a reload show it again.
+	mux.HandleFunc("GET /r/lost/done", w.page(func(rq *req) error {
+		return rq.render(200, "r_lost_done.html", "r.lost.title", nil)
+	}))
 	mux.HandleFunc("GET /r/pin", res(w.residentPINForm))
 	mux.HandleFunc("POST /r/pin", res(w.residentPIN))
 	mux.HandleFunc("GET /r/disputes", res(w.residentDisputes))
@@ -108,8 +113,25 @@ func (w *Web) signInNextStep(rq *req, card string, err error) error {
 	return e
 }
 
+// unavailableZh names, in Chinese, what unavailable is told is missing
+// (the English name must not show on a Chinese page).
+var unavailableZh = map[string]string{
+	"e-code":          "电子码",
+	"enrolment":       "居民登记",
+	"ledger":          "账务",
+	"scan statistics": "扫码统计",
+	"scans":           "扫码受理",
+	"sign-in":         "登录",
+	"subsidies":       "补贴发放",
+	"terminals":       "终端管理",
+}
+
 func unavailable(what string) error {
-	return apperr.Newf(apperr.Unavailable, what+" is not available on this node yet", "本节点暂不提供此功能（"+what+"）")
+	zh := "本节点暂不提供此功能"
+	if n, ok := unavailableZh[what]; ok {
+		zh = "本节点暂不提供此功能（" + n + "）"
+	}
+	return apperr.Newf(apperr.Unavailable, what+" is not available on this node yet", zh)
 }
 
 // residentContext is the signed-in resident and card.
@@ -370,7 +392,7 @@ func (w *Web) residentLost(rq *req) error {
 	}
 	rq.endSession()
 	w.d.Auth.RevokeSubject(ctx, auth.KindResident, number)
-	return rq.render(200, "r_lost_done.html", "r.lost.title", map[string]string{"Card": number})
+	return redirect("/r/lost/done")
 }
 
 func (w *Web) residentPINForm(rq *req) error {
