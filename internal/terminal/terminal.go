@@ -16,8 +16,9 @@
 //     so a database dump cannot forge a batch.
 //   - Disabling a terminal (or its provider) takes effect at once in this
 //     process: its tokens are revoked and the cached terminal row is
-//     dropped. Other processes sharing the database notice within CacheTTL
-//     (2 s), the same bound auth gives for tokens.
+//     dropped (a look-up that read the row before the disable does not
+//     put it back: Service.gen). Other processes sharing the database
+//     notice within CacheTTL (2 s), the same bound auth gives for tokens.
 //   - Terminal rows are cached for CacheTTL because every scan checks them;
 //     the catalogue and the token cache make the rest of the check
 //     in-memory.
@@ -97,6 +98,9 @@ type Service struct {
 
 	mu    sync.Mutex
 	cache map[string]cachedTerminal
+	// gen counts disables: a look-up that read the database before one
+	// does not fill the cache after it (it might hold the enabled row).
+	gen uint64
 }
 
 type cachedTerminal struct {
@@ -327,6 +331,7 @@ func (s *Service) cached(ctx context.Context, id string) (Terminal, error) {
 	now := s.now()
 	s.mu.Lock()
 	c, ok := s.cache[id]
+	gen := s.gen
 	s.mu.Unlock()
 	if ok && now.Before(c.until) {
 		return c.t, nil
@@ -336,12 +341,32 @@ func (s *Service) cached(ctx context.Context, id string) (Terminal, error) {
 		return Terminal{}, err
 	}
 	s.mu.Lock()
-	if len(s.cache) > 100_000 {
-		s.cache = map[string]cachedTerminal{}
+	if s.gen == gen {
+		if len(s.cache) > 100_000 {
+			s.cache = map[string]cachedTerminal{}
+		}
+		s.cache[id] = cachedTerminal{t: t, until: now.Add(CacheTTL)}
 	}
-	s.cache[id] = cachedTerminal{t: t, until: now.Add(CacheTTL)}
 	s.mu.Unlock()
 	return t, nil
+}
+
+// forget drops terminal id from the cache (or, with id "", every
+// terminal of providerID), and keeps look-ups that read the database
+// before this call from caching what they read.
+func (s *Service) forget(id, providerID string) {
+	s.mu.Lock()
+	s.gen++
+	if id != "" {
+		delete(s.cache, id)
+	} else {
+		for k, c := range s.cache {
+			if c.t.ProviderID == providerID {
+				delete(s.cache, k)
+			}
+		}
+	}
+	s.mu.Unlock()
 }
 
 // Authorize checks that principal p is an enabled terminal that may run
@@ -378,9 +403,7 @@ func (s *Service) DisableTerminal(ctx context.Context, id string) (Terminal, err
 	if n, _ := res.RowsAffected(); n == 0 {
 		return Terminal{}, apperr.Newf(apperr.NotFound, "no such terminal", "未找到该终端")
 	}
-	s.mu.Lock()
-	delete(s.cache, id)
-	s.mu.Unlock()
+	s.forget(id, "")
 	if err := s.auth.RevokeSubject(ctx, auth.KindTerminal, id); err != nil {
 		return Terminal{}, err
 	}
@@ -396,6 +419,7 @@ func (s *Service) DisableProvider(ctx context.Context, id string) (Provider, err
 	if n, _ := res.RowsAffected(); n == 0 {
 		return Provider{}, apperr.Newf(apperr.NotFound, "no such provider", "未找到该服务商")
 	}
+	s.forget("", id)
 	ts, err := s.Terminals(ctx, id)
 	if err != nil {
 		return Provider{}, err
