@@ -14,17 +14,25 @@
 //   - It refreshes the bundle when it is older than TrustRefresh and the
 //     node is reachable; when the node is not, it keeps using the bundle it
 //     has until the bundle's expires_at. After that it refuses every code
-//     and card with trust_expired: it never accepts on stale trust.
+//     and card with trust_expired: it never accepts on stale trust. A
+//     terminal whose clock is more than ecode.ClockSkew before the bundle's
+//     issued_at (a reset clock) refuses with not_yet_valid: its deny list
+//     "as of now" would miss the cards lost since. A bundle older than the
+//     one held (also the one in the state file after a restart) is refused.
 //   - A code is checked with internal/trust (issuer key, signature, expiry,
 //     deny list as of the scan); a physical card against the bundle's card
 //     deny list. A code's cti is remembered until the code expires, so the
 //     same code is refused "replayed" at this terminal even offline.
 //   - Accepted scans become records (terminal.Record) queued in the state
-//     file; Upload signs them as one batch with the terminal's Ed25519
-//     batch key and posts it to /v1/terminals/{id}/batches, then drops the
+//     file; Upload signs them as batches (UploadBatchSize records at most)
+//     with the terminal's Ed25519 batch key and posts them to
+//     /v1/terminals/{id}/batches, then drops the
 //     records the node reported (applied, declined, duplicate or rejected —
-//     all final) from the queue. A failed upload leaves the queue intact;
-//     re-sending is safe because the node applies each record id once.
+//     all final) from the queue. A failed batch and those after it stay
+//     queued; re-sending is safe because the node applies each record id
+//     once. A clock set back more than scan.OfflineClockBack before the
+//     latest record is refused offline (clock_back), as the node would
+//     reject its record.
 //
 // The state file is JSON written atomically (temp file + rename), so a
 // crash between scans loses nothing already printed as accepted.
@@ -76,13 +84,17 @@ type Config struct {
 
 // State is what an offline terminal keeps between scans.
 type State struct {
-	Terminal  string            `json:"terminal"`
-	NodeKey   *ecode.JWK        `json:"node_key,omitempty"`
-	Bundle    json.RawMessage   `json:"bundle,omitempty"`
-	FetchedAt time.Time         `json:"fetched_at"`
-	Seq       int64             `json:"seq"`
-	Seen      map[string]int64  `json:"seen,omitempty"` // cti → expiry (Unix seconds)
-	Queue     []terminal.Record `json:"queue"`
+	Terminal  string          `json:"terminal"`
+	NodeKey   *ecode.JWK      `json:"node_key,omitempty"`
+	Bundle    json.RawMessage `json:"bundle,omitempty"`
+	FetchedAt time.Time       `json:"fetched_at"`
+	Seq       int64           `json:"seq"`
+	// LastAt is the time of the terminal's latest record (the node's mark
+	// for it once uploaded): a record dated more than
+	// scan.OfflineClockBack before it would be rejected clock_back.
+	LastAt time.Time         `json:"last_at"`
+	Seen   map[string]int64  `json:"seen,omitempty"` // cti → expiry (Unix seconds)
+	Queue  []terminal.Record `json:"queue"`
 }
 
 // Terminal is a simulated terminal.
@@ -132,6 +144,9 @@ func New(cfg Config) (*Terminal, error) {
 			}
 			if t.state.Terminal == "" {
 				t.state.Terminal = cfg.ID
+			}
+			if n := len(t.state.Queue); n > 0 && t.state.LastAt.IsZero() {
+				t.state.LastAt = t.state.Queue[n-1].At // a state file from before LastAt
 			}
 		case errors.Is(err, os.ErrNotExist):
 		default:
@@ -298,6 +313,12 @@ func (t *Terminal) download(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if t.bundle == nil && t.state.Bundle != nil {
+		// After a restart the held bundle is only in the state file: load
+		// it, so that the newest-bundle rule below survives restarts (a
+		// held bundle that no longer checks is simply replaced).
+		t.loadBundle()
+	}
 	if t.bundle != nil && b.IssuedAt.Before(t.bundle.IssuedAt) {
 		// An older bundle than the one held (a replay by whoever answers
 		// the fetch) would bring back keys and drop recent deny entries.
@@ -351,6 +372,19 @@ func (t *Terminal) DecideOffline(code, card string, amount int64) Decision {
 		d.Reason = apperr.TrustExpired
 		return d
 	}
+	if now.Add(ecode.ClockSkew).Before(b.IssuedAt) {
+		// The terminal's clock is behind the bundle's issue time (a reset
+		// clock): its deny list "as of now" would miss cards lost since,
+		// and its expiry would be judged on the wrong day. Refuse.
+		d.Reason = apperr.NotYetValid
+		return d
+	}
+	if !t.state.LastAt.IsZero() && now.Before(t.state.LastAt.Add(-scan.OfflineClockBack)) {
+		// The clock went back since the last record: the node would
+		// reject this record (clock_back) and never charge it.
+		d.Reason = apperr.ClockBack
+		return d
+	}
 	// Forget codes that have expired anyway.
 	for k, exp := range t.state.Seen {
 		if exp < now.Unix()-int64(ecode.ClockSkew/time.Second) {
@@ -401,6 +435,7 @@ func (t *Terminal) DecideOffline(code, card string, amount int64) Decision {
 	rec.Seq = t.state.Seq
 	rec.ID = fmt.Sprintf("%d-%s", rec.Seq, randomHex(8))
 	t.state.Queue = append(t.state.Queue, rec)
+	t.state.LastAt = rec.At
 	d.Decision, d.RecordID, d.Queued = scan.Accepted, rec.ID, len(t.state.Queue)
 	if amount > 0 {
 		d.Charged = &amount
@@ -408,11 +443,21 @@ func (t *Terminal) DecideOffline(code, card string, amount int64) Decision {
 	return d
 }
 
-// Upload signs the queued records as one batch and uploads it; records the
-// node reported on leave the queue.
+// UploadBatchSize is the most records Upload puts in one batch: a queue
+// longer than that (a terminal offline for long) goes up as several
+// batches, oldest first, each well under terminal.MaxBatchRecords and the
+// node's body limit.
+const UploadBatchSize = 10_000
+
+// Upload signs the queued records as batches of at most UploadBatchSize
+// and uploads them in order; records the node reported on leave the
+// queue. It stops at the first failed batch (the records of the batches
+// before it have left the queue; the rest stay for the next upload). The
+// report sums the batches' reports (batch_id: the last batch's).
 func (t *Terminal) Upload(ctx context.Context) (scan.BatchReport, error) {
+	total := scan.BatchReport{Terminal: t.state.Terminal, Items: []scan.RecordReport{}}
 	if len(t.state.Queue) == 0 {
-		return scan.BatchReport{Terminal: t.state.Terminal, Items: []scan.RecordReport{}}, nil
+		return total, nil
 	}
 	if t.state.Terminal == "" {
 		return scan.BatchReport{}, apperr.Invalid("id", "the terminal id is needed to upload", "上传批次需要终端编号")
@@ -421,22 +466,36 @@ func (t *Terminal) Upload(ctx context.Context) (scan.BatchReport, error) {
 	if err != nil {
 		return scan.BatchReport{}, err
 	}
-	rep, err := UploadRecords(ctx, t.cfg.HTTP, t.cfg.Node, t.cfg.Token, t.state.Terminal, key, t.state.Queue, t.cfg.Now())
-	if err != nil {
-		return rep, err
-	}
 	done := map[string]bool{}
-	for _, it := range rep.Items {
-		done[it.ID] = true
+	queue := t.state.Queue
+	for off := 0; off < len(queue) && err == nil; off += UploadBatchSize {
+		chunk := queue[off:min(off+UploadBatchSize, len(queue))]
+		var rep scan.BatchReport
+		rep, err = UploadRecords(ctx, t.cfg.HTTP, t.cfg.Node, t.cfg.Token, t.state.Terminal, key, chunk, t.cfg.Now())
+		if err != nil {
+			break
+		}
+		total.BatchID = rep.BatchID
+		total.Records += rep.Records
+		total.Applied += rep.Applied
+		total.Declined += rep.Declined
+		total.Duplicates += rep.Duplicates
+		total.Rejected += rep.Rejected
+		total.ChargedFen += rep.ChargedFen
+		total.DebtFen += rep.DebtFen
+		total.Items = append(total.Items, rep.Items...)
+		for _, it := range rep.Items {
+			done[it.ID] = true
+		}
 	}
-	kept := t.state.Queue[:0]
-	for _, r := range t.state.Queue {
+	kept := make([]terminal.Record, 0, len(queue)-len(done))
+	for _, r := range queue {
 		if !done[r.ID] {
 			kept = append(kept, r)
 		}
 	}
 	t.state.Queue = kept
-	return rep, nil
+	return total, err
 }
 
 // UploadRecords signs records as one batch of terminal id and posts it.
