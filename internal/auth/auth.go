@@ -128,6 +128,9 @@ type Service struct {
 
 	mu    sync.Mutex
 	cache map[string]cached
+	// gen counts revocations: a look-up that read a token before one does
+	// not put it into the cache after it (it may have read it unrevoked).
+	gen uint64
 }
 
 type cached struct {
@@ -314,6 +317,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 	now := s.now()
 	s.mu.Lock()
 	c, ok := s.cache[h]
+	gen := s.gen
 	s.mu.Unlock()
 	if ok && now.Before(c.until) {
 		if now.After(c.p.ExpiresAt) {
@@ -341,10 +345,12 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 		return Principal{}, apperr.Newf(apperr.Unauthorized, "the session has expired; sign in again", "会话已过期，请重新登录")
 	}
 	s.mu.Lock()
-	if len(s.cache) > 100_000 {
-		s.cache = map[string]cached{}
+	if s.gen == gen {
+		if len(s.cache) > 100_000 {
+			s.cache = map[string]cached{}
+		}
+		s.cache[h] = cached{p: p, until: now.Add(s.CacheTTL)}
 	}
-	s.cache[h] = cached{p: p, until: now.Add(s.CacheTTL)}
 	s.mu.Unlock()
 	return p, nil
 }
@@ -356,6 +362,7 @@ func (s *Service) RevokeToken(ctx context.Context, token string) error {
 		return storeErr(err)
 	}
 	s.mu.Lock()
+	s.gen++
 	delete(s.cache, h)
 	s.mu.Unlock()
 	return nil
@@ -368,6 +375,7 @@ func (s *Service) RevokeSubject(ctx context.Context, kind Kind, subject string) 
 		return storeErr(err)
 	}
 	s.mu.Lock()
+	s.gen++
 	for h, c := range s.cache {
 		if c.p.Kind == kind && c.p.Subject == subject {
 			delete(s.cache, h)
@@ -386,6 +394,7 @@ func (s *Service) RevokeSubjectExcept(ctx context.Context, kind Kind, subject, k
 		return storeErr(err)
 	}
 	s.mu.Lock()
+	s.gen++
 	for h, c := range s.cache {
 		if c.p.Kind == kind && c.p.Subject == subject && h != kh {
 			delete(s.cache, h)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/store"
 	"github.com/yikatong/yikatong/internal/store/storetest"
 )
 
@@ -57,5 +58,43 @@ func TestLogStringMasksCardNumbers(t *testing.T) {
 	st := auth.Principal{Kind: auth.KindStaff, Role: auth.RoleHRAdmin, Subject: "usr_abc"}
 	if got := st.LogString(); got != "hr_admin:usr_abc" {
 		t.Fatalf("staff: %q", got)
+	}
+}
+
+// TestRevokeRacesCacheFill: a look-up that read a token just before it
+// was revoked does not put it into the cache after the revocation, which
+// would let it work for CacheTTL more in this process.
+func TestRevokeRacesCacheFill(t *testing.T) {
+	ctx := context.Background()
+	path := storetest.SQLite(t)
+	db := storetest.Open(t, path)
+	r, gate := storetest.GatedSQLite(t, path)
+	s := auth.New(&store.DB{Dialect: db.Dialect, W: db.W, R: r}, nil)
+	s.CacheTTL = time.Hour
+	for _, revoke := range []func(tok string) error{
+		func(tok string) error { return s.RevokeToken(ctx, tok) },
+		func(string) error { return s.RevokeSubject(ctx, auth.KindResident, "4101000000000001") },
+		func(string) error { return s.RevokeSubjectExcept(ctx, auth.KindResident, "4101000000000001", "yk_other") },
+	} {
+		tok, _, err := s.IssueToken(ctx, auth.Principal{Kind: auth.KindResident, Subject: "4101000000000001", Role: auth.RoleResident}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gate.Arm()
+		done := make(chan error, 1)
+		go func() { _, err := s.Authenticate(ctx, tok); done <- err }()
+		select {
+		case <-gate.Reached():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the look-up never reached the database")
+		}
+		if err := revoke(tok); err != nil { // the row was read unrevoked; now it is revoked
+			t.Fatal(err)
+		}
+		gate.Release()
+		<-done
+		if _, err := s.Authenticate(ctx, tok); apperr.CodeOf(err) != apperr.Unauthorized {
+			t.Fatalf("a revoked token works after the race: %v", err)
+		}
 	}
 }
