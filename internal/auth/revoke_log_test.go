@@ -74,7 +74,9 @@ func TestRevokeRacesCacheFill(t *testing.T) {
 	for _, revoke := range []func(tok string) error{
 		func(tok string) error { return s.RevokeToken(ctx, tok) },
 		func(string) error { return s.RevokeSubject(ctx, auth.KindResident, "4101000000000001") },
-		func(string) error { return s.RevokeSubjectExcept(ctx, auth.KindResident, "4101000000000001", "yk_other") },
+		func(string) error {
+			return s.RevokeSubjectExcept(ctx, auth.KindResident, "4101000000000001", "yk_other")
+		},
 	} {
 		tok, _, err := s.IssueToken(ctx, auth.Principal{Kind: auth.KindResident, Subject: "4101000000000001", Role: auth.RoleResident}, time.Hour)
 		if err != nil {
