@@ -29,6 +29,8 @@ type DemoResident struct {
 	PIN        string `json:"pin"`
 	Category   string `json:"category"`
 	ResidentID string `json:"resident_id,omitempty"`
+	// Flags are the resident's holder flags (a schoolchild is a student).
+	Flags []string `json:"flags,omitempty"`
 }
 
 // DemoTerminal is a terminal of the demo city.

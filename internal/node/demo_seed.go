@@ -145,7 +145,8 @@ func (n *Node) seedDemo(ctx context.Context, baseURL string) (*DemoFile, error) 
 	}
 
 	// Residents who can sign in: every category, and the ages that matter
-	// for concessions (child, adult, 60-64 half fare, 65+ free bus).
+	// for concessions (child, adult, 60-64 half fare, 65+ free bus); the
+	// schoolchild is a student (the campus gate, student fares).
 	listed := []demoPerson{
 		{chineseName(rng), resident.CategoryLocal, idnum.KindCitizen, zzRegions[3], "", "F", 34},
 		{chineseName(rng), resident.CategoryInsuredNonlocal, idnum.KindCitizen, otherCity[0], "", "M", 29},
@@ -190,6 +191,9 @@ func (n *Node) seedDemo(ctx context.Context, baseURL string) (*DemoFile, error) 
 		if !add(p, pins[i]) {
 			return nil, fmt.Errorf("demo: cannot generate an ID for %s", p.category)
 		}
+		if p.age >= 6 && p.age < 18 {
+			items[len(items)-1].Flags = []string{resident.FlagStudent}
+		}
 	}
 	for len(items) < total {
 		var p demoPerson
@@ -219,7 +223,7 @@ func (n *Node) seedDemo(ctx context.Context, baseURL string) (*DemoFile, error) 
 		if i < len(listed) {
 			d.Residents = append(d.Residents, DemoResident{
 				Name: r.Resident.Name, IDNumber: items[i].IDNumber, CardNumber: r.Card.Number,
-				PIN: pins[i], Category: r.Resident.Category, ResidentID: r.Resident.ID,
+				PIN: pins[i], Category: r.Resident.Category, ResidentID: r.Resident.ID, Flags: r.Resident.Flags,
 			})
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/ecode"
 	"github.com/yikatong/yikatong/internal/idnum"
+	"github.com/yikatong/yikatong/internal/node"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
 	"github.com/yikatong/yikatong/internal/store/storetest"
 	"github.com/yikatong/yikatong/internal/terminal"
@@ -238,4 +239,33 @@ func TestResidentFlags(t *testing.T) {
 			t.Fatalf("wallet %d %v, want 800 (one fare before the flag)", bal.Balance, err)
 		}
 	})
+}
+
+// TestDemoStudentAtCampusGate: the demo city's schoolchild is a student,
+// so the demo's campus gate admits them by card and turns an adult away.
+func TestDemoStudentAtCampusGate(t *testing.T) {
+	tn := nodetest.Start(t, nodetest.Options{Demo: true})
+	d := tn.Demo
+	gate := demoTerminal(t, d, "campus.gate")
+	var student, adult node.DemoResident
+	for _, r := range d.Residents {
+		switch {
+		case slices.Contains(r.Flags, "student"):
+			student = r
+		case len(r.Flags) == 0 && adult.CardNumber == "":
+			adult = r
+		}
+	}
+	if student.CardNumber == "" {
+		t.Fatalf("no student among the demo residents: %+v", d.Residents)
+	}
+	var a struct{ Decision, Reason string }
+	tn.Client(gate.Token).JSON(t, "POST", "/v1/scans", map[string]any{"idempotency_key": "demo-stu", "scenario": "campus.gate", "card_number": student.CardNumber}, 200, &a)
+	if a.Decision != "accepted" {
+		t.Fatalf("the demo student at the campus gate: %+v", a)
+	}
+	tn.Client(gate.Token).JSON(t, "POST", "/v1/scans", map[string]any{"idempotency_key": "demo-adult", "scenario": "campus.gate", "card_number": adult.CardNumber}, 200, &a)
+	if a.Decision != "declined" || a.Reason != "not_eligible" {
+		t.Fatalf("an adult without flags at the campus gate: %+v", a)
+	}
 }
