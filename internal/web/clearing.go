@@ -70,6 +70,46 @@ type settledRow struct {
 	Agreed        bool
 	Countersigned bool
 	Error         string
+	// Differs is set when the peer answered with other figures (from its
+	// side, as seen from ours): PeerOwedToUsFen, PeerWeOweFen, PeerMessages.
+	Differs                       bool
+	PeerOwedToUsFen, PeerWeOweFen int64
+	PeerMessages                  string
+}
+
+// peerDiffers reads the federation's "the peer's figures differ: A/B over
+// N messages" (amounts in fen, A→B and B→A of the pair).
+func peerDiffers(msg string) (aOwes, bOwes int64, msgs string, ok bool) {
+	rest, found := strings.CutPrefix(msg, "the peer's figures differ: ")
+	if !found {
+		return 0, 0, "", false
+	}
+	figs, n, found := strings.Cut(rest, " over ")
+	a, b, found2 := strings.Cut(figs, "/")
+	if !found || !found2 {
+		return 0, 0, "", false
+	}
+	var err1, err2 error
+	aOwes, err1 = strconv.ParseInt(a, 10, 64)
+	bOwes, err2 = strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, 0, "", false
+	}
+	return aOwes, bOwes, strings.TrimSuffix(n, " messages"), true
+}
+
+// SettleError explains, in the page's language, why a peer did not
+// countersign: its own figures in yuan, or that it could not be asked
+// (the federation's technical text only on the English page).
+func (rq *req) SettleError(r settledRow) string {
+	if r.Error == "" {
+		return ""
+	}
+	if r.Differs {
+		return rq.Msg("the peer's figures: owed to us "+money(r.PeerOwedToUsFen)+", we owe "+money(r.PeerWeOweFen)+", "+r.PeerMessages+" messages",
+			"对方计：对方应付我方 "+money(r.PeerOwedToUsFen)+"，我方应付对方 "+money(r.PeerWeOweFen)+"，共 "+r.PeerMessages+" 条报文")
+	}
+	return rq.Msg("the peer could not be asked: "+r.Error, "无法取得对方城市的会签，请稍后重试")
 }
 
 type clearingData struct {
@@ -239,10 +279,10 @@ func (w *Web) consoleClearingSettle(rq *req) error {
 	if day == "" {
 		day = d.Day
 	}
+	d.Day = day // kept on the form if it is refused
 	if _, err := time.Parse(time.DateOnly, day); err != nil {
 		return rq.renderWithError(apperr.Invalid("day", "write the day as year-month-day, e.g. 2026-11-01", "日期格式应为 年-月-日，例如 2026-11-01"), "c_clearing.html", "c.clearing.title", d)
 	}
-	d.Day = day
 	sts, err := w.d.ClearingSettle(ctx, day)
 	if err != nil {
 		return rq.renderWithError(err, "c_clearing.html", "c.clearing.title", d)
@@ -273,6 +313,13 @@ func settledRows(city string, sts []federation.SignedStatement) []settledRow {
 			r.Peer, r.OwedToUsFen, r.WeOweFen = st.A, aOwes, bOwes
 		}
 		r.NetToUsFen = r.OwedToUsFen - r.WeOweFen
+		if pa, pb, n, ok := peerDiffers(s.Error); ok {
+			r.Differs, r.PeerMessages = true, n
+			r.PeerOwedToUsFen, r.PeerWeOweFen = pb, pa // we are A
+			if st.A != city {
+				r.PeerOwedToUsFen, r.PeerWeOweFen = pa, pb
+			}
+		}
 		if len(r.Digest) > 16 {
 			r.Digest = r.Digest[:16] + "…"
 		}

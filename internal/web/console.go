@@ -384,7 +384,27 @@ func (w *Web) consoleDisputes(rq *req) error {
 	if err != nil {
 		return err
 	}
+	if err := w.auditDisputes(rq, ds); err != nil {
+		return err // no audit, no personal data
+	}
 	return rq.render(200, "c_disputes.html", "c.disputes.title", disputesData{Status: rq.r.URL.Query().Get("status"), Disputes: ds})
+}
+
+// auditDisputes records, one row per resident, that the staff member is
+// shown these disputes (a card number, a charge, the resident's words).
+func (w *Web) auditDisputes(rq *req, ds []Dispute) error {
+	if len(ds) == 0 {
+		return nil
+	}
+	var ids []string
+	seen := map[string]bool{}
+	for _, d := range ds {
+		if !seen[d.ResidentID] {
+			seen[d.ResidentID] = true
+			ids = append(ids, d.ResidentID)
+		}
+	}
+	return w.d.Auth.AuditEach(rq.r.Context(), rq.S.P, "read_disputes", ids, "disputes="+strconv.Itoa(len(ds))+" web")
 }
 
 func (w *Web) consoleDisputeRefund(rq *req) error {
@@ -404,6 +424,9 @@ func (w *Web) consoleDisputeReject(rq *req) error {
 func (w *Web) disputesWithError(rq *req, err error) error {
 	ds, derr := w.Disputes(rq.r.Context(), "", DisputeOpen)
 	if derr != nil {
+		return err
+	}
+	if derr := w.auditDisputes(rq, ds); derr != nil {
 		return err
 	}
 	return rq.renderWithError(err, "c_disputes.html", "c.disputes.title", disputesData{Disputes: ds})

@@ -190,7 +190,7 @@ func parseEnrolCSV(r io.Reader) ([]csvRow, error) {
 		return strings.TrimSpace(rec[i])
 	}
 	var rows []csvRow
-	for line := 2; ; line++ {
+	for {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
 			break
@@ -198,11 +198,17 @@ func parseEnrolCSV(r io.Reader) ([]csvRow, error) {
 		if len(rows) >= maxCSVRows {
 			return nil, apperr.Invalid("file", "at most 20000 rows per file", "每个文件最多 20000 行")
 		}
-		row := csvRow{line: line, issueCard: true}
+		// The line the record starts on in the file: the reader skips
+		// blank lines and a quoted field may span several lines, so
+		// counting records would name the wrong line.
+		row := csvRow{issueCard: true}
+		if err == nil {
+			row.line, _ = cr.FieldPos(0)
+		}
 		if err != nil {
 			var pe *csv.ParseError
 			if errors.As(err, &pe) {
-				row.line = pe.Line
+				row.line = pe.StartLine
 			}
 			row.err = apperr.Invalid("row", "the line is not valid CSV (check the quotes)", "该行不是有效的 CSV（请检查引号）")
 			rows = append(rows, row)

@@ -338,8 +338,8 @@ func parseYuan(s string) (int64, error) {
 	bad := apperr.Invalid("amount", "write the amount in yuan, e.g. 2.50", "金额请以元填写，例如 2.50")
 	s = normalizeAmount(s)
 	whole, frac, _ := strings.Cut(s, ".")
-	if whole == "" || len(frac) > 2 || len(whole) > 9 {
-		return 0, bad
+	if whole == "" || len(frac) > 2 || len(whole) > 9 || !allDigits(whole) || !allDigits(frac) {
+		return 0, bad // strconv would take a sign: "2.+5" is not 2.05
 	}
 	y, err := strconv.ParseInt(whole, 10, 64)
 	if err != nil || y < 0 {
@@ -353,4 +353,13 @@ func parseYuan(s string) (int64, error) {
 		return 0, bad
 	}
 	return y*100 + f, nil
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }

@@ -364,6 +364,8 @@ var messages = map[string][2]string{
 	"audit.issue_card":           {"发卡", "card issued"},
 	"audit.read_card":            {"查看卡片", "card read"},
 	"audit.read_resident":        {"查看居民信息", "resident read"},
+	"audit.search_residents":     {"查询居民", "residents searched"},
+	"audit.read_disputes":        {"查看异议", "disputes read"},
 	"audit.reveal_id_number":     {"查看完整证件号", "full ID number shown"},
 	"audit.enrol_resident":       {"登记居民", "resident enrolled"},
 	"audit.set_flags":            {"设置身份标记", "holder flags set"},
