@@ -42,12 +42,15 @@ func runOffline(ctx context.Context, o Options, c *client, pop *population) (Res
 		t := pick(ts, rng)
 		tm := terms[t.scenario][rng.IntN(len(terms[t.scenario]))]
 		recs := make([]terminal.Record, o.BatchSize)
+		var fallbacks int64 // records that found the code pool dry
 		at := time.Now().UTC().Add(-time.Second)
 		for i := range recs {
 			n := seq.Add(1)
 			rec := terminal.Record{ID: fmt.Sprintf("%s%d", prefix, n), Seq: n, At: at, Scenario: t.scenario, AmountFen: t.amount(rng)}
 			if rng.Float64() < t.codeProb {
-				rec.Code = pop.code()
+				if rec.Code = pop.code(); rec.Code == "" {
+					fallbacks++
+				}
 			}
 			if rec.Code == "" {
 				rec.CardNumber = pop.people[rng.IntN(len(pop.people))].card
@@ -59,6 +62,7 @@ func runOffline(ctx context.Context, o Options, c *client, pop *population) (Res
 			return err
 		}
 		countReport(rep, w, r)
+		r.fallbacks.Add(fallbacks)
 		return nil
 	})
 	res.Terminals = countTerminals(terms)

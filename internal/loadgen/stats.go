@@ -3,6 +3,7 @@ package loadgen
 import (
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -98,7 +99,9 @@ func (r *recorder) result(mix string, conc int, elapsed time.Duration) Result {
 		if len(all) == 0 {
 			return 0
 		}
-		i := int(float64(len(all))*p+0.5) - 1
+		// Nearest rank: the ceil(p·n)-th smallest sample (the epsilon keeps
+		// p·n that is a whole number in exact arithmetic from rounding up).
+		i := int(math.Ceil(float64(len(all))*p-1e-9)) - 1
 		return all[max(0, min(i, len(all)-1))]
 	}
 	res := Result{Mix: mix, Concurrency: conc, Elapsed: elapsed, Requests: r.requests.Load(), Records: r.records.Load(),
