@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"time"
@@ -27,6 +28,15 @@ func (s *Server) serveOpenAPI(w http.ResponseWriter, r *http.Request, _ auth.Pri
 func (s *Server) OpenAPI() map[string]any {
 	paths := map[string]any{}
 	schemas := map[string]any{}
+	// Every error answer is an apperr.Problem; its code is one of the
+	// catalogue's.
+	problemRef := schemaRef(reflect.TypeOf(apperr.Problem{}), schemas)
+	codes := apperr.Codes()
+	sort.Slice(codes, func(i, j int) bool { return codes[i] < codes[j] })
+	if p, ok := schemas[strings.TrimPrefix(problemRef["$ref"].(string), "#/components/schemas/")].(map[string]any); ok {
+		props := p["properties"].(map[string]any)
+		props["code"] = map[string]any{"type": "string", "enum": codes}
+	}
 	for _, rt := range s.routes {
 		method, path, _ := strings.Cut(rt.Pattern, " ")
 		if !strings.HasPrefix(path, "/v1/") {
@@ -59,17 +69,15 @@ func (s *Server) OpenAPI() map[string]any {
 		} else if rt.Request != nil {
 			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(rt.Request), schemas)}}}
 		}
-		okResp := map[string]any{"description": "OK"}
+		code := SuccessStatus(rt)
+		okResp := map[string]any{"description": http.StatusText(code)}
 		if rt.Response != nil {
 			okResp["content"] = map[string]any{"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(rt.Response), schemas)}}
 		}
-		status := "200"
-		if method == "POST" && rt.Response != nil && strings.Contains(rt.Summary, "Create") {
-			status = "201"
-		}
+		status := strconv.Itoa(code)
 		op["responses"] = map[string]any{
 			status:    okResp,
-			"default": map[string]any{"description": "Error", "content": map[string]any{"application/problem+json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/Problem"}}}},
+			"default": map[string]any{"description": "Error", "content": map[string]any{"application/problem+json": map[string]any{"schema": problemRef}}},
 		}
 		item, _ := paths[path].(map[string]any)
 		if item == nil {
@@ -77,13 +85,6 @@ func (s *Server) OpenAPI() map[string]any {
 			paths[path] = item
 		}
 		item[strings.ToLower(method)] = op
-	}
-	schemaRef(reflect.TypeOf(apperr.Problem{}), schemas)
-	codes := apperr.Codes()
-	sort.Slice(codes, func(i, j int) bool { return codes[i] < codes[j] })
-	if p, ok := schemas["Problem"].(map[string]any); ok {
-		props := p["properties"].(map[string]any)
-		props["code"] = map[string]any{"type": "string", "enum": codes}
 	}
 	return map[string]any{
 		"openapi": "3.1.0",
@@ -98,6 +99,21 @@ func (s *Server) OpenAPI() map[string]any {
 			"securitySchemes": map[string]any{"bearer": map[string]any{"type": "http", "scheme": "bearer"}},
 		},
 	}
+}
+
+// SuccessStatus is the status the OpenAPI document gives rt's success
+// answer (Route.Status).
+func SuccessStatus(rt Route) int {
+	method, _, _ := strings.Cut(rt.Pattern, " ")
+	switch {
+	case rt.Status != 0:
+		return rt.Status
+	case method == http.MethodPost && rt.Response != nil && strings.HasPrefix(rt.Summary, "Create"):
+		return http.StatusCreated
+	case method != http.MethodGet && method != http.MethodHead && rt.Response == nil:
+		return http.StatusNoContent
+	}
+	return http.StatusOK
 }
 
 func operationID(method, path string) string {

@@ -52,6 +52,11 @@ type Route struct {
 	Response any // a value of the 2xx response body type
 	// RequestType overrides the request media type (e.g. "text/csv").
 	RequestType string
+	// Status is the success status the handler answers, for the OpenAPI
+	// document. 0: 201 for a POST whose summary begins "Create" and that
+	// has a Response, 204 for a route other than GET without a Response,
+	// else 200. Set it where that rule does not hold.
+	Status int
 }
 
 // Authenticator resolves bearer tokens.

@@ -50,6 +50,7 @@ type rotateResponse struct {
 func (n *Node) codeRoutes() {
 	n.API.Handle(httpapi.Route{
 		Pattern: "GET /v1/trust", Summary: "The signed trust bundle: issuer keys, deny list, peers, expiry", Tag: "trust",
+		Response: trust.Bundle{},
 		Handle: func(w http.ResponseWriter, r *http.Request, _ auth.Principal) error {
 			b, err := n.TrustBundle(r.Context())
 			if err != nil {
@@ -70,7 +71,7 @@ func (n *Node) codeRoutes() {
 	})
 	n.API.Handle(httpapi.Route{
 		Pattern: "POST /v1/ecodes", Summary: "Create a one-minute e-code for the signed-in resident's card", Tag: "ecodes",
-		Roles: []auth.Role{auth.RoleResident}, Response: ecodeResponse{},
+		Roles: []auth.Role{auth.RoleResident}, Response: ecodeResponse{}, Status: http.StatusOK,
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
 			code, exp, err := n.IssueCode(r.Context(), p.Subject)
 			if err != nil {
