@@ -10,7 +10,6 @@ import (
 	"github.com/yikatong/yikatong/internal/node/nodetest"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/store/storetest"
-	"github.com/yikatong/yikatong/internal/terminal"
 )
 
 // eligClock is a settable clock for a node under test.
@@ -25,19 +24,7 @@ func (c *eligClock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 // eligSetupAt is setup with the node's eligClock at clk and no residents.
 func eligSetupAt(t testing.TB, dsn string, clk *eligClock, scenarios []string) *city {
 	t.Helper()
-	tn := nodetest.Start(t, nodetest.Options{DB: dsn, Now: clk.Now})
-	c := &city{tn: tn, op: operator(t, tn)}
-	var p terminal.Provider
-	c.op.JSON(t, "POST", "/v1/providers", map[string]any{"name": "郑州公交", "kind": "transit", "scenarios": scenarios}, 201, &p)
-	c.provider = p.ID
-	var tc struct {
-		Terminal    terminal.Terminal    `json:"terminal"`
-		Credentials terminal.Credentials `json:"credentials"`
-	}
-	c.op.JSON(t, "POST", "/v1/providers/"+p.ID+"/terminals", map[string]any{"name": "gate 1"}, 201, &tc)
-	c.term, c.batchKey = tc.Terminal.ID, tc.Credentials.BatchKey
-	c.tc = tn.Client(tc.Credentials.Token)
-	return c
+	return newCity(t, nodetest.Options{DB: dsn, Now: clk.Now}, scenarios)
 }
 
 var eligCST = time.FixedZone("CST", 8*3600)

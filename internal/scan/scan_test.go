@@ -93,7 +93,23 @@ func operator(t testing.TB, tn *nodetest.Node) *nodetest.Client {
 
 func setup(t testing.TB, dsn string, scenarios []string) *city {
 	t.Helper()
-	tn := nodetest.Start(t, nodetest.Options{DB: dsn})
+	c := newCity(t, nodetest.Options{DB: dsn}, scenarios)
+	tn := c.tn
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := time.Now()
+	c.people = []person{
+		enrol(t, tn.Node, rng, resident.CategoryLocal, now.AddDate(-30, 0, -3), 10_000, 5_000),
+		enrol(t, tn.Node, rng, resident.CategoryLocal, now.AddDate(-70, 0, -3), 10_000, 0),
+		enrol(t, tn.Node, rng, resident.CategoryPermanentResident, now.AddDate(-40, 0, -3), 300, 0),
+	}
+	return c
+}
+
+// newCity starts a node with o and a provider serving scenarios with one
+// terminal, and no residents.
+func newCity(t testing.TB, o nodetest.Options, scenarios []string) *city {
+	t.Helper()
+	tn := nodetest.Start(t, o)
 	c := &city{tn: tn, op: operator(t, tn)}
 	var p terminal.Provider
 	c.op.JSON(t, "POST", "/v1/providers", map[string]any{"name": "郑州公交", "kind": "transit", "scenarios": scenarios}, 201, &p)
@@ -105,13 +121,6 @@ func setup(t testing.TB, dsn string, scenarios []string) *city {
 	c.op.JSON(t, "POST", "/v1/providers/"+p.ID+"/terminals", map[string]any{"name": "gate 1"}, 201, &tc)
 	c.term, c.batchKey = tc.Terminal.ID, tc.Credentials.BatchKey
 	c.tc = tn.Client(tc.Credentials.Token)
-	rng := rand.New(rand.NewPCG(1, 2))
-	now := time.Now()
-	c.people = []person{
-		enrol(t, tn.Node, rng, resident.CategoryLocal, now.AddDate(-30, 0, -3), 10_000, 5_000),
-		enrol(t, tn.Node, rng, resident.CategoryLocal, now.AddDate(-70, 0, -3), 10_000, 0),
-		enrol(t, tn.Node, rng, resident.CategoryPermanentResident, now.AddDate(-40, 0, -3), 300, 0),
-	}
 	return c
 }
 
