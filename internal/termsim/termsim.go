@@ -405,8 +405,8 @@ func (t *Terminal) DecideOffline(code, card string, amount int64) Decision {
 			d.Reason = apperr.Malformed
 			return d
 		}
-		if b.CardRevoked(n, now) {
-			d.Reason = apperr.Revoked
+		if err := b.CheckCard(n, now); err != nil {
+			d.Reason = apperr.CodeOf(err)
 			return d
 		}
 		rec.CardNumber = n

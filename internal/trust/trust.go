@@ -405,6 +405,29 @@ func (b *Bundle) VerifyCodeHeader(code string, at time.Time) (ecode.Claims, ecod
 	return d.Claims, d.Header, nil
 }
 
+// CheckCard checks a physical card offline as VerifyCode checks a code:
+// trust_expired past the bundle's expires_at or, for a card with a peer's
+// region code, past that peer's expires_at (the deny list held for it can
+// no longer be vouched for); revoked if a deny list that speaks for the
+// card lists it at or before at (CardRevoked); nil otherwise.
+func (b *Bundle) CheckCard(cardNumber string, at time.Time) error {
+	if at.After(b.ExpiresAt) {
+		return apperr.New(apperr.TrustExpired)
+	}
+	if len(cardNumber) >= RegionDigits {
+		for _, p := range b.regions[cardNumber[:RegionDigits]] {
+			if exp, ok := b.peerExp[p]; ok && p != b.Issuer && at.After(exp) {
+				return apperr.Newf(apperr.TrustExpired,
+					"the trust data for "+p+" has expired; refresh the bundle", "该发卡城市的信任数据已过期，请更新信任列表")
+			}
+		}
+	}
+	if b.CardRevoked(cardNumber, at) {
+		return apperr.New(apperr.Revoked)
+	}
+	return nil
+}
+
 // CardRevoked reports whether the physical card with this number is on a
 // deny list with a revocation at or before at: this city's (any number),
 // or that of the peer whose region code the number starts with. A peer

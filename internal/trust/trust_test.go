@@ -310,3 +310,33 @@ func TestPeerDenyListCoversOnlyItsOwnCards(t *testing.T) {
 		t.Fatal("the peer revoked a third city's card")
 	}
 }
+
+// TestCheckCard: a physical card is checked offline as a code is: a
+// peer's card past that peer's expires_at is trust_expired (its deny list
+// can no longer be vouched for), any card past the bundle's expiry too;
+// a listed card is revoked; this city's cards do not depend on a peer's
+// expiry.
+func TestCheckCard(t *testing.T) {
+	const (
+		peerCard = "3100000000000010"
+		lostPeer = "3100000000000028"
+		ourCard  = "4101000000000018"
+	)
+	f := newFixture(t, nil, []Revocation{{CardHash: CardHash(lostPeer), At: t0}})
+	nk := f.node.Public()
+	b, err := Parse(f.json, &nk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := t0.Add(time.Hour)
+	if err := b.CheckCard(peerCard, at); err != nil {
+		t.Fatalf("a peer's card within its trust data: %v", err)
+	}
+	wantCode(t, b.CheckCard(lostPeer, at), apperr.Revoked)
+	late := t0.Add(13 * time.Hour) // past the peer's expires_at, within the bundle's
+	wantCode(t, b.CheckCard(peerCard, late), apperr.TrustExpired)
+	if err := b.CheckCard(ourCard, late); err != nil {
+		t.Fatalf("our own card after a peer's data expired: %v", err)
+	}
+	wantCode(t, b.CheckCard(ourCard, t0.Add(25*time.Hour)), apperr.TrustExpired)
+}
