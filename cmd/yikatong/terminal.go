@@ -88,14 +88,20 @@ func cmdTerminal(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "yikatong terminal: %v\n", err)
 			return 2
 		}
+		// --id names the terminal (its token and batch key go with it);
+		// otherwise the first terminal of --scenario.
 		var found *node.DemoTerminal
 		for i, t := range d.Terminals {
-			if t.Scenario == *scenario || *id != "" && t.ID == *id {
+			if *id != "" && t.ID == *id || *id == "" && t.Scenario == *scenario {
 				found = &d.Terminals[i]
 				break
 			}
 		}
-		if found == nil {
+		switch {
+		case found == nil && *id != "":
+			fmt.Fprintf(stderr, "yikatong terminal: %s has no terminal %q\n", *demoPath, *id)
+			return 2
+		case found == nil:
 			fmt.Fprintf(stderr, "yikatong terminal: %s has no terminal for scenario %q\n", *demoPath, *scenario)
 			return 2
 		}

@@ -56,6 +56,11 @@ func TestCmdTerminalAndLoad(t *testing.T) {
 	if code, _, _ = runCmd("terminal", "--node", n.URL, "--scenario", "transit.bus", "--card", card); code != 2 {
 		t.Fatalf("no token: exit %d", code)
 	}
+	// --id names the terminal: an unknown one is an error, not the first
+	// terminal of --scenario under another terminal's id.
+	if code, _, out = runCmd("terminal", "--demo", demo, "--id", "trm_nope", "--scenario", "transit.bus", "--card", card); code != 2 || !strings.Contains(out, "trm_nope") {
+		t.Fatalf("unknown --id: exit %d %s", code, out)
+	}
 
 	// Load: short bounded runs of each mix against the same node; the
 	// charge and offline runs spread over 30 terminals, onboarded first.
