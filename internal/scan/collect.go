@@ -57,6 +57,8 @@ import (
 //   - The ledger checks the wallet's floor in the same batch (a wallet
 //     drained meanwhile refuses the transfer: nothing is written; the
 //     collector plans again).
+//   - A ride's cancellation (cancel.go) is the row's last entry in the
+//     same numbering: it settles what is still owed, so nothing follows.
 //   - Outstanding debt = debt_fen minus the sum of its collections; the
 //     credit limit check of new offline debt (rows.go, owedSQL) reads the
 //     same, so collected debt makes room for new credit.
@@ -213,6 +215,10 @@ type collectRow struct {
 	creditor                  string
 	at                        int64
 	written                   bool
+	// cancel: the row of a ride's cancellation (cancel.go), not a
+	// collection: it settles exactly what is still owed (amount, maybe 0)
+	// and its transfers are the cancellation's linked set.
+	cancel bool
 }
 
 func (w *collectRow) request(d debtRow) ledger.TransferRequest {
@@ -421,7 +427,10 @@ type collectedSoFar struct{ sum, seq int64 }
 
 // Claim implements ledger.Attacher: collection n of a row is admitted only
 // if n-1 is its last collection (stored, or admitted earlier in the
-// batch) and its collections stay within its debt.
+// batch) and its collections stay within its debt. A ride's cancellation
+// (cancel.go) is a row of the same numbering, admitted only if it was
+// planned from the row's last collection and settles exactly what is
+// still owed; after it the row owes nothing, so no collection follows.
 func (collectAttacher) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Attachment) error {
 	st := map[rowRef]*collectedSoFar{}
 	loaded := map[string]bool{}
@@ -461,7 +470,10 @@ func (collectAttacher) Claim(ctx context.Context, tx *sql.Tx, atts []*ledger.Att
 			cur = &collectedSoFar{}
 			st[k] = cur
 		}
-		if w.seq != cur.seq+1 || w.amount <= 0 || cur.sum+w.amount > w.debt {
+		switch {
+		case w.seq != cur.seq+1,
+			!w.cancel && (w.amount <= 0 || cur.sum+w.amount > w.debt),
+			w.cancel && (w.amount < 0 || cur.sum+w.amount != w.debt):
 			a.Refused = errCollectionRace
 			continue
 		}
@@ -478,7 +490,7 @@ func (collectAttacher) Write(ctx context.Context, tx *sql.Tx, atts []*ledger.Att
 	for _, a := range atts {
 		w := a.Value.(*collectRow)
 		w.written = false
-		if a.Err != nil || len(a.Transfers) != 1 {
+		if a.Err != nil || len(a.Transfers) == 0 || (!w.cancel && len(a.Transfers) != 1) {
 			continue
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO scan_debt_collections(terminal_id, idem_key, seq, resident_id, amount_fen, credit_account, transfer_id, at)

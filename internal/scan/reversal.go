@@ -59,8 +59,8 @@ func CheckReversible(ctx context.Context, l *ledger.Ledger, transferID string) e
 }
 
 // ErrOnCredit refuses the reversal of a part of a ride taken on credit
-// (CheckReversible): the ride must be cancelled with its debt, which is
-// not built yet.
+// (CheckReversible): the ride must be cancelled with its debt, by
+// CancelRide (cancel.go; a dispute's refund does).
 var ErrOnCredit = apperr.Newf(apperr.Conflict,
 	"this charge is part of a ride taken on credit (ride first, pay later): reversing it alone would leave the ride's debt inconsistent; the ride must be cancelled with its debt",
 	"该笔扣款属于先乘后付（赊账）乘车：单独冲正会使该次乘车欠款不一致，须连同欠款一并撤销")

@@ -174,11 +174,16 @@ func (w *Web) RefundDispute(ctx context.Context, p auth.Principal, id, note stri
 	if err != nil {
 		return Dispute{}, err
 	}
+	// A part of a ride taken on credit is refunded by cancelling the
+	// whole ride (scan.CancelRide); anything else CheckReversible refuses
+	// stays open.
+	rerr := w.refundableHere(ctx, d)
+	onCredit := rerr == scan.ErrOnCredit
+	if rerr != nil && !onCredit && (d.Status == DisputeOpen || d.Status == DisputeRefunding) {
+		return Dispute{}, rerr
+	}
 	switch d.Status {
 	case DisputeOpen:
-		if err := w.refundableHere(ctx, d); err != nil {
-			return Dispute{}, err
-		}
 		r, err := w.d.DB.W.ExecContext(ctx, `UPDATE disputes SET status = 'refunding' WHERE id = $1 AND status = 'open'`, d.ID)
 		if err != nil {
 			return Dispute{}, apperr.Wrap(apperr.Internal, err)
@@ -195,25 +200,55 @@ func (w *Web) RefundDispute(ctx context.Context, p auth.Principal, id, note stri
 	default:
 		return Dispute{}, errNotOpen
 	}
-	t, err := w.reverseRest(ctx, d)
+	var refund string
+	if onCredit {
+		refund, err = w.cancelRide(ctx, d)
+	} else {
+		var t ledger.Transfer
+		t, err = w.reverseRest(ctx, d)
+		refund = t.ID
+	}
 	if err != nil {
 		return Dispute{}, err
 	}
-	if err := w.closeDispute(ctx, p, d.ID, DisputeRefunded, note, t.ID); err != nil {
+	if err := w.closeDispute(ctx, p, d.ID, DisputeRefunded, note, refund); err != nil {
 		if errors.Is(err, errNotOpen) {
 			// A concurrent retry of this refund finished it.
 			return w.dispute(ctx, id)
 		}
 		return Dispute{}, err
 	}
-	w.d.Auth.Audit(ctx, p, "dispute_refund", d.ID, t.ID)
+	w.d.Auth.Audit(ctx, p, "dispute_refund", d.ID, refund)
 	return w.dispute(ctx, id)
+}
+
+// cancelRide refunds dispute d (marked refunding) of a part of a ride
+// taken on credit by cancelling the whole ride under the key
+// "dispute:<id>" (scan.CancelRide: the wallet's part and the collections
+// back to the wallet, the credit back, the debt no longer owed), so a
+// retry or a second click cancels once. It returns the refund's transfer
+// (the first back to the wallet). A ride cancelled already (through
+// another dispute) has nothing left to refund: the dispute goes back to
+// open, like a charge reversed in full (reverseRest).
+func (w *Web) cancelRide(ctx context.Context, d Dispute) (string, error) {
+	c, err := scan.CancelRide(ctx, w.d.DB, w.d.Ledger, w.d.Now, "dispute:"+d.ID, d.TransferID)
+	if err == scan.ErrRideCancelled || err == scan.ErrNotOnCredit {
+		if _, uerr := w.d.DB.W.ExecContext(ctx, `UPDATE disputes SET status = 'open' WHERE id = $1 AND status = 'refunding'`, d.ID); uerr != nil {
+			return "", apperr.Wrap(apperr.Internal, uerr)
+		}
+		return "", err
+	}
+	if err != nil {
+		return "", err
+	}
+	return c.RefundTransfer(), nil
 }
 
 // refundableHere refuses the refund of a charge this city cannot reverse
 // on its own (scan.CheckReversible: one made in another city, a part of a
 // ride taken on credit); the dispute stays open, to be rejected with a
-// note.
+// note. (RefundDispute refunds a part of a ride on credit, refused here
+// with scan.ErrOnCredit, by cancelling the ride.)
 func (w *Web) refundableHere(ctx context.Context, d Dispute) error {
 	return scan.CheckReversible(ctx, w.d.Ledger, d.TransferID)
 }

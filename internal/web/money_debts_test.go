@@ -2,6 +2,7 @@ package web_test
 
 import (
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,11 +79,13 @@ func creditBooksOK(t *testing.T, tn *nodetest.Node, when string) {
 // TestMoneyDisputeOfRideOnCredit: a ride taken on credit ("ride first,
 // pay later") shows on the resident's statement as the part the wallet
 // paid at the ride and as the debt collections of later top-ups. A
-// dispute of one of those lines must not leave the books inconsistent:
-// if the console refunds it, the ride is cancelled (the refund is not
-// collected straight back as that same ride's debt, and the credit
-// account still holds minus what residents owe); otherwise the refund is
-// refused, nothing moves and the dispute stays open to be answered.
+// dispute of one of those lines is refunded by cancelling the whole ride
+// (scan.CancelRide): the wallet gets back all it paid for the ride, the
+// ride's debt is owed no more (the refund is not collected straight back
+// by the next sweep), the credit account still holds minus what residents
+// owe, and the ledger checks. A double click refunds once; a dispute of
+// another line of a ride already cancelled is refused, nothing moves and
+// it stays open.
 func TestMoneyDisputeOfRideOnCredit(t *testing.T) {
 	eachBackend(t, 2, func(t *testing.T, tn *nodetest.Node) {
 		ctx := t.Context()
@@ -114,15 +117,20 @@ func TestMoneyDisputeOfRideOnCredit(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, rerr := w.RefundDispute(ctx, staff, d.ID, "")
+			// A double click: refunded once.
+			var wg sync.WaitGroup
+			var rerr [2]error
+			for i := range rerr {
+				wg.Add(1)
+				go func() { defer wg.Done(); _, rerr[i] = w.RefundDispute(ctx, staff, d.ID, "") }()
+			}
+			wg.Wait()
+			if rerr[0] != nil && rerr[1] != nil {
+				t.Fatalf("refund: %v, %v", rerr[0], rerr[1])
+			}
 			tn.Node.DebtCollector().Sweep(ctx)
-			wallet := balance(t, tn, ledger.WalletID(rid))
-			if rerr == nil {
-				if wallet != fare || owed(t, tn, rid) != 0 {
-					t.Fatalf("refunded: wallet %d (want %d), owed %d", wallet, fare, owed(t, tn, rid))
-				}
-			} else if wallet != 0 || disputeStatus(t, w, rid, d.ID) != web.DisputeOpen {
-				t.Fatalf("refused (%v): wallet %d, dispute %s", rerr, wallet, disputeStatus(t, w, rid, d.ID))
+			if wallet, o := balance(t, tn, ledger.WalletID(rid)), owed(t, tn, rid); wallet != fare || o != 0 || disputeStatus(t, w, rid, d.ID) != web.DisputeRefunded {
+				t.Fatalf("refunded: wallet %d (want %d), owed %d, dispute %s", wallet, fare, o, disputeStatus(t, w, rid, d.ID))
 			}
 			creditBooksOK(t, tn, "after the dispute")
 			finReverses(t, tn, coll, fare)
@@ -146,18 +154,91 @@ func TestMoneyDisputeOfRideOnCredit(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, rerr := w.RefundDispute(ctx, staff, d.ID, "")
+			if _, err := w.RefundDispute(ctx, staff, d.ID, ""); err != nil {
+				t.Fatal(err)
+			}
 			tn.Node.DebtCollector().Sweep(ctx) // as the node does every few minutes
-			wallet, o := balance(t, tn, ledger.WalletID(rid)), owed(t, tn, rid)
-			if rerr == nil {
-				if wallet != 50 || o != 0 {
-					t.Fatalf("refunded, but the ride still counts: wallet %d (want the 50 back), owed %d (want 0)", wallet, o)
-				}
-			} else if wallet != 0 || o != debt || disputeStatus(t, w, rid, d.ID) != web.DisputeOpen {
-				t.Fatalf("refused (%v): wallet %d, owed %d, dispute %s", rerr, wallet, o, disputeStatus(t, w, rid, d.ID))
+			if wallet, o := balance(t, tn, ledger.WalletID(rid)), owed(t, tn, rid); wallet != 50 || o != 0 {
+				t.Fatalf("refunded, but the ride still counts: wallet %d (want the 50 back), owed %d (want 0)", wallet, o)
 			}
 			creditBooksOK(t, tn, "after the dispute")
 			finReverses(t, tn, ledger.TransferID(seq), 50)
+		})
+
+		t.Run("a ride partly collected", func(t *testing.T) {
+			rid, card := debtor(t, tn, 4)
+			if _, err := tn.Ledger.TopUp(ctx, "part-top", ledger.WalletID(rid), 50, nil); err != nil {
+				t.Fatal(err)
+			}
+			rideOffline(t, tn, card, "credit-4", 4)
+			debt := owed(t, tn, rid)
+			half := debt / 2
+			op.JSON(t, "POST", "/v1/topups", map[string]any{"idempotency_key": "part-1", "resident_id": rid, "amount_fen": half}, 200, nil)
+			if o, wallet := owed(t, tn, rid), balance(t, tn, ledger.WalletID(rid)); o != debt-half || wallet != 0 {
+				t.Fatalf("after a top-up of %d: owed %d, wallet %d", half, o, wallet)
+			}
+			creditBooksOK(t, tn, "after the partial collection")
+			var seq int64
+			if err := tn.DB.R.QueryRowContext(ctx, `SELECT seq FROM ledger_journal WHERE debit = $1 AND type = 'transfer' AND kind <> $2`, ledger.WalletID(rid), scan.KindDebtCollection).Scan(&seq); err != nil {
+				t.Fatal(err)
+			}
+			var coll string
+			if err := tn.DB.R.QueryRowContext(ctx, `SELECT transfer_id FROM scan_debt_collections WHERE resident_id = $1`, rid).Scan(&coll); err != nil {
+				t.Fatal(err)
+			}
+			d, err := w.OpenDispute(ctx, rid, card, ledger.TransferID(seq), "I never took that bus")
+			if err != nil {
+				t.Fatal(err)
+			}
+			done, err := w.RefundDispute(ctx, staff, d.ID, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			check := func(when string) {
+				t.Helper()
+				tn.Node.DebtCollector().Sweep(ctx)
+				if wallet, o := balance(t, tn, ledger.WalletID(rid)), owed(t, tn, rid); wallet != 50+half || o != 0 {
+					t.Fatalf("%s: wallet %d (want %d: the 50 before the ride and the %d topped up), owed %d", when, wallet, 50+half, half, o)
+				}
+				creditBooksOK(t, tn, when)
+			}
+			check("after the refund")
+			if done.Status != web.DisputeRefunded || done.RefundTransfer == "" {
+				t.Fatalf("dispute %+v", done)
+			}
+			// Retried: the dispute is resolved, nothing moves.
+			if _, err := w.RefundDispute(ctx, staff, d.ID, ""); err == nil {
+				t.Fatal("a resolved dispute refunded again")
+			}
+			check("after the retry")
+			// A dispute of the ride's collection: the ride is cancelled
+			// already; refused, it stays open.
+			d2, err := w.OpenDispute(ctx, rid, card, coll, "that bus again")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.RefundDispute(ctx, staff, d2.ID, ""); err != scan.ErrRideCancelled {
+				t.Fatalf("refund of a line of a cancelled ride: %v", err)
+			}
+			if s := disputeStatus(t, w, rid, d2.ID); s != web.DisputeOpen {
+				t.Fatalf("dispute %s after the refused refund", s)
+			}
+			check("after the second dispute")
+		})
+
+		t.Run("a charge not on credit is not cancelled", func(t *testing.T) {
+			rid, _ := debtor(t, tn, 5)
+			top, err := tn.Ledger.TopUp(ctx, "nc-top", ledger.WalletID(rid), 70, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := scan.CancelRide(ctx, tn.DB, tn.Ledger, time.Now, "nc", top.ID); err != scan.ErrNotOnCredit {
+				t.Fatalf("cancelling a top-up: %v", err)
+			}
+			if wallet := balance(t, tn, ledger.WalletID(rid)); wallet != 70 {
+				t.Fatalf("wallet %d, want 70", wallet)
+			}
+			creditBooksOK(t, tn, "after the refused cancellation")
 		})
 
 		t.Run("an offline ride the wallet paid in full is refunded", func(t *testing.T) {
