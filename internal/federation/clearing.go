@@ -232,6 +232,9 @@ type SignedStatement struct {
 	Peer      *trust.Signature `json:"peer_signature,omitempty"`
 	Agreed    bool             `json:"agreed"`
 	Error     string           `json:"error,omitempty"`
+	// Theirs is the peer's own statement of the day when it answered with
+	// other figures (Error says so in words).
+	Theirs *Statement `json:"theirs,omitempty"`
 }
 
 // statement computes our view of the day's statement with peer.
@@ -407,6 +410,8 @@ func (s *Service) Settle(ctx context.Context, day string) ([]SignedStatement, er
 				return nil, err
 			}
 		default:
+			theirs := ans.Statement
+			res.Theirs = &theirs
 			res.Error = "the peer's figures differ: " + ans.Statement.AOwesB + "/" + ans.Statement.BOwesA + " over " + ans.Statement.Messages + " messages"
 		}
 		out = append(out, res)

@@ -77,27 +77,6 @@ type settledRow struct {
 	PeerMessages                  string
 }
 
-// peerDiffers reads the federation's "the peer's figures differ: A/B over
-// N messages" (amounts in fen, A→B and B→A of the pair).
-func peerDiffers(msg string) (aOwes, bOwes int64, msgs string, ok bool) {
-	rest, found := strings.CutPrefix(msg, "the peer's figures differ: ")
-	if !found {
-		return 0, 0, "", false
-	}
-	figs, n, found := strings.Cut(rest, " over ")
-	a, b, found2 := strings.Cut(figs, "/")
-	if !found || !found2 {
-		return 0, 0, "", false
-	}
-	var err1, err2 error
-	aOwes, err1 = strconv.ParseInt(a, 10, 64)
-	bOwes, err2 = strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, 0, "", false
-	}
-	return aOwes, bOwes, strings.TrimSuffix(n, " messages"), true
-}
-
 // SettleError explains, in the page's language, why a peer did not
 // countersign: its own figures in yuan, or that it could not be asked
 // (the federation's technical text only on the English page).
@@ -313,11 +292,15 @@ func settledRows(city string, sts []federation.SignedStatement) []settledRow {
 			r.Peer, r.OwedToUsFen, r.WeOweFen = st.A, aOwes, bOwes
 		}
 		r.NetToUsFen = r.OwedToUsFen - r.WeOweFen
-		if pa, pb, n, ok := peerDiffers(s.Error); ok {
-			r.Differs, r.PeerMessages = true, n
-			r.PeerOwedToUsFen, r.PeerWeOweFen = pb, pa // we are A
-			if st.A != city {
-				r.PeerOwedToUsFen, r.PeerWeOweFen = pa, pb
+		if th := s.Theirs; th != nil {
+			pa, err1 := strconv.ParseInt(th.AOwesB, 10, 64)
+			pb, err2 := strconv.ParseInt(th.BOwesA, 10, 64)
+			if err1 == nil && err2 == nil {
+				r.Differs, r.PeerMessages = true, th.Messages
+				r.PeerOwedToUsFen, r.PeerWeOweFen = pb, pa // we are A
+				if th.A != city {
+					r.PeerOwedToUsFen, r.PeerWeOweFen = pa, pb
+				}
 			}
 		}
 		if len(r.Digest) > 16 {

@@ -35,7 +35,8 @@ func TestConsoleSettleDisagreementInChinese(t *testing.T) {
 	w.d.ClearingSettle = func(_ context.Context, day string) ([]federation.SignedStatement, error) {
 		return []federation.SignedStatement{
 			{Statement: federation.Statement{Day: day, A: "CN-310000", B: "CN-330100", AOwesB: "500", BOwesA: "0", Messages: "2"},
-				Error: "the peer's figures differ: 12345/0 over 3 messages"},
+				Error:  "the peer's figures differ: 12345/0 over 3 messages",
+				Theirs: &federation.Statement{Day: day, A: "CN-310000", B: "CN-330100", AOwesB: "12345", BOwesA: "0", Messages: "3"}},
 			{Statement: federation.Statement{Day: day, A: "CN-320100", B: "CN-330100", AOwesB: "0", BOwesA: "0", Messages: "0"},
 				Error: `Post "http://127.0.0.1:1/v1/federation": dial tcp 127.0.0.1:1: connect: connection refused`},
 		}, nil
