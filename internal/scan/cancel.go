@@ -160,6 +160,37 @@ func CancelRide(ctx context.Context, db *store.DB, l *ledger.Ledger, now func() 
 	}
 }
 
+// RideCancelled reports whether transferID is part of a ride taken on
+// credit that has been cancelled (false for any other transfer): a
+// dispute of such a line has nothing left to refund.
+func RideCancelled(ctx context.Context, db *store.DB, l *ledger.Ledger, transferID string) (bool, error) {
+	t, err := l.GetTransfer(ctx, transferID)
+	if err != nil {
+		return false, err
+	}
+	r, err := findRide(ctx, db, t)
+	if err == ErrNotOnCredit {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var last string
+	err = db.R.QueryRowContext(ctx, `SELECT transfer_id FROM scan_debt_collections WHERE terminal_id = $1 AND idem_key = $2 ORDER BY seq DESC LIMIT 1`,
+		r.terminal, r.key).Scan(&last)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, apperr.Wrap(apperr.Unavailable, err)
+	}
+	lt, err := l.GetTransfer(ctx, last)
+	if err != nil {
+		return false, err
+	}
+	return lt.Kind == KindRideCancel, nil // a cancellation is always the ride's last row
+}
+
 // ride is the scan row of a ride on credit.
 type ride struct {
 	terminal, key, residentID, provider, scenario string

@@ -91,6 +91,13 @@ func (w *Web) OpenDispute(ctx context.Context, residentID, cardNumber, transferI
 	if t.Type != "transfer" && t.Type != "post" {
 		return Dispute{}, apperr.Invalid("transfer_id", "only a charge can be disputed", "只能对扣款提出异议")
 	}
+	// A line of a ride on credit already cancelled has nothing left to
+	// refund.
+	if gone, err := scan.RideCancelled(ctx, w.d.DB, w.d.Ledger, t.ID); err != nil {
+		return Dispute{}, err
+	} else if gone {
+		return Dispute{}, scan.ErrRideCancelled
+	}
 	// A charge already reversed in full (by finance, a federation void)
 	// has nothing left to refund.
 	if rest, err := w.refundable(ctx, t.ID, t.Amount, ""); err != nil {

@@ -212,16 +212,9 @@ func TestMoneyDisputeOfRideOnCredit(t *testing.T) {
 			}
 			check("after the retry")
 			// A dispute of the ride's collection: the ride is cancelled
-			// already; refused, it stays open.
-			d2, err := w.OpenDispute(ctx, rid, card, coll, "that bus again")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := w.RefundDispute(ctx, staff, d2.ID, ""); err != scan.ErrRideCancelled {
-				t.Fatalf("refund of a line of a cancelled ride: %v", err)
-			}
-			if s := disputeStatus(t, w, rid, d2.ID); s != web.DisputeOpen {
-				t.Fatalf("dispute %s after the refused refund", s)
+			// already, so there is nothing left to dispute.
+			if _, err := w.OpenDispute(ctx, rid, card, coll, "that bus again"); err != scan.ErrRideCancelled {
+				t.Fatalf("a dispute of a line of a cancelled ride: %v", err)
 			}
 			check("after the second dispute")
 		})
