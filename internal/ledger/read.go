@@ -47,20 +47,18 @@ func (l *Ledger) GetTransfer(ctx context.Context, id string) (Transfer, error) {
 	if !ok {
 		return Transfer{}, apperr.Newf(apperr.NotFound, "no such transfer", "交易不存在")
 	}
-	e, err := scanEntry(l.db.QueryRow(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE seq = $1`, seq))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Transfer{}, apperr.Newf(apperr.NotFound, "no such transfer", "交易不存在")
-	}
-	if err != nil {
-		return Transfer{}, dbErr(err)
-	}
-	return e.transfer(), nil
+	return l.entryWhere(ctx, `seq = $1`, seq)
 }
 
 // GetTransferByKey returns the journal entry applied under an
 // idempotency key (not_found if none was).
 func (l *Ledger) GetTransferByKey(ctx context.Context, key string) (Transfer, error) {
-	e, err := scanEntry(l.db.QueryRow(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE idem_key = $1`, key))
+	return l.entryWhere(ctx, `idem_key = $1`, key)
+}
+
+// entryWhere reads the one journal entry matching cond ($1 = arg).
+func (l *Ledger) entryWhere(ctx context.Context, cond string, arg any) (Transfer, error) {
+	e, err := scanEntry(l.db.QueryRow(ctx, `SELECT `+entryCols+` FROM ledger_journal WHERE `+cond, arg))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Transfer{}, apperr.Newf(apperr.NotFound, "no such transfer", "交易不存在")
 	}

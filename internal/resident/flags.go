@@ -81,9 +81,6 @@ func NormalizeFlags(flags []string) ([]string, error) {
 	return out, nil
 }
 
-// HasFlag reports whether the resident carries flag f.
-func (r Resident) HasFlag(f string) bool { return slices.Contains(r.Flags, f) }
-
 // SetFlags replaces a resident's holder flags (nil or empty: none) and
 // returns the resident as stored. Errors: validation_failed for an
 // unknown flag, not_found. The change is sealed with the rest of the
