@@ -24,7 +24,8 @@ import (
 //     the ride's debt owed, and the next collection takes the refund
 //     straight back; reversing a collection returns the money while the
 //     debt stays recorded as collected, so the credit account no longer
-//     holds minus what residents owe.
+//     holds minus what residents owe. Likewise a transfer of a ride's
+//     cancellation (CancelRide).
 func CheckReversible(ctx context.Context, l *ledger.Ledger, transferID string) error {
 	t, err := l.GetTransfer(ctx, transferID)
 	if err != nil {
@@ -39,7 +40,10 @@ func CheckReversible(ctx context.Context, l *ledger.Ledger, transferID string) e
 		return apperr.Newf(apperr.Conflict, "this charge was made in another city ("+peer+") and is cleared with it: it cannot be reversed here alone; that city voids it",
 			"该笔扣款发生在其他城市（"+peer+"）并已与其清算，本市不能单方面冲正，须由该城市撤销")
 	}
-	onCredit := t.Kind == KindDebtCollection
+	// A collection, or a transfer of a ride's cancellation (cancel.go:
+	// undone alone, it would leave the ride cancelled in its row while
+	// the money moved back).
+	onCredit := t.Kind == KindDebtCollection || t.Kind == KindRideCancel
 	if base, ok := strings.CutSuffix(t.Key, ":debt0"); ok && strings.HasPrefix(base, "scan:") {
 		// The wallet's part of an offline ride: was the rest advanced on
 		// credit (the record's "…:debt1" leg, debtRecord)?

@@ -211,6 +211,29 @@ func TestMoneyDisputeOfRideOnCredit(t *testing.T) {
 				t.Fatal("a resolved dispute refunded again")
 			}
 			check("after the retry")
+			// Finance cannot undo one transfer of the cancellation alone.
+			var cancels []string
+			rows, err := tn.DB.R.QueryContext(ctx, `SELECT seq FROM ledger_journal WHERE kind = $1`, scan.KindRideCancel)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for rows.Next() {
+				var s int64
+				rows.Scan(&s)
+				cancels = append(cancels, ledger.TransferID(s))
+			}
+			rows.Close()
+			if len(cancels) == 0 {
+				t.Fatal("no cancellation transfers in the journal")
+			}
+			for _, id := range cancels {
+				tr, err := tn.Ledger.GetTransfer(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				finReverses(t, tn, id, tr.Amount)
+			}
+			check("after finance's refused reversals")
 			// A dispute of the ride's collection: the ride is cancelled
 			// already, so there is nothing left to dispute.
 			if _, err := w.OpenDispute(ctx, rid, card, coll, "that bus again"); err != scan.ErrRideCancelled {
