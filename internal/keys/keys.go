@@ -7,8 +7,12 @@
 // Private keys are files in DATA/keys/ (directory 0700, files 0600), each a
 // PEM "PRIVATE KEY" block holding PKCS #8 (see ecode.MarshalPrivateKey):
 // issuer keys are issuer-<kid>.key, the node key is node.key. Files are
-// written to a temporary name, fsynced and hard-linked into place, so a key
-// file is never seen half-written and never overwritten.
+// written to a temporary name (.<name>.<random>.tmp, which backups skip),
+// fsynced and hard-linked into place, so a key file is never seen
+// half-written and never overwritten; Open removes temporary files a crash
+// left behind. A keys directory that cannot be made private (a read-only
+// mount that others may enter) must hold files of mode 0400 or 0600: Open
+// refuses key files others could read there.
 //
 // The database holds the registry every process of the node shares:
 // issuer_keys (kid, seq, alg, public key, created_at, retired_at, not_after)
@@ -23,7 +27,10 @@
 // 60 s code lifetime plus a margin for clock skew and for other processes to
 // notice the rotation). A retired key never signs again in a process that
 // has refreshed, keeps verifying until not_after, and then leaves
-// PublicKeys (and so the bundle).
+// PublicKeys (and so the bundle). A new key's file is written before it is
+// registered and deleted only when the registry is known not to hold it
+// (a commit reported as failed may have happened): a registered key whose
+// file is missing would stop every process of the node from starting.
 //
 // # Several processes, one data directory
 //
@@ -74,6 +81,11 @@ type Manager struct {
 	currentSeq int64
 	loaded     map[string]ecode.Signer // active issuer keys by kid string
 	node       ecode.Signer
+
+	// openDirMode is the mode of a keys directory that others may enter
+	// and that could not be made private (read-only file system); zero
+	// when the directory is private.
+	openDirMode os.FileMode
 }
 
 // Open loads (or, on first start, creates) the node key and the current
@@ -94,14 +106,20 @@ func Open(ctx context.Context, dataDir string, db *store.DB, alg ecode.Alg) (*Ma
 	// left alone (it may be a read-only mount of the city's secrets,
 	// docs/deploy.md); one on a read-only file system cannot be changed,
 	// and nobody can write keys into it either.
+	// Such a directory that others may enter must then hold only key files
+	// that others cannot read (readKeyFile), as the vault refuses such a
+	// master key.
+	m := &Manager{dir: dir, db: db, alg: alg, loaded: map[string]ecode.Signer{}}
 	if fi, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("keys: %w", err)
 	} else if fi.Mode().Perm()&0o077 != 0 {
-		if err := os.Chmod(dir, 0o700); err != nil && !errors.Is(err, syscall.EROFS) {
+		if err := chmod(dir, 0o700); err != nil && !errors.Is(err, syscall.EROFS) {
 			return nil, fmt.Errorf("keys: %w", err)
+		} else if err != nil {
+			m.openDirMode = fi.Mode().Perm()
 		}
 	}
-	m := &Manager{dir: dir, db: db, alg: alg, loaded: map[string]ecode.Signer{}}
+	removeStaleTemps(dir)
 	if err := m.ensureNodeKey(ctx); err != nil {
 		return nil, err
 	}
@@ -162,13 +180,9 @@ func (m *Manager) PublicKeysAt(ctx context.Context, at time.Time) ([]ecode.Publi
 		if err := rows.Scan(&kid, &algName, &pub, &notAfter); err != nil {
 			return nil, err
 		}
-		alg, err := ecode.ParseAlg(algName)
+		k, err := parseRegistryKey(kid, algName, pub)
 		if err != nil {
-			return nil, fmt.Errorf("keys: key %s: %w", kid, err)
-		}
-		k, err := ecode.ParsePublicKey(alg, pub)
-		if err != nil || k.KidString() != kid {
-			return nil, fmt.Errorf("keys: registry entry %s does not hold a valid key", kid)
+			return nil, err
 		}
 		if notAfter.Valid {
 			k.NotAfter = time.UnixMilli(notAfter.Int64).UTC()
@@ -176,6 +190,20 @@ func (m *Manager) PublicKeysAt(ctx context.Context, at time.Time) ([]ecode.Publi
 		out = append(out, k)
 	}
 	return out, rows.Err()
+}
+
+// parseRegistryKey checks and parses one issuer_keys row: its algorithm,
+// its public key, and that the key's kid is the row's.
+func parseRegistryKey(kid, algName string, pub []byte) (ecode.PublicKey, error) {
+	alg, err := ecode.ParseAlg(algName)
+	if err != nil {
+		return ecode.PublicKey{}, fmt.Errorf("keys: key %s: %w", kid, err)
+	}
+	k, err := ecode.ParsePublicKey(alg, pub)
+	if err != nil || k.KidString() != kid {
+		return ecode.PublicKey{}, fmt.Errorf("keys: registry entry %s does not hold a valid key", kid)
+	}
+	return k, nil
 }
 
 // Rotate creates a new issuer key, makes it current and retires the old one
@@ -271,7 +299,7 @@ func (m *Manager) issuerPath(kid string) string {
 }
 
 func (m *Manager) loadIssuerKey(kid string) (ecode.Signer, error) {
-	s, err := readKeyFile(m.issuerPath(kid))
+	s, err := m.readKeyFile(m.issuerPath(kid))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("keys: issuer key %s is registered in the database but %s is missing: processes sharing a database must share the data directory", kid, m.issuerPath(kid))
@@ -283,6 +311,14 @@ func (m *Manager) loadIssuerKey(kid string) (ecode.Signer, error) {
 	}
 	return s, nil
 }
+
+// Seams for tests: the directory chmod, the registration transaction, and
+// a look at each temporary key file before it is linked into place.
+var (
+	chmod           = os.Chmod
+	registerTx      = func(ctx context.Context, db *store.DB, fn func(*sql.Tx) error) error { return db.Tx(ctx, fn) }
+	testHookKeyTemp func(tmp string)
+)
 
 var errLostRace = errors.New("keys: another process created the key first")
 
@@ -305,7 +341,7 @@ func (m *Manager) createIssuerKey(ctx context.Context, first bool) (string, erro
 		return "", err
 	}
 	now := time.Now()
-	err = m.db.Tx(ctx, func(tx *sql.Tx) error {
+	err = registerTx(ctx, m.db, func(tx *sql.Tx) error {
 		var maxSeq int64
 		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM issuer_keys`).Scan(&maxSeq); err != nil {
 			return err
@@ -324,13 +360,36 @@ func (m *Manager) createIssuerKey(ctx context.Context, first bool) (string, erro
 		return err
 	})
 	if err != nil {
-		os.Remove(path)
 		if errors.Is(err, errLostRace) || store.IsUniqueViolation(err) {
+			// Rolled back: nothing names the file.
+			os.Remove(path)
 			return "", errLostRace
+		}
+		// The transaction may have committed although the commit reported
+		// an error (a connection lost during COMMIT, ctx cancelled at that
+		// instant). Then the registry names the key as current, and
+		// deleting its file would leave no process able to start: remove
+		// it only when the registry is known not to hold it. An orphan key
+		// file is harmless; a registered key without its file is not.
+		switch registered, rerr := m.registered(ctx, kid); {
+		case rerr == nil && registered:
+			return kid, nil
+		case rerr == nil:
+			os.Remove(path)
 		}
 		return "", fmt.Errorf("keys: registering issuer key: %w", err)
 	}
 	return kid, nil
+}
+
+// registered reports whether the registry holds kid, even when ctx has
+// just been cancelled.
+func (m *Manager) registered(ctx context.Context, kid string) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	var n int
+	err := m.db.W.QueryRowContext(ctx, `SELECT COUNT(*) FROM issuer_keys WHERE kid = $1`, kid).Scan(&n)
+	return n > 0, err
 }
 
 const nodePurpose = "node"
@@ -372,7 +431,7 @@ func (m *Manager) ensureNodeKey(ctx context.Context) error {
 // record exists. Creation is race-safe: the file is hard-linked into place
 // (never replaced) and only then registered.
 func (m *Manager) nodeKeyFile(ctx context.Context, path string) (ecode.Signer, error) {
-	s, err := readKeyFile(path)
+	s, err := m.readKeyFile(path)
 	if !errors.Is(err, os.ErrNotExist) {
 		return s, err
 	}
@@ -381,7 +440,7 @@ func (m *Manager) nodeKeyFile(ctx context.Context, path string) (ecode.Signer, e
 	if qerr == nil {
 		// A process sharing our directory may have placed and registered
 		// the key since we looked.
-		if s, err := readKeyFile(path); err == nil {
+		if s, err := m.readKeyFile(path); err == nil {
 			return s, nil
 		}
 		return nil, fmt.Errorf("keys: the database records node key %s but %s is missing: processes sharing a database must share the data directory", dbKid, path)
@@ -401,7 +460,7 @@ func (m *Manager) nodeKeyFile(ctx context.Context, path string) (ecode.Signer, e
 	case err == nil:
 		return gen, nil
 	case errors.Is(err, os.ErrExist): // another process was quicker
-		return readKeyFile(path)
+		return m.readKeyFile(path)
 	default:
 		return nil, err
 	}
@@ -410,11 +469,28 @@ func (m *Manager) nodeKeyFile(ctx context.Context, path string) (ecode.Signer, e
 // NodePublicKey returns the public part of the node key (what terminals pin).
 func (m *Manager) NodePublicKey() ecode.PublicKey { return m.NodeSigner().Public() }
 
-func readKeyFile(path string) (ecode.Signer, error) {
+// readKeyFile reads a private key file. In a keys directory others may
+// enter (openDirMode) it refuses a file that others may read.
+func (m *Manager) readKeyFile(path string) (ecode.Signer, error) {
+	if m.openDirMode != 0 {
+		st, err := os.Stat(path)
+		if err != nil {
+			return nil, err
+		}
+		if perm := st.Mode().Perm(); perm&0o077 != 0 {
+			return nil, fmt.Errorf("keys: %s is accessible by other users (mode %v) in a directory they may enter (%s, mode %v, on a read-only file system): make the key files mode 0400 or 0600 (for a mounted secret, its defaultMode)", path, perm, m.dir, m.openDirMode)
+		}
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
+	return parseKeyFile(path, b)
+}
+
+// parseKeyFile parses the contents of a private key file; the error names
+// the file, never its contents.
+func parseKeyFile(path string, b []byte) (ecode.Signer, error) {
 	s, err := ecode.ParsePrivateKey(b)
 	if err != nil {
 		return nil, fmt.Errorf("keys: %s: %w", path, err)
@@ -422,12 +498,48 @@ func readKeyFile(path string) (ecode.Signer, error) {
 	return s, nil
 }
 
+// tempPath is where writeKeyFile writes path's contents first: a hidden
+// name ending in ".tmp", never in ".key", so that a copy a crash leaves
+// behind is neither taken for a key nor put in the ordinary (not the
+// secrets) backup archive: `yikatong backup` skips "*.tmp" files. Versions
+// before this one used path + ".tmp-" + hex (oldTempPattern).
+func tempPath(path, rnd string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+"."+rnd+".tmp")
+}
+
+const (
+	tempPattern    = ".*.key.*.tmp"
+	oldTempPattern = "*.key.tmp-*"
+)
+
+// staleTempAge is how old a temporary key file must be before Open removes
+// it: far longer than writing one takes, so another process writing a key
+// at the same moment never loses its file.
+const staleTempAge = 5 * time.Minute
+
+// removeStaleTemps deletes temporary key files a crashed process left in
+// dir (each a full copy of a private key). Errors are ignored: a read-only
+// directory holds none this node could have left.
+func removeStaleTemps(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		a, _ := filepath.Match(tempPattern, e.Name())
+		b, _ := filepath.Match(oldTempPattern, e.Name())
+		if !(a || b) || !e.Type().IsRegular() {
+			continue
+		}
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > staleTempAge {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
 // writeKeyFile writes data to path with mode 0600 without ever exposing a
 // partial file or replacing an existing one (os.ErrExist).
 func writeKeyFile(path string, data []byte) error {
 	var rnd [8]byte
 	rand.Read(rnd[:])
-	tmp := path + ".tmp-" + hex.EncodeToString(rnd[:])
+	tmp := tempPath(path, hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("keys: %w", err)
@@ -443,6 +555,9 @@ func writeKeyFile(path string, data []byte) error {
 	}
 	if err := f.Close(); err != nil {
 		return err
+	}
+	if testHookKeyTemp != nil {
+		testHookKeyTemp(tmp)
 	}
 	if err := os.Link(tmp, path); err != nil {
 		if errors.Is(err, os.ErrExist) {

@@ -22,7 +22,9 @@
 //
 // The first Open on an empty directory creates the key atomically (a
 // complete temporary file hard-linked into place), so processes starting
-// together agree on one key.
+// together agree on one key. The temporary file is named .master.key-*.tmp
+// (a name `yikatong backup` skips rather than filing a key copy with the
+// ordinary data), and Open removes any such file a crash left behind.
 package vault
 
 import (
@@ -35,6 +37,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/emmansun/gmsm/sm3"
 	"github.com/emmansun/gmsm/sm4"
@@ -71,6 +74,7 @@ func Open(dataDir string) (*Vault, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("vault: creating data directory: %w", err)
 	}
+	removeStaleKeyTemps(dataDir)
 	path := filepath.Join(dataDir, KeyFile)
 	key, err := readKey(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -111,6 +115,42 @@ func readKey(path string) ([]byte, error) {
 	return key, nil
 }
 
+// testHookKeyTemp, when set (tests), sees the temporary key file's path.
+var testHookKeyTemp func(tmp string)
+
+// keyTempPattern names the temporary file createKey writes the key to. It
+// ends in ".tmp" so that a copy left behind by a crash is never taken for a
+// data file: `yikatong backup` skips "*.tmp" files, and would otherwise put
+// a full copy of the master key in the ordinary backup archive rather than
+// the secrets archive. The versions before this one used
+// ".master.key.tmp-*" (oldKeyTempPattern).
+const (
+	keyTempPattern    = ".master.key-*.tmp"
+	oldKeyTempPattern = ".master.key.tmp-*"
+)
+
+// staleTempAge is how old a temporary key file must be before Open removes
+// it: far longer than writing and linking 32 bytes takes, so a process
+// creating the key at the same moment never loses its file.
+const staleTempAge = 5 * time.Minute
+
+// removeStaleKeyTemps deletes temporary key files a crashed process left in
+// dir (each a full copy of a master key). Errors are ignored: a read-only
+// directory holds none we could have left.
+func removeStaleKeyTemps(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		a, _ := filepath.Match(keyTempPattern, e.Name())
+		b, _ := filepath.Match(oldKeyTempPattern, e.Name())
+		if !(a || b) || !e.Type().IsRegular() {
+			continue
+		}
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > staleTempAge {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
 // createKey writes a new key to a temporary file and hard-links it into
 // place: readers never see a partial file, and of several processes racing
 // here exactly one wins (the others find the winner's key).
@@ -119,7 +159,7 @@ func createKey(dir, path string) error {
 	if _, err := rand.Read(key); err != nil {
 		return fmt.Errorf("vault: generating master key: %w", err)
 	}
-	f, err := os.CreateTemp(dir, ".master.key.tmp-*")
+	f, err := os.CreateTemp(dir, keyTempPattern)
 	if err != nil {
 		return fmt.Errorf("vault: creating master key: %w", err)
 	}
@@ -139,6 +179,9 @@ func createKey(dir, path string) error {
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("vault: writing master key: %w", err)
+	}
+	if testHookKeyTemp != nil {
+		testHookKeyTemp(tmp)
 	}
 	if err := os.Link(tmp, path); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("vault: installing master key: %w", err)
