@@ -87,6 +87,14 @@ type backupManifestV1 struct {
 	Secrets []backupFile `json:"secrets,omitempty"`
 }
 
+// isLeftover: a temporary file a crash left in the data directory, never
+// backed up: "*.tmp", and the key files' temporary names of earlier
+// versions (".master.key.tmp-*", "*.key.tmp-*"), each a whole copy of a
+// private key that must not land in the ordinary archive.
+func isLeftover(name string) bool {
+	return strings.HasSuffix(name, ".tmp") || strings.Contains(name, ".key.tmp-")
+}
+
 // isSecret: a data directory file that goes into the secrets archive (the
 // master key, signing key files).
 func isSecret(rel string) bool {
@@ -193,7 +201,7 @@ func backup(ctx context.Context, dataDir, dsn, out, secretsOut string) error {
 		if !d.Type().IsRegular() {
 			return nil
 		}
-		if abs, _ := filepath.Abs(p); skip[abs] || strings.HasSuffix(p, ".tmp") {
+		if abs, _ := filepath.Abs(p); skip[abs] || isLeftover(d.Name()) {
 			return nil
 		}
 		rel, err := filepath.Rel(dataDir, p)
