@@ -4,22 +4,30 @@
 // A programme is a subsidy_programme ledger account ("sp:<id>") with a
 // budget: finance funds it from the treasury external account, and hr_admin
 // uploads payment lists (CSV lines "id_number_or_card_number,amount_fen,
-// reference", optional header naming the amount column ("amount" or
-// "金额"), optional UTF-8 byte order mark as Excel writes it). Each line
-// is paid exactly once however often a list is uploaded: its ledger
-// idempotency key is "subsidy:<programme>:<reference>" (hashed when that
-// is too long for the ledger, lineKey), and the request content includes the
-// resident's wallet and the amount, so the same reference for another
-// person or amount is reported as a conflict, never paid twice. A refused
-// line (unknown person, cancelled card, programme exhausted, malformed)
-// writes nothing and may be paid by a later upload.
+// reference", optional header naming the amount column, second, in fen
+// ("amount", "amount_fen", "金额", "金额（分）"), optional UTF-8 byte order
+// mark as Excel writes it; readList). A header naming the amount in yuan
+// or in another column refuses the whole list: paid as fen, ¥150 would be
+// paid as ¥1.50. Each line is paid exactly once however often a list is
+// uploaded: its ledger idempotency key is "subsidy:<programme>:<reference>"
+// (hashed when that is too long for the ledger, lineKey), and the request
+// content includes the resident's wallet and the amount, so the same
+// reference for another person or amount is reported as a conflict, never
+// paid twice. A refused line (unknown person, cancelled card, programme
+// exhausted, malformed, unavailable) writes nothing and may be paid by a
+// later upload. A line paid by an earlier upload is reported already paid
+// even if its person can no longer be found (a card cancelled since), and
+// reported refused, reason reversed, if its transfer was reversed since:
+// the reference is spent either way.
 //
 // Lines go through the ledger's batch path (Ledger.Batch): a list of
 // thousands is applied in a few database transactions.
 //
 // Role checks (finance funds, hr_admin uploads) belong to the HTTP layer.
 // The package never puts an ID number in a report or error: it reports the
-// line number and a masked form.
+// line number and a masked form, and refuses a line whose reference holds
+// an ID number (id_number_in_reference; the reference would stay in the
+// append-only journal for ever), showing that reference masked.
 package subsidy
 
 import (
@@ -33,8 +41,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/yikatong/yikatong/internal/apperr"
+	"github.com/yikatong/yikatong/internal/idnum"
 	"github.com/yikatong/yikatong/internal/ledger"
 )
 
@@ -68,6 +79,10 @@ const (
 	ReasonConflict      = "reference_conflict" // same reference, other person or amount
 	ReasonDuplicate     = "duplicate_in_list"  // same reference twice in one list with other content
 	ReasonUnavailable   = "unavailable"        // retry the upload
+	ReasonReversed      = "reversed"           // paid by an earlier upload, reversed since
+	// ReasonIDInReference: the reference holds an ID number, which would
+	// stay in the ledger's append-only journal for ever; use another one.
+	ReasonIDInReference = "id_number_in_reference"
 )
 
 // LineResult is the outcome of one line.
@@ -79,6 +94,9 @@ type LineResult struct {
 	Status    string `json:"status"`
 	Reason    string `json:"reason,omitempty"`
 	Transfer  string `json:"transfer,omitempty"`
+	// ReversedFen is what reversals have returned of the line's transfer
+	// (reason reversed).
+	ReversedFen int64 `json:"reversed_fen,omitempty"`
 }
 
 // Report is the outcome of an upload.
@@ -164,88 +182,183 @@ func SkipBOM(r io.Reader) io.Reader {
 	return br
 }
 
-// Upload pays the lines of a CSV list from the programme's fund.
-func (s *Service) Upload(ctx context.Context, programme string, list io.Reader) (Report, error) {
-	if err := checkProgramme(programme); err != nil {
-		return Report{}, err
-	}
-	prog := ledger.ProgrammeID(programme)
-	if _, err := s.L.Balance(ctx, prog); err != nil {
-		return Report{}, err
-	}
+// listLine is one line of a list as read by readList: refused already
+// (Status Refused and a Reason), or to be paid (Status empty) to Who.
+type listLine struct {
+	LineResult
+	Who string
+}
+
+// readList reads a payout list: CSV records "id_number_or_card_number,
+// amount_fen,reference" in UTF-8 (a list in another encoding, such as
+// GBK, is refused whole), with an optional byte order mark, CRLF or
+// LF line ends, blank lines skipped and an optional header as first
+// record. It checks the form of each line and returns them in order;
+// it writes nothing and asks nobody.
+//
+// A header names the amount column (amount, amount_fen, 金额, 金额（分）) in
+// the second column. The list is refused whole (validation_failed) when
+// its header names the amount in yuan (金额（元）, amount_yuan): the API
+// speaks fen, and paying such a list would pay a hundredth of what was
+// meant, under references then spent; or when it names the amount in
+// another column: its lines would be read in the wrong columns. The list
+// is refused whole too when it cannot be read to its end (a dropped
+// connection, a body over its limit): the error wraps the read error.
+func readList(list io.Reader) ([]listLine, error) {
 	rd := csv.NewReader(SkipBOM(list))
 	rd.FieldsPerRecord = -1
 	rd.TrimLeadingSpace = true
-	rep := Report{Programme: programme}
-	var reqs []ledger.TransferRequest
-	var at []int                // index into rep.Lines
-	seen := map[string]string{} // reference → wallet|amount in this list
+	var out []listLine
 	for n := 1; ; n++ {
 		rec, err := rd.Read()
 		if err == io.EOF {
 			break
 		}
+		var pe *csv.ParseError
+		if err != nil && !errors.As(err, &pe) {
+			e := apperr.Wrap(apperr.ValidationFailed, err)
+			e.Field = "list"
+			e.Detail = "the list could not be read to its end (" + readErrText(err) + "); nothing of it was paid: upload it again"
+			e.DetailZh = "名单未能完整读取（" + readErrText(err) + "），未发放任何一行，请重新上传"
+			return nil, e
+		}
 		if n > MaxLines {
-			return Report{}, apperr.Invalid("list", "a list has at most 100000 lines", "名单最多 100000 行")
+			return nil, apperr.Invalid("list", "a list has at most 100000 lines", "名单最多 100000 行")
 		}
-		var lr LineResult
-		if err == nil {
-			lr.Line, _ = rd.FieldPos(0) // FieldPos panics after a parse error
-		}
+		var lr listLine
 		if err != nil {
-			var pe *csv.ParseError
-			if errors.As(err, &pe) {
-				lr.Line = pe.Line
-			}
+			lr.Line = pe.Line
 			lr.Status, lr.Reason = Refused, ReasonMalformed
-			rep.Lines = append(rep.Lines, lr)
+			out = append(out, lr)
 			continue
 		}
-		if n == 1 && len(rec) >= 2 && !isInt(strings.TrimSpace(rec[1])) && isHeader(rec) {
-			continue // header
+		lr.Line, _ = rd.FieldPos(0) // FieldPos panics after a parse error
+		for _, f := range rec {
+			if !utf8.ValidString(f) {
+				// GBK, as Excel saves "CSV" on a Chinese Windows: a header
+				// in yuan (金额（元）) could not even be read as one.
+				return nil, apperr.Invalid("list", "the list is not UTF-8 text (save it as \"CSV UTF-8\"); nothing of it was paid",
+					"名单不是 UTF-8 文本（请另存为“CSV UTF-8”），未发放任何一行")
+			}
+		}
+		if n == 1 {
+			header, err := checkHeader(rec)
+			if err != nil {
+				return nil, err
+			}
+			if header {
+				continue
+			}
 		}
 		if len(rec) == 1 && strings.TrimSpace(rec[0]) == "" {
 			continue // blank line
 		}
 		if len(rec) != 3 || strings.TrimSpace(rec[0]) == "" || strings.TrimSpace(rec[2]) == "" || len(rec[2]) > 64 {
 			lr.Status, lr.Reason = Refused, ReasonMalformed
-			rep.Lines = append(rep.Lines, lr)
+			out = append(out, lr)
 			continue
 		}
 		who, ref := strings.TrimSpace(rec[0]), strings.TrimSpace(rec[2])
-		lr.Reference, lr.Person = ref, Mask(who)
+		lr.Who, lr.Reference, lr.Person = who, ref, Mask(who)
+		if hasIDNumber(ref) {
+			lr.Reference = Mask(ref)
+			lr.Status, lr.Reason = Refused, ReasonIDInReference
+			out = append(out, lr)
+			continue
+		}
 		amount, err := strconv.ParseInt(strings.TrimSpace(rec[1]), 10, 64)
 		if err != nil || amount <= 0 {
 			lr.Status, lr.Reason = Refused, ReasonBadAmount
-			rep.Lines = append(rep.Lines, lr)
+			out = append(out, lr)
 			continue
 		}
 		lr.AmountFen = amount
-		wallet, err := s.R.Resolve(ctx, who)
+		out = append(out, lr)
+	}
+	return out, nil
+}
+
+// readErrText names a read error without its text, which may say
+// anything (the HTTP layer answers a body over its limit with
+// body_too_large: the read error is wrapped).
+func readErrText(err error) string {
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "truncated"
+	case strings.Contains(err.Error(), "too large"):
+		return "too large"
+	}
+	return "read error"
+}
+
+// Upload pays the lines of a CSV list (readList) from the programme's fund.
+//
+// A line that is not paid now is reported with why: refused (nothing
+// written; a later upload may pay it, unless it is a conflict), already
+// paid (by an earlier upload: its transfer, whether or not the person
+// could be found again today), or reversed (paid earlier and reversed
+// since, in whole or part: reported refused with the amount reversed, as
+// the resident no longer has it, and never paid again under that
+// reference). A failure that is not about the line itself (the database,
+// a timeout) is reported as unavailable: upload the list again.
+func (s *Service) Upload(ctx context.Context, programme string, list io.Reader) (Report, error) {
+	if err := checkProgramme(programme); err != nil {
+		return Report{}, err
+	}
+	prog := ledger.ProgrammeID(programme)
+	a, err := s.L.Balance(ctx, prog)
+	if err != nil {
+		return Report{}, err
+	}
+	if a.Kind != ledger.KindSubsidy {
+		return Report{}, apperr.Newf(apperr.NotFound, "no such subsidy programme", "补贴项目不存在")
+	}
+	if a.Status == ledger.StatusClosed {
+		return Report{}, apperr.Newf(apperr.AccountClosed, "the programme is closed: it pays nothing more", "补贴项目已关闭，不再发放")
+	}
+	lines, err := readList(list)
+	if err != nil {
+		return Report{}, err
+	}
+	rep := Report{Programme: programme, Lines: make([]LineResult, 0, len(lines))}
+	var reqs []ledger.TransferRequest
+	var at []int                // index into rep.Lines
+	seen := map[string]string{} // reference → wallet|amount in this list
+	for _, ll := range lines {
+		lr := ll.LineResult
+		if lr.Status != "" {
+			rep.Lines = append(rep.Lines, lr)
+			continue
+		}
+		wallet, err := s.R.Resolve(ctx, ll.Who)
 		if err != nil {
 			lr.Status = Refused
 			switch apperr.CodeOf(err) {
-			case apperr.NotFound, apperr.UnknownAccount, apperr.BadLength, apperr.BadFormat, apperr.BadCheckDigit, apperr.BadRegion, apperr.BadBirthDate, apperr.BadNationality:
+			case apperr.NotFound, apperr.UnknownAccount, apperr.UnknownHolder, apperr.BadLength, apperr.BadFormat, apperr.BadCheckDigit, apperr.BadRegion, apperr.BadBirthDate, apperr.BadNationality:
 				lr.Reason = ReasonUnknownPerson
 			case apperr.CardNotActive, apperr.Revoked, apperr.AccountClosed:
 				lr.Reason = ReasonCancelledCard
-			case apperr.Unavailable:
-				lr.Reason = ReasonUnavailable
 			default:
-				lr.Reason = ReasonUnknownPerson
+				// Not an answer about the person (a database error, a
+				// timeout): reported as unknown, the line would be
+				// dropped and the resident never paid.
+				lr.Reason = ReasonUnavailable
+			}
+			if lr.Reason != ReasonUnavailable {
+				s.paidBefore(ctx, prog, programme, &lr)
 			}
 			rep.Lines = append(rep.Lines, lr)
 			continue
 		}
-		content := wallet + "|" + strconv.FormatInt(amount, 10)
-		if prev, ok := seen[ref]; ok && prev != content {
+		content := wallet + "|" + strconv.FormatInt(lr.AmountFen, 10)
+		if prev, ok := seen[lr.Reference]; ok && prev != content {
 			lr.Status, lr.Reason = Refused, ReasonDuplicate
 			rep.Lines = append(rep.Lines, lr)
 			continue
 		}
-		seen[ref] = content
-		reqs = append(reqs, ledger.TransferRequest{Key: lineKey(programme, ref), Debit: prog, Credit: wallet, Amount: amount,
-			Kind: "subsidy", Meta: map[string]string{"programme": programme, "reference": ref}})
+		seen[lr.Reference] = content
+		reqs = append(reqs, ledger.TransferRequest{Key: lineKey(programme, lr.Reference), Debit: prog, Credit: wallet, Amount: lr.AmountFen,
+			Kind: "subsidy", Meta: map[string]string{"programme": programme, "reference": lr.Reference}})
 		at = append(at, len(rep.Lines))
 		rep.Lines = append(rep.Lines, lr)
 	}
@@ -268,13 +381,17 @@ func (s *Service) Upload(ctx context.Context, programme string, list io.Reader) 
 			lr.Status, lr.Reason = Refused, ReasonCancelledCard
 		case apperr.UnknownAccount:
 			lr.Status, lr.Reason = Refused, ReasonUnknownPerson
-		case apperr.Unavailable:
+		case apperr.Unavailable, apperr.Internal:
 			lr.Status, lr.Reason = Refused, ReasonUnavailable
 		default:
 			lr.Status, lr.Reason = Refused, string(code)
 		}
 	}
-	for _, lr := range rep.Lines {
+	for i := range rep.Lines {
+		lr := &rep.Lines[i]
+		if lr.Status == AlreadyPaid {
+			s.checkReversed(ctx, lr)
+		}
 		switch lr.Status {
 		case Paid:
 			rep.Paid++
@@ -285,6 +402,104 @@ func (s *Service) Upload(ctx context.Context, programme string, list io.Reader) 
 		}
 	}
 	return rep, nil
+}
+
+// paidBefore reports a line the resolver refused as already paid (or a
+// reference conflict) when its reference was paid from this programme by
+// an earlier upload: the person's card may have been cancelled since, and
+// a line reported refused would be paid some other way, a second time.
+func (s *Service) paidBefore(ctx context.Context, prog, programme string, lr *LineResult) {
+	t, err := s.L.GetTransferByKey(ctx, lineKey(programme, lr.Reference))
+	switch {
+	case apperr.CodeOf(err) == apperr.NotFound:
+	case err != nil:
+		lr.Reason = ReasonUnavailable
+	case t.Type != ledger.TypeTransfer || t.Debit != prog || t.Amount != lr.AmountFen || t.Meta["reference"] != lr.Reference:
+		lr.Reason = ReasonConflict
+	default:
+		lr.Status, lr.Reason, lr.Transfer = AlreadyPaid, "", t.ID
+	}
+}
+
+// checkReversed reports an already paid line whose transfer was reversed
+// since (in whole or part) as refused, reason reversed, with the amount
+// reversed: the resident does not have it, and the reference is spent.
+func (s *Service) checkReversed(ctx context.Context, lr *LineResult) {
+	n, err := s.L.Reversed(ctx, lr.Transfer, "")
+	switch {
+	case err != nil:
+		lr.Status, lr.Reason = Refused, ReasonUnavailable
+	case n > 0:
+		lr.Status, lr.Reason, lr.ReversedFen = Refused, ReasonReversed, n
+	}
+}
+
+// hasIDNumber reports whether s holds a valid ID number (an 18-character
+// citizen or 2023 permanent residence card number, or a 15-character 2017
+// permanent residence card number), alone or within other text. Only
+// candidates of the right form (and, for 18 characters, check character)
+// go to idnum.Parse: a 64-digit reference costs microseconds.
+func hasIDNumber(s string) bool {
+	s = strings.ToUpper(s)
+	var now time.Time
+	valid := func(c string) bool {
+		if now.IsZero() {
+			now = time.Now()
+		}
+		_, err := idnum.Parse(c, now)
+		return err == nil
+	}
+	for i := 0; i+15 <= len(s); i++ {
+		if i+18 <= len(s) && allDigits(s[i:i+17]) && idnum.CheckChar(s[i:i+17]) == s[i+17] && valid(s[i:i+18]) {
+			return true
+		}
+		if isLetter(s[i]) && isLetter(s[i+1]) && isLetter(s[i+2]) && allDigits(s[i+3:i+15]) && valid(s[i:i+15]) {
+			return true
+		}
+	}
+	return false
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func isLetter(c byte) bool { return c >= 'A' && c <= 'Z' }
+
+// checkHeader reports whether rec, the first record of a list, is a
+// header, and refuses a header the list cannot be paid by (see readList).
+// A header names an amount column (amount, 金额) and has no number in its
+// second column; a first record with a number there is a line.
+func checkHeader(rec []string) (bool, error) {
+	if len(rec) < 2 || isInt(strings.TrimSpace(rec[1])) || !isHeader(rec) {
+		return false, nil
+	}
+	amount := strings.ToLower(rec[1])
+	if !namesAmount(amount) {
+		if strings.ContainsAny(strings.Join(rec, ""), "0123456789") {
+			// A line with a bad amount (150.00) and a reference such as
+			// 补贴金额2024: reported refused. The console hands lists on in
+			// chunks without their header, so any line may come first.
+			return false, nil
+		}
+		return true, apperr.Invalid("list", "the header names the amount in another column than the second: a list's columns are ID or card number, amount in fen, reference",
+			"表头中金额不在第二列：名单各列依次为证件号码或卡号、金额（分）、业务流水号")
+	}
+	if (strings.Contains(amount, "yuan") || strings.Contains(amount, "元")) && !strings.Contains(amount, "fen") && !strings.Contains(amount, "分") {
+		return true, apperr.Invalid("list", "the header gives the amounts in yuan; a list sent here gives them in fen (amount_fen, 金额（分）): ¥150 is 15000",
+			"表头金额单位为元；此处上传的名单金额须以分为单位（amount_fen、金额（分）），150 元应写为 15000")
+	}
+	return true, nil
+}
+
+func namesAmount(s string) bool {
+	s = strings.ToLower(s)
+	return strings.Contains(s, "amount") || strings.Contains(s, "金额")
 }
 
 // lineKey is the ledger idempotency key of a list line:
@@ -306,8 +521,7 @@ func lineKey(programme, ref string) string {
 // names an amount column, in English or Chinese (金额), as the console's
 // list reader also takes it.
 func isHeader(rec []string) bool {
-	head := strings.ToLower(strings.Join(rec, ","))
-	return strings.Contains(head, "amount") || strings.Contains(head, "金额")
+	return namesAmount(strings.Join(rec, ","))
 }
 
 func isInt(s string) bool {
