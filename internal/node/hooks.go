@@ -90,7 +90,10 @@ func retryUnavailable(ctx context.Context, f func() error) error {
 }
 
 // residentResolver finds a resident's wallet for subsidy lists by ID number
-// or card number.
+// or card number. A card number names its holder even after the card was
+// replaced (a list drawn up before the 补换 is still paid to the person);
+// either way the person must hold a live card now, or the line is refused
+// (the account of a person whose cards are all cancelled is closed).
 type residentResolver struct{ n *Node }
 
 func (r residentResolver) Resolve(ctx context.Context, idOrCard string) (string, error) {
@@ -101,9 +104,6 @@ func (r residentResolver) Resolve(ctx context.Context, idOrCard string) (string,
 		if err != nil {
 			return "", err
 		}
-		if c.Status == resident.StatusCancelled || c.Status == resident.StatusReplaced {
-			return "", apperr.Newf(apperr.CardNotActive, "the card is "+c.Status, "卡片"+statusZh(c.Status))
-		}
 		residentID = c.ResidentID
 	} else {
 		res, err := n.Residents.FindByIDNumber(ctx, idOrCard)
@@ -111,17 +111,17 @@ func (r residentResolver) Resolve(ctx context.Context, idOrCard string) (string,
 			return "", err
 		}
 		residentID = res.ID
-		cards, err := n.Residents.CardsOf(ctx, res.ID)
-		if err != nil {
-			return "", err
-		}
-		live := false
-		for _, c := range cards {
-			live = live || c.Live()
-		}
-		if !live {
-			return "", apperr.Newf(apperr.CardNotActive, "the person has no live card (cancelled)", "该人员无有效卡（已注销）")
-		}
+	}
+	cards, err := n.Residents.CardsOf(ctx, residentID)
+	if err != nil {
+		return "", err
+	}
+	live := false
+	for _, c := range cards {
+		live = live || c.Live()
+	}
+	if !live {
+		return "", apperr.Newf(apperr.CardNotActive, "the person has no live card (cancelled)", "该人员无有效卡（已注销）")
 	}
 	w, _, err := n.Ledger.OpenResidentAccounts(ctx, residentID)
 	return w, err

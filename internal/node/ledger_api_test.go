@@ -157,6 +157,23 @@ func TestLedgerAndSubsidiesOverHTTP(t *testing.T) {
 	if prog.BalanceFen != 5000 {
 		t.Fatalf("programme left %d", prog.BalanceFen)
 	}
+	// A list drawn up before a card was replaced (补换) still pays the
+	// person by the old card number; a person whose only card is cancelled
+	// is refused, by card number and by ID number alike.
+	hr.JSON(t, "POST", "/v1/cards/"+r1.CardNumber+"/replace", nil, 200, nil)
+	hr.JSON(t, "POST", "/v1/cards/"+r2.CardNumber+"/cancel", nil, 200, nil)
+	var rep3 report
+	hr.JSON(t, "POST", "/v1/subsidies/farm-2026/payouts", strings.Join([]string{
+		r1.CardNumber + ",1000,B-1",
+		r2.CardNumber + ",1000,B-2",
+		r2.IDNumber + ",1000,B-3",
+	}, "\n"), 200, &rep3)
+	if rep3.Paid != 1 || rep3.Lines[0].Status != "paid" || rep3.Lines[1].Reason != "cancelled_card" || rep3.Lines[2].Reason != "cancelled_card" {
+		t.Fatalf("payouts after a replacement and a cancellation: %+v", rep3)
+	}
+	if wallet(r1) != node.DemoWalletFen+11000 {
+		t.Fatalf("wallet after a payout by the replaced card: %d", wallet(r1))
+	}
 	var chk struct {
 		SumFen    int64 `json:"sum_fen"`
 		JournalOK bool  `json:"journal_ok"`
