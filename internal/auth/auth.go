@@ -14,6 +14,10 @@
 // Token look-ups are cached in memory for a short time (CacheTTL) because
 // every terminal scan authenticates; revoking a token clears it from this
 // process's cache at once and from other processes' caches within CacheTTL.
+//
+// A staff user with a provider (provider_id) signs in only while that
+// provider is enabled; disabling it revokes its staff's tokens
+// (RevokeProviderStaff), and old tokens stay revoked if it is enabled again.
 package auth
 
 import (
@@ -240,26 +244,58 @@ func validStaffRole(r Role) bool {
 
 // StaffByUsername returns a staff user.
 func (s *Service) StaffByUsername(ctx context.Context, username string) (StaffUser, string, error) {
-	var u StaffUser
-	var role, hash string
-	var disabled int
+	u, hash, _, err := s.staffForSignIn(ctx, username)
+	return u, hash, err
+}
+
+// staffForSignIn returns a staff user, their password hash and whether
+// their provider (if they have one) is disabled, in one read. A provider
+// id that names no provider counts as disabled.
+func (s *Service) staffForSignIn(ctx context.Context, username string) (u StaffUser, hash string, providerOff bool, err error) {
+	var role string
+	var disabled, pdisabled int
 	var created int64
-	err := s.db.R.QueryRowContext(ctx, `SELECT id, username, display_name, role, password_hash, provider_id, disabled, created_at FROM staff_users WHERE username = $1`, username).
-		Scan(&u.ID, &u.Username, &u.DisplayName, &role, &hash, &u.ProviderID, &disabled, &created)
+	err = s.db.R.QueryRowContext(ctx, `SELECT s.id, s.username, s.display_name, s.role, s.password_hash, s.provider_id, s.disabled, s.created_at,
+		CASE WHEN s.provider_id = '' THEN 0 ELSE COALESCE(p.disabled, 1) END
+		FROM staff_users s LEFT JOIN providers p ON p.id = s.provider_id WHERE s.username = $1`, username).
+		Scan(&u.ID, &u.Username, &u.DisplayName, &role, &hash, &u.ProviderID, &disabled, &created, &pdisabled)
 	if errors.Is(err, sql.ErrNoRows) {
-		return StaffUser{}, "", apperr.New(apperr.NotFound)
+		return StaffUser{}, "", false, apperr.New(apperr.NotFound)
 	}
 	if err != nil {
-		return StaffUser{}, "", storeErr(err)
+		return StaffUser{}, "", false, storeErr(err)
 	}
 	u.Role, u.Disabled, u.CreatedAt = Role(role), disabled != 0, time.UnixMilli(created).UTC()
-	return u, hash, nil
+	return u, hash, pdisabled != 0, nil
+}
+
+// providerDisabled reports whether provider id is disabled (or unknown).
+func (s *Service) providerDisabled(ctx context.Context, id string) (bool, error) {
+	var disabled int
+	err := s.db.R.QueryRowContext(ctx, `SELECT disabled FROM providers WHERE id = $1`, id).Scan(&disabled)
+	if errors.Is(err, sql.ErrNoRows) {
+		return true, nil
+	}
+	if err != nil {
+		return false, storeErr(err)
+	}
+	return disabled != 0, nil
+}
+
+// errProviderDisabled answers the sign-in (right password) of a staff
+// user whose provider is disabled.
+func errProviderDisabled() error {
+	return apperr.Newf(apperr.Forbidden,
+		"the service provider of this staff user has been disabled, and its staff cannot sign in; ask the operator",
+		"该用户所属的服务商已停用，其工作人员无法登录，请联系运营方")
 }
 
 // LoginStaff checks a password and returns a new staff token. Wrong
 // passwords are unauthorized; MaxStaffFails of them in a row lock the user
 // name for a while (rate_limited, audited). An unknown user name is answered
-// and counted the same way, so names cannot be probed.
+// and counted the same way, so names cannot be probed. The right password
+// of a staff user whose provider is disabled is forbidden (said plainly:
+// only someone who knows the password learns it).
 func (s *Service) LoginStaff(ctx context.Context, username, password string, ttl time.Duration) (token string, p Principal, err error) {
 	username = strings.TrimSpace(username)
 	key, now := signinKey(username), s.now()
@@ -267,7 +303,7 @@ func (s *Service) LoginStaff(ctx context.Context, username, password string, ttl
 	if err != nil {
 		return "", Principal{}, err
 	}
-	u, hash, err := s.StaffByUsername(ctx, username)
+	u, hash, providerOff, err := s.staffForSignIn(ctx, username)
 	if err != nil {
 		if apperr.CodeOf(err) == apperr.NotFound {
 			// Spend the same time as a real check so usernames cannot be probed.
@@ -282,9 +318,28 @@ func (s *Service) LoginStaff(ctx context.Context, username, password string, ttl
 	if err := s.signInSucceeded(ctx, key); err != nil {
 		return "", Principal{}, err
 	}
+	if providerOff {
+		return "", Principal{}, errProviderDisabled()
+	}
 	p = Principal{Kind: KindStaff, Subject: u.ID, Role: u.Role, ProviderID: u.ProviderID}
 	token, p, err = s.IssueToken(ctx, p, ttl)
-	return token, p, err
+	if err != nil || u.ProviderID == "" {
+		return token, p, err
+	}
+	// The provider may have been disabled, and its staff's tokens revoked
+	// (RevokeProviderStaff), after it was read above and before this token
+	// was stored. DisableProvider marks the provider before it revokes, so
+	// either its revocation saw this token or this read sees the mark.
+	off, err := s.providerDisabled(ctx, u.ProviderID)
+	if err != nil || off {
+		// The token was never handed out; revoke it all the same.
+		s.RevokeToken(context.WithoutCancel(ctx), token)
+		if err != nil {
+			return "", Principal{}, err
+		}
+		return "", Principal{}, errProviderDisabled()
+	}
+	return token, p, nil
 }
 
 // IssueToken creates a bearer token for p valid for ttl.
@@ -383,6 +438,46 @@ func (s *Service) RevokeSubject(ctx context.Context, kind Kind, subject string) 
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// RevokeProviderStaff revokes every staff token of provider id: those
+// issued to its staff (tokens carry the provider) and any other of a
+// staff user whose provider it is. Call it after marking the provider
+// disabled (LoginStaff relies on that order). Terminal tokens are not
+// touched: disabling each terminal revokes its own.
+func (s *Service) RevokeProviderStaff(ctx context.Context, providerID string) error {
+	if providerID == "" {
+		// provider_id '' is every staff user without a provider.
+		return apperr.Invalid("provider_id", "name a provider", "须指定服务商")
+	}
+	rows, err := s.db.W.QueryContext(ctx, `UPDATE auth_tokens SET revoked = 1
+		WHERE kind = $1 AND revoked = 0 AND (provider_id = $2 OR subject IN (SELECT id FROM staff_users WHERE provider_id = $2))
+		RETURNING hash`, string(KindStaff), providerID)
+	if err != nil {
+		return storeErr(err)
+	}
+	defer rows.Close()
+	var hashes []string
+	for rows.Next() {
+		var h string
+		if err := rows.Scan(&h); err != nil {
+			return storeErr(err)
+		}
+		hashes = append(hashes, h)
+	}
+	err = rows.Err()
+	s.mu.Lock()
+	s.gen++
+	for _, h := range hashes {
+		delete(s.cache, h)
+	}
+	for h, c := range s.cache {
+		if c.p.Kind == KindStaff && c.p.ProviderID == providerID {
+			delete(s.cache, h)
+		}
+	}
+	s.mu.Unlock()
+	return storeErr(err)
 }
 
 // RevokeSubjectExcept revokes every token of a subject but keep (a

@@ -19,6 +19,9 @@
 //     dropped (a look-up that read the row before the disable does not
 //     put it back: Service.gen). Other processes sharing the database
 //     notice within CacheTTL (2 s), the same bound auth gives for tokens.
+//   - Disabling a provider also signs out its staff (staff users whose
+//     provider it is): their tokens are revoked, with the same bounds,
+//     and they cannot sign in while it is disabled (auth.LoginStaff).
 //   - Terminal rows are cached for CacheTTL because every scan checks them;
 //     the catalogue and the token cache make the rest of the check
 //     in-memory.
@@ -410,7 +413,10 @@ func (s *Service) DisableTerminal(ctx context.Context, id string) (Terminal, err
 	return s.Terminal(ctx, id)
 }
 
-// DisableProvider disables a provider and every one of its terminals.
+// DisableProvider disables a provider and every one of its terminals, and
+// signs out its staff: their tokens are revoked, and they cannot sign in
+// again while it is disabled. Calling it again (after an error part way)
+// finishes the job.
 func (s *Service) DisableProvider(ctx context.Context, id string) (Provider, error) {
 	res, err := s.db.W.ExecContext(ctx, `UPDATE providers SET disabled = 1 WHERE id = $1`, id)
 	if err != nil {
@@ -420,6 +426,11 @@ func (s *Service) DisableProvider(ctx context.Context, id string) (Provider, err
 		return Provider{}, apperr.Newf(apperr.NotFound, "no such provider", "未找到该服务商")
 	}
 	s.forget("", id)
+	// After the mark: a sign-in that stores its token after this
+	// revocation sees the mark (auth.LoginStaff).
+	if err := s.auth.RevokeProviderStaff(ctx, id); err != nil {
+		return Provider{}, err
+	}
 	ts, err := s.Terminals(ctx, id)
 	if err != nil {
 		return Provider{}, err
