@@ -382,14 +382,20 @@ func (n *Node) ownCard(p auth.Principal, number string) error {
 
 // Enrol enrols a resident, optionally issuing a card with pin, and opens the
 // resident's accounts.
+//
+// Holder flags given at enrolment (the API's flags, the console's form and
+// its bulk CSV file) are sealed and audited as SetResidentFlags does: in
+// the resident's blob with who set them and when, and "set_flags" naming
+// how many ("… enrolment").
 func (n *Node) Enrol(ctx context.Context, p auth.Principal, in resident.EnrolInput, issueCard bool, pin string) (resident.Resident, *resident.Card, error) {
+	in.FlagsBy = p.String()
 	res, err := n.Residents.Enrol(ctx, in)
 	if err != nil {
 		return resident.Resident{}, nil, err
 	}
 	n.Auth.Audit(ctx, p, "enrol_resident", res.ID, in.Category)
 	if len(res.Flags) > 0 {
-		n.Auth.Audit(ctx, p, "set_flags", res.ID, "flags="+itoa(len(res.Flags))+" enrolment")
+		n.auditFlags(ctx, p, res.ID, len(res.Flags), "enrolment")
 	}
 	if err := n.openResidentAccounts(ctx, res.ID); err != nil {
 		return res, nil, err
@@ -414,10 +420,22 @@ func (n *Node) SetResidentFlags(ctx context.Context, p auth.Principal, residentI
 	if err != nil {
 		return resident.Resident{}, err
 	}
-	if err := n.Auth.Audit(ctx, p, "set_flags", residentID, "flags="+itoa(len(res.Flags))); err != nil {
+	n.auditFlags(ctx, p, residentID, len(res.Flags), "")
+	return res, nil
+}
+
+// auditFlags records that p set a resident's holder flags: "set_flags",
+// subject the resident, the detail "flags=<how many>" and where (how:
+// "enrolment", or empty). A failure to audit is logged: the flags are
+// already stored.
+func (n *Node) auditFlags(ctx context.Context, p auth.Principal, residentID string, count int, how string) {
+	detail := "flags=" + itoa(count)
+	if how != "" {
+		detail += " " + how
+	}
+	if err := n.Auth.Audit(ctx, p, "set_flags", residentID, detail); err != nil {
 		n.Log.Warn("auditing set_flags", "resident", residentID, "err", err)
 	}
-	return res, nil
 }
 
 func statusZh(s string) string {

@@ -65,10 +65,7 @@ func NormalizeFlags(flags []string) ([]string, error) {
 			continue
 		}
 		if !IsFlag(f) {
-			if r := []rune(f); len(r) > 32 {
-				f = string(r[:32]) + "…"
-			}
-			q := strconv.Quote(f)
+			q := strconv.Quote(clipFlag(f))
 			return nil, apperr.Invalid("flags",
 				"unknown holder flag "+q+": the flags are student, teacher, disabled and veteran",
 				"未知的身份标记 "+q+"：可选标记为 student（学生）、teacher（教师）、disabled（残疾人）、veteran（现役军人或退役军人）")
@@ -79,6 +76,85 @@ func NormalizeFlags(flags []string) ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// flagAliases are the other names people write for the holder flags:
+// common Chinese variants, besides each flag's code and its labels in
+// KnownFlags (which FlagNamed accepts too).
+var flagAliases = map[string]string{
+	"老师": FlagTeacher, "教职工": FlagTeacher,
+	"残疾": FlagDisabled, "残障": FlagDisabled, "残障人士": FlagDisabled, "残疾人士": FlagDisabled,
+	"军人": FlagVeteran, "现役军人": FlagVeteran, "退役军人": FlagVeteran, "退伍军人": FlagVeteran,
+}
+
+// FlagNamed returns the holder flag that name stands for: its code
+// ("student"), its label in either language ("学生", "Student"), or a
+// common Chinese variant ("老师", "退役军人"); case and surrounding spaces
+// do not matter. ok is false for anything else.
+func FlagNamed(name string) (flag string, ok bool) {
+	t := strings.ToLower(strings.TrimSpace(name))
+	if t == "" {
+		return "", false
+	}
+	for _, k := range KnownFlags {
+		if t == k.Flag || t == strings.ToLower(k.NameEn) || t == k.NameZh {
+			return k.Flag, true
+		}
+	}
+	f, ok := flagAliases[t]
+	return f, ok
+}
+
+// FlagListSeparators are the characters FlagsFromText splits a list of
+// flags on: ";" (the documented one), "|", and the Chinese "；", "、", "｜";
+// a comma too, for a quoted CSV field.
+const FlagListSeparators = ";|；、｜,，"
+
+// FlagsFromText reads a list of holder flags written by a person, as in a
+// spreadsheet cell: names (FlagNamed) separated by ";" (or another of
+// FlagListSeparators), e.g. "学生;残疾人" or "student|disabled". An empty
+// text, "无" or "none" is no flags. It returns the flags as
+// NormalizeFlags does (sorted, unique, nil for none). An unknown name is
+// validation_failed on field "flags", naming it.
+func FlagsFromText(s string) ([]string, error) {
+	s = strings.TrimSpace(s)
+	if t := strings.ToLower(s); t == "" || t == "无" || t == "none" {
+		return nil, nil
+	}
+	var flags []string
+	for _, name := range strings.FieldsFunc(s, func(r rune) bool { return strings.ContainsRune(FlagListSeparators, r) }) {
+		if strings.TrimSpace(name) == "" {
+			continue
+		}
+		f, ok := FlagNamed(name)
+		if !ok {
+			var zh, en []string
+			for _, k := range KnownFlags {
+				zh, en = append(zh, k.NameZh), append(en, k.Flag)
+			}
+			q := strconv.Quote(clipFlag(strings.TrimSpace(name)))
+			return nil, apperr.Invalid("flags",
+				"unknown holder flag "+q+": write "+strings.Join(en, ", ")+" (or "+strings.Join(zh, ", ")+"), several separated by \";\"",
+				"未知的身份标记 "+q+"：可填 "+strings.Join(zh, "、")+"（或 "+strings.Join(en, "、")+"），多个标记以“;”分隔")
+		}
+		flags = append(flags, f)
+	}
+	return NormalizeFlags(flags)
+}
+
+// clipFlag shortens a bad flag for an error message.
+func clipFlag(f string) string {
+	if r := []rune(f); len(r) > 32 {
+		return string(r[:32]) + "…"
+	}
+	return f
+}
+
+// stampFlags records holder flags in a resident's sealed blob with who
+// set them and when: SetFlags and an enrolment with flags both seal them
+// this way.
+func (p *pii) stampFlags(flags []string, actor string, at time.Time) {
+	p.Flags, p.FlagsBy, p.FlagsAt = flags, actor, at.UnixMilli()
 }
 
 // SetFlags replaces a resident's holder flags (nil or empty: none) and
@@ -103,7 +179,7 @@ func (s *Service) SetFlags(ctx context.Context, residentID string, flags []strin
 			return err
 		}
 		now := s.now()
-		p.Flags, p.FlagsBy, p.FlagsAt = fl, actor, now.UnixMilli()
+		p.stampFlags(fl, actor, now)
 		plain, err := json.Marshal(p)
 		if err != nil {
 			return apperr.Wrap(apperr.Internal, err)

@@ -183,3 +183,84 @@ func TestFlagsOnAnOldBlob(t *testing.T) {
 		}
 	})
 }
+
+// FlagNamed and FlagsFromText read flags as people write them in a
+// spreadsheet: codes or labels in either language, any case, several
+// separated by ";" (or "|", "、", "；"); an unknown one is named.
+func TestFlagsFromText(t *testing.T) {
+	for in, want := range map[string]string{
+		"student": "student", "Student": "student", " TEACHER ": "teacher", "学生": "student", "教师": "teacher", "老师": "teacher",
+		"残疾人": "disabled", "Disabled": "disabled", "残疾": "disabled", "现役军人或退役军人": "veteran", "退役军人": "veteran",
+		"Service member or veteran": "veteran", "veteran": "veteran",
+	} {
+		if f, ok := FlagNamed(in); !ok || f != want {
+			t.Errorf("FlagNamed(%q) = %q %v, want %q", in, f, ok, want)
+		}
+	}
+	for _, bad := range []string{"", " ", "wizard", "senior_65", "学", "students"} {
+		if f, ok := FlagNamed(bad); ok {
+			t.Errorf("FlagNamed(%q) = %q, want none", bad, f)
+		}
+	}
+	for _, c := range []struct {
+		in   string
+		want []string
+	}{
+		{"", nil}, {"  ", nil}, {"无", nil}, {"None", nil}, {";", nil},
+		{"学生", []string{"student"}},
+		{"学生;教师", []string{"student", "teacher"}},
+		{"student|DISABLED", []string{"disabled", "student"}},
+		{"残疾人；退役军人", []string{"disabled", "veteran"}},
+		{"学生、学生、Student", []string{"student"}},
+		{" teacher ; ; disabled ", []string{"disabled", "teacher"}},
+		{"student, veteran", []string{"student", "veteran"}},
+	} {
+		got, err := FlagsFromText(c.in)
+		if err != nil || !slices.Equal(got, c.want) || (c.want == nil) != (got == nil) {
+			t.Errorf("FlagsFromText(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		}
+	}
+	for bad, name := range map[string]string{"学生;巫师": `"巫师"`, "student|wizard": `"wizard"`, "senior_65": `"senior_65"`,
+		"学生 教师": `"学生 教师"`, strings.Repeat("x", 100): `"` + strings.Repeat("x", 32) + `…"`} {
+		_, err := FlagsFromText(bad)
+		e := apperr.As(err)
+		if apperr.CodeOf(err) != apperr.ValidationFailed || e.Field != "flags" {
+			t.Errorf("FlagsFromText(%q) = %v, want validation_failed on flags", bad, err)
+			continue
+		}
+		en, zh := e.Text()
+		if !strings.Contains(en, name) || !strings.Contains(zh, name) || !strings.Contains(en, "student, teacher, disabled, veteran") ||
+			!strings.Contains(zh, "学生、教师、残疾人") || !strings.Contains(zh, "未知的身份标记") || len(en) > 300 {
+			t.Errorf("FlagsFromText(%q): texts %q / %q", bad, en, zh)
+		}
+	}
+}
+
+// Flags given at enrolment are sealed with who gave them and when, as
+// SetFlags seals them; an enrolment without flags records no setter.
+func TestEnrolFlagsSealedWithTheirSetter(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, dsn string) {
+		e := newEnv(t, dsn)
+		ctx := context.Background()
+		r, err := e.svc.Enrol(ctx, EnrolInput{Name: "郑学生", IDNumber: e.citizen(time.Date(2007, 5, 5, 0, 0, 0, 0, time.UTC), "F"),
+			Category: CategoryLocal, Flags: []string{"Student", "disabled"}, FlagsBy: "staff:hr9"})
+		if err != nil || !slices.Equal(r.Flags, []string{"disabled", "student"}) || r.FlagsSetBy != "staff:hr9" || r.FlagsSetAt.IsZero() {
+			t.Fatalf("enrol: %+v %v", r, err)
+		}
+		read, err := e.svc.Get(ctx, r.ID)
+		if err != nil || !slices.Equal(read.Flags, r.Flags) || read.FlagsSetBy != "staff:hr9" || !read.FlagsSetAt.Equal(r.FlagsSetAt) {
+			t.Fatalf("read back: %+v %v", read, err)
+		}
+		if raw := e.residentBytes(t); bytes.Contains(raw, []byte("staff:hr9")) || bytes.Contains(raw, []byte("disabled")) {
+			t.Fatal("the enrolment's flags or their setter are stored in plaintext")
+		}
+		plain, err := e.svc.Enrol(ctx, EnrolInput{Name: "郑无标", IDNumber: e.citizen(time.Date(1990, 5, 5, 0, 0, 0, 0, time.UTC), "M"),
+			Category: CategoryLocal, FlagsBy: "staff:hr9"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if read, _ := e.svc.Get(ctx, plain.ID); read.Flags != nil || read.FlagsSetBy != "" || !read.FlagsSetAt.IsZero() {
+			t.Fatalf("an enrolment without flags: %+v", read)
+		}
+	})
+}

@@ -187,6 +187,9 @@ type EnrolInput struct {
 	Category string `json:"category"`
 	// Flags are holder flags to enrol with (optional; KnownFlags).
 	Flags []string `json:"flags,omitempty"`
+	// FlagsBy is who sets Flags (the enrolling staff member), sealed with
+	// them as SetFlags seals its actor. Never read from a request.
+	FlagsBy string `json:"-"`
 }
 
 // BatchItem is one record of EnrolBatch: a resident and, optionally, a card
@@ -373,7 +376,12 @@ func (s *Service) prepare(it BatchItem, now time.Time) (prepared, error) {
 		CreatedAt:   time.UnixMilli(now.UnixMilli()).UTC(),
 		Flags:       flags,
 	}
-	plain, _ := json.Marshal(pii{Name: name, IDNumber: num.Raw, BirthDate: num.BirthDate.Format(time.DateOnly), Region: num.Region, Nationality: num.Nationality, Flags: flags})
+	blob := pii{Name: name, IDNumber: num.Raw, BirthDate: num.BirthDate.Format(time.DateOnly), Region: num.Region, Nationality: num.Nationality}
+	if flags != nil {
+		blob.stampFlags(flags, it.FlagsBy, now)
+		p.res.FlagsSetBy, p.res.FlagsSetAt = it.FlagsBy, time.UnixMilli(blob.FlagsAt).UTC()
+	}
+	plain, _ := json.Marshal(blob)
 	p.sealed = s.v.Seal(plain, p.res.ID)
 	p.idHash = s.v.LookupHash(hashKindID, num.Raw)
 	return p, nil

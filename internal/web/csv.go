@@ -21,10 +21,15 @@ import (
 )
 
 // Bulk enrolment from CSV. The file's first line names the columns:
-// name, id_number, category, and optionally pin and issue_card (1/0,
-// default 1). Every row is checked like the API checks one enrolment and
-// applied on its own: a bad row is reported with its line number and the
-// reason, and does not stop the others. Uploading the same file again
+// name, id_number, category, and optionally pin, issue_card (1/0,
+// default 1) and flags: the resident's holder flags, none or several
+// separated by ";" (学生;残疾人, student|disabled:
+// resident.FlagsFromText), sealed and audited as the flags form and
+// PUT /v1/residents/{id}/flags set them (node.Enrol). Only hr_admin may
+// upload a file, and only hr_admin may set flags: a role let in here later
+// would have to be refused a flags column. Every row is checked like the
+// API checks one enrolment and applied on its own: a bad row is reported
+// with its line number and the reason, and does not stop the others. Uploading the same file again
 // applies nothing twice: a resident is unique by ID number, so rows already
 // enrolled are reported as "already enrolled" and skipped.
 //
@@ -178,10 +183,11 @@ func parseEnrolCSV(r io.Reader) ([]csvRow, error) {
 	}
 	for _, need := range []string{"name", "id_number", "category"} {
 		if _, ok := col[need]; !ok {
-			return nil, apperr.Invalid("file", "the first line must name the columns name,id_number,category (and optionally pin,issue_card); "+need+" is missing",
-				"首行须为列名 name,id_number,category（可选 pin,issue_card），缺少 "+need)
+			return nil, apperr.Invalid("file", "the first line must name the columns name,id_number,category (and optionally pin,issue_card,flags); "+need+" is missing",
+				"首行须为列名 name,id_number,category（可选 pin,issue_card,flags），缺少 "+need)
 		}
 	}
+	_, hasFlags := col["flags"]
 	get := func(rec []string, name string) string {
 		i, ok := col[name]
 		if !ok || i >= len(rec) {
@@ -226,6 +232,21 @@ func parseEnrolCSV(r io.Reader) ([]csvRow, error) {
 		default:
 			row.err = apperr.Invalid("issue_card", "issue_card is 1 or 0", "issue_card 应为 1 或 0")
 		}
+		if hasFlags && row.err == nil {
+			// Flags separated by commas but not quoted spill into fields
+			// the header does not name: refuse the line rather than enrol
+			// with only the first flag.
+			for _, f := range rec[min(len(head), len(rec)):] {
+				if strings.TrimSpace(f) != "" {
+					row.err = apperr.Invalid("flags", "the line has more fields than the first line names columns: separate several flags with \";\", not with commas",
+						"该行的字段比首行列名多：多个身份标记请以“;”分隔，不要用逗号")
+					break
+				}
+			}
+			if row.err == nil {
+				row.in.Flags, row.err = resident.FlagsFromText(get(rec, "flags"))
+			}
+		}
 		for _, f := range rec {
 			if !utf8.ValidString(f) {
 				row.err = apperr.Invalid("row", "the line is not UTF-8 text (save the file as UTF-8)", "该行不是 UTF-8 文本（请以 UTF-8 保存文件）")
@@ -243,10 +264,11 @@ func parseEnrolCSV(r io.Reader) ([]csvRow, error) {
 }
 
 // enrolColumns are the Chinese column names a file may use instead of the
-// English ones.
+// English ones (and other English names of the flags column).
 var enrolColumns = map[string]string{
 	"姓名": "name", "证件号码": "id_number", "证件号": "id_number", "身份证号码": "id_number", "身份证号": "id_number",
 	"人员类别": "category", "类别": "category", "密码": "pin", "初始密码": "pin", "发卡": "issue_card", "是否发卡": "issue_card",
+	"身份标记": "flags", "标记": "flags", "持卡人标记": "flags", "flag": "flags", "holder_flags": "flags", "holder flags": "flags",
 }
 
 // categoryCode reads a category as its code (local, …) or as a label the
