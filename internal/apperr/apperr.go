@@ -108,6 +108,9 @@ const (
 	// RiskLimit: accepting without the home city would exceed the card's
 	// offline risk limit.
 	RiskLimit Code = "risk_limit"
+	// DaySettled: the message changes a day both cities have signed the
+	// statement of; a correction goes in a new message dated today.
+	DaySettled Code = "day_settled"
 )
 
 type entry struct {
@@ -179,6 +182,7 @@ var catalogue = map[Code]entry{
 	UnknownPeer:     {403, "the sending node is not a member of this region", "发送节点不是本区域成员"},
 	HomeUnreachable: {503, "the card's home city could not be reached; try again", "无法连接持卡人所属城市，请重试"},
 	RiskLimit:       {409, "the card's offline risk limit in this city is used up", "该卡在本市的脱机风险额度已用完"},
+	DaySettled:      {409, "the day of this message is settled: both cities signed its statement; a correction must be a new message dated today", "该消息所属日期已结算（双方已签署结算单），更正须以当日新消息发出"},
 }
 
 // Error is a client-visible error with a stable code.

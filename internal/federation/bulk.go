@@ -35,10 +35,13 @@ func (s *Service) applyMany(ctx context.Context, peer string, msgs []Charge) ([]
 	errs := make([]error, len(msgs))
 	first := make(map[string]int, len(msgs))
 	var ids []string
+	final := map[int]bool{} // dated on a settled day: onFinalDay answers
 	for i, c := range msgs {
 		if reason, err := s.refusal(ctx, peer, c); err != nil {
 			errs[i] = err
 			continue
+		} else if reason == apperr.DaySettled {
+			final[i] = true
 		} else if reason != "" {
 			out[i] = ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: reason}
 			continue
@@ -56,7 +59,7 @@ func (s *Service) applyMany(ctx context.Context, peer string, msgs []Charge) ([]
 	var bulk, single []int
 	for _, id := range ids {
 		i := first[id]
-		if c := msgs[i]; prev[id] == nil && c.Mode == ModeGuaranteed && !c.Medical {
+		if c := msgs[i]; prev[id] == nil && c.Mode == ModeGuaranteed && !c.Medical && !final[i] {
 			bulk = append(bulk, i)
 		} else {
 			single = append(single, i)
@@ -73,7 +76,11 @@ func (s *Service) applyMany(ctx context.Context, peer string, msgs []Charge) ([]
 			sem <- struct{}{}
 			go func(i int) {
 				defer func() { <-sem; inner.Done() }()
-				out[i], errs[i] = s.applyAfter(ctx, peer, msgs[i], prev[msgs[i].ID])
+				if final[i] {
+					out[i], errs[i] = s.onFinalDay(ctx, peer, msgs[i], prev[msgs[i].ID])
+				} else {
+					out[i], errs[i] = s.applyAfter(ctx, peer, msgs[i], prev[msgs[i].ID])
+				}
 			}(i)
 		}
 		inner.Wait()
@@ -146,7 +153,7 @@ func (s *Service) inRows(ctx context.Context, ids []string) (map[string]*inRow, 
 		for rows.Next() {
 			var id string
 			var r inRow
-			if err := rows.Scan(&id, &r.state, &r.answer, &r.amount, &r.subject, &r.updated); err != nil {
+			if err := rows.Scan(&id, &r.state, &r.answer, &r.amount, &r.subject, &r.updated, &r.created); err != nil {
 				rows.Close()
 				return nil, unavailable(err)
 			}

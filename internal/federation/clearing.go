@@ -2,9 +2,11 @@ package federation
 
 import (
 	"context"
+	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"sort"
 	"strconv"
 	"time"
@@ -98,8 +100,14 @@ type listAnswer struct {
 }
 
 // messagesWith lists our messages with peer created in [from, to).
+//
+// A charge counts on the day it was created for as long as it stands:
+// a void (before its day is settled) takes it out; once the day is
+// settled a void is refused, and the charge stays in the day (on the
+// sender's side "refunded") while a refund, a message of its own dated
+// when it was made, counts on that day the other way round.
 func (s *Service) messagesWith(ctx context.Context, peer string, from, to int64) ([]MessageInfo, error) {
-	rows, err := s.DB.R.QueryContext(ctx, `SELECT id, direction, amount_fen, state, created_at FROM fed_messages
+	rows, err := s.DB.R.QueryContext(ctx, `SELECT id, direction, kind, amount_fen, state, created_at FROM fed_messages
 		WHERE peer = $1 AND created_at >= $2 AND created_at < $3 ORDER BY id`, peer, from, to)
 	if err != nil {
 		return nil, unavailable(err)
@@ -108,17 +116,22 @@ func (s *Service) messagesWith(ctx context.Context, peer string, from, to int64)
 	out := []MessageInfo{}
 	for rows.Next() {
 		var m MessageInfo
-		var dir string
-		if err := rows.Scan(&m.ID, &dir, &m.AmountFen, &m.State, &m.CreatedAt); err != nil {
+		var dir, kind string
+		if err := rows.Scan(&m.ID, &dir, &kind, &m.AmountFen, &m.State, &m.CreatedAt); err != nil {
 			return nil, unavailable(err)
 		}
+		refund := kind == kindRefund
 		if dir == "out" {
-			// We sent it: the peer's resident owes us.
+			// We sent it: the peer's resident owes us (a refund: we owe
+			// the peer).
 			m.Debtor, m.Creditor = peer, s.City
-			m.Booked = m.State == "acked" || m.State == "pending"
+			m.Booked = m.State == "acked" || m.State == "pending" || m.State == "refunded"
 		} else {
 			m.Debtor, m.Creditor = s.City, peer
 			m.Booked = m.State == StateApplied
+		}
+		if refund {
+			m.Debtor, m.Creditor = m.Creditor, m.Debtor
 		}
 		out = append(out, m)
 	}
@@ -317,27 +330,91 @@ func (s *Service) HandleStatement(ctx context.Context, data []byte) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
+	s.at(ctx, "statement_computed", r.Statement.Day)
 	out := SignedStatement{Statement: ours, Signer: s.City}
 	if ours == r.Statement {
-		if out.Signature, err = signStatement(ours, s.Node()); err != nil {
+		sig, err := signStatement(ours, s.Node())
+		if err != nil {
 			return nil, err
 		}
-		out.Agreed = true
-		if err := s.saveStatement(ctx, env.From, ours, r.Signature, out.Signature, false); err != nil {
+		if err := s.saveStatement(ctx, env.From, ours, r.Signature, sig, false); err != nil {
 			return nil, err
+		}
+		now, held, err := s.stillHolds(ctx, env.From, ours)
+		if err != nil {
+			return nil, err
+		}
+		if held {
+			out.Signature, out.Agreed = sig, true
+		} else {
+			out.Statement = now
 		}
 	}
 	return Seal(s.City, env.From, KindAnswer, s.Now(), out, s.Node())
 }
 
+// stillHolds re-reads the books after a statement of a day that is over
+// (a final one, daySettled) was saved. A void checks whether the day is
+// settled after marking its message (void); a statement computed before
+// that mark and saved after the check would count a charge the void then
+// reverses. Whichever of the two comes second sees the other: if the
+// books no longer give st, the saved statement is withdrawn (the day is
+// not settled; settling it again signs what the books say) and the
+// current figures are returned.
+func (s *Service) stillHolds(ctx context.Context, peer string, st Statement) (Statement, bool, error) {
+	if st.Day >= s.Now().UTC().Format("2006-01-02") {
+		return st, true, nil // a statement of a running day is not final anyway
+	}
+	now, err := s.statement(ctx, peer, st.Day)
+	if err != nil || now == st {
+		return st, err == nil, err
+	}
+	s.Log.Warn("federation: the books changed while a day's statement was being saved; withdrawn", "peer", peer, "day", st.Day,
+		"signed", st.Net, "now", now.Net)
+	return now, false, s.withdraw(ctx, peer, st)
+}
+
+// withdraw makes a saved statement of st's day no longer count as
+// settled (the peer's signature is dropped), if it is still st.
+func (s *Service) withdraw(ctx context.Context, peer string, st Statement) error {
+	b, _ := json.Marshal(st)
+	if _, err := s.DB.W.ExecContext(ctx, `UPDATE fed_statements SET theirs = '' WHERE peer = $1 AND day = $2 AND statement = $3`, peer, st.Day, b); err != nil {
+		return unavailable(err)
+	}
+	s.settled.Delete(peer + "|" + st.Day)
+	return nil
+}
+
+// finalStatement returns the statement of day with peer that both cities
+// signed after the day was over (daySettled), if there is one.
+func (s *Service) finalStatement(ctx context.Context, peer string, day time.Time) (Statement, bool, error) {
+	d := day.UTC().Truncate(24 * time.Hour)
+	var b []byte
+	err := s.DB.R.QueryRowContext(ctx, `SELECT statement FROM fed_statements WHERE peer = $1 AND day = $2 AND created_at >= $3
+		AND ours <> '' AND theirs <> '' AND theirs <> 'null' AND ours <> 'null'`, peer, d.Format("2006-01-02"), d.Add(24*time.Hour).UnixMilli()).Scan(&b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Statement{}, false, nil
+	}
+	if err != nil {
+		return Statement{}, false, unavailable(err)
+	}
+	var st Statement
+	if err := json.Unmarshal(b, &st); err != nil {
+		return Statement{}, false, apperr.Wrap(apperr.Internal, err)
+	}
+	return st, true, nil
+}
+
 // daySettled reports whether the day (UTC) of at has a statement with
-// peer that both cities signed after the day ended. A charge dated on such
-// a day is refused: the day's statement is final (a day settled once it
-// was over means every message of it had been delivered, so only a
-// back-dated message can arrive later). A statement signed while its day
-// was still running (settle accepts today; a peer may ask for any day)
-// covers only the messages created before it and is not final: a charge
-// created later that day, delivered after midnight, is still booked.
+// peer that both cities signed after the day ended. A charge (or refund)
+// dated on such a day is refused, and so is a void of a charge of it that
+// the statement counts (void): the day's statement is final (a day
+// settled once it was over means every message of it had been delivered,
+// so only a back-dated message, or a void the sender decided later, can
+// arrive later). A statement signed while its day was still running
+// (settle accepts today; a peer may ask for any day) covers only the
+// messages created before it and is not final: a charge created later
+// that day, delivered after midnight, is still booked.
 func (s *Service) daySettled(ctx context.Context, peer string, at time.Time) (bool, error) {
 	day := at.UTC().Format("2006-01-02")
 	if day >= s.Now().UTC().Format("2006-01-02") {
@@ -405,9 +482,17 @@ func (s *Service) Settle(ctx context.Context, day string) ([]SignedStatement, er
 		case err != nil:
 			res.Error = err.Error()
 		case ans.Agreed && ans.Statement == st && VerifyStatement(st, ans.Signature, key):
-			res.Peer, res.Agreed = ans.Signature, true
 			if err := s.saveStatement(ctx, peer, st, sig, ans.Signature, true); err != nil {
 				return nil, err
+			}
+			now, held, err := s.stillHolds(ctx, peer, st)
+			if err != nil {
+				return nil, err
+			}
+			res.Peer, res.Agreed = ans.Signature, held
+			if !held {
+				res.Error = "the books changed while the day was being settled (a void came in): now " + now.AOwesB + "/" + now.BOwesA +
+					" over " + now.Messages + " messages; settle the day again"
 			}
 		default:
 			theirs := ans.Statement

@@ -60,14 +60,15 @@ type inRow struct {
 	amount  int64
 	subject string
 	updated int64
+	created int64 // the message's date (statements count it on its day)
 }
 
-const inCols = `state, answer, amount_fen, subject, updated_at`
+const inCols = `state, answer, amount_fen, subject, updated_at, created_at`
 
 func (s *Service) inRow(ctx context.Context, id string) (*inRow, error) {
 	var r inRow
 	err := s.DB.QueryRow(ctx, `SELECT `+inCols+` FROM fed_messages WHERE id = $1 AND direction = 'in'`, id).
-		Scan(&r.state, &r.answer, &r.amount, &r.subject, &r.updated)
+		Scan(&r.state, &r.answer, &r.amount, &r.subject, &r.updated, &r.created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -97,6 +98,14 @@ func validCharge(peer string, c Charge) bool {
 	}
 	switch c.Mode {
 	case ModeOnline, ModeGuaranteed, ModeVoid:
+		if c.Refunds != "" {
+			return false
+		}
+	case ModeRefund:
+		// One refund per charge, of a charge of the sender's.
+		if !strings.HasPrefix(c.Refunds, peer+".") || len(c.Refunds) > 80 || c.ID != RefundID(peer, c.Refunds) || len(c.Fares) > 0 || !c.ScanAt.IsZero() {
+			return false
+		}
 	default:
 		return false
 	}
@@ -137,10 +146,12 @@ func (s *Service) scanAtOK(c Charge) bool {
 
 // refusal is the reason a message is declined before anything is looked
 // up or booked ("" if it may go on), for apply and the bulk path alike:
-// not a valid message; a time out of bounds; a charge dated on a day both
-// cities signed (final, daySettled); a guaranteed charge above the
-// region's risk limit (a sender accepts without us only within it, so it
-// is not one we owe).
+// not a valid message; a time out of bounds; a charge or refund dated on
+// a day both cities signed (final, daySettled: DaySettled, which the
+// callers answer with onFinalDay, since a message delivered again is
+// answered by its row); a guaranteed charge above the region's risk limit
+// (a sender accepts without us only within it, so it is not one we owe).
+// A void is judged by the day of the charge it voids (void).
 func (s *Service) refusal(ctx context.Context, peer string, c Charge) (apperr.Code, error) {
 	switch {
 	case !validCharge(peer, c):
@@ -154,7 +165,7 @@ func (s *Service) refusal(ctx context.Context, peer string, c Charge) (apperr.Co
 			return "", err
 		}
 		if settled {
-			return apperr.ClockSkew, nil
+			return apperr.DaySettled, nil
 		}
 	}
 	if c.Mode == ModeGuaranteed && c.AmountFen > s.cfg.RiskLimitFen {
@@ -173,9 +184,17 @@ func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswe
 		}
 		c.PIN, c.PINSealed = pin, nil
 	}
-	if reason, err := s.refusal(ctx, peer, c); err != nil {
+	reason, err := s.refusal(ctx, peer, c)
+	switch {
+	case err != nil:
 		return ChargeAnswer{}, err
-	} else if reason != "" {
+	case reason == apperr.DaySettled:
+		prev, err := s.inRow(ctx, c.ID)
+		if err != nil {
+			return ChargeAnswer{}, err
+		}
+		return s.onFinalDay(ctx, peer, c, prev)
+	case reason != "":
 		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: reason}, nil
 	}
 	ctx, cancel := detach(ctx)
@@ -186,7 +205,7 @@ func (s *Service) apply(ctx context.Context, peer string, c Charge) (ChargeAnswe
 	// A void needs the row's content; a charge with a PIN must not have a
 	// re-send check the PIN again (a wrong one would count twice).
 	var prev *inRow
-	if c.Mode == ModeVoid || c.PIN != "" {
+	if c.Mode == ModeVoid || c.Mode == ModeRefund || c.PIN != "" {
 		var err error
 		if prev, err = s.inRow(ctx, c.ID); err != nil {
 			return ChargeAnswer{}, err
@@ -203,8 +222,11 @@ func (s *Service) applyAfter(ctx context.Context, peer string, c Charge, prev *i
 				// Same id, other content: a forged or corrupted message.
 				return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.IdempotencyConflict}, nil
 			}
-			if c.Mode == ModeVoid {
+			switch c.Mode {
+			case ModeVoid:
 				return s.void(ctx, peer, c)
+			case ModeRefund:
+				return s.refund(ctx, peer, c)
 			}
 			if prev.state != StateDeclined || c.Mode != ModeGuaranteed {
 				// Answered from a row the ledger may not have synced yet
@@ -228,8 +250,11 @@ func (s *Service) applyAfter(ctx context.Context, peer string, c Charge, prev *i
 				continue
 			}
 		}
-		if c.Mode == ModeVoid {
+		switch c.Mode {
+		case ModeVoid:
 			return s.void(ctx, peer, c)
+		case ModeRefund:
+			return s.refund(ctx, peer, c)
 		}
 		a, taken, err := s.book(ctx, peer, c)
 		if err != nil || !taken {
@@ -282,15 +307,72 @@ func (s *Service) record(ctx context.Context, peer string, c Charge, a ChargeAns
 	return a, false, nil
 }
 
+// onFinalDay answers a charge or refund dated on a day both cities
+// signed (refusal: DaySettled). A new one is refused: the day's statement
+// is final. One that has a row — delivered again, its answer lost — is
+// answered by it as before (a refund's reversals are completed), never
+// declined: the sender would write off, or stop counting, a message the
+// signed statement counts on both sides.
+func (s *Service) onFinalDay(ctx context.Context, peer string, c Charge, prev *inRow) (ChargeAnswer, error) {
+	switch {
+	case prev == nil:
+		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.DaySettled}, nil
+	case !amountOK(prev.amount, c) || prev.subject != c.Subject:
+		return ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.IdempotencyConflict}, nil
+	case c.Mode == ModeRefund:
+		ctx, cancel := detach(ctx)
+		defer cancel()
+		return s.refund(ctx, peer, c)
+	}
+	if err := s.Ledger.Durable(ctx); err != nil {
+		return ChargeAnswer{}, err
+	}
+	return storedAnswer(c.ID, prev), nil
+}
+
 // void marks a message voided (creating its row if needed) and reverses
 // whatever its booking moved.
+//
+// A charge booked here whose day is settled (daySettled: both cities
+// signed the day's statement, which counts it) is not voided: the answer
+// is declined, day_settled, and nothing changes; the sender then gives
+// the money back in a refund, a new message dated the day it is made
+// (refund, refundLater). The check is made again after the mark, and a
+// statement is checked against the books after it is saved (stillHolds):
+// whichever of a void and a settlement comes second sees the other. If
+// the statement saved meanwhile is the books with the mark (it was
+// computed after it), the void goes on; otherwise the mark is undone and
+// the void refused. Voids (and refunds) of one charge take turns here.
 func (s *Service) void(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
+	mu := &s.voids[riskStripe(c.ID)]
+	mu.Lock()
+	defer mu.Unlock()
+	refused := ChargeAnswer{ID: c.ID, State: StateDeclined, Reason: apperr.DaySettled}
+	row, err := s.inRow(ctx, c.ID)
+	if err != nil {
+		return ChargeAnswer{}, err
+	}
+	booked := row != nil && row.state == StateApplied
+	var day time.Time
+	if booked {
+		day = time.UnixMilli(row.created)
+		settled, err := s.daySettled(ctx, peer, day)
+		if err != nil || settled {
+			return refused, err
+		}
+		// Refunded already (its day was settled then): the refund gave
+		// the money back; the charge stays in its day.
+		if r, err := s.inRow(ctx, RefundID(peer, c.ID)); err != nil || r != nil {
+			return refused, err
+		}
+		s.at(ctx, "void_checked", c.ID)
+	}
 	a := ChargeAnswer{ID: c.ID, State: StateVoided}
 	ans, _ := json.Marshal(a)
 	now := s.Now().UnixMilli()
 	// Mark first: a booking not yet committed is refused by its Claim
 	// after this; one committed before has its transfers found below.
-	err := s.w.exec(ctx, `INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, answer, updated_at)
+	err = s.w.exec(ctx, `INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, answer, updated_at)
 		VALUES ($1, 'in', $2, 'charge', $3, $4, $5, 'voided', $6, $7, $8)
 		ON CONFLICT (id, direction) DO UPDATE SET state = 'voided', answer = EXCLUDED.answer, updated_at = EXCLUDED.updated_at
 		WHERE fed_messages.state <> 'voided'`,
@@ -298,8 +380,91 @@ func (s *Service) void(ctx context.Context, peer string, c Charge) (ChargeAnswer
 	if err != nil {
 		return ChargeAnswer{}, unavailable(err)
 	}
+	if booked {
+		if settled, err := s.daySettled(ctx, peer, day); err != nil {
+			return ChargeAnswer{}, err
+		} else if settled {
+			signed, ok, err := s.finalStatement(ctx, peer, day)
+			if err != nil {
+				return ChargeAnswer{}, err
+			}
+			books, err := s.statement(ctx, peer, day.UTC().Format("2006-01-02"))
+			if err != nil {
+				return ChargeAnswer{}, err
+			}
+			if !ok || signed != books {
+				if err := s.w.exec(ctx, `UPDATE fed_messages SET state = $1, answer = $2, updated_at = $3 WHERE id = $4 AND direction = 'in' AND state = 'voided'`,
+					StateApplied, row.answer, s.Now().UnixMilli(), c.ID); err != nil {
+					return ChargeAnswer{}, unavailable(err)
+				}
+				return refused, nil
+			}
+		}
+	}
 	if err := s.reverseAll(ctx, c.ID); err != nil {
 		return ChargeAnswer{}, err
+	}
+	return a, nil
+}
+
+// refund gives back, at home, a charge (c.Refunds) that the sender voided
+// after its day was settled (refundLater): the charge stays booked in
+// its day, and the reversal of what it moved is the refund's, counted in
+// the refund's own day (messagesWith). The reversal keys are the void's
+// (fed:void:<charge>:<leg>), so a charge is never given back twice, by a
+// void and a refund or by two deliveries. The money moves first and the
+// refund's row is written after it: a statement never counts a refund
+// whose money has not moved (a retry completes both). A charge voided
+// here after all is answered voided (nothing to give back).
+func (s *Service) refund(ctx context.Context, peer string, c Charge) (ChargeAnswer, error) {
+	mu := &s.voids[riskStripe(c.Refunds)]
+	mu.Lock()
+	defer mu.Unlock()
+	orig, err := s.inRow(ctx, c.Refunds)
+	if err != nil {
+		return ChargeAnswer{}, err
+	}
+	declined := ChargeAnswer{ID: c.ID, State: StateDeclined}
+	switch {
+	case orig == nil || orig.state == StateDeclined:
+		declined.Reason = apperr.NotFound
+		return declined, nil
+	case orig.amount != c.AmountFen || orig.subject != c.Subject:
+		declined.Reason = apperr.IdempotencyConflict
+		return declined, nil
+	case orig.state == StateVoided:
+		return ChargeAnswer{ID: c.ID, State: StateVoided}, nil
+	}
+	moved, err := s.movedLegs(ctx, []string{c.Refunds})
+	if err != nil {
+		return ChargeAnswer{}, err
+	}
+	a := ChargeAnswer{ID: c.ID, State: StateApplied}
+	for _, name := range legNames {
+		for _, l := range moved[c.Refunds] {
+			if l.leg != name {
+				continue
+			}
+			t, err := s.Ledger.Reverse(ctx, "fed:void:"+c.Refunds+":"+l.leg, l.transfer, l.amount)
+			if err != nil {
+				return ChargeAnswer{}, err
+			}
+			switch l.leg {
+			case "m":
+				a.MedicalFen += l.amount
+			case "w":
+				a.WalletFen += l.amount
+			case "credit":
+				a.CreditFen += l.amount
+			}
+			a.Transfers = append(a.Transfers, t.ID)
+		}
+	}
+	ans, _ := json.Marshal(a)
+	if err := s.w.exec(ctx, `INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, answer, updated_at)
+		VALUES ($1, 'in', $2, '`+kindRefund+`', $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id, direction) DO NOTHING`,
+		c.ID, peer, c.Subject, c.AmountFen, c.CreatedAt.UnixMilli(), StateApplied, inBody(c), ans, s.Now().UnixMilli()); err != nil {
+		return ChargeAnswer{}, unavailable(err)
 	}
 	return a, nil
 }

@@ -31,6 +31,11 @@ const (
 	ModeOnline     = "online"     // the home city may decline
 	ModeGuaranteed = "guaranteed" // accepted offline within the risk limit: the home city books it
 	ModeVoid       = "void"       // the sender gave up: reverse or refuse the charge
+	// ModeRefund: the sender gives back an earlier charge (Refunds) whose
+	// day was already settled when the sender voided it. A refund is a
+	// message of its own, dated when it is made, and counts in that day's
+	// statement (the sender owes it); the settled day keeps the charge.
+	ModeRefund = "refund"
 )
 
 // Envelope kinds.
@@ -77,6 +82,16 @@ type Charge struct {
 	// other claims than the adult AmountFen was priced for. A charges the
 	// fare its resident's category and flags match and answers them.
 	Fares []scan.Fare `json:"fares,omitempty"`
+	// Refunds is the id of the charge a refund (ModeRefund) gives back;
+	// the refund's id is RefundID(sender, Refunds).
+	Refunds string `json:"refunds,omitempty"`
+}
+
+// RefundID is the id of city from's refund of its charge id: one refund
+// per charge, and every retry carries the same id.
+func RefundID(from, id string) string {
+	h := sm3.Sum([]byte("yikatong/fed/refund/v1:" + from + ":" + id))
+	return from + "." + hex.EncodeToString(h[:16])
 }
 
 // CardSubject is the Subject prefix of a charge on a physical card.
@@ -211,9 +226,10 @@ func resultOf(r *outRow) scan.RemoteResult {
 }
 
 // ExposureSQL sums a card's offline acceptances not yet cleared with its
-// home city. Its terms match the partial index fed_messages_subject.
+// home city (not a refund on its way). Its terms match the partial index
+// fed_messages_subject.
 const ExposureSQL = `SELECT COALESCE(SUM(amount_fen), 0) FROM fed_messages
-	WHERE direction = 'out' AND peer = $1 AND subject = $2 AND state = 'pending'`
+	WHERE direction = 'out' AND peer = $1 AND subject = $2 AND state = 'pending' AND kind = 'charge'`
 
 // Authorize implements scan.Remote: the online authorisation by the home
 // city, or the offline acceptance under the card's risk limit.
@@ -655,17 +671,17 @@ func (s *Service) DrainOutbox(ctx context.Context) (int, error) {
 	if err := s.checkBookings(ctx, now); err != nil {
 		return 0, err
 	}
-	rows, err := s.DB.R.QueryContext(ctx, `SELECT id, peer, state, attempts, body FROM fed_messages
+	rows, err := s.DB.R.QueryContext(ctx, `SELECT id, peer, state, kind, attempts, body FROM fed_messages
 		WHERE direction = 'out' AND state IN ('pending', 'voiding') AND next_at <= $1 ORDER BY next_at LIMIT 5000`, now.UnixMilli())
 	if err != nil {
 		return 0, err
 	}
 	byPeer := map[string][]due{}
 	for rows.Next() {
-		var id, peer, state string
+		var id, peer, state, kind string
 		var attempts int
 		var body []byte
-		if err := rows.Scan(&id, &peer, &state, &attempts, &body); err != nil {
+		if err := rows.Scan(&id, &peer, &state, &kind, &attempts, &body); err != nil {
 			rows.Close()
 			return 0, err
 		}
@@ -673,9 +689,13 @@ func (s *Service) DrainOutbox(ctx context.Context) (int, error) {
 		if err := json.Unmarshal(body, &c); err != nil {
 			continue
 		}
-		c.Mode = ModeGuaranteed
-		if state == "voiding" {
+		switch {
+		case kind == kindRefund:
+			c.Mode = ModeRefund
+		case state == "voiding":
 			c.Mode = ModeVoid
+		default:
+			c.Mode = ModeGuaranteed
 		}
 		byPeer[peer] = append(byPeer[peer], due{c, attempts, state})
 	}
@@ -748,6 +768,7 @@ func (s *Service) deliver(ctx context.Context, m Member, part []due) (int, error
 		byID[a.ID] = a
 	}
 	var updates []outUpdate
+	refunds := 0
 	for _, d := range part {
 		a, ok := byID[d.c.ID]
 		if !ok {
@@ -758,6 +779,30 @@ func (s *Service) deliver(ctx context.Context, m Member, part []due) (int, error
 		switch {
 		case d.c.Mode == ModeVoid && a.State == StateVoided:
 			st = "voided"
+		case d.c.Mode == ModeVoid && a.State == StateDeclined && a.Reason == apperr.DaySettled:
+			// The home city keeps the charge: the day's statement, which
+			// both cities signed, counts it. The charge stands here too
+			// (refunded), and a refund dated today gives the money back.
+			if err := s.refundLater(ctx, m.City, d.c, a); err != nil {
+				s.Log.Warn("federation: queueing the refund of a charge on a settled day failed; retried with the next delivery", "peer", m.City, "id", d.c.ID, "err", err)
+				continue
+			}
+			s.Log.Warn("federation: the home city refused a void on a settled day; the charge is refunded in a new message", "peer", m.City, "id", d.c.ID)
+			refunds++
+			continue
+		case d.c.Mode == ModeRefund:
+			switch a.State {
+			case StateApplied:
+			case StateVoided:
+				// The home city had voided the charge itself: nothing to
+				// give back, and the charge is void on both sides.
+				st = "voided"
+				ab, _ := json.Marshal(a)
+				updates = append(updates, outUpdate{d.c.Refunds, "voided", ab, -1})
+			default:
+				s.Log.Error("federation: the home city refused a refund", "peer", m.City, "id", d.c.ID, "charge", d.c.Refunds, "reason", a.Reason)
+				st = "failed"
+			}
 		case d.c.Mode == ModeGuaranteed && a.State == StateApplied:
 			if charged := a.MedicalFen + a.WalletFen + a.CreditFen; charged != d.c.AmountFen {
 				// The home city had applied our online request after we
@@ -791,7 +836,52 @@ func (s *Service) deliver(ctx context.Context, m Member, part []due) (int, error
 	if err := s.applyUpdates(ctx, updates); err != nil {
 		return 0, err
 	}
-	return len(updates), nil
+	if refunds > 0 {
+		s.Kick()
+	}
+	return len(updates) + refunds, nil
+}
+
+// kindRefund is the kind of a refund's fed_messages rows (else "charge").
+const kindRefund = "refund"
+
+// refundLater handles the home city's refusal (day_settled) of our void
+// of charge c: the day of c is settled, its statement — signed by both
+// cities — counts c, and the home city keeps it booked. So does this
+// city: the row becomes "refunded" (still counted in c's day, never sent
+// again, and a retried scan of it is not approved). What the void was to
+// give back goes in a refund (ModeRefund, RefundID), a new message dated
+// now, delivered from the outbox like a guaranteed charge and counted in
+// today's statement, where this city owes it. This city booked nothing
+// for c (a void is only ever sent for a charge whose scan was not booked
+// here), so the refund moves no money here either; at home it reverses
+// the charge (the same reversal keys as a void: never both). The row's
+// change and the refund's row commit together.
+func (s *Service) refundLater(ctx context.Context, peer string, c Charge, a ChargeAnswer) error {
+	now := s.Now()
+	ans, _ := json.Marshal(a)
+	return s.DB.Tx(ctx, func(tx *sql.Tx) error {
+		var state string
+		var amount int64
+		err := tx.QueryRowContext(ctx, `SELECT state, amount_fen FROM fed_messages WHERE id = $1 AND direction = 'out'`, c.ID).Scan(&state, &amount)
+		if err != nil || state != "voiding" {
+			return err // handled by an earlier answer
+		}
+		if amount > 0 { // (a free fare has nothing to give back)
+			r := Charge{ID: RefundID(s.City, c.ID), Mode: ModeRefund, Refunds: c.ID, Subject: c.Subject, AmountFen: amount,
+				Scenario: c.Scenario, CreatedAt: now.UTC().Truncate(time.Millisecond)}
+			body, _ := json.Marshal(r)
+			if _, err := tx.ExecContext(ctx, `INSERT INTO fed_messages(id, direction, peer, kind, subject, amount_fen, created_at, state, body, updated_at, next_at)
+				VALUES ($1, 'out', $2, '`+kindRefund+`', $3, $4, $5, 'pending', $6, $7, $7) ON CONFLICT (id, direction) DO NOTHING`,
+				r.ID, peer, r.Subject, r.AmountFen, r.CreatedAt.UnixMilli(), body, now.UnixMilli()); err != nil {
+				return err
+			}
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE fed_messages SET state = 'refunded', answer = $1, updated_at = $2,
+			last_error = 'the home city refused the void: the day is settled; refunded in a new message'
+			WHERE id = $3 AND direction = 'out' AND state = 'voiding'`, ans, now.UnixMilli(), c.ID)
+		return err
+	})
 }
 
 type outUpdate struct {

@@ -75,8 +75,14 @@
 // sides disagree. Settle computes, per peer and day, the statement both
 // sides must agree on (what each owes the other, message count, digest of
 // the ids), signs it and has the peer countersign its own identical
-// computation. Invariant across the region: A's clr:B balance is exactly
-// −(B's clr:A balance) once the outboxes are empty.
+// computation. A settled day is final: a new message dated on it is
+// refused, and so is a void of a charge its statement counts (day_settled;
+// the charge stays in that day on both sides). The sender then gives the
+// money back in a refund (ModeRefund), a message of its own dated the day
+// it is made, so it counts in that day's statement and never changes a
+// signed one (inbox.go: void, refund; messages.go: refundLater).
+// Invariant across the region: A's clr:B balance is exactly −(B's clr:A
+// balance) once the outboxes are empty.
 package federation
 
 import (
@@ -192,8 +198,12 @@ type Service struct {
 	down map[string]time.Time
 	// risk serialises each card's offline acceptances (by riskStripe).
 	risk [riskStripes]sync.Mutex
+	// voids serialises, per charge (by riskStripe of its id), the voids
+	// and refunds of one charge at home (inbox.go: void, refund).
+	voids [riskStripes]sync.Mutex
 	// settled caches the days agreed with a peer ("peer|day" → true): a
-	// day once countersigned stays so.
+	// day once countersigned stays so (unless its statement is withdrawn
+	// because the books changed while it was being saved: withdraw).
 	settled sync.Map
 
 	// reruns coalesces the rounds of bundle notices and the fetches they
@@ -202,7 +212,9 @@ type Service struct {
 	peerFetch sync.Map // peer → *sync.Mutex held through a fetch of its bundle
 
 	// hook, if set (tests only, export_test.go), is called at named stages
-	// of applying a message: "before_ledger" and "after_ledger".
+	// of applying a message ("before_ledger", "after_ledger", "booked",
+	// "void_checked") and of countersigning a statement
+	// ("statement_computed").
 	hook func(ctx context.Context, stage, id string)
 }
 
