@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -88,24 +89,23 @@ func cmdServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	if *demo {
 		path := filepath.Join(*data, "demo.json")
 		err := n.EnsureDemo(ctx, baseURL, path)
-		_, statErr := os.Stat(path)
-		// A node that holds data but no demo.json gets no demo city (it
-		// never mixes demo data into a real one); the likeliest cause is a
-		// first start stopped while it created the demo, which no later
-		// start completes: say so instead of pointing at a file that is
-		// not there.
-		const interrupted = "this node already holds data but has no %s (a first start stopped while creating the demo city?); for a demo city start on an empty --data directory (节点已有数据但没有 demo.json，演示城市的创建可能曾被中断；请使用空的数据目录重新启动)"
-		if err != nil {
-			fmt.Fprintf(stderr, "serve: creating the demo city: %v\n", err)
-			if statErr != nil && ctx.Err() == nil {
-				fmt.Fprintf(stderr, "serve: "+interrupted+"\n", path)
-			}
-			return 1
-		}
-		if statErr != nil {
-			fmt.Fprintf(stderr, "yikatong: --demo: no demo city created: "+interrupted+"\n", path)
-		} else {
+		switch {
+		case err == nil:
 			fmt.Fprintf(stderr, "yikatong: demo city %s — sign-in details in %s\n", n.City, path)
+		case errors.Is(err, node.ErrDemoFileMissing):
+			// The demo city is there, only its sign-in details are not:
+			// it serves as it is.
+			fmt.Fprintf(stderr, "yikatong: --demo: %v\n", err)
+		case errors.Is(err, node.ErrNotDemoCity):
+			fmt.Fprintf(stderr, "serve: --demo: %v\n", err)
+			return 1
+		case ctx.Err() != nil:
+			fmt.Fprintf(stderr, "serve: stopped while creating the demo city; `yikatong serve --demo --data %s` finishes it (演示城市创建中途停止；使用同一数据目录再次以 --demo 启动即可继续完成)\n", *data)
+			return 1
+		default:
+			fmt.Fprintf(stderr, "serve: creating the demo city: %v\n", err)
+			fmt.Fprintf(stderr, "serve: what was created is kept; `yikatong serve --demo --data %s` again finishes the demo city (已创建的部分会保留；使用同一数据目录再次以 --demo 启动即可继续完成)\n", *data)
+			return 1
 		}
 	}
 	fmt.Fprintf(stderr, "yikatong: city %s serving on %s (data %s, database %s %s)\n", n.City, baseURL, *data, n.DB.Dialect, n.DB.Where)

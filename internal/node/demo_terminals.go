@@ -2,7 +2,14 @@ package node
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
+
+	"github.com/yikatong/yikatong/internal/auth"
+	"github.com/yikatong/yikatong/internal/ledger"
+	"github.com/yikatong/yikatong/internal/terminal"
 )
 
 // demoProviders are the demo city's service providers and, per provider,
@@ -22,23 +29,107 @@ var demoProviders = []struct {
 	{"郑州自来水 Zhengzhou Water", "utility", []string{"bills.water"}},
 }
 
-// demoTerminals creates the demo providers and terminals.
-func (n *Node) demoTerminals(ctx context.Context, d *DemoFile) error {
+// demoTerminals creates the demo providers and terminals, or finds those
+// an interrupted start created: a provider by name, a terminal by provider
+// and name. A terminal's credentials go into the plan as soon as it is
+// created; one found without them (the start stopped in between) gets new
+// ones.
+func (n *Node) demoTerminals(ctx context.Context, d *DemoFile, plan *demoPlan) error {
 	if n.scans() == nil {
 		return nil
 	}
+	ts := n.scans().Terminals
+	have, err := ts.Providers(ctx)
+	if err != nil {
+		return err
+	}
+	providers := map[string]terminal.Provider{}
+	for _, p := range have {
+		if _, dup := providers[p.Name]; !dup {
+			providers[p.Name] = p
+		}
+	}
 	for _, dp := range demoProviders {
-		p, err := n.CreateProvider(ctx, dp.name, dp.kind, dp.scenarios)
-		if err != nil {
+		p, ok := providers[dp.name]
+		if !ok {
+			if p, err = n.CreateProvider(ctx, dp.name, dp.kind, dp.scenarios); err != nil {
+				return fmt.Errorf("demo provider %s: %w", dp.name, err)
+			}
+		} else if _, err := n.Ledger.CreateAccount(ctx, ledger.Account{ID: ledger.ReceivableID(p.ID), Kind: ledger.KindReceivable, Label: p.Name}); err != nil {
+			// (CreateProvider opens it after the provider: the start may have stopped in between.)
 			return fmt.Errorf("demo provider %s: %w", dp.name, err)
 		}
-		for i, sc := range dp.scenarios {
-			id, token, batchKey, err := n.CreateTerminal(ctx, p.ID, fmt.Sprintf("%s #%d", dp.name, i+1), []string{sc})
-			if err != nil {
-				return fmt.Errorf("demo terminal %s: %w", sc, err)
+		if err := n.demoStep("provider/%s", dp.name); err != nil {
+			return err
+		}
+		list, err := ts.Terminals(ctx, p.ID)
+		if err != nil {
+			return err
+		}
+		terminals := map[string]terminal.Terminal{}
+		for _, t := range list {
+			if _, dup := terminals[t.Name]; !dup {
+				terminals[t.Name] = t
 			}
-			d.Terminals = append(d.Terminals, DemoTerminal{ID: id, Token: token, Provider: p.ID, Scenario: sc, BatchKey: batchKey})
+		}
+		for i, sc := range dp.scenarios {
+			name := fmt.Sprintf("%s #%d", dp.name, i+1)
+			cr, kept := plan.Terminals[name]
+			t, exists := terminals[name]
+			switch {
+			case exists && kept && cr.ID == t.ID:
+			case exists:
+				if cr, err = n.reissueDemoTerminal(ctx, t, sc); err != nil {
+					return fmt.Errorf("demo terminal %s: %w", sc, err)
+				}
+				n.Log.Info("demo terminal: new credentials (an interrupted start lost them)", "terminal", t.ID)
+			default:
+				id, token, batchKey, err := n.CreateTerminal(ctx, p.ID, name, []string{sc})
+				if err != nil {
+					return fmt.Errorf("demo terminal %s: %w", sc, err)
+				}
+				if err := n.demoStep("terminal/%s/created", name); err != nil {
+					return err
+				}
+				cr = DemoTerminal{ID: id, Token: token, Provider: p.ID, Scenario: sc, BatchKey: batchKey}
+			}
+			if !kept || cr != plan.Terminals[name] {
+				plan.Terminals[name] = cr
+				if err := n.saveDemoPlan(ctx, plan); err != nil {
+					return err
+				}
+			}
+			if err := n.demoStep("terminal/%s", name); err != nil {
+				return err
+			}
+			d.Terminals = append(d.Terminals, cr)
 		}
 	}
 	return nil
+}
+
+// reissueDemoTerminal gives a demo terminal whose credentials were lost a
+// new bearer token (revoking any other) and a new batch key. It is done
+// before the node serves, so no terminal has used the old ones and no
+// cache holds the old key.
+func (n *Node) reissueDemoTerminal(ctx context.Context, t terminal.Terminal, scenario string) (DemoTerminal, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return DemoTerminal{}, err
+	}
+	res, err := n.DB.W.ExecContext(ctx, `UPDATE terminals SET public_key = $2 WHERE id = $1`, t.ID, []byte(pub))
+	if err != nil {
+		return DemoTerminal{}, err
+	}
+	if k, err := res.RowsAffected(); err == nil && k != 1 {
+		return DemoTerminal{}, fmt.Errorf("terminal %s not found", t.ID)
+	}
+	tok, _, err := n.Auth.IssueToken(ctx, auth.Principal{Kind: auth.KindTerminal, Subject: t.ID, Role: auth.RoleTerminal, ProviderID: t.ProviderID}, terminal.TokenTTL)
+	if err != nil {
+		return DemoTerminal{}, err
+	}
+	if err := n.Auth.RevokeSubjectExcept(ctx, auth.KindTerminal, t.ID, tok); err != nil {
+		return DemoTerminal{}, err
+	}
+	return DemoTerminal{ID: t.ID, Token: tok, Provider: t.ProviderID, Scenario: scenario, BatchKey: base64.RawURLEncoding.EncodeToString(priv.Seed())}, nil
 }
