@@ -20,6 +20,7 @@ func (n *Node) wireWeb(ctx context.Context) error {
 		StaffTTL: StaffSessionTTL, ResidentTTL: ResidentSessionTTL,
 		ResidentLogin:   n.ResidentLogin,
 		Enrol:           n.Enrol,
+		SetFlags:        n.SetResidentFlags,
 		AfterCardChange: n.afterCardChange,
 		IssueCode:       n.IssueCode,
 		GatePublic:      n.DemoMode.Load,

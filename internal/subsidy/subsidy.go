@@ -472,12 +472,47 @@ func allDigits(s string) bool {
 func isLetter(c byte) bool { return c >= 'A' && c <= 'Z' }
 
 // checkHeader reports whether rec, the first record of a list, is a
-// header, and refuses a header the list cannot be paid by (see readList).
-// A header names an amount column (amount, 金额) and has no number in its
-// second column; a first record with a number there is a line.
+// header, and refuses a header the list cannot be paid by (see readList):
+// one naming the amount in another column (HeaderUnit), or in yuan.
 func checkHeader(rec []string) (bool, error) {
+	header, unit, err := HeaderUnit(rec)
+	if err != nil || !header {
+		return header, err
+	}
+	switch unit {
+	case UnitYuan:
+		return true, apperr.Invalid("list", "the header gives the amounts in yuan; a list sent here gives them in fen (amount_fen, 金额（分）): ¥150 is 15000",
+			"表头金额单位为元；此处上传的名单金额须以分为单位（amount_fen、金额（分）），150 元应写为 15000")
+	case UnitMixed, UnitOther:
+		return true, apperr.Invalid("list", "the header's amount column names another unit than fen, or two units; a list sent here gives the amounts in fen (amount_fen, 金额（分）)",
+			"表头金额列的单位不是分，或写了两种单位；此处上传的名单金额须以分为单位（amount_fen、金额（分））")
+	}
+	return true, nil
+}
+
+// Units a header names for its amount column (HeaderUnit).
+const (
+	UnitNone  = ""      // amount, 金额: the reader's own default (fen here)
+	UnitFen   = "fen"   // amount_fen, 金额（分）
+	UnitYuan  = "yuan"  // amount_yuan, 金额（元）
+	UnitMixed = "mixed" // both, such as 金额（元/分）: refused
+	UnitOther = "other" // another unit (万元, 千元, 角, cents): refused
+)
+
+// HeaderUnit reports whether rec, the first record of a list, is a
+// header by the rule readList applies, and the unit its amount column
+// names. A header names an amount column (amount, 金额) and has no number
+// in its second column; a first record with a number there is a line. A
+// header must name the amount in its second column: a first record naming
+// it elsewhere is a line when it holds a digit (a bad amount such as
+// 150.00 with a reference such as 补贴金额2024, to be reported refused),
+// and otherwise a header refused whole (validation_failed), its lines
+// being in other columns. Exported so that a reader of the same lists in
+// another unit (the web console reads yuan) takes the same first lines
+// for headers.
+func HeaderUnit(rec []string) (header bool, unit string, err error) {
 	if len(rec) < 2 || isInt(strings.TrimSpace(rec[1])) || !isHeader(rec) {
-		return false, nil
+		return false, UnitNone, nil
 	}
 	amount := strings.ToLower(rec[1])
 	if !namesAmount(amount) {
@@ -485,16 +520,37 @@ func checkHeader(rec []string) (bool, error) {
 			// A line with a bad amount (150.00) and a reference such as
 			// 补贴金额2024: reported refused. The console hands lists on in
 			// chunks without their header, so any line may come first.
-			return false, nil
+			return false, UnitNone, nil
 		}
-		return true, apperr.Invalid("list", "the header names the amount in another column than the second: a list's columns are ID or card number, amount in fen, reference",
+		return true, UnitNone, apperr.Invalid("list", "the header names the amount in another column than the second: a list's columns are ID or card number, amount in fen, reference",
 			"表头中金额不在第二列：名单各列依次为证件号码或卡号、金额（分）、业务流水号")
 	}
-	if (strings.Contains(amount, "yuan") || strings.Contains(amount, "元")) && !strings.Contains(amount, "fen") && !strings.Contains(amount, "分") {
-		return true, apperr.Invalid("list", "the header gives the amounts in yuan; a list sent here gives them in fen (amount_fen, 金额（分）): ¥150 is 15000",
-			"表头金额单位为元；此处上传的名单金额须以分为单位（amount_fen、金额（分）），150 元应写为 15000")
+	fen := strings.Contains(amount, "fen") || strings.Contains(amount, "分")
+	yuan := strings.Contains(amount, "yuan") || strings.Contains(amount, "元")
+	switch {
+	case otherUnit(amount):
+		return true, UnitOther, nil
+	case fen && yuan:
+		return true, UnitMixed, nil
+	case fen:
+		return true, UnitFen, nil
+	case yuan:
+		return true, UnitYuan, nil
 	}
-	return true, nil
+	return true, UnitNone, nil
+}
+
+// otherUnit reports whether an amount column's name (lower case) names a
+// unit other than yuan and fen (万元, 千元, 角, cents), which a reader
+// would take for its default unit: ten thousand times too little, or ten
+// or a hundred times too much.
+func otherUnit(col string) bool {
+	for _, u := range []string{"万", "千", "角", "cent", "jiao"} {
+		if strings.Contains(col, u) {
+			return true
+		}
+	}
+	return false
 }
 
 func namesAmount(s string) bool {

@@ -85,6 +85,10 @@ func TestUploadHeaderUnitAndOrder(t *testing.T) {
 			"id,Amount (Yuan),reference\n8800000001,150,Y3\n",
 			"amount_fen,id,reference\n150,8800000001,Y4\n",
 			"reference,id,金额（分）\nY5,8800000001,150\n",
+			"证件号码,金额（元/分）,业务编号\n8800000001,150,Y6\n", // two units
+			"证件号码,金额（角）,业务编号\n8800000001,150,Y7\n",   // paid as fen: a tenth
+			"id,amount_cents,reference\n8800000001,150,Y8\n",
+			"证件号码,金额（万元）,业务编号\n8800000001,150,Y9\n",
 		} {
 			rep, err := s.Upload(ctx, "p", strings.NewReader(list))
 			if e := apperr.As(err); e == nil || e.Code != apperr.ValidationFailed || e.Detail == "" || e.DetailZh == "" {

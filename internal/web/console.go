@@ -233,16 +233,20 @@ func (w *Web) consoleReveal(rq *req) error {
 }
 
 // consoleSetFlags replaces the resident's holder flags with the form's
-// checked ones (none checked: none). Audited "set_flags" with how many,
-// not which (the audit log is not sealed; a disability is health data).
-// The scan path's cached copy of the resident is dropped by the resident
-// service itself (resident.OnChange): the next scan decides with them.
+// checked ones (none checked: none) through Deps.SetFlags, the node's
+// SetResidentFlags, as the API does: the setter sealed with the flags, and
+// one audit entry "set_flags" with how many, not which (the audit log is
+// not sealed; a disability is health data). The scan path's cached copy
+// of the resident is dropped by the resident service itself
+// (resident.OnChange): the next scan decides with them.
 func (w *Web) consoleSetFlags(rq *req) error {
+	if w.d.SetFlags == nil {
+		return unavailable("holder flags")
+	}
 	ctx := rq.r.Context()
 	id := rq.r.PathValue("id")
-	r, err := w.d.Residents.SetFlags(ctx, id, rq.r.PostForm["flag"], rq.S.P.String())
+	_, err := w.d.SetFlags(ctx, rq.S.P, id, rq.r.PostForm["flag"])
 	if err == nil {
-		w.d.Auth.Audit(ctx, rq.S.P, "set_flags", id, "flags="+strconv.Itoa(len(r.Flags))+" web")
 		return redirect("/console/residents/" + id + "?m=flags")
 	}
 	d, derr := w.residentPageData(ctx, rq.S.P, id, false)

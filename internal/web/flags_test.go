@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/idnum"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
 )
@@ -64,9 +65,22 @@ func TestConsoleHolderFlags(t *testing.T) {
 		mustContain(t, "the page after saving", body, "身份标记已保存", `data-flag="student">学生<`, `data-flag="disabled">残疾人<`,
 			`value="student" checked`, `value="disabled" checked`, `id="flags-set"`)
 		mustNotContain(t, "the page after saving", body, `value="teacher" checked`)
+		// Saved and audited by the node's SetResidentFlags, as the API's
+		// PUT /v1/residents/{id}/flags does: one row naming how many flags,
+		// not which, and the setter sealed with the flags.
 		rows := audited(t, tn, "set_flags", rid)
-		if len(rows) != 1 || rows[0].ActorRole != "hr_admin" || strings.Contains(rows[0].Detail, "student") || strings.Contains(rows[0].Detail, "disabled") {
+		if len(rows) != 1 || rows[0].ActorRole != "hr_admin" || rows[0].Detail != "flags=2" {
 			t.Fatalf("audit rows %+v", rows)
+		}
+		if r, err := tn.Residents.Get(ctx, rid); err != nil || r.FlagsSetBy != "hr_admin:"+rows[0].Actor {
+			t.Fatalf("flags set by %q, want hr_admin:%s (%v)", r.FlagsSetBy, rows[0].Actor, err)
+		}
+		other := residentID(t, tn, tn.Demo.Residents[1].CardNumber)
+		if _, err := tn.SetResidentFlags(ctx, auth.Principal{Kind: auth.KindStaff, Subject: rows[0].Actor, Role: auth.RoleHRAdmin}, other, []string{"student", "disabled"}); err != nil {
+			t.Fatal(err)
+		}
+		if api := audited(t, tn, "set_flags", other); len(api) != 1 || api[0].Detail != rows[0].Detail || api[0].Actor != rows[0].Actor {
+			t.Fatalf("the node's audit rows %+v, the console's %+v", api, rows)
 		}
 		hr.do("GET", "/lang?l=en", nil)
 		_, body, _ = hr.do("GET", page, nil)

@@ -206,7 +206,7 @@ var messages = map[string][2]string{
 	"c.subsidies.create":         {"创建", "Create"},
 	"c.payouts.title":            {"发放名单处理结果", "Payout list report"},
 	"c.payouts.upload":           {"上传发放名单", "Upload a payout list"},
-	"c.payouts.help":             {"CSV（UTF-8），每行：证件号码或卡号, 金额（元，如 150 或 150.00）, 业务流水号。首行可为表头；表头金额列为 amount_fen 时按分计。同一流水号只发放一次。", "CSV (UTF-8), one line each: ID number or card number, amount in yuan (150 or 150.00), reference. The first line may be a header; under an amount_fen header the amounts are in fen. A reference is paid once."},
+	"c.payouts.help":             {"CSV（UTF-8），每行：证件号码或卡号, 金额, 业务流水号；首行可为表头。同一流水号只发放一次。", "CSV (UTF-8), one line each: ID number or card number, amount, reference; the first line may be a header. A reference is paid once."},
 	"c.payouts.go":               {"上传并发放", "Upload and pay"},
 	"c.payouts.paid":             {"已发放", "paid"},
 	"c.payouts.already_paid":     {"此前已发放", "already paid"},
@@ -218,10 +218,20 @@ var messages = map[string][2]string{
 	"payout.cancelled_card":      {"卡已注销", "the card is cancelled"},
 	"payout.programme_exhausted": {"项目资金不足", "the programme has run out of money"},
 	"payout.malformed_line":      {"格式错误（应为 证件号或卡号,金额,流水号）", "malformed (ID or card number, amount, reference)"},
-	"payout.bad_amount":          {"金额无效（应为大于零的元金额，如 150.00）", "bad amount (a positive amount in yuan, e.g. 150.00)"},
+	"payout.bad_amount":          {"金额无效（应为大于零的元金额，如 150.00；表头注明分时为大于零的整数分，如 15000）", "bad amount (a positive amount in yuan, e.g. 150.00; in whole fen, e.g. 15000, under a fen header)"},
 	"payout.reference_conflict":  {"流水号已用于其他人员或金额", "the reference was used for another person or amount"},
 	"payout.duplicate_in_list":   {"名单中流水号重复且内容不同", "the reference appears twice in the list with other content"},
 	"payout.unavailable":         {"系统暂不可用，请重新上传", "the node was unavailable; upload again"},
+
+	// The unit of a payout list's amounts (splitPayoutList), and the
+	// refusals internal/subsidy added: a reversed line shows the amount
+	// reversed after its words (c_payjob.html).
+	"c.payouts.units": {"金额单位：无表头，或表头金额列只写“金额”“amount”而未注明单位时，按元计（150 或 150.00 即 150 元）；表头为“金额（元）”或 amount_yuan 时按元计；表头为“金额（分）”或 amount_fen 时按分计（15000 即 150 元，须为整数）。表头同时写元和分、写其他单位（如万元、角），或金额不在第二列时，整份名单不予发放。注意：API 接口的名单一律按分计，表头为“金额”时也按分计；为 API 准备的名单请确认表头写明“金额（分）”或 amount_fen 后再在此上传。",
+		"Units: without a header, or under a header whose amount column names no unit (金额, amount), the amounts are in yuan (150 or 150.00 is ¥150); under 金额（元） or amount_yuan they are in yuan; under 金额（分） or amount_fen they are in fen (15000 is ¥150, whole numbers only). A header naming both units or another one (万元, 角, cents), or the amount in another column than the second, refuses the whole list. Beware: the API reads every list in fen, under a bare 金额 or amount header too; upload a list made for the API here only with 金额（分） or amount_fen in its header."},
+	"c.payouts.reversed_fen":        {"已冲正", "reversed"},
+	"payout.reversed":               {"此前已发放，其后已被冲正；该流水号已用过，不再发放", "paid by an earlier upload and reversed since; the reference is spent and not paid again"},
+	"payout.id_number_in_reference": {"流水号中含有证件号码（已脱敏显示），不予发放：请改用其他流水号，切勿使用证件号码", "the reference holds an ID number (shown masked) and is not paid: use another reference, never an ID number"},
+
 	"c.terminals.providers":      {"服务商", "Providers"},
 	"c.terminals.kind":           {"类型", "Kind"},
 	"c.terminals.state":          {"状态", "State"},

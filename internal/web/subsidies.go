@@ -24,10 +24,13 @@ import (
 
 // Subsidy programmes (惠民惠农补贴) in the console. Finance creates a
 // programme and funds it from the treasury; hr_admin uploads payout lists
-// (CSV: ID number or card number, amount in yuan — or in fen under an
-// amount_fen header — and reference; the API's lists stay in fen). The paying is
-// internal/subsidy's: every line is paid at most once however often a list
-// is uploaded (its ledger idempotency key is programme + reference).
+// (CSV: ID number or card number, amount, reference). Amounts are in yuan
+// unless the header names fen for the amount column (金额（分）, amount_fen,
+// as the API's lists, which are always in fen, are written); a bare 金额 is
+// yuan here, fen in the API (splitPayoutList; the page says so). The
+// paying is internal/subsidy's: every line is paid at most once however
+// often a list is uploaded (its ledger idempotency key is programme +
+// reference).
 //
 // The web layer adds a progress display: it splits the list into chunks of
 // payChunk lines and hands them to subsidy.Service.Upload one after the
@@ -276,13 +279,24 @@ type payRecord struct {
 }
 
 // splitPayoutList reads the list's records. A line that is not CSV at all
-// is reported at once as malformed; a header line (first line, second
-// column not a number, naming an amount) is dropped, as subsidy.Upload
-// would drop it.
+// is reported at once as malformed; a header line is dropped, taken for
+// one by subsidy.Upload's own rule (subsidy.HeaderUnit): a first line
+// naming an amount column in its second column, with no number there. A
+// first line naming the amount elsewhere is a line if it holds a digit
+// (150.00 with a reference 补贴金额2024), a header refusing the list
+// whole if not.
 //
-// Amounts are in yuan ("150" or "150.00" is ¥150) and converted to fen
-// here, unless the header names the amount column in fen (amount_fen, as
-// the API's lists do), in which case they are passed on as they are.
+// Amounts are converted to whole fen here and checked (a bad one is
+// reported refused, bad_amount), so that what subsidy.Upload gets in
+// chunks without their header holds a positive integer in every second
+// column, and no line starting a chunk can be taken for a header there.
+// Their unit is the one the header names for the amount column: fen under
+// 金额（分） or amount_fen (as the API's lists are written), yuan under
+// 金额（元） or amount_yuan; without a unit (金额, amount), or without a
+// header, yuan ("150" or "150.00" is ¥150), as the page says. A header
+// naming both units, or another (万元, 角, cents), refuses the list whole:
+// read in the wrong unit, a list would be paid a hundredth or a hundred
+// times what was meant.
 func splitPayoutList(r io.Reader) (recs []payRecord, bad []subsidy.LineResult, err error) {
 	inFen := false
 	cr := csv.NewReader(subsidy.SkipBOM(r))
@@ -305,25 +319,28 @@ func splitPayoutList(r io.Reader) (recs []payRecord, bad []subsidy.LineResult, e
 			bad = append(bad, subsidy.LineResult{Line: line, Status: subsidy.Refused, Reason: subsidy.ReasonMalformed})
 			continue
 		}
-		if n == 1 && len(rec) >= 2 {
-			head := strings.ToLower(strings.Join(rec, ","))
-			if _, e := strconv.ParseInt(strings.TrimSpace(rec[1]), 10, 64); e != nil && (strings.Contains(head, "amount") || strings.Contains(head, "金额")) {
-				// A header naming the amount in fen (amount_fen, 金额（分）)
-				// keeps lists made for the API working as they were.
-				col := strings.ToLower(rec[1])
-				inFen = strings.Contains(col, "fen") || strings.Contains(col, "分")
-				continue
-			}
-		}
 		for _, f := range rec {
 			if !utf8.ValidString(f) {
 				return nil, nil, apperr.Invalid("file", "the file is not UTF-8 text (save it as UTF-8)", "文件不是 UTF-8 文本（请以 UTF-8 保存）")
 			}
 		}
-		if !inFen && len(rec) >= 2 {
-			// The console speaks yuan: 150 or 150.00 is ¥150, paid as fen.
-			fen, e := parseYuan(rec[1])
-			if e != nil || fen <= 0 {
+		if n == 1 {
+			header, unit, err := subsidy.HeaderUnit(rec)
+			switch {
+			case err != nil:
+				return nil, nil, apperr.Invalid("file", "the header names the amount in another column than the second: a list's columns are ID or card number, amount, reference",
+					"表头中金额不在第二列：名单各列依次为证件号码或卡号、金额、业务流水号")
+			case unit == subsidy.UnitMixed || unit == subsidy.UnitOther:
+				return nil, nil, apperr.Invalid("file", "the header's amount column must name yuan or fen, one of them, or no unit (then yuan): 金额（元） or amount_yuan, 金额（分） or amount_fen; nothing was paid",
+					"表头金额列须写明元或分（只写一种），或不写单位（按元计）：“金额（元）”或 amount_yuan，“金额（分）”或 amount_fen；未发放任何一行")
+			case header:
+				inFen = unit == subsidy.UnitFen
+				continue
+			}
+		}
+		if len(rec) >= 2 {
+			fen, ok := payAmount(rec[1], inFen)
+			if !ok {
 				bad = append(bad, subsidy.LineResult{Line: line, Status: subsidy.Refused, Reason: subsidy.ReasonBadAmount})
 				continue
 			}
@@ -335,6 +352,19 @@ func splitPayoutList(r io.Reader) (recs []payRecord, bad []subsidy.LineResult, e
 		return nil, nil, apperr.Invalid("file", "the list has no lines", "名单没有数据行")
 	}
 	return recs, bad, nil
+}
+
+// payAmount reads a list's amount in fen: a positive whole number of fen
+// (inFen), or of yuan with at most two decimals ("150", "150.00", "¥150").
+func payAmount(s string, inFen bool) (int64, bool) {
+	var fen int64
+	var err error
+	if inFen {
+		fen, err = strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	} else {
+		fen, err = parseYuan(s)
+	}
+	return fen, err == nil && fen > 0
 }
 
 // payChunkOf writes records as a CSV list for subsidy.Upload and returns,

@@ -204,8 +204,9 @@ func TestPagesSpeakPlainly(t *testing.T) {
 		}
 		hr := newBrowser(t, tn.URL).staffAs(tn, "hr_admin")
 		_, page, _ := hr.do("GET", "/console/subsidies", nil)
-		mustContain(t, "subsidies page", page, "金额（元", "150.00")
-		mustNotContain(t, "subsidies page", page, "金额（分）", "amount_fen,reference\n1101")
+		mustContain(t, "subsidies page", page, "金额（元", "150.00", "id_or_card,amount_yuan,reference\n1101")
+		// 金额（分） is named only as the header that switches to fen.
+		mustNotContain(t, "subsidies page", page, "证件号码或卡号, 金额（分）", "amount_fen,reference\n1101")
 		r := tn.Demo.Residents
 		snap, report := payList(t, hr, "yuan-2026", "证件号码或卡号,金额,流水号\n"+r[0].CardNumber+",150.00,Y-1\n"+r[2].CardNumber+",60元,Y-2\n"+r[2].CardNumber+",abc,Y-3\n")
 		if snap.Paid != 2 || snap.Refused != 1 || snap.PaidFen != 21000 {

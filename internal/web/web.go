@@ -123,6 +123,11 @@ type Deps struct {
 	ResidentLogin func(ctx context.Context, cardNumber, pin string) (string, time.Time, error)
 	// Enrol enrols a resident (opening accounts, issuing a card).
 	Enrol func(ctx context.Context, p auth.Principal, in resident.EnrolInput, issueCard bool, pin string) (resident.Resident, *resident.Card, error)
+	// SetFlags replaces a resident's holder flags, sealing who set them,
+	// and audits the change once, exactly as the API's PUT
+	// /v1/residents/{id}/flags (the node's SetResidentFlags). Nil: the
+	// flags form says "not available".
+	SetFlags func(ctx context.Context, p auth.Principal, residentID string, flags []string) (resident.Resident, error)
 	// AfterCardChange refreshes what depends on card statuses (deny list).
 	AfterCardChange func(ctx context.Context)
 	// IssueCode issues a fresh e-code for a card.
