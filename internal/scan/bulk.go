@@ -67,12 +67,16 @@ type offlineRec struct {
 	w      *attachRow
 	plan   []leg
 	debtOK bool
-	plans  int // debtRecord: splits planned so far (maxDebtPlans)
+	plans  int        // debtRecord: splits planned so far (maxDebtPlans)
+	mark   *markCheck // what its order was checked against (ApplyBatch)
 }
 
 // applyRecords applies b.Records[idx] and fills their reports. stored
-// are the rows of the batch's records stored before (ApplyBatch read them).
-func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []terminal.Record, idx []int, items []RecordReport, stored map[string]*record) error {
+// are the rows of the batch's records stored before (ApplyBatch read them);
+// chk is what their order was checked against: a record whose row the
+// mark's guard refuses (another upload moved the mark) is reported
+// statusRecheck, for ApplyBatch to check it again.
+func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []terminal.Record, idx []int, items []RecordReport, stored map[string]*record, chk *markCheck) error {
 	ctx = withPendingWait(ctx, 2*time.Second)
 	if len(idx) == 0 {
 		return nil
@@ -98,7 +102,7 @@ func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []
 			}
 			continue
 		}
-		todo = append(todo, &offlineRec{i: i, r: recs[i]})
+		todo = append(todo, &offlineRec{i: i, r: recs[i], mark: chk})
 	}
 	// 2–3, in rounds: a record refused by the scans' Claim (its code used by
 	// an earlier record, or its card changed) goes round again.
@@ -137,6 +141,10 @@ func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []
 				continue
 			}
 			out := outs[j]
+			if errors.Is(out.Refused, errMarkMoved) {
+				items[o.i] = RecordReport{ID: o.r.ID, Status: statusRecheck}
+				continue
+			}
 			if out.Refused != nil {
 				kind, ex, err := s.outcome(ctx, o.w.rec, out.Refused)
 				switch {
@@ -144,7 +152,7 @@ func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []
 					// errKeyPending: an overlapping upload of the record,
 					// earlier in the same batch, wrote nothing (its credit
 					// step follows); next round finds its row or settles it.
-					again = append(again, &offlineRec{i: o.i, r: o.r})
+					again = append(again, &offlineRec{i: o.i, r: o.r, mark: o.mark})
 				case err != nil:
 					fail(o.i, err)
 				case kind == dupKey: // a concurrent re-send wrote it
@@ -154,7 +162,7 @@ func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []
 						fail(o.i, err)
 					}
 				default: // the code was used already
-					again = append(again, &offlineRec{i: o.i, r: o.r, force: apperr.Replayed})
+					again = append(again, &offlineRec{i: o.i, r: o.r, force: apperr.Replayed, mark: o.mark})
 				}
 				continue
 			}
@@ -171,6 +179,9 @@ func (s *Service) applyRecords(ctx context.Context, t terminal.Terminal, recs []
 		todo = again
 	}
 	// 4. Credit, holder by holder.
+	if h := s.batchHooks.credit; h != nil && len(debts) > 0 {
+		h(t.ID)
+	}
 	if err := s.settleDebts(ctx, debts, items); err != nil && firstErr == nil {
 		firstErr = err
 	}
@@ -238,6 +249,7 @@ func (s *Service) prepareRecord(ctx context.Context, t terminal.Terminal, o *off
 		}
 		rec.decision, rec.reason, rec.residentID, rec.card = Declined, string(c), e.res.ID, e.card
 		o.w = rowFor(rec)
+		o.w.mark = o.mark
 		return
 	}
 	rec.residentID, rec.decision, rec.charged, rec.card = e.res.ID, Accepted, e.dec.Amount, e.card
@@ -248,6 +260,7 @@ func (s *Service) prepareRecord(ctx context.Context, t terminal.Terminal, o *off
 	// the holder (a name, a masked ID number) is kept at rest for it, and
 	// none is built.
 	o.w = rowFor(rec)
+	o.w.mark = o.mark
 	if len(e.plan) == 0 {
 		return
 	}
@@ -367,7 +380,7 @@ func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, 
 	o.plans++
 	replan := fromWallet > 0 && o.plans < maxDebtPlans
 	// the card was checked with the first attempt
-	w := &attachRow{rec: &fin, update: o.w.update, debt: debt, limit: sc.CreditLimitFen}
+	w := &attachRow{rec: &fin, update: o.w.update, debt: debt, limit: sc.CreditLimitFen, mark: o.w.mark}
 	w.build = func(_ []ledger.Transfer, err error) *record {
 		if err == nil {
 			return &fin
@@ -385,18 +398,23 @@ func (s *Service) debtRecord(ctx context.Context, o *offlineRec) (RecordReport, 
 	switch {
 	case err == nil && errors.Is(out.Refused, errOverLimit):
 		// Over the limit: stored declined (no transfers).
-		w = &attachRow{rec: declined(apperr.InsufficientFunds), update: o.w.update}
+		w = &attachRow{rec: declined(apperr.InsufficientFunds), update: o.w.update, mark: o.w.mark}
 		out, err = s.Ledger.Attach(ctx, nil, &ledger.Attachment{To: s.rows, Value: w})
 	case err == nil && errors.Is(out.Refused, errReplayed):
 		// The code was used (by another record, or an online scan) after
 		// this record's first attempt: declined replayed, as that attempt
 		// would have been, and stored without the nonce.
-		w = &attachRow{rec: declined(apperr.Replayed), update: o.w.update}
+		w = &attachRow{rec: declined(apperr.Replayed), update: o.w.update, mark: o.w.mark}
 		w.rec.cti, w.rec.legacyCTI = "", ""
 		out, err = s.Ledger.Attach(ctx, nil, &ledger.Attachment{To: s.rows, Value: w})
 	}
 	if err != nil {
 		return reject(err)
+	}
+	if errors.Is(out.Refused, errMarkMoved) {
+		// Another upload moved the terminal's mark: nothing was written;
+		// ApplyBatch checks the record again.
+		return RecordReport{ID: id, Status: statusRecheck}, nil
 	}
 	if out.Refused != nil {
 		kind, ex, err := s.outcome(ctx, rec, out.Refused)

@@ -15,3 +15,11 @@ func UnkeyedRequestHash(scenario, code, card string, amount int64, pin string) [
 // HoldDebtProbes makes c's debt probe call hold before each query it runs
 // (tests gather callers deterministically); nil removes it.
 func HoldDebtProbes(c *Collector, hold func()) { c.probe.hold = hold }
+
+// SetBatchHooks makes s's offline uploads call markRead once they have
+// read their terminal's mark, credit before they settle records on credit
+// ("ride first, pay later"), and waiting when one waits for another upload
+// of its terminal (nil: none).
+func SetBatchHooks(s *Service, markRead, credit, waiting func(terminal string)) {
+	s.batchHooks = batchHooks{markRead: markRead, credit: credit, waiting: waiting}
+}

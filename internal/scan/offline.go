@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
@@ -63,78 +64,92 @@ type BatchReport struct {
 	Items      []RecordReport `json:"items"`
 }
 
+// batchHooks let tests stop an upload at a chosen point (nil: none).
+type batchHooks struct {
+	markRead func(terminal string) // ApplyBatch has read the terminal's mark
+	credit   func(terminal string) // applyRecords is about to settle records on credit
+	waiting  func(terminal string) // an upload waits for another upload of the terminal
+}
+
 func validRecordID(id string) bool { return validKey(id) && len(id) <= 48 }
 
 // ApplyBatch applies an opened, signature-checked batch of terminal t.
 // Each record is applied at most once (its key is "off:<id>" in the scans
 // table); re-sending a batch reports the earlier outcomes as duplicates.
 // The records are applied in bulk (bulk.go).
+//
+// The order checks compare the records with the terminal's mark, which
+// the records stored move: two uploads of one terminal at once (a
+// terminal retrying on a timeout while the first request still runs, or
+// sending its next batch) must each be checked against the mark the other
+// left, as if one ran after the other, or both could pass against the
+// same old mark (a record set back in time, or one numbered below the
+// other's but dated after it, applied and charged). So in this process a
+// terminal's uploads run one at a time (termLocks), and the ledger batch
+// that writes a record's row checks it again against the mark as it is
+// then, read under the batch's lock (markCheck, rows.go): a record out of
+// order after another process's upload that moved the mark meanwhile is
+// sent back here, checked again and reported.
 func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b terminal.Batch) (BatchReport, error) {
-	now := s.Now()
 	rep := BatchReport{BatchID: b.ID, Terminal: t.ID, Records: len(b.Records), Items: make([]RecordReport, len(b.Records))}
-	mark, err := s.Terminals.OfflineMark(ctx, t.ID)
+	unlock, err := s.uploads.lock(ctx, t.ID, s.batchHooks.waiting)
 	if err != nil {
 		return rep, err
 	}
-	// A record stored before (a re-send) is answered from its row, whatever
-	// its time says now: the mark may have moved on (a clock set back since,
-	// within the tolerance each time), or the record aged past
-	// OfflineMaxAge, and its first outcome stands (duplicate).
-	var stored map[string]*record
-	if s.rows != nil {
-		keys := make([]string, 0, len(b.Records))
-		for _, r := range b.Records {
-			if validRecordID(r.ID) {
-				keys = append(keys, offlinePrefix+r.ID)
+	defer unlock()
+	now := s.Now()
+	var again []bool // nil: check every record; else only these (sent back by the mark's guard)
+	for round := 0; ; round++ {
+		mark, err := s.Terminals.OfflineMark(ctx, t.ID)
+		if err != nil {
+			return rep, recheckFailed(rep.Items, err)
+		}
+		if h := s.batchHooks.markRead; h != nil {
+			h(t.ID)
+		}
+		// A record stored before (a re-send) is answered from its row,
+		// whatever its time says now: the mark may have moved on (a clock
+		// set back since, within the tolerance each time), or the record
+		// aged past OfflineMaxAge, and its first outcome stands
+		// (duplicate). The rows are read after the mark: a row stored
+		// after this read is one the guard knows of (own records) or
+		// refuses.
+		var stored map[string]*record
+		if s.rows != nil {
+			keys := make([]string, 0, len(b.Records))
+			for i, r := range b.Records {
+				if validRecordID(r.ID) && (again == nil || again[i]) {
+					keys = append(keys, offlinePrefix+r.ID)
+				}
+			}
+			if stored, err = lookupMany(ctx, s, t.ID, keys); err != nil {
+				return rep, recheckFailed(rep.Items, err)
 			}
 		}
-		if stored, err = lookupMany(ctx, s, t.ID, keys); err != nil {
-			return rep, err
+		todo := checkOrder(t, b.Records, rep.Items, mark, stored, now, again)
+		chk := newMarkCheck(mark, b.Records, rep.Items)
+		if err := s.applyRecords(ctx, t, b.Records, todo, rep.Items, stored, chk); err != nil {
+			// Some records could not be written (the database is unavailable):
+			// the batch must be re-sent; what was applied stays applied once.
+			return rep, recheckFailed(rep.Items, err)
 		}
-	}
-	// Shape checks that depend on the order of the batch run first.
-	var lastSeq int64 = -1 << 62
-	var prevAt time.Time // the time of the batch's last record not refused for its time
-	seen := make(map[string]bool, len(b.Records))
-	todo := make([]int, 0, len(b.Records))
-	for i, r := range b.Records {
-		it := &rep.Items[i]
-		it.ID = r.ID
-		switch {
-		case !validRecordID(r.ID):
-			it.Status, it.Reason = StatusRejected, apperr.ValidationFailed
-		case seen[r.ID]:
-			it.Status, it.Reason = StatusDuplicate, apperr.DuplicateRecord
-		case stored[offlinePrefix+r.ID] != nil:
-			todo = append(todo, i)
-		case r.Seq <= lastSeq:
-			it.Status, it.Reason = StatusRejected, apperr.OutOfOrder
-		case r.At.After(now.Add(OfflineFutureSkew)) || r.At.Before(now.Add(-OfflineMaxAge)):
-			it.Status, it.Reason = StatusRejected, apperr.ClockSkew
-		case r.At.Before(prevAt.Add(-OfflineClockBack)),
-			mark.Set && r.Seq > mark.Seq && r.At.Before(mark.At.Add(-OfflineClockBack)):
-			it.Status, it.Reason = StatusRejected, apperr.ClockBack
-		case mark.Set && r.Seq <= mark.Seq && r.At.After(mark.At.Add(OfflineClockBack)):
-			it.Status, it.Reason = StatusRejected, apperr.OutOfOrder
-		case !slices.Contains(t.Scenarios, r.Scenario):
-			it.Status, it.Reason = StatusRejected, apperr.Forbidden
-		default:
-			todo = append(todo, i)
+		again = nil
+		n := 0
+		for i, it := range rep.Items {
+			if it.Status == statusRecheck {
+				if again == nil {
+					again = make([]bool, len(rep.Items))
+				}
+				again[i] = true
+				n++
+			}
 		}
-		if validRecordID(r.ID) {
-			seen[r.ID] = true
+		if n == 0 {
+			break
 		}
-		if r.Seq > lastSeq {
-			lastSeq = r.Seq
+		if round+1 == maxMarkRechecks {
+			return rep, recheckFailed(rep.Items, apperr.Newf(apperr.Unavailable, "the terminal's other uploads keep moving its mark; re-send the batch", "该终端的其他批次正在上传，请重新上传本批次"))
 		}
-		if it.Reason != apperr.ClockSkew && it.Reason != apperr.ClockBack && it.Reason != apperr.OutOfOrder {
-			prevAt = r.At
-		}
-	}
-	if err := s.applyRecords(ctx, t, b.Records, todo, rep.Items, stored); err != nil {
-		// Some records could not be written (the database is unavailable):
-		// the batch must be re-sent; what was applied stays applied once.
-		return rep, err
 	}
 	for _, it := range rep.Items {
 		switch it.Status {
@@ -153,6 +168,185 @@ func (s *Service) ApplyBatch(ctx context.Context, t terminal.Terminal, b termina
 		}
 	}
 	return rep, nil
+}
+
+// statusRecheck marks, inside ApplyBatch only, a record the mark's guard
+// sent back (errMarkMoved): nothing of it was written, and it is checked
+// again against the mark as it is now.
+const statusRecheck = "recheck"
+
+// maxMarkRechecks bounds how often an upload checks records the mark's
+// guard sent back (another process's uploads of the terminal moving its
+// mark each time) before asking for the batch to be sent again.
+const maxMarkRechecks = 8
+
+// recheckFailed reports the records still to be checked again as not
+// applied (the batch must be re-sent) and returns err.
+func recheckFailed(items []RecordReport, err error) error {
+	for i := range items {
+		if items[i].Status == statusRecheck {
+			items[i] = RecordReport{ID: items[i].ID, Status: StatusRejected, Reason: apperr.CodeOf(err)}
+		}
+	}
+	return err
+}
+
+// checkOrder runs the checks of a batch's shape and order, reporting the
+// records it refuses (rejected, or a duplicate inside the batch), and
+// returns the indices of the others, to apply (stored: the records' rows
+// stored before, answered from them). only (nil: every record) limits it
+// to those records: the others keep their reports and count, in the
+// batch's order, as they did when they were checked.
+func checkOrder(t terminal.Terminal, recs []terminal.Record, items []RecordReport, mark terminal.Mark, stored map[string]*record, now time.Time, only []bool) []int {
+	var lastSeq int64 = -1 << 62
+	var prevAt time.Time // the time of the batch's last record not refused for its time
+	seen := make(map[string]bool, len(recs))
+	todo := make([]int, 0, len(recs))
+	for i, r := range recs {
+		it := &items[i]
+		if only == nil || only[i] {
+			*it = RecordReport{ID: r.ID}
+			switch {
+			case !validRecordID(r.ID):
+				it.Status, it.Reason = StatusRejected, apperr.ValidationFailed
+			case seen[r.ID]:
+				it.Status, it.Reason = StatusDuplicate, apperr.DuplicateRecord
+			case stored[offlinePrefix+r.ID] != nil:
+				todo = append(todo, i)
+			case r.Seq <= lastSeq:
+				it.Status, it.Reason = StatusRejected, apperr.OutOfOrder
+			case r.At.After(now.Add(OfflineFutureSkew)) || r.At.Before(now.Add(-OfflineMaxAge)):
+				it.Status, it.Reason = StatusRejected, apperr.ClockSkew
+			case r.At.Before(prevAt.Add(-OfflineClockBack)),
+				mark.Set && r.Seq > mark.Seq && r.At.Before(mark.At.Add(-OfflineClockBack)):
+				it.Status, it.Reason = StatusRejected, apperr.ClockBack
+			case mark.Set && r.Seq <= mark.Seq && r.At.After(mark.At.Add(OfflineClockBack)):
+				it.Status, it.Reason = StatusRejected, apperr.OutOfOrder
+			case !slices.Contains(t.Scenarios, r.Scenario):
+				it.Status, it.Reason = StatusRejected, apperr.Forbidden
+			default:
+				todo = append(todo, i)
+			}
+		}
+		if validRecordID(r.ID) {
+			seen[r.ID] = true
+		}
+		if r.Seq > lastSeq {
+			lastSeq = r.Seq
+		}
+		if it.Reason != apperr.ClockSkew && it.Reason != apperr.ClockBack && it.Reason != apperr.OutOfOrder {
+			prevAt = r.At
+		}
+	}
+	return todo
+}
+
+// markCheck is what an upload checked its records' order against, for
+// the guard in the ledger batch that writes their rows (rows.go): the
+// terminal's mark as the upload read it, and the batch's records that
+// passed the checks or were stored before (seq → time, in ms). The mark
+// may move to one of those (the upload's own rows, or a concurrent re-send
+// of the same records): the checks inside the batch already compared the
+// records with them. Any other mark was set by another upload the records
+// were not checked against: a record is then checked against it as
+// checkOrder would. Read-only once made (Claim reads it on the ledger's
+// committer goroutine).
+type markCheck struct {
+	base markState
+	own  map[int64]int64
+}
+
+// markState is a terminal's mark as the guard compares it (zero: none).
+type markState struct {
+	seq, at int64
+	set     bool
+}
+
+func stateOf(m terminal.Mark) markState {
+	if !m.Set {
+		return markState{}
+	}
+	return markState{seq: m.Seq, at: m.At.UnixMilli(), set: true}
+}
+
+// newMarkCheck is the check of a batch's records against mark, after
+// checkOrder filled their reports.
+func newMarkCheck(mark terminal.Mark, recs []terminal.Record, items []RecordReport) *markCheck {
+	c := &markCheck{base: stateOf(mark), own: make(map[int64]int64, len(recs))}
+	for i, r := range recs {
+		it := items[i]
+		if it.Status == StatusRejected || it.Reason == apperr.DuplicateRecord {
+			continue
+		}
+		c.own[r.Seq] = r.At.UnixMilli()
+	}
+	return c
+}
+
+// admits reports whether a record numbered seq and dated at (ms),
+// checked by c, may be written while the terminal's mark is m.
+func (c *markCheck) admits(m markState, seq, at int64) bool {
+	switch {
+	case m == c.base:
+		return true
+	case !m.set: // (a mark is never unset again)
+		return false
+	}
+	if own, ok := c.own[m.seq]; ok && own == m.at {
+		return true
+	}
+	back := OfflineClockBack.Milliseconds()
+	return !(seq > m.seq && at < m.at-back) && // clock_back
+		!(seq <= m.seq && at > m.at+back) // out_of_order
+}
+
+// termLocks serialises the offline uploads of each terminal in this
+// process (ApplyBatch).
+type termLocks struct {
+	mu sync.Mutex
+	m  map[string]*termLock
+}
+
+type termLock struct {
+	held chan struct{} // a token in it: an upload of the terminal runs
+	refs int           // uploads running or waiting
+}
+
+// lock waits until no other upload of terminal id runs here (calling
+// waiting first if one does), or ctx ends.
+func (l *termLocks) lock(ctx context.Context, id string, waiting func(string)) (unlock func(), err error) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[string]*termLock{}
+	}
+	tl := l.m[id]
+	if tl == nil {
+		tl = &termLock{held: make(chan struct{}, 1)}
+		l.m[id] = tl
+	}
+	tl.refs++
+	l.mu.Unlock()
+	release := func() {
+		l.mu.Lock()
+		if tl.refs--; tl.refs == 0 {
+			delete(l.m, id)
+		}
+		l.mu.Unlock()
+	}
+	select {
+	case tl.held <- struct{}{}:
+	default:
+		if waiting != nil {
+			waiting(id)
+		}
+		select {
+		case tl.held <- struct{}{}:
+		case <-ctx.Done():
+			release()
+			return nil, apperr.Wrap(apperr.Unavailable, ctx.Err())
+		}
+	}
+	return func() { <-tl.held; release() }, nil
 }
 
 func recordHash(r terminal.Record) []byte {

@@ -19,14 +19,17 @@ import (
 // money (identify-only scans, declines) ride along the same way, with no
 // transfers, so every new scan row goes through one committer.
 //
-// Claim, per batch and under the batch's lock, reads in three IN queries:
-// the rows already stored under the batch's (terminal, key) pairs
-// (refusal: dupKey, the caller answers from the stored row), the codes'
-// nonces already used (refusal: replayed), and the status of the cards
-// the scans were decided on (refusal: stale card, the caller forgets its
-// cached card and decides again). A key or nonce used twice inside the
-// batch refuses only the later scan. Write inserts the rows of the batch
-// in multi-row INSERTs; each row is built from the ledger's outcome (the
+// Claim, per batch and under the batch's lock, reads in IN queries: the
+// rows already stored under the batch's (terminal, key) pairs (refusal:
+// dupKey, the caller answers from the stored row), the codes' nonces
+// already used (refusal: replayed), the status of the cards the scans were
+// decided on (refusal: stale card, the caller forgets its cached card and
+// decides again), and for offline records their terminals' marks
+// (refusal: errMarkMoved, another upload has moved the mark since the
+// record's order was checked, and it is out of order after that upload;
+// ApplyBatch checks it again). A key or nonce used twice inside the batch
+// refuses only the later scan. Write inserts the rows of the batch in
+// multi-row INSERTs; each row is built from the ledger's outcome (the
 // accepted answer carries the balance after the fare; a refused fare is
 // stored as a declined scan with the ledger's reason, keeping its nonce,
 // so the code cannot be presented again). The UNIQUE index on cti and the
@@ -60,6 +63,12 @@ type attachRow struct {
 	// debt (stored rows, and earlier rows of the batch) plus debt stays
 	// within limit (refusal: errOverLimit).
 	debt, limit int64
+	// mark: a new offline record's row, its order checked against its
+	// terminal's mark as mark says; Claim admits it only if the mark, read
+	// under the batch's lock and moved by the earlier rows of the batch,
+	// is one it was checked against, or one it passes the checks against
+	// (refusal: errMarkMoved).
+	mark *markCheck
 }
 
 // Refusals set by Claim.
@@ -74,6 +83,10 @@ var (
 	// that then wrote nothing (the caller may try again).
 	errKeyPending = errors.New("scan: the key's row was not written")
 	errOverLimit  = errors.New("scan: the credit would exceed the resident's limit")
+	// errMarkMoved: another upload of the terminal moved its mark since
+	// the record's order was checked, to a record it is out of order
+	// with (the caller checks it again, and reports why).
+	errMarkMoved = errors.New("scan: the terminal's offline mark moved since the record was checked")
 )
 
 // owedSQL is a resident's outstanding offline debt ($1: resident id): the
@@ -145,6 +158,7 @@ const (
 	ctiPrefix      = `SELECT cti FROM scans WHERE cti IS NOT NULL AND cti IN `
 	legacyNonceSQL = `SELECT COUNT(*) FROM scans WHERE cti IS NOT NULL AND cti = $1`
 	cardPrefix     = `SELECT number, status, status_changed_at FROM cards WHERE number IN `
+	markPrefix     = `SELECT id, offline_seq, offline_at FROM terminals WHERE id IN `
 )
 
 func insertSQL(pg bool, n int) string {
@@ -166,7 +180,7 @@ func newRows(ctx context.Context, s *Service) (*rows, error) {
 	var texts []string
 	if !r.pg {
 		for c := 1; c <= maxClass; c <<= 1 {
-			texts = append(texts, keysSQL(false, c), listSQL(false, ctiPrefix, c), listSQL(false, cardPrefix, c), insertSQL(false, c))
+			texts = append(texts, keysSQL(false, c), listSQL(false, ctiPrefix, c), listSQL(false, cardPrefix, c), listSQL(false, markPrefix, c), insertSQL(false, c))
 		}
 		texts = append(texts, markSQL)
 	}
@@ -241,12 +255,15 @@ type claim struct {
 	// to, read under the batch's lock: two batches (or two rows of one)
 	// cannot both pass the limit.
 	owed map[string]int64
+	// marks: the offline marks of the terminals of the batch's new offline
+	// records, read under the batch's lock (no row: none).
+	marks map[string]markState
 }
 
 // newClaim returns the claim of atts and the reads that fill it.
 func (r *rows) newClaim(atts []*ledger.Attachment) (*claim, []stmt) {
 	c := &claim{r: r, atts: atts, stored: map[tk]*record{}, used: map[string]bool{}, cards: map[string]cardState{}, owed: map[string]int64{}}
-	var keyArgs, ctiArgs, cardArgs []any
+	var keyArgs, ctiArgs, cardArgs, termArgs []any
 	seenCard, seenDebtor := map[string]bool{}, map[string]bool{}
 	var owedOf []string
 	for _, a := range atts {
@@ -265,6 +282,15 @@ func (r *rows) newClaim(atts []*ledger.Attachment) (*claim, []stmt) {
 		if w.debt > 0 && !seenDebtor[w.rec.residentID] {
 			seenDebtor[w.rec.residentID] = true
 			owedOf = append(owedOf, w.rec.residentID)
+		}
+		if w.mark != nil && !w.update {
+			if c.marks == nil {
+				c.marks = map[string]markState{}
+			}
+			if _, ok := c.marks[w.rec.terminal]; !ok {
+				c.marks[w.rec.terminal] = markState{}
+				termArgs = append(termArgs, w.rec.terminal)
+			}
 		}
 	}
 	var reads []stmt
@@ -286,6 +312,16 @@ func (r *rows) newClaim(atts []*ledger.Attachment) (*claim, []stmt) {
 		var st cardState
 		err := scan(&n, &st.status, &st.changed)
 		c.cards[n] = st
+		return err
+	})
+	reads = in(reads, func(n int) string { return listSQL(r.pg, markPrefix, n) }, termArgs, 1, func(scan func(...any) error) error {
+		var id string
+		var seq sql.NullInt64
+		var at int64
+		err := scan(&id, &seq, &at)
+		if err == nil && seq.Valid {
+			c.marks[id] = markState{seq: seq.Int64, at: at, set: true}
+		}
 		return err
 	})
 	for _, id := range owedOf {
@@ -320,6 +356,13 @@ func (c *claim) decide() error {
 			a.Refused = &dupKeyErr{existing: c.stored[k]}
 		case inBatch[k]:
 			a.Refused = &dupKeyErr{}
+		case w.mark != nil && !w.mark.admits(c.marks[w.rec.terminal], w.rec.seq, w.rec.at):
+			// Its order was checked against a mark another upload moved
+			// since, and it is out of order after that upload's records:
+			// not to be applied at all, so this comes before the refusals
+			// that decide it again (replayed, stale card) or limit its
+			// credit.
+			a.Refused = errMarkMoved
 		case w.rec.cti != "" && (c.used[w.rec.cti] || w.rec.legacyCTI != "" && c.used[w.rec.legacyCTI]):
 			a.Refused = errReplayed
 		case w.cardNumber != "" && (c.cards[w.cardNumber].status != w.cardStatus || c.cards[w.cardNumber].changed != w.cardChanged):
@@ -338,6 +381,12 @@ func (c *claim) decide() error {
 		}
 		if a.Refused != nil {
 			continue
+		}
+		if w.mark != nil && !w.update && w.rec.numbered {
+			// The row moves the mark (Write: markSQL) for the later rows.
+			if m := c.marks[w.rec.terminal]; !m.set || w.rec.seq > m.seq {
+				c.marks[w.rec.terminal] = markState{seq: w.rec.seq, at: w.rec.at, set: true}
+			}
 		}
 		inBatch[k] = true
 		if w.rec.cti != "" {

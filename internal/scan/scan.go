@@ -136,6 +136,11 @@ type Service struct {
 	// replayCutover: codes issued before it may have their nonce stored
 	// under the old key (replay.go).
 	replayCutover time.Time
+
+	// uploads runs one offline upload of a terminal at a time (offline.go).
+	uploads termLocks
+	// batchHooks are set by tests only (export_test.go).
+	batchHooks batchHooks
 }
 
 type cachedResident struct {
