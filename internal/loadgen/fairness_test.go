@@ -115,3 +115,25 @@ func TestOfflineCountsCardFallbacks(t *testing.T) {
 		t.Fatalf("card fallbacks %d of 200 records with an empty code pool, want about 40", res.CardFallbacks)
 	}
 }
+
+// A terminal uploads one batch at a time, as a gate does (the node runs a
+// terminal's uploads one after another): the offline mix gives every
+// caller a terminal of its own for each scenario, onboarding what the demo
+// city lacks, and a batch takes one that is not uploading. Every record is
+// then in order for its terminal, none refused for its order.
+func TestOfflineTerminalsUploadOneBatchAtATime(t *testing.T) {
+	n := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 10})
+	res, err := loadgen.Run(context.Background(), loadgen.Options{Node: n.URL, Demo: n.Demo, Mix: loadgen.MixOffline,
+		Duration: 20 * time.Second, Concurrency: 3, MaxRequests: 12, BatchSize: 20, Codes: 0})
+	if err != nil || res.Errors != 0 || res.Records != 240 {
+		t.Fatalf("offline: %+v %v", res, err)
+	}
+	if res.Terminals < 3*4 {
+		t.Fatalf("%d terminals for 3 callers over the mix's 4 scenarios", res.Terminals)
+	}
+	for _, r := range []string{"out_of_order", "clock_back", "unavailable"} {
+		if res.Reasons[r] != 0 {
+			t.Fatalf("records refused %s: %v", r, res.Reasons)
+		}
+	}
+}

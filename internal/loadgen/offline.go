@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/yikatong/yikatong/internal/node"
 	"github.com/yikatong/yikatong/internal/scan"
 	"github.com/yikatong/yikatong/internal/terminal"
 	"github.com/yikatong/yikatong/internal/termsim"
@@ -16,11 +17,28 @@ import (
 // runOffline: each request is one signed batch of o.BatchSize records made
 // by one offline terminal (cards, and e-codes while the pool lasts), as a
 // gate uploads what it accepted while the network was down.
+//
+// A terminal uploads one batch at a time, its records numbered in the
+// order it made them (the node serialises a terminal's uploads, and
+// checks their order): a batch takes a terminal that is not uploading
+// (idle), and there are at least as many terminals per scenario as
+// callers, onboarded when the demo city has fewer, so no caller waits for
+// another's terminal unless a scenario's share of o.Terminals is smaller.
 func runOffline(ctx context.Context, o Options, c *client, pop *population) (Result, error) {
 	ts := mixTargets(MixOffline)
+	if least := o.Concurrency * len(ts); o.Terminals < least {
+		o.Terminals = least
+	}
 	terms, err := terminalsFor(ctx, c, o, ts)
 	if err != nil {
 		return Result{}, err
+	}
+	idle := map[string]chan node.DemoTerminal{}
+	for s, list := range terms {
+		idle[s] = make(chan node.DemoTerminal, len(list))
+		for _, t := range list {
+			idle[s] <- t
+		}
 	}
 	keys := map[string]edKey{}
 	for _, list := range terms {
@@ -40,7 +58,13 @@ func runOffline(ctx context.Context, o Options, c *client, pop *population) (Res
 	counted := true
 	res, err := runClosedLoop(ctx, o, &counted, func(ctx context.Context, w *workerStats, rng *rand.Rand, r *recorder) error {
 		t := pick(ts, rng)
-		tm := terms[t.scenario][rng.IntN(len(terms[t.scenario]))]
+		var tm node.DemoTerminal
+		select {
+		case tm = <-idle[t.scenario]:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		defer func() { idle[t.scenario] <- tm }()
 		recs := make([]terminal.Record, o.BatchSize)
 		var fallbacks int64 // records that found the code pool dry
 		at := time.Now().UTC().Add(-time.Second)
