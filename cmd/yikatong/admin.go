@@ -37,8 +37,7 @@ func cmdLedger(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	fs := flag.NewFlagSet("ledger check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	data := fs.String("data", "./yikatong-data", "data directory")
-	db := fs.String("db", "", "database URL (default: SQLite in the data directory)")
+	data, db := adminFlags(fs)
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -77,6 +76,14 @@ func cmdLedger(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// adminFlags defines the flags of every administrative command that
+// opens a node (openNodeForAdmin): --data and --db.
+func adminFlags(fs *flag.FlagSet) (data, db *string) {
+	data = fs.String("data", "./yikatong-data", "data directory")
+	db = fs.String("db", "", "database URL (default: SQLite in the data directory)")
+	return data, db
+}
+
 // openNodeForAdmin opens the node's data (no HTTP) with quiet logs. It
 // never creates a database: without --db the node's SQLite file must be in
 // the data directory (a node on PostgreSQL keeps none there, and checking
@@ -101,8 +108,7 @@ func cmdTrust(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	fs := flag.NewFlagSet("trust export", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	data := fs.String("data", "./yikatong-data", "data directory")
-	db := fs.String("db", "", "database URL (default: SQLite in the data directory)")
+	data, db := adminFlags(fs)
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -131,8 +137,7 @@ func cmdKeys(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	fs := flag.NewFlagSet("keys rotate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	data := fs.String("data", "./yikatong-data", "data directory")
-	db := fs.String("db", "", "database URL (default: SQLite in the data directory)")
+	data, db := adminFlags(fs)
 	algName := fs.String("alg", "SM2", "algorithm of the new key: SM2 or EdDSA")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2

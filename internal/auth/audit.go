@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/yikatong/yikatong/internal/store"
 )
 
 // AuditEntry is one line of the audit log.
@@ -21,7 +23,13 @@ type AuditEntry struct {
 // Audit appends to the audit log. Callers must not put full ID numbers in
 // subject or detail: name the resident by id or card number.
 func (s *Service) Audit(ctx context.Context, p Principal, action, subject, detail string) error {
-	_, err := s.db.W.ExecContext(ctx, `INSERT INTO audit_log(at, actor, actor_role, action, subject, detail) VALUES ($1,$2,$3,$4,$5,$6)`,
+	return s.audit(ctx, s.db.W, p, action, subject, detail)
+}
+
+// audit appends to the audit log through q (a transaction: the line is
+// written if and only if what it records is).
+func (s *Service) audit(ctx context.Context, q store.Querier, p Principal, action, subject, detail string) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO audit_log(at, actor, actor_role, action, subject, detail) VALUES ($1,$2,$3,$4,$5,$6)`,
 		s.now().UnixMilli(), p.Subject, string(p.Role), action, subject, detail)
 	return storeErr(err)
 }

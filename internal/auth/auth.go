@@ -18,6 +18,11 @@
 // A staff user with a provider (provider_id) signs in only while that
 // provider is enabled; disabling it revokes its staff's tokens
 // (RevokeProviderStaff), and old tokens stay revoked if it is enabled again.
+//
+// An administrator on the node's host creates staff users, disables and
+// enables them and resets passwords (staff_admin.go, `yikatong staff`),
+// audited; disabling a user or resetting their password revokes their
+// tokens likewise.
 package auth
 
 import (
@@ -111,13 +116,13 @@ func (p Principal) LogString() string {
 
 // StaffUser is a staff account.
 type StaffUser struct {
-	ID          string `json:"id"`
-	Username    string `json:"username"`
-	DisplayName string `json:"display_name"`
-	Role        Role   `json:"role"`
-	ProviderID  string `json:"provider_id,omitempty"`
-	Disabled    bool   `json:"disabled"`
-	CreatedAt   time.Time
+	ID          string    `json:"id"`
+	Username    string    `json:"username"`
+	DisplayName string    `json:"display_name"`
+	Role        Role      `json:"role"`
+	ProviderID  string    `json:"provider_id,omitempty"`
+	Disabled    bool      `json:"disabled"`
+	CreatedAt   time.Time `json:"created_at"`
 }
 
 // Service manages staff users, tokens and the audit log.
@@ -207,10 +212,21 @@ func CheckPassword(hash, password string) bool {
 }
 
 // CreateStaff creates a staff user. Usernames are unique (already_exists).
+// A provider user's provider must exist; other roles have none. It is not
+// audited: an administrator's command goes through AddStaff.
 func (s *Service) CreateStaff(ctx context.Context, username, displayName string, role Role, password, providerID string) (StaffUser, error) {
-	username = strings.TrimSpace(username)
-	if username == "" || len(username) > 64 {
-		return StaffUser{}, apperr.Invalid("username", "username must be 1-64 characters", "用户名须为1-64个字符")
+	return s.createStaff(ctx, nil, username, displayName, role, password, providerID)
+}
+
+// createStaff creates a staff user and, if actor is not nil, records the
+// creation in the audit log in the same transaction.
+func (s *Service) createStaff(ctx context.Context, actor *Principal, username, displayName string, role Role, password, providerID string) (StaffUser, error) {
+	username, displayName = strings.TrimSpace(username), strings.TrimSpace(displayName)
+	if err := checkUsername(username); err != nil {
+		return StaffUser{}, err
+	}
+	if err := checkDisplayName(displayName); err != nil {
+		return StaffUser{}, err
 	}
 	if !validStaffRole(role) {
 		return StaffUser{}, apperr.Invalid("role", "role must be hr_admin, finance, operator or provider", "角色须为 hr_admin、finance、operator 或 provider")
@@ -218,14 +234,42 @@ func (s *Service) CreateStaff(ctx context.Context, username, displayName string,
 	if role == RoleProvider && providerID == "" {
 		return StaffUser{}, apperr.Invalid("provider_id", "provider staff need a provider", "服务商用户须指定服务商")
 	}
-	if len(password) < 8 {
-		return StaffUser{}, apperr.Invalid("password", "password must have at least 8 characters", "密码至少8个字符")
+	if role != RoleProvider && providerID != "" {
+		return StaffUser{}, apperr.Invalid("provider_id", "only provider staff belong to a provider; leave the provider out for role "+string(role), "只有服务商用户（provider）才属于服务商，角色 "+string(role)+" 不能指定服务商")
 	}
-	u := StaffUser{ID: RandomID("usr"), Username: username, DisplayName: displayName, Role: role, ProviderID: providerID, CreatedAt: s.now().UTC()}
-	_, err := s.db.W.ExecContext(ctx, `INSERT INTO staff_users(id, username, display_name, role, password_hash, provider_id, disabled, created_at) VALUES ($1,$2,$3,$4,$5,$6,0,$7)`,
-		u.ID, u.Username, u.DisplayName, string(u.Role), HashPassword(password, s.PasswordIterations), u.ProviderID, u.CreatedAt.UnixMilli())
+	if err := CheckStaffPassword(password); err != nil {
+		return StaffUser{}, err
+	}
+	u := StaffUser{ID: RandomID("usr"), Username: username, DisplayName: displayName, Role: role, ProviderID: providerID, CreatedAt: s.now().UTC().Truncate(time.Millisecond)}
+	hash := HashPassword(password, s.PasswordIterations)
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		if providerID != "" {
+			// Providers are never deleted, so one found here stays.
+			var one int
+			err := tx.QueryRowContext(ctx, `SELECT 1 FROM providers WHERE id = $1`, providerID).Scan(&one)
+			if errors.Is(err, sql.ErrNoRows) {
+				return apperr.Invalid("provider_id", "there is no provider "+strconv.Quote(providerID)+" (the operator lists them: GET /v1/providers)",
+					"不存在服务商 "+strconv.Quote(providerID)+"（运营方可查看服务商列表：GET /v1/providers）")
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO staff_users(id, username, display_name, role, password_hash, provider_id, disabled, created_at) VALUES ($1,$2,$3,$4,$5,$6,0,$7)`,
+			u.ID, u.Username, u.DisplayName, string(u.Role), hash, u.ProviderID, u.CreatedAt.UnixMilli()); err != nil {
+			return err
+		}
+		if actor == nil {
+			return nil
+		}
+		detail := "user=" + strconv.Quote(u.Username) + " role=" + string(u.Role)
+		if u.ProviderID != "" {
+			detail += " provider=" + u.ProviderID
+		}
+		return s.audit(ctx, tx, *actor, "create_staff", u.ID, detail)
+	})
 	if store.IsUniqueViolation(err) {
-		return StaffUser{}, apperr.Newf(apperr.AlreadyExists, "a staff user with this username exists", "该用户名已存在")
+		return StaffUser{}, apperr.Newf(apperr.AlreadyExists, "a staff user named "+strconv.Quote(username)+" already exists", "用户名 "+strconv.Quote(username)+" 已存在")
 	}
 	if err != nil {
 		return StaffUser{}, storeErr(err)
@@ -269,19 +313,6 @@ func (s *Service) staffForSignIn(ctx context.Context, username string) (u StaffU
 	return u, hash, pdisabled != 0, nil
 }
 
-// providerDisabled reports whether provider id is disabled (or unknown).
-func (s *Service) providerDisabled(ctx context.Context, id string) (bool, error) {
-	var disabled int
-	err := s.db.R.QueryRowContext(ctx, `SELECT disabled FROM providers WHERE id = $1`, id).Scan(&disabled)
-	if errors.Is(err, sql.ErrNoRows) {
-		return true, nil
-	}
-	if err != nil {
-		return false, storeErr(err)
-	}
-	return disabled != 0, nil
-}
-
 // errProviderDisabled answers the sign-in (right password) of a staff
 // user whose provider is disabled.
 func errProviderDisabled() error {
@@ -295,7 +326,8 @@ func errProviderDisabled() error {
 // name for a while (rate_limited, audited). An unknown user name is answered
 // and counted the same way, so names cannot be probed. The right password
 // of a staff user whose provider is disabled is forbidden (said plainly:
-// only someone who knows the password learns it).
+// only someone who knows the password learns it); that of a disabled user
+// is answered like a wrong one.
 func (s *Service) LoginStaff(ctx context.Context, username, password string, ttl time.Duration) (token string, p Principal, err error) {
 	username = strings.TrimSpace(username)
 	key, now := signinKey(username), s.now()
@@ -323,23 +355,30 @@ func (s *Service) LoginStaff(ctx context.Context, username, password string, ttl
 	}
 	p = Principal{Kind: KindStaff, Subject: u.ID, Role: u.Role, ProviderID: u.ProviderID}
 	token, p, err = s.IssueToken(ctx, p, ttl)
-	if err != nil || u.ProviderID == "" {
-		return token, p, err
+	if err != nil {
+		return "", Principal{}, err
 	}
-	// The provider may have been disabled, and its staff's tokens revoked
-	// (RevokeProviderStaff), after it was read above and before this token
-	// was stored. DisableProvider marks the provider before it revokes, so
+	// Between the read above and the token's insert the user may have
+	// been disabled (DisableStaff), their password changed
+	// (SetStaffPassword) or their provider disabled (RevokeProviderStaff),
+	// and their tokens revoked. Each marks the row before it revokes, so
 	// either its revocation saw this token or this read sees the mark.
-	off, err := s.providerDisabled(ctx, u.ProviderID)
-	if err != nil || off {
-		// The token was never handed out; revoke it all the same.
-		s.RevokeToken(context.WithoutCancel(ctx), token)
-		if err != nil {
-			return "", Principal{}, err
-		}
-		return "", Principal{}, errProviderDisabled()
+	u2, hash2, off, err := s.staffForSignIn(ctx, username)
+	if err == nil && u2.ID == u.ID && !u2.Disabled && hash2 == hash && !off {
+		return token, p, nil
 	}
-	return token, p, nil
+	// The token was never handed out; revoke it all the same.
+	s.RevokeToken(context.WithoutCancel(ctx), token)
+	switch {
+	case err != nil:
+		return "", Principal{}, err
+	case off:
+		return "", Principal{}, errProviderDisabled()
+	default:
+		return "", Principal{}, apperr.Newf(apperr.Unauthorized,
+			"this staff user was disabled or their password changed while signing in; sign in again",
+			"登录期间该用户已被停用或密码已更改，请重新登录")
+	}
 }
 
 // IssueToken creates a bearer token for p valid for ttl.
@@ -512,6 +551,10 @@ func (s *Service) PurgeExpired(ctx context.Context, before time.Time) error {
 func storeErr(err error) error {
 	if err == nil {
 		return nil
+	}
+	var ae *apperr.Error
+	if errors.As(err, &ae) {
+		return err
 	}
 	if store.IsRetryable(err) {
 		return apperr.Wrap(apperr.Unavailable, err)

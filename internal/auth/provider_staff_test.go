@@ -38,10 +38,15 @@ func TestProviderStaff(t *testing.T) {
 			name     string
 			role     auth.Role
 			provider string
-		}{{"a1", auth.RoleProvider, "prv_a"}, {"a2", auth.RoleProvider, "prv_a"}, {"b1", auth.RoleProvider, "prv_b"}, {"op", auth.RoleOperator, ""}, {"ghost", auth.RoleProvider, "prv_gone"}} {
+		}{{"a1", auth.RoleProvider, "prv_a"}, {"a2", auth.RoleProvider, "prv_a"}, {"b1", auth.RoleProvider, "prv_b"}, {"op", auth.RoleOperator, ""}, {"ghost", auth.RoleProvider, "prv_b"}} {
 			if _, err := s.CreateStaff(ctx, u.name, u.name, u.role, pw, u.provider); err != nil {
 				t.Fatal(err)
 			}
+		}
+		// CreateStaff refuses an unknown provider; a row naming one (by
+		// hand, or an older version) must not let its user in either.
+		if _, err := db.W.ExecContext(ctx, `UPDATE staff_users SET provider_id = 'prv_gone' WHERE username = 'ghost'`); err != nil {
+			t.Fatal(err)
 		}
 		login := func(user string) string {
 			t.Helper()
