@@ -63,6 +63,7 @@ func (n *Node) wireScans(ctx context.Context) error {
 	n.scan = &scanServices{Terminals: ts, Scans: svc, Schemes: reg, TC1: tc1, Debts: scan.NewCollector(svc)}
 	n.closers = append(n.closers, func() error { svc.Close(); return nil })
 	n.scanRoutes()
+	n.providerStaffRoutes()
 	n.debtRoutes()
 	return nil
 }
