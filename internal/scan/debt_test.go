@@ -34,6 +34,99 @@ func upload(t testing.TB, c *city, id string, recs []terminal.Record) scan.Batch
 	return rep
 }
 
+// race runs up(0) … up(n-1) in goroutines let go at once, and returns a
+// function that waits for them all.
+func race(n int, up func(i int)) (wait func()) {
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			up(i)
+		}()
+	}
+	close(start)
+	return wg.Wait
+}
+
+// creditGate holds a node's offline uploads before their credit step
+// ("ride first, pay later": debtRecord) until n of them are there, then
+// lets them all settle on credit at once: the tests of races at that step
+// make them race whatever the scheduling.
+type creditGate struct {
+	t       testing.TB
+	n       int
+	mu      sync.Mutex
+	arrived int
+	more    chan struct{} // closed (and replaced) at each arrival
+	all     chan struct{} // closed once n have arrived, or on giving up
+	open    bool
+}
+
+// gateCredit sets a creditGate of n uploads on c's node, for the test.
+func gateCredit(t testing.TB, c *city, n int) *creditGate {
+	t.Helper()
+	g := &creditGate{t: t, n: n, more: make(chan struct{}), all: make(chan struct{})}
+	svc := scan.ServiceOf(c.tn.Node.DebtCollector())
+	scan.SetBatchHooks(svc, nil, g.hold, nil)
+	t.Cleanup(func() {
+		g.mu.Lock()
+		g.release()
+		g.mu.Unlock()
+		scan.SetBatchHooks(svc, nil, nil, nil)
+	})
+	return g
+}
+
+func (g *creditGate) hold(string) {
+	g.mu.Lock()
+	g.arrived++
+	close(g.more)
+	g.more = make(chan struct{})
+	if g.arrived >= g.n {
+		g.release()
+	}
+	all := g.all
+	g.mu.Unlock()
+	<-all
+}
+
+// release lets the held uploads go (g.mu held).
+func (g *creditGate) release() {
+	if !g.open {
+		g.open = true
+		close(g.all)
+	}
+}
+
+// reached waits until k uploads have got to the credit step. If they do
+// not in time (the uploads serialised somewhere, or one not going to
+// credit), the test fails (they did not race) and the held ones go on.
+func (g *creditGate) reached(k int) {
+	g.t.Helper()
+	deadline := time.After(15 * time.Second)
+	for {
+		g.mu.Lock()
+		n, more := g.arrived, g.more
+		if n >= k {
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		select {
+		case <-more:
+		case <-deadline:
+			g.mu.Lock()
+			g.release()
+			g.mu.Unlock()
+			g.t.Errorf("%d of %d uploads got to the credit step together", n, k)
+			return
+		}
+	}
+}
+
 // storedDebt is the debt recorded on accepted scans of resident p.
 func storedDebt(t testing.TB, c *city, p person) int64 {
 	t.Helper()
@@ -202,7 +295,10 @@ func TestLegacyPendingDebtReplayed(t *testing.T) {
 
 // TestDebtLimitConcurrent: batches uploaded at once, each with a card and
 // a code record of one resident whose wallet is empty, together advance
-// no more credit than the scenario's limit (500: two fares of 200).
+// no more credit than the scenario's limit (500: two fares of 200). Each
+// batch comes from a terminal of its own (one terminal's uploads run one
+// after the other), and all are held before their credit step until all
+// are there: they settle on credit at once.
 func TestDebtLimitConcurrent(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, dsn string) {
 		c := setup(t, dsn, []string{"transit.bus"})
@@ -210,6 +306,7 @@ func TestDebtLimitConcurrent(t *testing.T) {
 		p := enrol(t, n, rand.New(rand.NewPCG(5, 6)), resident.CategoryLocal, time.Now().AddDate(-30, 0, -3), 0, 0)
 		now := time.Now()
 		const batches = 4
+		gates := c.gates(t, batches)
 		recs := make([][]terminal.Record, batches)
 		for i := range recs {
 			recs[i] = []terminal.Record{
@@ -219,12 +316,10 @@ func TestDebtLimitConcurrent(t *testing.T) {
 			recs[i][1].At = time.Now()
 		}
 		reps := make([]scan.BatchReport, batches)
-		var wg sync.WaitGroup
-		for i := range reps {
-			wg.Add(1)
-			go func() { defer wg.Done(); reps[i] = upload(t, c, fmt.Sprintf("lim-%d", i), recs[i]) }()
-		}
-		wg.Wait()
+		g := gateCredit(t, c, batches)
+		wait := race(batches, func(i int) { reps[i] = upload(t, gates[i], fmt.Sprintf("lim-%d", i), recs[i]) })
+		g.reached(batches)
+		wait()
 		var applied, debt int64
 		for _, rep := range reps {
 			for _, it := range rep.Items {
@@ -319,30 +414,29 @@ func TestRemoteKeyCheckedFirst(t *testing.T) {
 // in separate batches, each short of the wallet, are settled as if one by
 // one: the first takes what the wallet holds and credit for the rest, the
 // next all on credit, within the limit. A ride whose wallet part another
-// upload took meanwhile is not declined insufficient_funds.
+// upload took meanwhile is not declined insufficient_funds. Each batch
+// comes from a terminal of its own (one terminal's uploads run one after
+// the other), and all settle on credit at once (creditGate).
 func TestDebtSplitRacesWallet(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, dsn string) {
 		c := setup(t, dsn, []string{"transit.bus"})
 		const holders = 6
+		gates := c.gates(t, 2*holders)
 		people := make([]person, holders)
 		for i := range people {
 			// 150 in the wallet: a 200 fare leaves 50 on credit; a second, 200.
 			people[i] = enrol(t, c.tn.Node, rand.New(rand.NewPCG(uint64(90+i), 7)), resident.CategoryLocal, time.Now().AddDate(-30, 0, -3), 150, 0)
 		}
 		now := time.Now()
-		var wg sync.WaitGroup
 		reps := make([]scan.BatchReport, 2*holders)
-		for i := range reps {
-			p := people[i/2]
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				reps[i] = upload(t, c, fmt.Sprintf("race-%d", i), []terminal.Record{
-					{ID: fmt.Sprintf("race-%d", i), Seq: int64(i + 1), At: now.Add(-time.Minute), Scenario: "transit.bus", CardNumber: p.card},
-				})
-			}()
-		}
-		wg.Wait()
+		g := gateCredit(t, c, len(reps))
+		wait := race(len(reps), func(i int) {
+			reps[i] = upload(t, gates[i], fmt.Sprintf("race-%d", i), []terminal.Record{
+				{ID: fmt.Sprintf("race-%d", i), Seq: int64(i + 1), At: now.Add(-time.Minute), Scenario: "transit.bus", CardNumber: people[i/2].card},
+			})
+		})
+		g.reached(len(reps))
+		wait()
 		var charged int64
 		for i, rep := range reps {
 			if it := rep.Items[0]; it.Status != scan.StatusApplied {
@@ -365,29 +459,37 @@ func TestDebtSplitRacesWallet(t *testing.T) {
 // TestDebtRecordReplayedCode: one e-code in the records of two uploads at
 // once, its holder's wallet empty (both go to the credit step): the code
 // is charged once, and the other record is declined replayed in its
-// batch's report; neither upload fails.
+// batch's report; neither upload fails. Each record comes from a terminal
+// of its own (one terminal's uploads run one after the other), and both
+// settle on credit at once (creditGate).
 func TestDebtRecordReplayedCode(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, dsn string) {
 		c := setup(t, dsn, []string{"transit.bus"})
 		const holders = 6
+		gates := c.gates(t, 2*holders)
 		now := time.Now()
-		var wg sync.WaitGroup
-		reps := make([]scan.BatchReport, 2*holders)
-		for h := 0; h < holders; h++ {
-			p := debtor(t, c, uint64(200+h))
-			yk := code(t, c.tn.Node, p.card)
-			for j := 0; j < 2; j++ {
-				i := 2*h + j
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					reps[i] = upload(t, c, fmt.Sprintf("dup-%d", i), []terminal.Record{
-						{ID: fmt.Sprintf("dup-%d", i), Seq: int64(i + 1), At: now, Scenario: "transit.bus", Code: yk},
-					})
-				}()
-			}
+		codes := make([]string, holders)
+		for h := range codes {
+			codes[h] = code(t, c.tn.Node, debtor(t, c, uint64(200+h)).card)
 		}
-		wg.Wait()
+		reps := make([]scan.BatchReport, 2*holders)
+		dup := func(i int) {
+			reps[i] = upload(t, gates[i], fmt.Sprintf("dup-%d", i), []terminal.Record{
+				{ID: fmt.Sprintf("dup-%d", i), Seq: int64(i + 1), At: now, Scenario: "transit.bus", Code: codes[i/2]},
+			})
+		}
+		// Each holder's second upload starts once the first is held before
+		// its credit step, nothing of it written: its first attempt then
+		// neither finds the code used nor shares a ledger batch with the
+		// first's (either would decline it replayed before that step), so
+		// it goes to credit too, and the two settle on credit at once.
+		g := gateCredit(t, c, len(reps))
+		first := race(holders, func(h int) { dup(2 * h) })
+		g.reached(holders)
+		second := race(holders, func(h int) { dup(2*h + 1) })
+		g.reached(len(reps))
+		first()
+		second()
 		var charged int64
 		for h := 0; h < holders; h++ {
 			if len(reps[2*h].Items) != 1 || len(reps[2*h+1].Items) != 1 {

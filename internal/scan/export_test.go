@@ -23,3 +23,7 @@ func HoldDebtProbes(c *Collector, hold func()) { c.probe.hold = hold }
 func SetBatchHooks(s *Service, markRead, credit, waiting func(terminal string)) {
 	s.batchHooks = batchHooks{markRead: markRead, credit: credit, waiting: waiting}
 }
+
+// ServiceOf is the scan service c collects the debt of (a node's, through
+// its DebtCollector: tests set hooks on the service behind its API).
+func ServiceOf(c *Collector) *Service { return c.s }

@@ -114,14 +114,36 @@ func newCity(t testing.TB, o nodetest.Options, scenarios []string) *city {
 	var p terminal.Provider
 	c.op.JSON(t, "POST", "/v1/providers", map[string]any{"name": "郑州公交", "kind": "transit", "scenarios": scenarios}, 201, &p)
 	c.provider = p.ID
+	c.onboard(t, "gate 1")
+	return c
+}
+
+// onboard onboards a terminal of c's provider (its scenarios) named name
+// and makes it c's terminal.
+func (c *city) onboard(t testing.TB, name string) {
+	t.Helper()
 	var tc struct {
 		Terminal    terminal.Terminal    `json:"terminal"`
 		Credentials terminal.Credentials `json:"credentials"`
 	}
-	c.op.JSON(t, "POST", "/v1/providers/"+p.ID+"/terminals", map[string]any{"name": "gate 1"}, 201, &tc)
+	c.op.JSON(t, "POST", "/v1/providers/"+c.provider+"/terminals", map[string]any{"name": name}, 201, &tc)
 	c.term, c.batchKey = tc.Terminal.ID, tc.Credentials.BatchKey
-	c.tc = tn.Client(tc.Credentials.Token)
-	return c
+	c.tc = c.tn.Client(tc.Credentials.Token)
+}
+
+// gates onboards n more terminals of c's provider and returns c as seen
+// from each: upload and signBatch through gates[i] go through its
+// terminal. A terminal's uploads run one at a time (scan.ApplyBatch), so
+// tests that race uploads give each its own terminal.
+func (c *city) gates(t testing.TB, n int) []*city {
+	t.Helper()
+	out := make([]*city, n)
+	for i := range out {
+		g := *c
+		g.onboard(t, fmt.Sprintf("gate %d", i+2))
+		out[i] = &g
+	}
+	return out
 }
 
 func code(t testing.TB, n *node.Node, card string) string {
