@@ -193,6 +193,27 @@ func itoa(n int) string {
 	return string(b[i:])
 }
 
+// Contains reports whether s holds a valid ID number (Parse at now: an
+// 18-character citizen or 2023 permanent residence card number, or a
+// 15-character 2017 permanent residence card number), alone or within
+// other text, in upper or lower case: a reference or note that would
+// keep one where it must not be. Only candidates of the right form (and,
+// for 18 characters, check character) are parsed: a 64-digit string
+// costs microseconds.
+func Contains(s string, now time.Time) bool {
+	s = strings.ToUpper(s)
+	valid := func(c string) bool { _, err := Parse(c, now); return err == nil }
+	for i := 0; i+15 <= len(s); i++ {
+		if i+18 <= len(s) && isDigits(s[i:i+17]) && CheckChar(s[i:i+17]) == s[i+17] && valid(s[i:i+18]) {
+			return true
+		}
+		if isUpper(s[i:i+3]) && isDigits(s[i+3:i+15]) && valid(s[i:i+15]) {
+			return true
+		}
+	}
+	return false
+}
+
 func isDigits(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] < '0' || s[i] > '9' {

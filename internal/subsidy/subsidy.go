@@ -434,42 +434,9 @@ func (s *Service) checkReversed(ctx context.Context, lr *LineResult) {
 	}
 }
 
-// hasIDNumber reports whether s holds a valid ID number (an 18-character
-// citizen or 2023 permanent residence card number, or a 15-character 2017
-// permanent residence card number), alone or within other text. Only
-// candidates of the right form (and, for 18 characters, check character)
-// go to idnum.Parse: a 64-digit reference costs microseconds.
-func hasIDNumber(s string) bool {
-	s = strings.ToUpper(s)
-	var now time.Time
-	valid := func(c string) bool {
-		if now.IsZero() {
-			now = time.Now()
-		}
-		_, err := idnum.Parse(c, now)
-		return err == nil
-	}
-	for i := 0; i+15 <= len(s); i++ {
-		if i+18 <= len(s) && allDigits(s[i:i+17]) && idnum.CheckChar(s[i:i+17]) == s[i+17] && valid(s[i:i+18]) {
-			return true
-		}
-		if isLetter(s[i]) && isLetter(s[i+1]) && isLetter(s[i+2]) && allDigits(s[i+3:i+15]) && valid(s[i:i+15]) {
-			return true
-		}
-	}
-	return false
-}
-
-func allDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-func isLetter(c byte) bool { return c >= 'A' && c <= 'Z' }
+// hasIDNumber reports whether s holds a valid ID number, alone or within
+// other text (idnum.Contains).
+func hasIDNumber(s string) bool { return idnum.Contains(s, time.Now()) }
 
 // checkHeader reports whether rec, the first record of a list, is a
 // header, and refuses a header the list cannot be paid by (see readList):
