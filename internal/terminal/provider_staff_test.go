@@ -188,3 +188,32 @@ func TestDisableProviderRacesStaffCacheFill(t *testing.T) {
 		t.Fatalf("a disabled provider's staff session works after the race: %v", err)
 	}
 }
+
+// TestDisableProviderRacesCreateTerminal: a terminal onboarded while its
+// provider is being disabled — the provider read as enabled, its row
+// stored after DisableProvider listed the provider's terminals — is
+// disabled too and its credentials never handed out: no terminal of the
+// provider stays enabled (one would come back if the provider were
+// enabled again).
+func TestDisableProviderRacesCreateTerminal(t *testing.T) {
+	_, svc, p := providerWithStaff(t)
+	ctx := context.Background()
+	terminal.SetBeforeInsert(func() {
+		terminal.SetBeforeInsert(nil)
+		if _, err := svc.DisableProvider(ctx, p.ID); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Cleanup(func() { terminal.SetBeforeInsert(nil) })
+	_, cred, err := svc.CreateTerminal(ctx, p.ID, "gate 7", nil)
+	if apperr.CodeOf(err) != apperr.Conflict || cred.Token != "" {
+		t.Fatalf("a terminal created while its provider was disabled: %+v %v", cred, err)
+	}
+	ts, err := svc.Terminals(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ts) != 1 || !ts[0].Disabled {
+		t.Fatalf("the provider's terminals after the race: %+v", ts)
+	}
+}

@@ -260,6 +260,9 @@ func (s *Service) CreateTerminal(ctx context.Context, providerID, name string, s
 	if err != nil {
 		return Terminal{}, Credentials{}, apperr.Wrap(apperr.Internal, err)
 	}
+	if testHookBeforeInsert != nil {
+		testHookBeforeInsert()
+	}
 	t := Terminal{ID: auth.RandomID("trm"), ProviderID: p.ID, Name: name, Scenarios: sc, CreatedAt: s.now().UTC().Truncate(time.Millisecond),
 		PublicKey: base64.RawURLEncoding.EncodeToString(pub)}
 	b, _ := json.Marshal(sc)
@@ -271,8 +274,26 @@ func (s *Service) CreateTerminal(ctx context.Context, providerID, name string, s
 	if err != nil {
 		return Terminal{}, Credentials{}, err
 	}
+	// The provider may have been disabled after it was read above and
+	// before the terminal's row was stored: DisableProvider, which marks
+	// the provider before it lists its terminals, then missed this one.
+	// Read the mark again: this terminal is disabled too, and never handed
+	// out (were the provider enabled again, it would come back to life).
+	if p, err = s.Provider(ctx, p.ID); err != nil || p.Disabled {
+		if _, derr := s.DisableTerminal(context.WithoutCancel(ctx), t.ID); derr != nil && err == nil {
+			err = derr
+		}
+		if err == nil {
+			err = apperr.Newf(apperr.Conflict, "the provider is disabled", "该服务商已停用")
+		}
+		return Terminal{}, Credentials{}, err
+	}
 	return t, Credentials{Token: tok, BatchKey: base64.RawURLEncoding.EncodeToString(priv.Seed())}, nil
 }
+
+// testHookBeforeInsert, when set (tests), runs in CreateTerminal after the
+// provider was read and before the terminal's row is stored.
+var testHookBeforeInsert func()
 
 const terminalCols = `t.id, t.provider_id, t.name, t.scenarios, t.public_key, t.disabled, t.created_at, p.disabled`
 
