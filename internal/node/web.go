@@ -35,6 +35,9 @@ func (n *Node) wireWeb(ctx context.Context) error {
 		d.CreateProvider = n.CreateProvider
 		d.CreateTerminal = n.CreateTerminal
 		d.DisableTerminal = n.DisableTerminal
+		d.ProviderStaff = n.ProviderStaff
+		d.CreateProviderStaff = n.CreateProviderStaff
+		d.DisableProviderStaff = n.DisableProviderStaff
 	}
 	// The clearing page: only for a node in a region (otherwise the page
 	// says it is not in one).

@@ -62,6 +62,11 @@ func (w *Web) consoleRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /console/providers", staff(operatorOnly, w.consoleCreateProvider))
 	mux.HandleFunc("POST /console/terminals", staff(operatorOnly, w.consoleCreateTerminal))
 	mux.HandleFunc("POST /console/terminals/{id}/disable", staff(terminalRoles, w.consoleDisableTerminal))
+	// A provider's staff users: the operator only (as the API's
+	// /v1/providers/{id}/staff); a provider's own staff see none of it.
+	mux.HandleFunc("GET /console/providers/{id}/staff", staff(operatorOnly, w.consoleProviderStaff))
+	mux.HandleFunc("POST /console/providers/{id}/staff", staff(operatorOnly, w.consoleCreateProviderStaff))
+	mux.HandleFunc("POST /console/providers/{id}/staff/disable", staff(operatorOnly, w.consoleDisableProviderStaff))
 	mux.HandleFunc("GET /console/subsidies", staff(moneyRoles, w.consoleSubsidies))
 	mux.HandleFunc("POST /console/subsidies", staff(financeOnly, w.consoleCreateProgramme))
 	mux.HandleFunc("POST /console/subsidies/{id}/fund", staff(financeOnly, w.consoleFundProgramme))

@@ -119,6 +119,7 @@ var unavailableZh = map[string]string{
 	"e-code":          "电子码",
 	"enrolment":       "居民登记",
 	"ledger":          "账务",
+	"provider staff":  "服务商工作人员管理",
 	"scan statistics": "扫码统计",
 	"scans":           "扫码受理",
 	"sign-in":         "登录",

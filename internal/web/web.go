@@ -159,6 +159,16 @@ type Deps struct {
 	CreateTerminal func(ctx context.Context, providerID, name string, scenarios []string) (id, token, batchKey string, err error)
 	// DisableTerminal disables a terminal at once.
 	DisableTerminal func(ctx context.Context, id string) error
+	// ProviderStaff lists a provider's staff users (never passwords).
+	ProviderStaff func(ctx context.Context, providerID string) ([]auth.StaffUser, error)
+	// CreateProviderStaff creates a staff user of a provider with a
+	// generated password (audited create_staff); the password is shown
+	// once to the operator and never stored or logged by the web
+	// interface.
+	CreateProviderStaff func(ctx context.Context, p auth.Principal, providerID, username, displayName string) (auth.StaffUser, string, error)
+	// DisableProviderStaff disables a staff user of a provider (audited
+	// disable_staff); their sessions end at once.
+	DisableProviderStaff func(ctx context.Context, p auth.Principal, providerID, username string) (auth.StaffUser, error)
 
 	// ClearingPositions lists, per peer city of the region, what it owes
 	// this city and the reverse, and the messages not yet acknowledged.
