@@ -14,12 +14,13 @@ import (
 	"time"
 
 	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/keys"
 	"github.com/yikatong/yikatong/internal/node"
 )
 
 func init() {
 	register("trust", "print the node's signed trust bundle: yikatong trust export [--data DIR] [--db URL]", cmdTrust)
-	register("keys", "rotate the e-code signing key: yikatong keys rotate [--data DIR] [--db URL] [--alg SM2|EdDSA]", cmdKeys)
+	register("keys", "rotate the e-code signing key: yikatong keys rotate [--data DIR] [--db URL] [--alg SM2|EdDSA] [--announce 15m]", cmdKeys)
 	register("code", "verify an e-code offline: yikatong code verify --trust FILE [--at RFC3339] CODE", cmdCode)
 	register("ledger", "check the books: yikatong ledger check [--data DIR] [--db URL]", cmdLedger)
 }
@@ -132,14 +133,23 @@ func cmdTrust(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 
 func cmdKeys(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] != "rotate" {
-		fmt.Fprintln(stderr, "usage: yikatong keys rotate [--data DIR] [--db URL] [--alg SM2|EdDSA]")
+		fmt.Fprintln(stderr, "usage: yikatong keys rotate [--data DIR] [--db URL] [--alg SM2|EdDSA] [--announce 15m]")
 		return 2
 	}
 	fs := flag.NewFlagSet("keys rotate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	data, db := adminFlags(fs)
 	algName := fs.String("alg", "SM2", "algorithm of the new key: SM2 or EdDSA")
+	announce := fs.Duration("announce", keys.DefaultAnnounce, "publish the new key in trust bundles this long before it signs (0: switch at once, for a compromised key)")
 	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "keys rotate: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *announce < 0 {
+		fmt.Fprintln(stderr, "keys rotate: --announce must not be negative")
 		return 2
 	}
 	alg, err := ecode.ParseAlg(*algName)
@@ -155,12 +165,16 @@ func cmdKeys(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer n.Close()
-	kid, err := rotateKeys(ctx, *data, n.DB, alg)
+	kid, at, err := rotateKeys(ctx, *data, n.DB, alg, *announce)
 	if err != nil {
 		fmt.Fprintf(stderr, "keys rotate: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "{\"kid\":%q}\n", kid)
-	fmt.Fprintln(stderr, "new signing key", kid, "is current; running nodes pick it up within 15 s; old codes verify until they expire")
+	fmt.Fprintf(stdout, "{\"kid\":%q,\"active_from\":%q}\n", kid, at.Format(time.RFC3339Nano))
+	if *announce == 0 {
+		fmt.Fprintln(stderr, "new signing key", kid, "is current now; running nodes pick it up within 15 s; old codes verify until they expire; terminals refuse its codes until they refresh their trust bundle")
+	} else {
+		fmt.Fprintln(stderr, "new signing key", kid, "is published in trust bundles now and signs from", at.Format(time.RFC3339), "(in", announce.String()+"); the old key signs until then and verifies for", keys.RetireGrace, "after it")
+	}
 	return 0
 }

@@ -15,22 +15,36 @@
 // refuses key files others could read there.
 //
 // The database holds the registry every process of the node shares:
-// issuer_keys (kid, seq, alg, public key, created_at, retired_at, not_after)
+// issuer_keys (kid, seq, alg, public key, created_at, active_from,
+// retired_at, not_after)
 // and node_keys (one row per purpose, "node"). Public keys, not files, feed
 // the trust bundle, so any process can publish every key.
 //
 // # Rotation
 //
-// Exactly one issuer key is active (retired_at NULL): the one with the
-// highest seq. Rotate inserts a new key with seq+1 and, in the same
-// transaction, retires the others with not_after = now + RetireGrace (the
-// 60 s code lifetime plus a margin for clock skew and for other processes to
-// notice the rotation). A retired key never signs again in a process that
-// has refreshed, keeps verifying until not_after, and then leaves
-// PublicKeys (and so the bundle). A new key's file is written before it is
-// registered and deleted only when the registry is known not to hold it
-// (a commit reported as failed may have happened): a registered key whose
-// file is missing would stop every process of the node from starting.
+// A rotation is announced ahead: RotateAnnounced registers the new key with
+// active_from = now + announce and, in the same transaction, retires the
+// key it replaces at that instant (retired_at = active_from, not_after =
+// active_from + RetireGrace, the 60 s code lifetime plus a margin for clock
+// skew and for other processes to notice the rotation). From registration
+// on, the new key is in PublicKeys (and so in every trust bundle), so
+// terminals learn it before any code is signed with it; the node keeps
+// signing with the old key until active_from. The signing key is computed
+// from the registry and the clock, not taken as "the newest row": Current
+// returns the key of highest seq whose active_from has come and whose
+// retired_at has not, so every process that has refreshed since the
+// rotation was registered switches at active_from without a restart or
+// another refresh. Rotate (an announce of zero) switches at once, for a
+// compromised key. A second announced rotation while one is pending is
+// refused (ErrRotationPending); a rotation at once while one is pending
+// withdraws the pending key (it never signed: it leaves PublicKeys at
+// once) and replaces the current key now. A retired key never signs again
+// in a process that has refreshed, keeps verifying until not_after, and
+// then leaves PublicKeys (and so the bundle). A new key's file is written
+// before it is registered and deleted only when the registry is known not
+// to hold it (a commit reported as failed may have happened): a registered
+// key whose file is missing would stop every process of the node from
+// starting.
 //
 // # Several processes, one data directory
 //
@@ -76,11 +90,13 @@ type Manager struct {
 	db  *store.DB
 	alg ecode.Alg
 
-	mu         sync.RWMutex
-	current    ecode.Signer
-	currentSeq int64
-	loaded     map[string]ecode.Signer // active issuer keys by kid string
-	node       ecode.Signer
+	// now is the clock that decides which issuer key signs (time.Now;
+	// tests and simulations set another with SetClock).
+	now func() time.Time
+
+	mu      sync.RWMutex
+	issuers []issuerKey // keys not retired at the last Refresh, by seq
+	node    ecode.Signer
 
 	// openDirMode is the mode of a keys directory that others may enter
 	// and that could not be made private (read-only file system); zero
@@ -109,7 +125,7 @@ func Open(ctx context.Context, dataDir string, db *store.DB, alg ecode.Alg) (*Ma
 	// Such a directory that others may enter must then hold only key files
 	// that others cannot read (readKeyFile), as the vault refuses such a
 	// master key.
-	m := &Manager{dir: dir, db: db, alg: alg, loaded: map[string]ecode.Signer{}}
+	m := &Manager{dir: dir, db: db, alg: alg, now: time.Now}
 	if fi, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("keys: %w", err)
 	} else if fi.Mode().Perm()&0o077 != 0 {
@@ -129,7 +145,7 @@ func Open(ctx context.Context, dataDir string, db *store.DB, alg ecode.Alg) (*Ma
 	if m.Current() == nil {
 		// Another process starting at the same time may win the race to
 		// create the first key (errLostRace): then we load its key.
-		if _, err := m.createIssuerKey(ctx, true); err != nil && !errors.Is(err, errLostRace) {
+		if _, _, err := m.createIssuerKey(ctx, true, 0); err != nil && !errors.Is(err, errLostRace) {
 			return nil, err
 		}
 		if err := m.Refresh(ctx); err != nil {
@@ -142,11 +158,83 @@ func Open(ctx context.Context, dataDir string, db *store.DB, alg ecode.Alg) (*Ma
 	return m, nil
 }
 
-// Current returns the issuer key that signs new codes.
+// issuerKey is one issuer key this process has loaded: a key not retired
+// (or retired only in the future) at the last Refresh.
+type issuerKey struct {
+	kid        string
+	seq        int64
+	activeFrom time.Time // signs from this instant on
+	retiredAt  time.Time // and stops at this one; zero: not retired
+	signer     ecode.Signer
+}
+
+// SetClock replaces the clock that decides which issuer key signs and as
+// of when PublicKeys answers (time.Now by default). For tests and
+// simulations; call it before the Manager is shared.
+func (m *Manager) SetClock(now func() time.Time) {
+	if now == nil {
+		now = time.Now
+	}
+	m.mu.Lock()
+	m.now = now
+	m.mu.Unlock()
+}
+
+func (m *Manager) clock() time.Time {
+	m.mu.RLock()
+	now := m.now
+	m.mu.RUnlock()
+	return now()
+}
+
+// Current returns the issuer key that signs new codes now: of the keys
+// loaded at the last Refresh, the one of highest seq whose activation time
+// has come and whose retirement has not. A key announced by a rotation thus
+// becomes current at its activation time in every process that has
+// refreshed since the rotation was registered.
 func (m *Manager) Current() ecode.Signer {
+	now := m.clock()
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	return m.current
+	return currentAt(m.issuers, now)
+}
+
+func currentAt(ks []issuerKey, now time.Time) ecode.Signer {
+	for i := len(ks) - 1; i >= 0; i-- {
+		k := ks[i]
+		if !k.activeFrom.After(now) && (k.retiredAt.IsZero() || k.retiredAt.After(now)) {
+			return k.signer
+		}
+	}
+	// No key is in force by the clock (a clock set back before a key's
+	// activation, or a process that has not refreshed since its key was
+	// retired): sign with the newest key already active, as before
+	// pre-announced rotation, rather than with none.
+	for i := len(ks) - 1; i >= 0; i-- {
+		if !ks[i].activeFrom.After(now) {
+			return ks[i].signer
+		}
+	}
+	if len(ks) > 0 {
+		return ks[0].signer
+	}
+	return nil
+}
+
+// Pending returns the kid and activation time of an announced issuer key
+// that does not sign yet (as of the last Refresh and the clock); ok is
+// false when no rotation is pending.
+func (m *Manager) Pending() (kid string, activeFrom time.Time, ok bool) {
+	now := m.clock()
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for i, k := range m.issuers {
+		// (the first key, with no predecessor, is never pending)
+		if i > 0 && k.activeFrom.After(now) && k.retiredAt.IsZero() {
+			return k.kid, k.activeFrom, true
+		}
+	}
+	return "", time.Time{}, false
 }
 
 // NodeSigner returns the node key (SM2) that signs trust bundles.
@@ -156,11 +244,12 @@ func (m *Manager) NodeSigner() ecode.Signer {
 	return m.node
 }
 
-// PublicKeys returns every issuer key that may still verify now (active, or
-// retired with not_after in the future), oldest first, with NotAfter set on
-// retired keys.
+// PublicKeys returns every issuer key that may verify now or soon: active,
+// announced by a pending rotation (it signs from its activation time), or
+// retired with not_after in the future; oldest first, with NotAfter set on
+// retired keys and on keys retiring at a pending rotation's activation.
 func (m *Manager) PublicKeys(ctx context.Context) ([]ecode.PublicKey, error) {
-	return m.PublicKeysAt(ctx, time.Now())
+	return m.PublicKeysAt(ctx, m.clock())
 }
 
 // PublicKeysAt is PublicKeys as of at.
@@ -206,24 +295,54 @@ func parseRegistryKey(kid, algName string, pub []byte) (ecode.PublicKey, error) 
 	return k, nil
 }
 
-// Rotate creates a new issuer key, makes it current and retires the old one
-// (it keeps verifying until now + RetireGrace). It returns the new kid.
+// DefaultAnnounce is how long `yikatong keys rotate` publishes a new
+// issuer key before it signs: several terminal bundle refreshes.
+const DefaultAnnounce = 15 * time.Minute
+
+// ErrRotationPending is RotateAnnounced's answer while an announced key
+// has not reached its activation time: one rotation at a time (a rotation
+// at once, announce 0, still replaces it).
+var ErrRotationPending = errors.New("keys: a rotation is already pending")
+
+// Rotate creates a new issuer key, makes it current at once and retires the
+// old one (it keeps verifying until now + RetireGrace). It returns the new
+// kid. It is RotateAnnounced with announce 0: terminals holding a bundle
+// from before the rotation refuse codes of the new key (unknown_key) until
+// they refresh it; use it for a compromised key.
 func (m *Manager) Rotate(ctx context.Context) (string, error) {
+	kid, _, err := m.RotateAnnounced(ctx, 0)
+	return kid, err
+}
+
+// RotateAnnounced creates a new issuer key that signs from now + announce
+// (its activation time, returned) and is published in PublicKeys at once,
+// so terminals learn it ahead; the current key keeps signing until the
+// activation time, is retired then and keeps verifying for RetireGrace
+// after it. Every process that refreshes before the activation time
+// switches at it. While an announced rotation is pending, another with
+// announce > 0 fails with ErrRotationPending (naming the pending key and
+// its activation time); one with announce 0 withdraws the pending key and
+// switches at once.
+func (m *Manager) RotateAnnounced(ctx context.Context, announce time.Duration) (string, time.Time, error) {
+	if announce < 0 {
+		return "", time.Time{}, fmt.Errorf("keys: negative announce period %v", announce)
+	}
 	var kid string
+	var at time.Time
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		kid, err = m.createIssuerKey(ctx, false)
+		kid, at, err = m.createIssuerKey(ctx, false, announce)
 		if !errors.Is(err, errLostRace) {
 			break
 		}
 	}
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	if err := m.Refresh(ctx); err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
-	return kid, nil
+	return kid, at.UTC(), nil
 }
 
 // RefreshLoop calls Refresh every interval until ctx ends; errors are
@@ -246,51 +365,56 @@ func (m *Manager) RefreshLoop(ctx context.Context, every time.Duration) {
 	}
 }
 
-// Refresh re-reads the key registry: a key rotated in by another process
-// becomes current here, and a retired key stops signing.
+// Refresh re-reads the key registry: it loads every key not retired as of
+// now (the current key, a key announced by a pending rotation, and the key
+// that pending rotation retires at its activation time). A key rotated in
+// by another process becomes current here at its activation time, and a
+// retired key stops signing.
 func (m *Manager) Refresh(ctx context.Context) error {
-	type row struct {
-		kid string
-		seq int64
-	}
-	var active []row
-	rows, err := m.db.R.QueryContext(ctx, `SELECT kid, seq FROM issuer_keys WHERE retired_at IS NULL ORDER BY seq`)
+	now := m.clock()
+	rows, err := m.db.R.QueryContext(ctx,
+		`SELECT kid, seq, COALESCE(active_from, created_at), retired_at FROM issuer_keys WHERE retired_at IS NULL OR retired_at > $1 ORDER BY seq`,
+		now.UnixMilli())
 	if err != nil {
 		return fmt.Errorf("keys: reading issuer keys: %w", err)
 	}
+	var ks []issuerKey
 	for rows.Next() {
-		var r row
-		if err := rows.Scan(&r.kid, &r.seq); err != nil {
+		var k issuerKey
+		var from int64
+		var retired sql.NullInt64
+		if err := rows.Scan(&k.kid, &k.seq, &from, &retired); err != nil {
 			rows.Close()
 			return err
 		}
-		active = append(active, r)
+		k.activeFrom = time.UnixMilli(from)
+		if retired.Valid {
+			k.retiredAt = time.UnixMilli(retired.Int64)
+		}
+		ks = append(ks, k)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	if len(active) == 0 {
-		m.mu.Lock()
-		m.current, m.currentSeq = nil, 0
-		m.loaded = map[string]ecode.Signer{}
-		m.mu.Unlock()
-		return nil
-	}
-	newest := active[len(active)-1]
 	m.mu.RLock()
-	s := m.loaded[newest.kid]
+	have := make(map[string]ecode.Signer, len(m.issuers))
+	for _, k := range m.issuers {
+		have[k.kid] = k.signer
+	}
 	m.mu.RUnlock()
-	if s == nil {
-		s, err = m.loadIssuerKey(newest.kid)
-		if err != nil {
+	for i := range ks {
+		if s := have[ks[i].kid]; s != nil {
+			ks[i].signer = s
+			continue
+		}
+		if ks[i].signer, err = m.loadIssuerKey(ks[i].kid); err != nil {
 			return err
 		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.current, m.currentSeq = s, newest.seq
-	m.loaded = map[string]ecode.Signer{newest.kid: s}
+	m.issuers = ks
 	return nil
 }
 
@@ -323,24 +447,33 @@ var (
 var errLostRace = errors.New("keys: another process created the key first")
 
 // createIssuerKey writes a new key file and registers it. With first set it
-// registers only into an empty registry; otherwise it becomes seq max+1 and
-// retires the active key. errLostRace means another process won.
-func (m *Manager) createIssuerKey(ctx context.Context, first bool) (string, error) {
+// registers only into an empty registry; otherwise it becomes seq max+1,
+// signs from now + announce (the returned activation time) and retires the
+// key it replaces then. errLostRace means another process won.
+func (m *Manager) createIssuerKey(ctx context.Context, first bool, announce time.Duration) (string, time.Time, error) {
+	now := m.clock()
+	at := time.UnixMilli(now.Add(announce).UnixMilli()) // as the registry holds it
+	if !first {
+		// Refuse early, before writing a key file.
+		if err := m.checkNoPending(ctx, m.db.R, now, announce); err != nil {
+			return "", time.Time{}, err
+		}
+	}
 	s, err := ecode.Generate(m.alg)
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	pemBytes, err := ecode.MarshalPrivateKey(s)
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	pub := s.Public()
 	kid := pub.KidString()
 	path := m.issuerPath(kid)
 	if err := writeKeyFile(path, pemBytes); err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
-	now := time.Now()
+	nowMs, atMs := now.UnixMilli(), at.UnixMilli()
 	err = registerTx(ctx, m.db, func(tx *sql.Tx) error {
 		var maxSeq int64
 		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM issuer_keys`).Scan(&maxSeq); err != nil {
@@ -349,37 +482,80 @@ func (m *Manager) createIssuerKey(ctx context.Context, first bool) (string, erro
 		if first && maxSeq != 0 {
 			return errLostRace
 		}
+		if !first {
+			if err := m.checkNoPending(ctx, tx, now, announce); err != nil {
+				return err
+			}
+			// A rotation at once withdraws a pending key: it never
+			// signed, so it leaves PublicKeys now.
+			if _, err := tx.ExecContext(ctx,
+				`UPDATE issuer_keys SET retired_at = $1, not_after = $1 WHERE retired_at IS NULL AND COALESCE(active_from, created_at) > $1`,
+				nowMs); err != nil {
+				return err
+			}
+		}
 		if _, err := tx.ExecContext(ctx,
-			`INSERT INTO issuer_keys(kid, seq, alg, public_key, created_at) VALUES ($1, $2, $3, $4, $5)`,
-			kid, maxSeq+1, pub.Alg.String(), pub.Bytes(), now.UnixMilli()); err != nil {
+			`INSERT INTO issuer_keys(kid, seq, alg, public_key, created_at, active_from) VALUES ($1, $2, $3, $4, $5, $6)`,
+			kid, maxSeq+1, pub.Alg.String(), pub.Bytes(), nowMs, atMs); err != nil {
 			return err
 		}
+		// The key in force (and, after a withdrawal, the one whose
+		// retirement was pending) retires at the new key's activation.
 		_, err := tx.ExecContext(ctx,
-			`UPDATE issuer_keys SET retired_at = $1, not_after = $2 WHERE retired_at IS NULL AND kid <> $3`,
-			now.UnixMilli(), now.Add(RetireGrace).UnixMilli(), kid)
+			`UPDATE issuer_keys SET retired_at = $1, not_after = $2 WHERE (retired_at IS NULL OR retired_at > $1) AND kid <> $3`,
+			atMs, at.Add(RetireGrace).UnixMilli(), kid)
 		return err
 	})
 	if err != nil {
-		if errors.Is(err, errLostRace) || store.IsUniqueViolation(err) {
+		if errors.Is(err, errLostRace) || errors.Is(err, ErrRotationPending) || store.IsUniqueViolation(err) {
 			// Rolled back: nothing names the file.
 			os.Remove(path)
-			return "", errLostRace
+			if errors.Is(err, ErrRotationPending) {
+				return "", time.Time{}, err
+			}
+			return "", time.Time{}, errLostRace
 		}
 		// The transaction may have committed although the commit reported
 		// an error (a connection lost during COMMIT, ctx cancelled at that
-		// instant). Then the registry names the key as current, and
-		// deleting its file would leave no process able to start: remove
-		// it only when the registry is known not to hold it. An orphan key
-		// file is harmless; a registered key without its file is not.
+		// instant). Then the registry names the key, and deleting its file
+		// would leave no process able to start: remove it only when the
+		// registry is known not to hold it. An orphan key file is
+		// harmless; a registered key without its file is not.
 		switch registered, rerr := m.registered(ctx, kid); {
 		case rerr == nil && registered:
-			return kid, nil
+			return kid, at, nil
 		case rerr == nil:
 			os.Remove(path)
 		}
-		return "", fmt.Errorf("keys: registering issuer key: %w", err)
+		return "", time.Time{}, fmt.Errorf("keys: registering issuer key: %w", err)
 	}
-	return kid, nil
+	return kid, at, nil
+}
+
+type queryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// checkNoPending fails with ErrRotationPending when an announced key has
+// not reached its activation time and announce is not zero.
+func (m *Manager) checkNoPending(ctx context.Context, q queryer, now time.Time, announce time.Duration) error {
+	if announce == 0 {
+		return nil
+	}
+	var kid string
+	var from int64
+	err := q.QueryRowContext(ctx,
+		`SELECT kid, COALESCE(active_from, created_at) FROM issuer_keys WHERE retired_at IS NULL AND COALESCE(active_from, created_at) > $1
+		   AND seq > (SELECT MIN(seq) FROM issuer_keys WHERE retired_at IS NULL OR retired_at > $1) ORDER BY seq DESC LIMIT 1`,
+		now.UnixMilli()).Scan(&kid, &from)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("keys: reading issuer keys: %w", err)
+	}
+	return fmt.Errorf("%w: key %s becomes current at %s; rotate again after that, or with an announce period of 0 to replace it and switch at once (a compromised key)",
+		ErrRotationPending, kid, time.UnixMilli(from).UTC().Format(time.RFC3339))
 }
 
 // registered reports whether the registry holds kid, even when ctx has
