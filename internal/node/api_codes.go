@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/ecode"
 	"github.com/yikatong/yikatong/internal/httpapi"
+	"github.com/yikatong/yikatong/internal/keys"
 	"github.com/yikatong/yikatong/internal/resident"
 	"github.com/yikatong/yikatong/internal/trust"
 )
@@ -45,7 +47,21 @@ type ecodeResponse struct {
 
 type rotateResponse struct {
 	Kid string `json:"kid"`
+	// ActiveFrom is when the new key starts signing (now for a rotation at
+	// once); it is in trust bundles from the answer on.
+	ActiveFrom time.Time `json:"active_from"`
 }
+
+// rotateRequest is the optional body of POST /v1/keys/rotate. Without
+// AnnounceSeconds (or 0) the key switches at once, as for a compromised
+// key; a planned rotation announces the key ahead (docs/trust-bundle.md),
+// as `yikatong keys rotate` does by default.
+type rotateRequest struct {
+	AnnounceSeconds int64 `json:"announce_seconds"`
+}
+
+// maxAnnounce bounds a rotation's announce period (a week).
+const maxAnnounce = 7 * 24 * time.Hour
 
 func (n *Node) codeRoutes() {
 	n.API.Handle(httpapi.Route{
@@ -82,15 +98,29 @@ func (n *Node) codeRoutes() {
 	})
 	n.API.Handle(httpapi.Route{
 		Pattern: "POST /v1/keys/rotate", Summary: "Rotate the e-code signing key (old codes keep verifying until they expire)", Tag: "trust",
-		Roles: []auth.Role{auth.RoleOperator}, Response: rotateResponse{},
+		Roles: []auth.Role{auth.RoleOperator}, Request: rotateRequest{}, Response: rotateResponse{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
-			kid, err := n.Keys.Rotate(r.Context())
+			var req rotateRequest
+			if r.ContentLength != 0 {
+				if err := httpapi.DecodeJSON(r, &req); err != nil {
+					return err
+				}
+			}
+			announce := time.Duration(req.AnnounceSeconds) * time.Second
+			if req.AnnounceSeconds < 0 || announce > maxAnnounce {
+				return apperr.Invalid("announce_seconds", "announce_seconds is 0 (at once) to 604800 (a week)", "announce_seconds 须为 0（立即）至 604800（一周）")
+			}
+			kid, from, err := n.Keys.RotateAnnounced(r.Context(), announce)
+			if errors.Is(err, keys.ErrRotationPending) {
+				return apperr.Newf(apperr.Conflict, err.Error()+"; rotate again after it, or with announce_seconds 0 for a compromised key",
+					"已有一次密钥轮换待生效；请在其生效后再轮换，密钥泄露时可用 announce_seconds 0 立即轮换")
+			}
 			if err != nil {
 				return err
 			}
-			n.Auth.Audit(r.Context(), p, "rotate_keys", kid, "")
+			n.Auth.Audit(r.Context(), p, "rotate_keys", kid, "active_from="+from.UTC().Format(time.RFC3339))
 			n.trustChanged()
-			return httpapi.WriteJSON(w, http.StatusOK, rotateResponse{Kid: kid})
+			return httpapi.WriteJSON(w, http.StatusOK, rotateResponse{Kid: kid, ActiveFrom: from})
 		},
 	})
 }

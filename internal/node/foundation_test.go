@@ -265,6 +265,34 @@ func TestFoundationOverHTTP(t *testing.T) {
 		if err != nil || ecode.PublicKey.KidString(ecode.PublicKey{Kid: hdr.Kid}) != rot.Kid {
 			t.Fatalf("new code kid %x, rotated to %s: %v", hdr.Kid, rot.Kid, err)
 		}
+		// A planned rotation announced ahead: the next key is in the bundle
+		// at once and signs only from its activation time; a second one
+		// while it is pending is refused.
+		var next struct {
+			Kid        string
+			ActiveFrom time.Time `json:"active_from"`
+		}
+		op.call(t, "POST", "/v1/keys/rotate", map[string]any{"announce_seconds": 600}, 200, &next)
+		if d := time.Until(next.ActiveFrom); next.Kid == rot.Kid || d < 590*time.Second || d > 610*time.Second {
+			t.Fatalf("announced rotation %+v", next)
+		}
+		published := false
+		for _, k := range bundle().Keys {
+			published = published || k.Kid == next.Kid
+		}
+		code5 := newCode(res)
+		_, hdr, err = bundle().VerifyCodeHeader(code5, time.Now())
+		if !published || err != nil || ecode.PublicKey.KidString(ecode.PublicKey{Kid: hdr.Kid}) != rot.Kid {
+			t.Fatalf("during the announce period: next key published %v, code signed by %x (want %s): %v", published, hdr.Kid, rot.Kid, err)
+		}
+		op.problem(t, "POST", "/v1/keys/rotate", map[string]any{"announce_seconds": 600}, 409, "conflict")
+		op.problem(t, "POST", "/v1/keys/rotate", map[string]any{"announce_seconds": -1}, 422, "validation_failed")
+		// At once (a compromised key) withdraws the pending one.
+		op.call(t, "POST", "/v1/keys/rotate", map[string]any{"announce_seconds": 0}, 200, &rot)
+		_, hdr, err = bundle().VerifyCodeHeader(newCode(res), time.Now())
+		if err != nil || ecode.PublicKey.KidString(ecode.PublicKey{Kid: hdr.Kid}) != rot.Kid {
+			t.Fatalf("after a rotation at once: code kid %x, want %s: %v", hdr.Kid, rot.Kid, err)
+		}
 
 		// Cancel: the end of the card.
 		hr.call(t, "POST", "/v1/cards/"+repl.CardNumber+"/cancel", nil, 200, nil)
