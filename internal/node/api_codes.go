@@ -1,10 +1,12 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"slices"
 	"sync"
@@ -101,7 +103,12 @@ func (n *Node) codeRoutes() {
 		Roles: []auth.Role{auth.RoleOperator}, Request: rotateRequest{}, Response: rotateResponse{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
 			var req rotateRequest
-			if r.ContentLength != 0 {
+			body, err := io.ReadAll(r.Body) // (bounded by the server)
+			if err != nil {
+				return httpapi.DecodeJSON(r, &req) // the body's read error, as the API words it
+			}
+			if len(bytes.TrimSpace(body)) > 0 { // no body: at once
+				r.Body = io.NopCloser(bytes.NewReader(body))
 				if err := httpapi.DecodeJSON(r, &req); err != nil {
 					return err
 				}
