@@ -3,6 +3,8 @@ package keys
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -285,5 +287,57 @@ func TestRotateAtOnceViaAnnounceZero(t *testing.T) {
 	}
 	if _, _, err := m.RotateAnnounced(ctx, -time.Second); err == nil {
 		t.Fatal("negative announce accepted")
+	}
+}
+
+// A process whose keys directory has not received an announced key's
+// file yet (a read-only secrets mount published after the rotation)
+// starts and signs with the current key; once the file is there, a
+// Refresh picks it up and it signs from its activation time.
+func TestStartBeforeTheAnnouncedKeyFileArrives(t *testing.T) {
+	ctx := context.Background()
+	dsn := storetest.SQLite(t)
+	dir, mount := t.TempDir(), t.TempDir()
+	a, err := Open(ctx, dir, openDB(t, dsn), ecode.AlgSM2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyDir := func() {
+		t.Helper()
+		entries, err := os.ReadDir(filepath.Join(dir, "keys"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(filepath.Join(mount, "keys"), 0o700)
+		for _, e := range entries {
+			b, err := os.ReadFile(filepath.Join(dir, "keys", e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(mount, "keys", e.Name()), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	copyDir() // the mount as published before the rotation
+	oldKid := a.Current().Public().KidString()
+	kid, at, err := a.RotateAnnounced(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(ctx, mount, openDB(t, dsn), ecode.AlgSM2)
+	if err != nil {
+		t.Fatalf("a process started before the announced key's file reached it: %v", err)
+	}
+	if got := b.Current().Public().KidString(); got != oldKid {
+		t.Fatalf("signs with %s, want %s", got, oldKid)
+	}
+	copyDir() // the new key's file published
+	if err := b.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.SetClock(func() time.Time { return at })
+	if got := b.Current().Public().KidString(); got != kid {
+		t.Fatalf("at activation signs with %s, want %s", got, kid)
 	}
 }

@@ -403,15 +403,28 @@ func (m *Manager) Refresh(ctx context.Context) error {
 		have[k.kid] = k.signer
 	}
 	m.mu.RUnlock()
-	for i := range ks {
-		if s := have[ks[i].kid]; s != nil {
-			ks[i].signer = s
+	loaded := ks[:0]
+	for _, k := range ks {
+		if s := have[k.kid]; s != nil {
+			k.signer = s
+			loaded = append(loaded, k)
 			continue
 		}
-		if ks[i].signer, err = m.loadIssuerKey(ks[i].kid); err != nil {
+		if k.signer, err = m.loadIssuerKey(k.kid); err != nil {
+			if errors.Is(err, os.ErrNotExist) && k.activeFrom.After(now) {
+				// An announced key whose file has not reached this
+				// process yet (a read-only secrets mount updated after
+				// the rotation): it signs nothing before its activation
+				// time, so go on without it and look again at the next
+				// Refresh. Missing at its activation time, it is an error.
+				slog.WarnContext(ctx, "the announced issuer key's file is not here yet", "kid", k.kid, "active_from", k.activeFrom.UTC(), "path", m.issuerPath(k.kid))
+				continue
+			}
 			return err
 		}
+		loaded = append(loaded, k)
 	}
+	ks = loaded
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.issuers = ks
@@ -426,7 +439,7 @@ func (m *Manager) loadIssuerKey(kid string) (ecode.Signer, error) {
 	s, err := m.readKeyFile(m.issuerPath(kid))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("keys: issuer key %s is registered in the database but %s is missing: processes sharing a database must share the data directory", kid, m.issuerPath(kid))
+			return nil, fmt.Errorf("keys: issuer key %s is registered in the database but %s is missing: processes sharing a database must share the data directory (%w)", kid, m.issuerPath(kid), os.ErrNotExist)
 		}
 		return nil, err
 	}
