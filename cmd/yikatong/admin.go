@@ -170,6 +170,11 @@ func cmdKeys(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "keys rotate: %v\n", err)
 		return 1
 	}
+	// Audited as the API's rotation is, with the host's administrator as
+	// the actor (the key is rotated: a failure to audit is only reported).
+	if err := n.Auth.Audit(ctx, localAdmin(), "rotate_keys", kid, "active_from="+at.UTC().Format(time.RFC3339)); err != nil {
+		fmt.Fprintf(stderr, "keys rotate: the rotation is done but could not be audited: %v\n", err)
+	}
 	fmt.Fprintf(stdout, "{\"kid\":%q,\"active_from\":%q}\n", kid, at.Format(time.RFC3339Nano))
 	if *announce == 0 {
 		fmt.Fprintln(stderr, "new signing key", kid, "is current now; running nodes pick it up within 15 s; old codes verify until they expire; terminals refuse its codes until they refresh their trust bundle")

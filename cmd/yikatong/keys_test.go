@@ -44,6 +44,11 @@ func TestCmdKeysRotateAnnounce(t *testing.T) {
 	if !strings.Contains(msg, a.Kid) || !strings.Contains(msg, a.ActiveFrom.Format(time.RFC3339)) {
 		t.Fatalf("stderr does not name the key and its activation: %s", msg)
 	}
+	// Audited, with the host's administrator as the actor.
+	entries, err := n.Auth.AuditLog(ctx, a.Kid, 0, 5)
+	if err != nil || len(entries) != 1 || entries[0].Action != "rotate_keys" || entries[0].ActorRole != "admin" {
+		t.Fatalf("audit of the rotation: %+v %v", entries, err)
+	}
 	if err := n.Keys.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
