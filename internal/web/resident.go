@@ -170,7 +170,7 @@ func (rq *req) issueCode(cardNumber string) (codeView, error) {
 	if err != nil {
 		return codeView{}, err
 	}
-	png, err := qrcode.Encode(code, qrcode.Medium, 320)
+	png, err := qrPNG(code)
 	if err != nil {
 		return codeView{}, apperr.Wrap(apperr.Internal, err)
 	}
@@ -180,6 +180,21 @@ func (rq *req) issueCode(cardNumber string) (codeView, error) {
 	}
 	return codeView{Code: code, ExpiresAt: exp.UTC().Format(time.RFC3339), Seconds: secs,
 		QR: template.URL("data:image/png;base64," + base64.StdEncoding.EncodeToString(png))}, nil
+}
+
+// qrPNG draws code as a QR symbol of at least 320 pixels a side, every
+// module the same whole number of pixels. go-qrcode fitted to an exact
+// size (320) mixes modules of 4 and 5 pixels for an e-code's symbol
+// (version 10, 65 modules with the quiet zone), which a reader takes for
+// a distorted symbol: about one code in fifty was not read from the
+// page's own image.
+func qrPNG(code string) ([]byte, error) {
+	q, err := qrcode.New(code, qrcode.Medium)
+	if err != nil {
+		return nil, err
+	}
+	modules := len(q.Bitmap()) // the symbol with its quiet zone
+	return q.PNG(-((320 + modules - 1) / modules))
 }
 
 type balances struct {
