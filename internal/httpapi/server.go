@@ -352,15 +352,39 @@ func WriteJSON(w http.ResponseWriter, status int, v any) error {
 // DecodeJSON reads exactly one JSON object into v, refusing unknown fields,
 // trailing data, wrong types and oversized bodies with precise errors.
 func DecodeJSON(r *http.Request, v any) error {
+	data, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	return decodeStrict(data, v)
+}
+
+// DecodeOptionalJSON is DecodeJSON for a request whose body may be left
+// out: an empty or blank body leaves v as it is (its defaults).
+func DecodeOptionalJSON(r *http.Request, v any) error {
+	data, err := readBody(r)
+	if err != nil || len(bytes.TrimSpace(data)) == 0 {
+		return err
+	}
+	return decodeStrict(data, v)
+}
+
+// readBody reads a JSON request's body.
+func readBody(r *http.Request) ([]byte, error) {
 	// The content type is not checked: curl's default form type with a JSON
 	// body is common at a counter's command line; the body must be JSON.
 	if ct := r.Header.Get("Content-Type"); strings.HasPrefix(ct, "multipart/") {
-		return apperr.Newf(apperr.ValidationFailed, "send the body as application/json", "请求体须为 application/json")
+		return nil, apperr.Newf(apperr.ValidationFailed, "send the body as application/json", "请求体须为 application/json")
 	}
 	data, err := io.ReadAll(r.Body)
 	if err != nil {
-		return jsonError(err)
+		return nil, jsonError(err)
 	}
+	return data, nil
+}
+
+// decodeStrict decodes exactly one JSON object from data into v (DecodeJSON).
+func decodeStrict(data []byte, v any) error {
 	if err := checkStrict(data, v); err != nil {
 		return err
 	}

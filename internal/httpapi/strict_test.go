@@ -175,3 +175,23 @@ func BenchmarkStrictWalk(b *testing.B) {
 		})
 	}
 }
+
+// An optional body left out, or blank, leaves the defaults; one sent is
+// held to DecodeJSON's rules.
+func TestDecodeOptionalJSON(t *testing.T) {
+	for _, body := range []string{"", " \r\n\t"} {
+		v := topup{Amount: 7}
+		if err := DecodeOptionalJSON(httptest.NewRequest("POST", "/", strings.NewReader(body)), &v); err != nil || v.Amount != 7 {
+			t.Fatalf("body %q: %+v %v", body, v, err)
+		}
+	}
+	var v topup
+	if err := DecodeOptionalJSON(httptest.NewRequest("POST", "/", strings.NewReader(`{"amount_fen":5}`)), &v); err != nil || v.Amount != 5 {
+		t.Fatalf("a body: %+v %v", v, err)
+	}
+	for _, body := range []string{"{", `{"x":1}`, `{} {}`} {
+		if err := DecodeOptionalJSON(httptest.NewRequest("POST", "/", strings.NewReader(body)), &v); apperr.CodeOf(err) != apperr.ValidationFailed {
+			t.Fatalf("body %q: %v", body, err)
+		}
+	}
+}

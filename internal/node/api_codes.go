@@ -1,12 +1,10 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"slices"
 	"sync"
@@ -102,16 +100,9 @@ func (n *Node) codeRoutes() {
 		Pattern: "POST /v1/keys/rotate", Summary: "Rotate the e-code signing key (old codes keep verifying until they expire)", Tag: "trust",
 		Roles: []auth.Role{auth.RoleOperator}, Request: rotateRequest{}, Response: rotateResponse{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
-			var req rotateRequest
-			body, err := io.ReadAll(r.Body) // (bounded by the server)
-			if err != nil {
-				return httpapi.DecodeJSON(r, &req) // the body's read error, as the API words it
-			}
-			if len(bytes.TrimSpace(body)) > 0 { // no body: at once
-				r.Body = io.NopCloser(bytes.NewReader(body))
-				if err := httpapi.DecodeJSON(r, &req); err != nil {
-					return err
-				}
+			var req rotateRequest // no body: at once
+			if err := httpapi.DecodeOptionalJSON(r, &req); err != nil {
+				return err
 			}
 			announce := time.Duration(req.AnnounceSeconds) * time.Second
 			if req.AnnounceSeconds < 0 || announce > maxAnnounce {

@@ -205,10 +205,8 @@ func (n *Node) residentRoutes() {
 		Roles: hrOnly, Request: pinRequest{}, Response: resident.Card{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
 			var req pinRequest
-			if r.ContentLength != 0 {
-				if err := httpapi.DecodeJSON(r, &req); err != nil {
-					return err
-				}
+			if err := httpapi.DecodeOptionalJSON(r, &req); err != nil {
+				return err
 			}
 			c, err := n.Residents.IssueCardBy(r.Context(), r.PathValue("id"), req.NewPIN, p.Subject)
 			if err != nil {

@@ -155,10 +155,8 @@ func (n *Node) federationRoutes() {
 		Roles: []auth.Role{auth.RoleFinance}, Request: settleRequest{}, Response: settleResponse{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
 			var req settleRequest
-			if r.ContentLength != 0 {
-				if err := httpapi.DecodeJSON(r, &req); err != nil {
-					return err
-				}
+			if err := httpapi.DecodeOptionalJSON(r, &req); err != nil {
+				return err
 			}
 			if n.Fed == nil || !n.Fed.Config().Enabled() {
 				return apperr.Newf(apperr.Conflict, "this node is not in a region: there is no cross-city clearing", "本节点未加入区域，没有跨城清算")
