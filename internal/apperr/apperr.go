@@ -167,7 +167,7 @@ var catalogue = map[Code]entry{
 
 	Replayed:         {409, "this code has already been used", "此码已被使用"},
 	TerminalDisabled: {403, "this terminal has been disabled", "该终端已停用"},
-	BatchTampered:    {422, "the offline batch's signature does not verify; it was altered or not made by this terminal", "离线批次签名无效，已被篡改或并非本终端生成"},
+	BatchTampered:    {422, "the offline batch's signature does not verify: it was altered, not made by this terminal, or signed with a batch key replaced since (credentials reissued)", "离线批次签名无效：已被篡改、并非本终端生成，或所用批次密钥已因重新签发凭据而作废"},
 	ClockSkew:        {422, "the record's time is too far from the node's clock", "记录时间与节点时钟偏差过大"},
 	DuplicateRecord:  {409, "this offline record was already applied", "该离线记录已处理"},
 	OutOfOrder:       {422, "this offline record is out of order: in its batch, or numbered before a record of this terminal that is dated earlier", "该离线记录顺序错误：在批次内乱序，或编号早于本终端某条时间更早的记录"},

@@ -2,12 +2,8 @@ package node
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
 
-	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/terminal"
 )
@@ -109,27 +105,13 @@ func (n *Node) demoTerminals(ctx context.Context, d *DemoFile, plan *demoPlan) e
 }
 
 // reissueDemoTerminal gives a demo terminal whose credentials were lost a
-// new bearer token (revoking any other) and a new batch key. It is done
-// before the node serves, so no terminal has used the old ones and no
-// cache holds the old key.
+// new bearer token and batch key (terminal.Reissue: any other token is
+// revoked). It is done before the node serves, so no terminal has used
+// the old ones.
 func (n *Node) reissueDemoTerminal(ctx context.Context, t terminal.Terminal, scenario string) (DemoTerminal, error) {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	t, cr, _, err := n.scans().Terminals.Reissue(ctx, t.ID)
 	if err != nil {
 		return DemoTerminal{}, err
 	}
-	res, err := n.DB.W.ExecContext(ctx, `UPDATE terminals SET public_key = $2 WHERE id = $1`, t.ID, []byte(pub))
-	if err != nil {
-		return DemoTerminal{}, err
-	}
-	if k, err := res.RowsAffected(); err == nil && k != 1 {
-		return DemoTerminal{}, fmt.Errorf("terminal %s not found", t.ID)
-	}
-	tok, _, err := n.Auth.IssueToken(ctx, auth.Principal{Kind: auth.KindTerminal, Subject: t.ID, Role: auth.RoleTerminal, ProviderID: t.ProviderID}, terminal.TokenTTL)
-	if err != nil {
-		return DemoTerminal{}, err
-	}
-	if err := n.Auth.RevokeSubjectExcept(ctx, auth.KindTerminal, t.ID, tok); err != nil {
-		return DemoTerminal{}, err
-	}
-	return DemoTerminal{ID: t.ID, Token: tok, Provider: t.ProviderID, Scenario: scenario, BatchKey: base64.RawURLEncoding.EncodeToString(priv.Seed())}, nil
+	return DemoTerminal{ID: t.ID, Token: cr.Token, Provider: t.ProviderID, Scenario: scenario, BatchKey: cr.BatchKey}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
@@ -97,6 +98,17 @@ func (n *Node) DisableTerminal(ctx context.Context, id string) error {
 	return err
 }
 
+// ReissueTerminal gives a terminal new credentials (terminal.Reissue): a
+// new token and batch key, shown once; the old ones stop working, and a
+// disabled terminal is enabled again.
+func (n *Node) ReissueTerminal(ctx context.Context, id string) (ReissuedTerminal, error) {
+	t, cr, mark, err := n.scans().Terminals.Reissue(ctx, id)
+	if err != nil {
+		return ReissuedTerminal{}, err
+	}
+	return ReissuedTerminal{Terminal: t, Credentials: cr, OfflineSeq: mark.Seq}, nil
+}
+
 // Scan runs an online scan for the terminal principal.
 func (n *Node) Scan(ctx context.Context, p auth.Principal, req ScanRequest) (ScanResponse, error) {
 	if err := req.Validate(); err != nil {
@@ -133,6 +145,13 @@ type terminalRequest struct {
 type terminalCreated struct {
 	Terminal    terminal.Terminal    `json:"terminal"`
 	Credentials terminal.Credentials `json:"credentials"`
+}
+
+// ReissuedTerminal answers a credentials reissue (shown once).
+type ReissuedTerminal struct {
+	Terminal    terminal.Terminal    `json:"terminal"`
+	Credentials terminal.Credentials `json:"credentials"`
+	OfflineSeq  int64                `json:"offline_seq" doc:"the sequence number of the latest offline record stored from this terminal (0: none); the device numbers its next offline records after it"`
 }
 
 type tc1IssuerRequest struct {
@@ -296,6 +315,18 @@ func (n *Node) scanRoutes() {
 				return err
 			}
 			n.Auth.Audit(r.Context(), p, "disable_terminal", t.ID, "")
+			return httpapi.WriteJSON(w, http.StatusOK, out)
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/terminals/{id}/credentials", Summary: "Reissue a terminal's credentials (a replaced device, a lost or leaked token or key): new token and batch key, shown once; the old ones stop working; a disabled terminal comes back into service", Tag: "terminals",
+		Roles: operatorOnly, Response: ReissuedTerminal{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			out, err := n.ReissueTerminal(r.Context(), r.PathValue("id"))
+			if err != nil {
+				return err
+			}
+			n.Auth.Audit(r.Context(), p, "reissue_terminal", out.Terminal.ID, "offline_seq="+strconv.FormatInt(out.OfflineSeq, 10))
 			return httpapi.WriteJSON(w, http.StatusOK, out)
 		},
 	})

@@ -242,7 +242,7 @@ func (s *Service) CreateTerminal(ctx context.Context, providerID, name string, s
 		return Terminal{}, Credentials{}, err
 	}
 	if p.Disabled {
-		return Terminal{}, Credentials{}, apperr.Newf(apperr.Conflict, "the provider is disabled", "该服务商已停用")
+		return Terminal{}, Credentials{}, errProviderDisabled()
 	}
 	if len(scenarios) == 0 {
 		scenarios = p.Scenarios
@@ -284,7 +284,7 @@ func (s *Service) CreateTerminal(ctx context.Context, providerID, name string, s
 			err = derr
 		}
 		if err == nil {
-			err = apperr.Newf(apperr.Conflict, "the provider is disabled", "该服务商已停用")
+			err = errProviderDisabled()
 		}
 		return Terminal{}, Credentials{}, err
 	}
