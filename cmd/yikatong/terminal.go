@@ -43,6 +43,8 @@ A simulated scanning terminal.
                     (the terminal of --scenario)
   --state FILE      offline state (default yikatong-terminal-ID.json)
   --sync            offline: after the scan, upload the queue if the node answers
+  --after-seq N     offline: number records after N (a replacement device: the
+                    offline_seq its reissued credentials came with)
   --key K           online: idempotency key (default: a random one)
 
 Exit status: 0 accepted (or upload done), 1 declined, 2 usage or node error.
@@ -70,6 +72,7 @@ func cmdTerminal(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	nodeKeyFile := fs.String("node-key", "", "")
 	sync := fs.Bool("sync", false, "")
 	key := fs.String("key", "", "")
+	afterSeq := fs.Int64("after-seq", 0, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, terminalUsage)
@@ -132,7 +135,11 @@ func cmdTerminal(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	if *statePath == "" && (upload || *offline) {
 		*statePath = "yikatong-terminal-" + *id + ".json"
 	}
-	cfg := termsim.Config{Node: *nodeURL, Token: *token, ID: *id, Scenario: *scenario, BatchKey: *batchKey, StatePath: *statePath, TrustRefresh: *refresh}
+	if *afterSeq < 0 {
+		fmt.Fprint(stderr, "yikatong terminal: --after-seq must not be negative\n")
+		return 2
+	}
+	cfg := termsim.Config{Node: *nodeURL, Token: *token, ID: *id, Scenario: *scenario, BatchKey: *batchKey, StatePath: *statePath, TrustRefresh: *refresh, AfterSeq: *afterSeq}
 	if *nodeKeyFile != "" {
 		b, err := os.ReadFile(*nodeKeyFile)
 		var j ecode.JWK

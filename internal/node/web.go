@@ -35,6 +35,10 @@ func (n *Node) wireWeb(ctx context.Context) error {
 		d.CreateProvider = n.CreateProvider
 		d.CreateTerminal = n.CreateTerminal
 		d.DisableTerminal = n.DisableTerminal
+		d.ReissueTerminal = func(ctx context.Context, id string) (string, string, int64, error) {
+			out, err := n.ReissueTerminal(ctx, id)
+			return out.Credentials.Token, out.Credentials.BatchKey, out.OfflineSeq, err
+		}
 		d.ProviderStaff = n.ProviderStaff
 		d.CreateProviderStaff = n.CreateProviderStaff
 		d.DisableProviderStaff = n.DisableProviderStaff

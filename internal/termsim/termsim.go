@@ -78,8 +78,12 @@ type Config struct {
 	// TrustRefresh is how old a bundle may get before it is re-downloaded
 	// when the node is reachable (default 1 minute).
 	TrustRefresh time.Duration
-	HTTP         *http.Client
-	Now          func() time.Time
+	// AfterSeq: a replacement device (credentials reissued, offline_seq
+	// N) numbers its offline records after N. A state file already
+	// numbered beyond it is left as it is.
+	AfterSeq int64
+	HTTP     *http.Client
+	Now      func() time.Time
 }
 
 // State is what an offline terminal keeps between scans.
@@ -153,6 +157,7 @@ func New(cfg Config) (*Terminal, error) {
 			return nil, err
 		}
 	}
+	t.state.Seq = max(t.state.Seq, cfg.AfterSeq)
 	if cfg.NodeKey != nil {
 		j := cfg.NodeKey.JWK()
 		if t.state.NodeKey != nil && t.state.NodeKey.Kid != j.Kid {

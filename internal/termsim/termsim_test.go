@@ -2,6 +2,7 @@ package termsim_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"github.com/yikatong/yikatong/internal/node"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
 	"github.com/yikatong/yikatong/internal/scan"
+	"github.com/yikatong/yikatong/internal/terminal"
 	"github.com/yikatong/yikatong/internal/termsim"
 	"github.com/yikatong/yikatong/internal/trust"
 )
@@ -173,5 +175,73 @@ func TestOlderBundleIsRefused(t *testing.T) {
 	}
 	if d := tm.DecideOffline("", card, 0); d.Decision != scan.Declined {
 		t.Fatalf("the lost card after the replay: %+v", d)
+	}
+}
+
+// A validator is replaced: the operator reissues its credentials, and the
+// new device, started with the offline_seq they came with, numbers its
+// records after the old device's. Its batch is applied; the same new
+// device numbering from 1 is rejected out_of_order (its records are
+// dated well after the old device's last).
+func TestReplacementDeviceContinuesNumbering(t *testing.T) {
+	n := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 10})
+	ctx := context.Background()
+	bus := demoTerminal(t, n.Demo, "transit.bus")
+	card := n.Demo.Residents[0].CardNumber
+	dir := t.TempDir()
+	// The old device's last records, twenty minutes ago.
+	key, err := terminal.ParseBatchKey(bus.BatchKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	then := time.Now().Add(-20 * time.Minute).UTC()
+	var recs []terminal.Record
+	for i := range int64(3) {
+		recs = append(recs, terminal.Record{ID: fmt.Sprintf("old-%d", i+1), Seq: i + 1, At: then.Add(time.Duration(i) * time.Second), Scenario: "transit.bus", CardNumber: card})
+	}
+	if rep, err := termsim.UploadRecords(ctx, http.DefaultClient, n.URL, bus.Token, bus.ID, key, recs, then); err != nil || rep.Applied != 3 {
+		t.Fatalf("old device upload: %+v %v", rep, err)
+	}
+
+	var re node.ReissuedTerminal
+	n.Client(n.Demo.Staff["operator"].Token).JSON(t, "POST", "/v1/terminals/"+bus.ID+"/credentials", nil, 200, &re)
+	if re.OfflineSeq != 3 {
+		t.Fatalf("offline_seq %d, want 3", re.OfflineSeq)
+	}
+	device := func(name string, after int64) *termsim.Terminal {
+		c := termsim.Config{Node: n.URL, Token: re.Credentials.Token, ID: bus.ID, Scenario: "transit.bus", BatchKey: re.Credentials.BatchKey,
+			StatePath: filepath.Join(dir, name), AfterSeq: after}
+		tm, err := termsim.New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tm.RefreshTrust(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		if d := tm.DecideOffline("", card, 0); d.Decision != scan.Accepted {
+			t.Fatalf("%s offline: %+v", name, d)
+		}
+		return tm
+	}
+	naive := device("naive.json", 0)
+	if rep, err := naive.Upload(ctx); err != nil || rep.Applied != 0 || rep.Items[0].Reason != apperr.OutOfOrder {
+		t.Fatalf("a new device numbering from 1: %+v %v (want rejected out_of_order)", rep, err)
+	}
+	fresh := device("new.json", re.OfflineSeq)
+	if s := fresh.State().Seq; s != re.OfflineSeq+1 {
+		t.Fatalf("replacement's first record numbered %d, want %d", s, re.OfflineSeq+1)
+	}
+	if rep, err := fresh.Upload(ctx); err != nil || rep.Applied != 1 {
+		t.Fatalf("replacement upload: %+v %v", rep, err)
+	}
+	// Restarted with the same flag, a device already numbered beyond it
+	// keeps its numbering.
+	if err := fresh.Save(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := termsim.New(termsim.Config{Node: n.URL, Token: re.Credentials.Token, ID: bus.ID, BatchKey: re.Credentials.BatchKey,
+		StatePath: filepath.Join(dir, "new.json"), AfterSeq: re.OfflineSeq})
+	if err != nil || again.State().Seq != re.OfflineSeq+1 {
+		t.Fatalf("restart: seq %d, %v", again.State().Seq, err)
 	}
 }

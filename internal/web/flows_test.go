@@ -302,6 +302,24 @@ func TestTerminals(t *testing.T) {
 				}
 			}
 		}
+		// Reissued by the operator (a replaced device): new credentials
+		// shown once, with the number offline records continue after; the
+		// old token is dead at once.
+		st, page, _ = op.do("POST", "/console/terminals/"+p.Subject+"/reissue", url.Values{"csrf": {tok}})
+		m = tokenRe.FindStringSubmatch(page)
+		if st != 200 || m == nil || m[1] == termTok || !strings.Contains(page, "已重新签发") || !strings.Contains(page, `id="new-terminal-seq">0<`) {
+			t.Fatalf("reissue: %d %.600s", st, page)
+		}
+		if _, err := tn.Auth.Authenticate(ctx, termTok); apperr.CodeOf(err) != apperr.Unauthorized {
+			t.Fatalf("the token from before the reissue still works: %v", err)
+		}
+		termTok = m[1]
+		if p2, err := tn.Auth.Authenticate(ctx, termTok); err != nil || p2.Subject != p.Subject {
+			t.Fatalf("the reissued token: %+v %v", p2, err)
+		}
+		if len(audited(t, tn, "reissue_terminal", p.Subject)) != 1 {
+			t.Fatal("reissue not audited")
+		}
 		// A provider's staff: own terminals only.
 		if _, err := tn.Auth.CreateStaff(ctx, "testbus", "Test Bus clerk", auth.RoleProvider, "correct horse battery", provID); err != nil {
 			t.Fatal(err)
@@ -319,6 +337,12 @@ func TestTerminals(t *testing.T) {
 		}
 		if _, err := tn.Auth.Authenticate(ctx, tn.Demo.Terminals[0].Token); err != nil {
 			t.Fatalf("the other provider's terminal was disabled: %v", err)
+		}
+		if st, _, _ := pb.do("POST", "/console/terminals/"+p.Subject+"/reissue", url.Values{"csrf": {ptok}}); st != http.StatusForbidden {
+			t.Fatalf("a provider reissuing credentials: %d", st)
+		}
+		if _, err := tn.Auth.Authenticate(ctx, termTok); err != nil {
+			t.Fatalf("a refused reissue killed the token: %v", err)
 		}
 		if st, _, _ := pb.do("POST", "/console/providers", url.Values{"csrf": {ptok}, "name": {"Y"}, "kind": {"transit"}, "scenario": {"transit.bus"}}); st != http.StatusForbidden {
 			t.Fatalf("a provider onboarding providers: %d", st)

@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/yikatong/yikatong/internal/apperr"
@@ -40,9 +41,13 @@ type terminalRow struct {
 	ProviderName string
 }
 
-// newTerminal is shown once after onboarding.
+// newTerminal is shown once after onboarding or a reissue.
 type newTerminal struct {
 	ID, Token, BatchKey, Name, Provider string
+	// Reissued: new credentials of an existing terminal, whose offline
+	// records continue after OfflineSeq.
+	Reissued   bool
+	OfflineSeq int64
 }
 
 type terminalsData struct {
@@ -154,6 +159,33 @@ func (w *Web) consoleCreateTerminal(rq *req) error {
 	}
 	w.d.Auth.Audit(ctx, rq.S.P, "create_terminal", id, "provider="+d.TProvider)
 	return w.terminalsPage(rq, nil, terminalsData{Created: &newTerminal{ID: id, Token: tok, BatchKey: key, Name: d.TName, Provider: d.TProvider}})
+}
+
+// consoleReissueTerminal hands a terminal new credentials (operator only,
+// like onboarding): a replaced device, or a token or key lost or leaked.
+func (w *Web) consoleReissueTerminal(rq *req) error {
+	if err := w.needTerminals(); err != nil {
+		return err
+	}
+	if w.d.ReissueTerminal == nil {
+		return unavailable("terminals")
+	}
+	ctx := rq.r.Context()
+	id := rq.r.PathValue("id")
+	tok, key, seq, err := w.d.ReissueTerminal(ctx, id)
+	if err != nil {
+		return w.terminalsPage(rq, err, terminalsData{})
+	}
+	w.d.Auth.Audit(ctx, rq.S.P, "reissue_terminal", id, "offline_seq="+strconv.FormatInt(seq, 10)+" web")
+	name := ""
+	if ts, err := w.d.TerminalsOf(ctx, ""); err == nil {
+		for _, t := range ts {
+			if t.ID == id {
+				name = t.Name
+			}
+		}
+	}
+	return w.terminalsPage(rq, nil, terminalsData{Created: &newTerminal{ID: id, Token: tok, BatchKey: key, Name: name, Reissued: true, OfflineSeq: seq}})
 }
 
 func (w *Web) consoleDisableTerminal(rq *req) error {

@@ -159,6 +159,11 @@ type Deps struct {
 	CreateTerminal func(ctx context.Context, providerID, name string, scenarios []string) (id, token, batchKey string, err error)
 	// DisableTerminal disables a terminal at once.
 	DisableTerminal func(ctx context.Context, id string) error
+	// ReissueTerminal gives a terminal a new token and batch key (the old
+	// ones stop working; a disabled terminal is enabled again) and returns
+	// the sequence number its offline records continue after. Shown once,
+	// like CreateTerminal's.
+	ReissueTerminal func(ctx context.Context, id string) (token, batchKey string, offlineSeq int64, err error)
 	// ProviderStaff lists a provider's staff users (never passwords).
 	ProviderStaff func(ctx context.Context, providerID string) ([]auth.StaffUser, error)
 	// CreateProviderStaff creates a staff user of a provider with a
