@@ -100,15 +100,23 @@ func (s *Service) resident(ctx context.Context, id string) (resident.Resident, e
 	if len(s.cache) > 200_000 {
 		s.cache = map[string]cachedResident{}
 	}
-	s.cache[id] = cachedResident{r: r, until: now.Add(time.Minute)}
+	s.cache[id] = cachedResident{r: r, until: now.Add(ResidentCacheTTL)}
 	s.mu.Unlock()
 	return r, nil
 }
 
+// ResidentCacheTTL bounds how long a scan trusts a resident read earlier
+// (category, birth date, holder flags). A change made through this
+// process drops its copy at once (forgetResident); another process
+// sharing the database decides with the change within this bound, the
+// same as for a disabled terminal or a revoked token. A resident is
+// rarely scanned twice within it, so the bound costs few reads.
+const ResidentCacheTTL = 2 * time.Second
+
 // forgetResident drops a resident from the cache (resident.OnChange: its
 // holder flags changed), so this process's next scan reads it afresh.
-// Another process sharing the database keeps its copy for at most the
-// cache's minute.
+// Another process sharing the database reads it again within
+// ResidentCacheTTL.
 func (s *Service) forgetResident(id string) {
 	s.mu.Lock()
 	delete(s.cache, id)
