@@ -243,6 +243,24 @@ func (n *Node) scanRoutes() {
 		},
 	})
 	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/providers/{id}/enable", Summary: "Let a disabled provider back in: its staff may sign in again and terminals be onboarded; its terminals stay disabled until each gets new credentials (POST /v1/terminals/{id}/credentials)", Tag: "terminals",
+		Roles: operatorOnly, Response: terminal.Provider{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			before, err := ts.Provider(r.Context(), r.PathValue("id"))
+			if err != nil {
+				return err
+			}
+			out, err := ts.EnableProvider(r.Context(), before.ID)
+			if err != nil {
+				return err
+			}
+			if before.Disabled {
+				n.Auth.Audit(r.Context(), p, "enable_provider", out.ID, "")
+			}
+			return httpapi.WriteJSON(w, http.StatusOK, out)
+		},
+	})
+	n.API.Handle(httpapi.Route{
 		Pattern: "POST /v1/providers/{id}/terminals", Summary: "Create (onboard) a terminal; its token and batch key are shown once", Tag: "terminals",
 		Roles: operatorOnly, Request: terminalRequest{}, Response: terminalCreated{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {

@@ -35,6 +35,8 @@ func (n *Node) wireWeb(ctx context.Context) error {
 		d.CreateProvider = n.CreateProvider
 		d.CreateTerminal = n.CreateTerminal
 		d.DisableTerminal = n.DisableTerminal
+		d.DisableProvider = s.Terminals.DisableProvider
+		d.EnableProvider = s.Terminals.EnableProvider
 		d.ReissueTerminal = func(ctx context.Context, id string) (string, string, int64, error) {
 			out, err := n.ReissueTerminal(ctx, id)
 			return out.Credentials.Token, out.Credentials.BatchKey, out.OfflineSeq, err

@@ -464,6 +464,23 @@ func (s *Service) DisableProvider(ctx context.Context, id string) (Provider, err
 	return s.Provider(ctx, id)
 }
 
+// EnableProvider lets a disabled provider back in (a contract renewed, a
+// disable by mistake): its staff may sign in again (their old sessions
+// stay ended) and new terminals may be onboarded. Its terminals stay
+// disabled, their credentials revoked by the disable: each comes back
+// with new ones (Reissue). Enabling an enabled provider changes nothing.
+func (s *Service) EnableProvider(ctx context.Context, id string) (Provider, error) {
+	res, err := s.db.W.ExecContext(ctx, `UPDATE providers SET disabled = 0 WHERE id = $1`, id)
+	if err != nil {
+		return Provider{}, storeErr(err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return Provider{}, apperr.Newf(apperr.NotFound, "no such provider", "未找到该服务商")
+	}
+	s.forget("", id)
+	return s.Provider(ctx, id)
+}
+
 // BatchPublicKey returns the key that checks terminal id's batches.
 func (t Terminal) BatchPublicKey() ed25519.PublicKey {
 	b, _ := base64.RawURLEncoding.DecodeString(t.PublicKey)

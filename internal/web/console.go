@@ -63,6 +63,7 @@ func (w *Web) consoleRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /console/terminals", staff(operatorOnly, w.consoleCreateTerminal))
 	mux.HandleFunc("POST /console/terminals/{id}/disable", staff(terminalRoles, w.consoleDisableTerminal))
 	mux.HandleFunc("POST /console/terminals/{id}/reissue", staff(operatorOnly, w.consoleReissueTerminal))
+	mux.HandleFunc("POST /console/providers/{id}/{op}", staff(operatorOnly, w.consoleProviderState))
 	// A provider's staff users: the operator only (as the API's
 	// /v1/providers/{id}/staff); a provider's own staff see none of it.
 	mux.HandleFunc("GET /console/providers/{id}/staff", staff(operatorOnly, w.consoleProviderStaff))

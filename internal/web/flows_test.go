@@ -363,6 +363,32 @@ func TestTerminals(t *testing.T) {
 		if !strings.Contains(tk, `id="takings-name">测试公交 Test Bus<`) || !strings.Contains(tk, ">郑州公交集团 Zhengzhou Bus<") {
 			t.Fatalf("takings page without provider names: %.3000s", tk)
 		}
+		// The operator disables the provider and lets it back in; its
+		// own staff may do neither.
+		if st, _, _ := pb.do("POST", "/console/providers/"+provID+"/disable", url.Values{"csrf": {ptok}}); st != http.StatusForbidden {
+			t.Fatalf("a provider disabling itself: %d", st)
+		}
+		if st, body, _ := op.do("POST", "/console/providers/"+provID+"/disable", url.Values{"csrf": {tok}}); st != http.StatusSeeOther {
+			t.Fatalf("disable provider: %d %.300s", st, body)
+		}
+		if _, _, err := tn.Auth.LoginStaff(ctx, "testbus", "correct horse battery", time.Hour); err == nil {
+			t.Fatal("staff of a disabled provider signed in")
+		}
+		if st, body, _ := op.do("POST", "/console/providers/"+provID+"/enable", url.Values{"csrf": {tok}}); st != http.StatusSeeOther {
+			t.Fatalf("enable provider: %d %.300s", st, body)
+		}
+		if _, _, err := tn.Auth.LoginStaff(ctx, "testbus", "correct horse battery", time.Hour); err != nil {
+			t.Fatalf("staff of the re-enabled provider: %v", err)
+		}
+		_, after, _ := op.do("GET", "/console/terminals?m=provider_enabled", nil)
+		if !strings.Contains(after, "须逐台重新签发凭据") || !strings.Contains(after, `action="/console/providers/`+provID+`/disable"`) {
+			t.Fatalf("terminals page after the enable: %.3000s", after)
+		}
+		for _, a := range []string{"disable_provider", "enable_provider"} {
+			if n := len(audited(t, tn, a, provID)); n != 1 {
+				t.Fatalf("%s audited %d times", a, n)
+			}
+		}
 	})
 }
 

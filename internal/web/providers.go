@@ -161,6 +161,42 @@ func (w *Web) consoleCreateTerminal(rq *req) error {
 	return w.terminalsPage(rq, nil, terminalsData{Created: &newTerminal{ID: id, Token: tok, BatchKey: key, Name: d.TName, Provider: d.TProvider}})
 }
 
+// consoleProviderState disables (op "disable") or enables ("enable") a
+// provider, operator only, audited like the API's (an enable of an
+// enabled provider changes nothing and is not audited).
+func (w *Web) consoleProviderState(rq *req) error {
+	if err := w.needTerminals(); err != nil {
+		return err
+	}
+	if w.d.DisableProvider == nil || w.d.EnableProvider == nil {
+		return unavailable("terminals")
+	}
+	ctx := rq.r.Context()
+	id := rq.r.PathValue("id")
+	switch rq.r.PathValue("op") {
+	case "disable":
+		if _, err := w.d.DisableProvider(ctx, id); err != nil {
+			return w.terminalsPage(rq, err, terminalsData{})
+		}
+		w.d.Auth.Audit(ctx, rq.S.P, "disable_provider", id, "web")
+		return redirect("/console/terminals?m=provider_disabled")
+	case "enable":
+		ps, err := w.d.Providers(ctx)
+		if err != nil {
+			return err
+		}
+		was := slices.ContainsFunc(ps, func(p terminal.Provider) bool { return p.ID == id && p.Disabled })
+		if _, err := w.d.EnableProvider(ctx, id); err != nil {
+			return w.terminalsPage(rq, err, terminalsData{})
+		}
+		if was {
+			w.d.Auth.Audit(ctx, rq.S.P, "enable_provider", id, "web")
+		}
+		return redirect("/console/terminals?m=provider_enabled")
+	}
+	return apperr.Newf(apperr.NotFound, "no such page", "页面不存在")
+}
+
 // consoleReissueTerminal hands a terminal new credentials (operator only,
 // like onboarding): a replaced device, or a token or key lost or leaked.
 func (w *Web) consoleReissueTerminal(rq *req) error {

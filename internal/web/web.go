@@ -159,6 +159,11 @@ type Deps struct {
 	CreateTerminal func(ctx context.Context, providerID, name string, scenarios []string) (id, token, batchKey string, err error)
 	// DisableTerminal disables a terminal at once.
 	DisableTerminal func(ctx context.Context, id string) error
+	// DisableProvider disables a provider, its terminals and its staff's
+	// sessions at once; EnableProvider lets it back in (its terminals stay
+	// disabled until reissued).
+	DisableProvider func(ctx context.Context, id string) (terminal.Provider, error)
+	EnableProvider  func(ctx context.Context, id string) (terminal.Provider, error)
 	// ReissueTerminal gives a terminal a new token and batch key (the old
 	// ones stop working; a disabled terminal is enabled again) and returns
 	// the sequence number its offline records continue after. Shown once,
