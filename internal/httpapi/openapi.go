@@ -67,7 +67,11 @@ func (s *Server) OpenAPI() map[string]any {
 		if rt.RequestType != "" {
 			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{rt.RequestType: map[string]any{"schema": map[string]any{"type": "string"}}}}
 		} else if rt.Request != nil {
-			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(rt.Request), schemas)}}}
+			body := map[string]any{"required": !rt.RequestOptional, "content": map[string]any{"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(rt.Request), schemas)}}}
+			if rt.RequestOptional {
+				body["description"] = "Optional: no body, an empty one or {} leaves every field at its default."
+			}
+			op["requestBody"] = body
 		}
 		code := SuccessStatus(rt)
 		okResp := map[string]any{"description": http.StatusText(code)}
@@ -168,6 +172,8 @@ func schemaRef(t reflect.Type, schemas map[string]any) map[string]any {
 	return map[string]any{}
 }
 
+// structSchema is the schema of struct type t. A field is required unless
+// its json tag says omitempty or omitzero (Route.Request).
 func structSchema(t reflect.Type, schemas map[string]any) map[string]any {
 	props := map[string]any{}
 	var required []string

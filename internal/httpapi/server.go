@@ -46,10 +46,20 @@ type Route struct {
 	Handle  Handler
 	MaxBody int64
 	// For the OpenAPI document:
-	Summary  string
-	Tag      string
-	Request  any // a value of the request body type (nil: no JSON body)
-	Response any // a value of the 2xx response body type
+	Summary string
+	Tag     string
+	// Request is a value of the request body type (nil: no JSON body).
+	// In the document a field of it is required unless its json tag says
+	// omitempty or omitzero (a pointer alone does not make it optional: a
+	// pointer is how a handler tells a field left out from its zero value,
+	// mostly to require it), so tag every field a handler can do without
+	// omitempty; the same rule holds for response types.
+	Request any
+	// RequestOptional: the body may be left out (no body, a blank one or
+	// {}; the handler reads it with DecodeOptionalJSON), and the document
+	// marks the request body not required.
+	RequestOptional bool
+	Response        any // a value of the 2xx response body type
 	// RequestType overrides the request media type (e.g. "text/csv").
 	RequestType string
 	// Status is the success status the handler answers, for the OpenAPI
@@ -360,7 +370,8 @@ func DecodeJSON(r *http.Request, v any) error {
 }
 
 // DecodeOptionalJSON is DecodeJSON for a request whose body may be left
-// out: an empty or blank body leaves v as it is (its defaults).
+// out: an empty or blank body leaves v as it is (its defaults). Its route
+// says so with Route.RequestOptional, for the OpenAPI document.
 func DecodeOptionalJSON(r *http.Request, v any) error {
 	data, err := readBody(r)
 	if err != nil || len(bytes.TrimSpace(data)) == 0 {

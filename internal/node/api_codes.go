@@ -57,7 +57,7 @@ type rotateResponse struct {
 // key; a planned rotation announces the key ahead (docs/trust-bundle.md),
 // as `yikatong keys rotate` does by default.
 type rotateRequest struct {
-	AnnounceSeconds int64 `json:"announce_seconds"`
+	AnnounceSeconds int64 `json:"announce_seconds,omitempty" doc:"seconds the new key is published before it signs, 0 (at once, for a compromised key) to 604800; omitted: 0"`
 }
 
 // maxAnnounce bounds a rotation's announce period (a week).
@@ -98,7 +98,7 @@ func (n *Node) codeRoutes() {
 	})
 	n.API.Handle(httpapi.Route{
 		Pattern: "POST /v1/keys/rotate", Summary: "Rotate the e-code signing key (old codes keep verifying until they expire)", Tag: "trust",
-		Roles: []auth.Role{auth.RoleOperator}, Request: rotateRequest{}, Response: rotateResponse{},
+		Roles: []auth.Role{auth.RoleOperator}, Request: rotateRequest{}, RequestOptional: true, Response: rotateResponse{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
 			var req rotateRequest // no body: at once
 			if err := httpapi.DecodeOptionalJSON(r, &req); err != nil {
@@ -110,8 +110,7 @@ func (n *Node) codeRoutes() {
 			}
 			kid, from, err := n.Keys.RotateAnnounced(r.Context(), announce)
 			if errors.Is(err, keys.ErrRotationPending) {
-				return apperr.Newf(apperr.Conflict, err.Error()+"; rotate again after it, or with announce_seconds 0 for a compromised key",
-					"已有一次密钥轮换待生效；请在其生效后再轮换，密钥泄露时可用 announce_seconds 0 立即轮换")
+				return n.rotationPending(r.Context())
 			}
 			if err != nil {
 				return err
@@ -121,6 +120,29 @@ func (n *Node) codeRoutes() {
 			return httpapi.WriteJSON(w, http.StatusOK, rotateResponse{Kid: kid, ActiveFrom: from})
 		},
 	})
+}
+
+// rotationPending is the API's answer to an announced rotation while
+// another is pending. keys.ErrRotationPending's own text is the package's
+// ("keys: …", with command-line advice); the answer here says it once, in
+// the API's words, naming the pending key and its activation time.
+func (n *Node) rotationPending(ctx context.Context) error {
+	kid, from, ok := n.Keys.Pending()
+	if !ok {
+		// Announced by another process since this one last looked.
+		if err := n.Keys.Refresh(ctx); err == nil {
+			kid, from, ok = n.Keys.Pending()
+		}
+	}
+	en, zh := "a key rotation is already pending", "已有一次密钥轮换待生效"
+	if ok {
+		at := from.UTC().Format(time.RFC3339)
+		en += ": key " + kid + " becomes current at " + at
+		zh += "：密钥 " + kid + " 将于 " + at + " 启用"
+	}
+	return apperr.Newf(apperr.Conflict,
+		en+"; rotate again after that, or with announce_seconds 0 to replace it and switch at once (for a compromised key)",
+		zh+"；请在其启用后再轮换，或以 announce_seconds 0 立即轮换并取代它（用于密钥泄露）")
 }
 
 // IssueCode signs a fresh e-code for an active card.

@@ -72,6 +72,11 @@ type pinRequest struct {
 	NewPIN string `json:"new_pin"`
 }
 
+// issueCardRequest is the optional body of POST /v1/residents/{id}/cards.
+type issueCardRequest struct {
+	NewPIN string `json:"new_pin,omitempty" doc:"the new card's PIN, 6 digits; omitted: none yet (set it later: PUT /v1/cards/{number}/pin)"`
+}
+
 type searchRequest struct {
 	Q string `json:"q" doc:"a card number or an ID number"`
 }
@@ -202,9 +207,9 @@ func (n *Node) residentRoutes() {
 	})
 	n.API.Handle(httpapi.Route{
 		Pattern: "POST /v1/residents/{id}/cards", Summary: "Create (issue) a card for a resident with no live card", Tag: "cards",
-		Roles: hrOnly, Request: pinRequest{}, Response: resident.Card{},
+		Roles: hrOnly, Request: issueCardRequest{}, RequestOptional: true, Response: resident.Card{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
-			var req pinRequest
+			var req issueCardRequest
 			if err := httpapi.DecodeOptionalJSON(r, &req); err != nil {
 				return err
 			}

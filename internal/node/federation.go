@@ -20,7 +20,7 @@ type positionsResponse struct {
 }
 
 type settleRequest struct {
-	Day string `json:"day" doc:"YYYY-MM-DD (UTC); default yesterday"`
+	Day string `json:"day,omitempty" doc:"YYYY-MM-DD (UTC); omitted: yesterday"`
 }
 
 type settleResponse struct {
@@ -152,7 +152,7 @@ func (n *Node) federationRoutes() {
 	})
 	n.API.Handle(httpapi.Route{
 		Pattern: "POST /v1/clearing/settle", Summary: "Run the daily settlement: a statement per peer, signed by both cities", Tag: "clearing",
-		Roles: []auth.Role{auth.RoleFinance}, Request: settleRequest{}, Response: settleResponse{},
+		Roles: []auth.Role{auth.RoleFinance}, Request: settleRequest{}, RequestOptional: true, Response: settleResponse{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
 			var req settleRequest
 			if err := httpapi.DecodeOptionalJSON(r, &req); err != nil {
