@@ -70,7 +70,11 @@ func (s *Service) signInSucceeded(ctx context.Context, key string) error {
 func (s *Service) signInFailed(ctx context.Context, key, username string, u *StaffUser, slot, lockouts int, now time.Time) error {
 	if slot < MaxStaffFails {
 		left := strconv.Itoa(MaxStaffFails - slot)
-		return apperr.Newf(apperr.Unauthorized, "wrong username or password; "+left+" tries left before sign-in is locked for a while",
+		tries := " tries left"
+		if slot == MaxStaffFails-1 {
+			tries = " try left"
+		}
+		return apperr.Newf(apperr.Unauthorized, "wrong username or password; "+left+tries+" before sign-in is locked for a while",
 			"用户名或密码错误，再错"+left+"次将暂时锁定登录")
 	}
 	lockouts++

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/httpapi"
 )
@@ -11,9 +12,26 @@ import (
 // StaffSessionTTL is how long a staff API token lasts.
 const StaffSessionTTL = 12 * time.Hour
 
+// staffLoginRequest is the body of POST /v1/auth/staff. "user" is the
+// documented member; "username", the name POST /v1/providers/{id}/staff
+// creates a user with, is taken as a synonym.
 type staffLoginRequest struct {
-	User     string `json:"user"`
+	User     string `json:"user" doc:"the staff user name (or send it as username)"`
+	Username string `json:"username,omitempty" doc:"a synonym of user; give one of the two (both: the same name)"`
 	Password string `json:"password"`
+}
+
+// name is the user name the request signs in with: user or username (not
+// two different names).
+func (req staffLoginRequest) name() (string, error) {
+	switch {
+	case req.Username == "":
+		return req.User, nil
+	case req.User == "" || req.User == req.Username:
+		return req.Username, nil
+	}
+	return "", apperr.Invalid("username", `"user" and "username" name different users; give the user name once, as "user"`,
+		`"user" 与 "username" 给出的用户名不同；请只给一次用户名（"user"）`)
 }
 
 type tokenResponse struct {
@@ -31,10 +49,14 @@ func (n *Node) staffRoutes() {
 			if err := httpapi.DecodeJSON(r, &req); err != nil {
 				return err
 			}
-			if err := httpapi.Required("user", req.User, "password", req.Password); err != nil {
+			user, err := req.name()
+			if err != nil {
 				return err
 			}
-			tok, p, err := n.Auth.LoginStaff(r.Context(), req.User, req.Password, StaffSessionTTL)
+			if err := httpapi.Required("user", user, "password", req.Password); err != nil {
+				return err
+			}
+			tok, p, err := n.Auth.LoginStaff(r.Context(), user, req.Password, StaffSessionTTL)
 			if err != nil {
 				return err
 			}

@@ -168,8 +168,8 @@ type tc1BindingRequest struct {
 // Takings is what a provider's terminals took, by scenario.
 type Takings struct {
 	ProviderID string           `json:"provider_id"`
-	From       time.Time        `json:"from"`
-	To         time.Time        `json:"to"`
+	From       time.Time        `json:"from,omitzero" doc:"the ?from bound (inclusive) when one was given; left out: no lower bound"`
+	To         time.Time        `json:"to,omitzero" doc:"the ?to bound (exclusive) when one was given; left out: no upper bound"`
 	Scenarios  []ScenarioTaking `json:"scenarios"`
 	BalanceFen int64            `json:"balance_fen" doc:"the provider's ledger account balance"`
 }
@@ -295,7 +295,7 @@ func (n *Node) scanRoutes() {
 		},
 	})
 	n.API.Handle(httpapi.Route{
-		Pattern: "GET /v1/providers/{id}/takings", Summary: "What a provider's terminals took, by scenario (?from=, ?to=)", Tag: "terminals",
+		Pattern: "GET /v1/providers/{id}/takings", Summary: "What a provider's terminals took, by scenario (?from=, ?to=: a date or RFC 3339 time; a bound not given is open and left out of the answer)", Tag: "terminals",
 		Roles: operatorOrProvider, Response: Takings{},
 		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
 			id := r.PathValue("id")

@@ -187,7 +187,11 @@ func (s *Service) VerifyPIN(ctx context.Context, cardNumber, pin string) (Card, 
 func (s *Service) wrongPIN(ctx context.Context, number string, slot int) error {
 	if slot < MaxPINFails {
 		left := strconv.Itoa(MaxPINFails - slot)
-		return apperr.Newf(apperr.BadPIN, "wrong card number or PIN; "+left+" tries left before the card is locked",
+		tries := " tries left"
+		if slot == MaxPINFails-1 {
+			tries = " try left"
+		}
+		return apperr.Newf(apperr.BadPIN, "wrong card number or PIN; "+left+tries+" before the card is locked",
 			"卡号或密码错误，再错"+left+"次卡片将被锁定")
 	}
 	now := s.now()
