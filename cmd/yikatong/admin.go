@@ -32,15 +32,14 @@ func init() {
 // /v1/ledger/check does the same within one). It prints the result as
 // JSON; exit status 0 when the books are right, 1 when not (or on error).
 func cmdLedger(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	const synopsis = "yikatong ledger check [--data DIR] [--db URL]"
 	if len(args) == 0 || args[0] != "check" {
-		fmt.Fprintln(stderr, "usage: yikatong ledger check [--data DIR] [--db URL]")
-		return 2
+		return subcommandUsage(args, synopsis, stdout, stderr)
 	}
 	fs := flag.NewFlagSet("ledger check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	data, db := adminFlags(fs)
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	if exit, ok := parseFlags(fs, synopsis, args[1:], stdout, stderr); !ok {
+		return exit
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "ledger check: unexpected argument %q\n", fs.Arg(0))
@@ -77,6 +76,17 @@ func cmdLedger(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// subcommandUsage answers a command whose one subcommand was not given:
+// its usage on stdout for -h/--help (exit 0), else on stderr (exit 2).
+func subcommandUsage(args []string, synopsis string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprintf(stdout, "usage: %s\n", synopsis)
+		return 0
+	}
+	fmt.Fprintf(stderr, "usage: %s\n", synopsis)
+	return 2
+}
+
 // adminFlags defines the flags of every administrative command that
 // opens a node (openNodeForAdmin): --data and --db.
 func adminFlags(fs *flag.FlagSet) (data, db *string) {
@@ -92,26 +102,26 @@ func adminFlags(fs *flag.FlagSet) (data, db *string) {
 // city that does not exist).
 func openNodeForAdmin(ctx context.Context, data, db string, stderr io.Writer) (*node.Node, error) {
 	if _, err := os.Stat(data); err != nil {
-		return nil, fmt.Errorf("no node data at %s (start one with: yikatong serve --data %s)", data, data)
+		return nil, fmt.Errorf("no node data at %s (start one with: yikatong serve --data %s) (%s 处没有节点数据；启动节点：yikatong serve --data %s)", data, data, data, data)
 	}
 	if db == "" {
 		if _, err := os.Stat(filepath.Join(data, "yikatong.db")); err != nil {
-			return nil, fmt.Errorf("%s holds no SQLite database (yikatong.db): for a node on PostgreSQL give its --db postgres://…", data)
+			return nil, fmt.Errorf("%s holds no SQLite database (yikatong.db): for a node on PostgreSQL give its --db postgres://… (%s 中没有 SQLite 数据库（yikatong.db）：节点使用 PostgreSQL 时请给出其 --db postgres://…)", data, data)
 		}
 	}
-	return node.Open(ctx, node.Config{DataDir: data, DB: db, NoBackground: true, NoMigrate: true, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	n, err := node.Open(ctx, node.Config{DataDir: data, DB: db, NoBackground: true, NoMigrate: true, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	return n, err
 }
 
 func cmdTrust(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	const synopsis = "yikatong trust export [--data DIR] [--db URL]"
 	if len(args) == 0 || args[0] != "export" {
-		fmt.Fprintln(stderr, "usage: yikatong trust export [--data DIR] [--db URL]")
-		return 2
+		return subcommandUsage(args, synopsis, stdout, stderr)
 	}
 	fs := flag.NewFlagSet("trust export", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	data, db := adminFlags(fs)
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	if exit, ok := parseFlags(fs, synopsis, args[1:], stdout, stderr); !ok {
+		return exit
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
@@ -132,17 +142,16 @@ func cmdTrust(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 }
 
 func cmdKeys(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	const synopsis = "yikatong keys rotate [--data DIR] [--db URL] [--alg SM2|EdDSA] [--announce 15m]"
 	if len(args) == 0 || args[0] != "rotate" {
-		fmt.Fprintln(stderr, "usage: yikatong keys rotate [--data DIR] [--db URL] [--alg SM2|EdDSA] [--announce 15m]")
-		return 2
+		return subcommandUsage(args, synopsis, stdout, stderr)
 	}
 	fs := flag.NewFlagSet("keys rotate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	data, db := adminFlags(fs)
 	algName := fs.String("alg", "SM2", "algorithm of the new key: SM2 or EdDSA")
 	announce := fs.Duration("announce", keys.DefaultAnnounce, "publish the new key in trust bundles this long before it signs (0: switch at once, for a compromised key)")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	if exit, ok := parseFlags(fs, synopsis, args[1:], stdout, stderr); !ok {
+		return exit
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "keys rotate: unexpected argument %q\n", fs.Arg(0))

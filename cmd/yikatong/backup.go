@@ -50,6 +50,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/yikatong/yikatong/internal/store"
 	"github.com/yikatong/yikatong/internal/vault"
 	_ "modernc.org/sqlite"
@@ -110,13 +112,12 @@ func postgresURL(s string) (string, bool) {
 
 func cmdBackup(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	data := fs.String("data", "./yikatong-data", "the node's data directory")
 	db := fs.String("db", "", "database URL (default: SQLite in the data directory); postgres://… runs pg_dump")
 	out := fs.String("out", "", "the archive to write (.tar.gz): the database and the data directory's other files")
 	secretsOut := fs.String("secrets-out", "", "the second archive to write (.tar.gz): the master key and signing keys, for a custody apart from the backup")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if exit, ok := parseFlags(fs, "yikatong backup --data DIR [--db URL] --out FILE.tar.gz --secrets-out SECRETS.tar.gz", args, stdout, stderr); !ok {
+		return exit
 	}
 	if *out == "" || *secretsOut == "" || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "usage: yikatong backup --data DIR [--db URL] --out FILE.tar.gz --secrets-out SECRETS.tar.gz")
@@ -410,13 +411,12 @@ func (c ctxReader) Read(p []byte) (int, error) {
 
 func cmdRestore(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	in := fs.String("in", "", "the archive written by 'yikatong backup' (--out)")
 	secrets := fs.String("secrets", "", "the secrets archive written with it (--secrets-out): master key and signing keys")
 	data := fs.String("data", "", "the data directory to create (must not exist or be empty)")
 	db := fs.String("db", "", "for a PostgreSQL backup: the URL of an empty database to restore into (runs pg_restore)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if exit, ok := parseFlags(fs, "yikatong restore --in FILE.tar.gz --secrets SECRETS.tar.gz --data DIR [--db postgres://…]", args, stdout, stderr); !ok {
+		return exit
 	}
 	if *in == "" || *data == "" || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "usage: yikatong restore --in FILE.tar.gz --secrets SECRETS.tar.gz --data DIR [--db postgres://…]")
@@ -457,7 +457,7 @@ func restore(ctx context.Context, in, secretsIn, dataDir, dsn string) (*backupMa
 		var left []string
 		for _, e := range ents {
 			if !e.IsDir() || !strings.HasPrefix(e.Name(), ".yikatong-restore-") {
-				return nil, fmt.Errorf("%s is not empty: restore only into a new data directory", dataDir)
+				return nil, notEmptyTarget(dataDir, "")
 			}
 			left = append(left, filepath.Join(dataDir, e.Name()))
 		}
@@ -476,6 +476,14 @@ func restore(ctx context.Context, in, secretsIn, dataDir, dsn string) (*backupMa
 			if _, err := os.Stat(f); err != nil {
 				return nil, err
 			}
+		}
+	}
+	// So must an empty database be, for a PostgreSQL backup: pg_restore
+	// into one that holds tables fails part way ("relation … already
+	// exists"), after the backup was unpacked.
+	if u, ok := postgresURL(dsn); ok {
+		if err := checkPGEmpty(ctx, u); err != nil {
+			return nil, err
 		}
 	}
 	stageIn := dataDir
@@ -815,6 +823,49 @@ func sqliteIntegrity(ctx context.Context, p string) error {
 		return fmt.Errorf("the restored database fails its integrity check: %s", res)
 	}
 	return nil
+}
+
+// checkPGEmpty is pgCheckEmpty (a test with fake PostgreSQL tools and no
+// server replaces it).
+var checkPGEmpty = pgCheckEmpty
+
+// pgCheckEmpty refuses a PostgreSQL database that holds any relation
+// (table, view, sequence …) outside PostgreSQL's own schemas: a node's
+// schema (schema_migrations, audit_log …) or anything else.
+func pgCheckEmpty(ctx context.Context, dsn string) error {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return fmt.Errorf("the PostgreSQL URL is not valid: %s", redactURL(err.Error(), dsn))
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	where := fmt.Sprintf("the PostgreSQL database %s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
+	db := stdlib.OpenDB(*cfg)
+	defer db.Close()
+	var n int
+	var first sql.NullString
+	var migrations bool
+	err = db.QueryRowContext(ctx, `
+		SELECT count(*), min(quote_ident(n.nspname) || '.' || quote_ident(c.relname)),
+		       coalesce(bool_or(c.relname = 'schema_migrations'), false)
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+		  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'`).Scan(&n, &first, &migrations)
+	if err != nil {
+		return fmt.Errorf("checking that %s is empty: %s", where, redactURL(err.Error(), dsn))
+	}
+	if n == 0 {
+		return nil
+	}
+	what := fmt.Sprintf(" (it holds %d tables, views or sequences, %s among them)", n, first.String)
+	if n == 1 {
+		what = fmt.Sprintf(" (it holds %s)", first.String)
+	}
+	if migrations {
+		what = fmt.Sprintf(" (it holds a node's schema: %d tables, views or sequences)", n)
+	}
+	return notEmptyTarget(where, what)
 }
 
 func pgRestore(ctx context.Context, dsn, dump string) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"database/sql"
 	"os"
 	"os/exec"
@@ -150,7 +151,20 @@ for a in "$@"; do case "$a" in --file=*) printf 'PGDMP fake' > "${a#--file=}";; 
 	if code, msg := runCmd(t, "backup", "--data", dir, "--db", dsn, "--out", out, "--secrets-out", secrets); code != 0 {
 		t.Fatalf("backup: %d %s", code, msg)
 	}
-	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", filepath.Join(t.TempDir(), "r"), "--db", dsn); code != 0 {
+	// restore first checks that the database is empty (over pgx, not a
+	// command line); there is no server here: refused, without the
+	// password in what it says.
+	to := filepath.Join(t.TempDir(), "r")
+	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", to, "--db", dsn); code != 1 ||
+		!strings.Contains(msg, "bob@127.0.0.1:5432/city") || strings.Contains(msg, pw) {
+		t.Fatalf("restore without a server: %d %s", code, msg)
+	}
+	if _, err := os.Stat(to); !os.IsNotExist(err) {
+		t.Fatalf("a refused restore left %s", to)
+	}
+	checkPGEmpty = func(context.Context, string) error { return nil }
+	t.Cleanup(func() { checkPGEmpty = pgCheckEmpty })
+	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", to, "--db", dsn); code != 0 {
 		t.Fatalf("restore: %d %s", code, msg)
 	}
 	b, err := os.ReadFile(log)

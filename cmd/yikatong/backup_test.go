@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -215,7 +216,7 @@ func TestBackupRestoreSQLite(t *testing.T) {
 		t.Fatalf("restored master key: %v %v", st, err)
 	}
 	// Restoring over an existing node is refused.
-	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", dst); code != 1 || !strings.Contains(msg, "not empty") {
+	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", dst); code != 1 || !strings.Contains(msg, "not empty") || !strings.Contains(msg, "不是空的") {
 		t.Fatalf("restore over a node: %d %s", code, msg)
 	}
 	checkRestored(t, dst, "", src.Demo, int64(len(before)), before)
@@ -321,6 +322,27 @@ func TestBackupRestorePostgres(t *testing.T) {
 	dst := filepath.Join(t.TempDir(), "restored")
 	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", dst); code != 1 || !strings.Contains(msg, "--db") {
 		t.Fatalf("PostgreSQL restore without --db: %d %s", code, msg)
+	}
+	// A database that is not empty is refused before anything is
+	// unpacked or pg_restore runs, as a data directory is: the node's own
+	// (its schema), or one holding any table.
+	other := storetest.Postgres(t)
+	odb, err := sql.Open("pgx", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := odb.Exec(`CREATE TABLE notes (id int)`); err != nil {
+		t.Fatal(err)
+	}
+	odb.Close()
+	for _, c := range []struct{ db, want string }{{dsn, "a node's schema"}, {other, "(it holds public.notes)"}} {
+		code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", dst, "--db", c.db)
+		if code != 1 || !strings.Contains(msg, "is not empty") || !strings.Contains(msg, c.want) || !strings.Contains(msg, "不是空的") || strings.Contains(msg, "pg_restore") {
+			t.Fatalf("restore into a database that is not empty: %d %s", code, msg)
+		}
+		if _, err := os.Stat(dst); !os.IsNotExist(err) {
+			t.Fatalf("a refused restore left %s behind", dst)
+		}
 	}
 	dsn2 := storetest.Postgres(t)
 	if code, msg := runCmd(t, "restore", "--in", out, "--secrets", secrets, "--data", dst, "--db", dsn2); code != 0 {

@@ -53,7 +53,7 @@ type validCodeJSON struct {
 
 // cmdCode implements `yikatong code verify`; args are the words after "code".
 func cmdCode(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+	if len(args) == 1 && isHelp(args[0]) {
 		fmt.Fprint(stdout, codeUsage)
 		return 0
 	}

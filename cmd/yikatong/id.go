@@ -19,7 +19,7 @@ and 12 digits) and prints one JSON object. Exit status: 0 valid, 1 invalid,
 
 // cmdID implements `yikatong id check NUMBER`; args are the words after "id".
 func cmdID(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+	if len(args) == 1 && isHelp(args[0]) || len(args) == 2 && args[0] == "check" && isHelp(args[1]) {
 		fmt.Fprint(stdout, idUsage)
 		return 0
 	}

@@ -4,6 +4,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -26,11 +28,12 @@ func main() {
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		usage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
+		return 2
+	}
+	if isHelp(args[0]) {
+		usage(stdout)
 		return 0
 	}
 	c, ok := commands[args[0]]
@@ -54,6 +57,36 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'yikatong COMMAND -h' for a command's flags.")
+}
+
+// isHelp reports whether arg asks for a command's usage.
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "--help" || arg == "-help" || arg == "help"
+}
+
+// parseFlags parses a command's flags. -h or --help prints the command's
+// usage (synopsis, then its flags) on stdout: exit 0, as every command's
+// help does. A bad flag prints the error and the usage on stderr: exit 2.
+// ok true: carry on.
+func parseFlags(fs *flag.FlagSet, synopsis string, args []string, stdout, stderr io.Writer) (exit int, ok bool) {
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	if err == nil {
+		fs.SetOutput(stderr)
+		return 0, true
+	}
+	w, exit := stderr, 2
+	if errors.Is(err, flag.ErrHelp) {
+		w, exit = stdout, 0
+	} else {
+		fmt.Fprintf(stderr, "yikatong %s: %v\n", fs.Name(), err)
+	}
+	fmt.Fprintf(w, "usage: %s\n\nflags:\n", synopsis)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(stderr)
+	return exit, false
 }
 
 func init() {

@@ -55,9 +55,8 @@ func regionFlags(fs *flag.FlagSet) func() (federation.Config, error) {
 }
 
 func cmdRegion(args []string, _ io.Reader, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: yikatong region keygen|sign|up|simulate [flags]")
-		return 2
+	if len(args) == 0 || isHelp(args[0]) {
+		return subcommandUsage(args, "yikatong region keygen|sign|up|simulate [flags] ('yikatong region SUBCOMMAND -h' for its flags)", stdout, stderr)
 	}
 	switch args[0] {
 	case "keygen":
@@ -109,10 +108,9 @@ func readAnchor(path string) (ecode.Signer, error) {
 
 func regionKeygen(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("region keygen", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	out := fs.String("out", "region-anchor.key", "private key file to create (its public JWK goes to FILE.jwk)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if exit, ok := parseFlags(fs, "yikatong region keygen [--out FILE]", args, stdout, stderr); !ok {
+		return exit
 	}
 	s, err := writeAnchor(*out)
 	if err != nil {
@@ -127,13 +125,12 @@ func regionKeygen(args []string, stdout, stderr io.Writer) int {
 
 func regionSign(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("region sign", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	anchor := fs.String("anchor", "region-anchor.key", "region anchor private key")
 	in := fs.String("in", "", `unsigned member list: {"region":"…","members":[{"city","base_url","node_key":{JWK}}]} ("-" = stdin)`)
 	out := fs.String("out", "", "where to write the signed list (default stdout)")
 	ttl := fs.Duration("ttl", federation.DefaultMembersTTL, "validity of the signed list")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if exit, ok := parseFlags(fs, "yikatong region sign [--anchor KEY] [--in LIST.json] [--out FILE] [--ttl D]", args, stdout, stderr); !ok {
+		return exit
 	}
 	s, err := readAnchor(*anchor)
 	if err != nil {
@@ -199,13 +196,12 @@ type RegionNode struct {
 
 func regionUp(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("region up", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	cities := fs.String("cities", "CN-310000,CN-330100,CN-340100", "comma-separated city node ids")
 	dir := fs.String("data", "./yikatong-region", "region directory (anchor key, member list, one data directory per city)")
 	basePort := fs.Int("base-port", 8100, "the first city listens on 127.0.0.1:PORT, the next on PORT+1, …")
 	refresh := fs.Duration("refresh", 5*time.Second, "how often nodes re-read the member list and peers' bundles")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if exit, ok := parseFlags(fs, "yikatong region up [--cities …] [--data DIR] [--base-port 8100] [--refresh 5s]", args, stdout, stderr); !ok {
+		return exit
 	}
 	list := strings.Split(*cities, ",")
 	for i := range list {

@@ -21,7 +21,6 @@ import (
 // one failed or the simulation could not run, 2 for bad flags.
 func regionSimulate(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("region simulate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	cities := fs.Int("cities", federation.DefaultSimCities, "number of city nodes (in this process, SQLite each, HTTP on 127.0.0.1)")
 	refresh := fs.Duration("refresh", federation.DefaultSimRefresh, "every node's member list and trust bundle refresh interval")
 	scans := fs.Int("scans", 0, "cross-city scans in the simulated day (default 20 per city)")
@@ -30,8 +29,8 @@ func regionSimulate(args []string, stdout, stderr io.Writer) int {
 	workers := fs.Int("workers", federation.DefaultSimWorkers, "terminals scanning at once")
 	dir := fs.String("tmp", "", "where to make the temporary region directory (removed at the end; default the system's)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if exit, ok := parseFlags(fs, "yikatong region simulate [--cities 41] [--refresh 2s] [--scans N] [--json] [flags]", args, stdout, stderr); !ok {
+		return exit
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "region simulate: unexpected argument %q\n", fs.Arg(0))

@@ -25,7 +25,6 @@ func init() {
 
 func cmdServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
 	data := fs.String("data", "./yikatong-data", "data directory (keys, master key, SQLite database)")
 	db := fs.String("db", "", "database URL (default: SQLite in the data directory; postgres://… selects PostgreSQL)")
@@ -36,8 +35,8 @@ func cmdServe(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	regionCfg := regionFlags(fs) // --region-anchor, --region-members, … (region.go)
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if exit, ok := parseFlags(fs, "yikatong serve [--addr 127.0.0.1:8080] [--data DIR] [--db URL] [--demo] [flags]", args, stdout, stderr); !ok {
+		return exit
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "serve: unexpected argument %q\n", fs.Arg(0))

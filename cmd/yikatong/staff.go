@@ -12,7 +12,6 @@ import (
 	"os/user"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
@@ -65,16 +64,17 @@ func cmdStaff(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		io.WriteString(stderr, staffUsage)
 		return 2
 	}
-	switch args[0] {
-	case "-h", "--help", "help":
+	if isHelp(args[0]) {
 		io.WriteString(stdout, staffUsage)
 		return 0
+	}
+	switch args[0] {
 	case "add":
 		return staffAdd(args[1:], stdin, stdout, stderr)
 	case "list":
 		return staffList(args[1:], stdout, stderr)
 	case "disable", "enable":
-		return staffSetDisabled(args[0], args[1:], stderr)
+		return staffSetDisabled(args[0], args[1:], stdout, stderr)
 	case "password":
 		return staffPassword(args[1:], stdin, stdout, stderr)
 	}
@@ -83,22 +83,22 @@ func cmdStaff(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 // staffFlags parses a staff command's flags; extra defines its own. It
-// reports usage errors itself (ok false: exit 2).
-func staffFlags(name string, args []string, stderr io.Writer, extra func(fs *flag.FlagSet)) (data, db *string, ok bool) {
+// answers -h itself and reports usage errors itself (ok false: return
+// exit).
+func staffFlags(name string, args []string, stdout, stderr io.Writer, extra func(fs *flag.FlagSet)) (data, db *string, exit int, ok bool) {
 	fs := flag.NewFlagSet("staff "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	data, db = adminFlags(fs)
 	if extra != nil {
 		extra(fs)
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, nil, false
+	if exit, ok := parseFlags(fs, "yikatong staff "+name+" [flags] (yikatong staff help: every staff command)", args, stdout, stderr); !ok {
+		return nil, nil, exit, false
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "staff %s: unexpected argument %q (flags go before it; see yikatong staff help)\n", name, fs.Arg(0))
-		return nil, nil, false
+		return nil, nil, 2, false
 	}
-	return data, db, true
+	return data, db, 0, true
 }
 
 // withStaffNode opens the node for an administrative command and runs fn;
@@ -184,7 +184,7 @@ func staffPasswordInput(fromStdin bool, stdin io.Reader) (pw string, generated b
 func staffAdd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var username, role, provider, display *string
 	var pwStdin *bool
-	data, db, ok := staffFlags("add", args, stderr, func(fs *flag.FlagSet) {
+	data, db, exit, ok := staffFlags("add", args, stdout, stderr, func(fs *flag.FlagSet) {
 		username = fs.String("user", "", "user name (sign-in name): 1-64 characters, no spaces")
 		role = fs.String("role", "", "hr_admin, finance, operator or provider")
 		provider = fs.String("provider", "", "the provider id of a provider user (GET /v1/providers lists them)")
@@ -192,7 +192,7 @@ func staffAdd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		pwStdin = fs.Bool("password-stdin", false, "read the password from stdin instead of generating one")
 	})
 	if !ok {
-		return 2
+		return exit
 	}
 	if *username == "" || *role == "" {
 		fmt.Fprintln(stderr, "staff add: give --user NAME and --role hr_admin|finance|operator|provider (yikatong staff help)")
@@ -231,11 +231,11 @@ func passwordNote(generated bool, username string) string {
 
 func staffList(args []string, stdout, stderr io.Writer) int {
 	var asJSON *bool
-	data, db, ok := staffFlags("list", args, stderr, func(fs *flag.FlagSet) {
+	data, db, exit, ok := staffFlags("list", args, stdout, stderr, func(fs *flag.FlagSet) {
 		asJSON = fs.Bool("json", false, "print a JSON array")
 	})
 	if !ok {
-		return 2
+		return exit
 	}
 	return withStaffNode("list", *data, *db, stderr, func(ctx context.Context, n *node.Node, actor auth.Principal) error {
 		list, err := n.Auth.ListStaff(ctx)
@@ -254,16 +254,17 @@ func staffList(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "%s\n", b)
 			return nil
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "USER\tNAME\tROLE\tPROVIDER\tSTATUS\tCREATED\tID")
+		// Padded by display width: a Chinese display name takes two
+		// columns a character.
+		rows := [][]string{{"USER", "NAME", "ROLE", "PROVIDER", "STATUS", "CREATED", "ID"}}
 		for _, u := range list {
 			status := "active"
 			if u.Disabled {
 				status = "disabled"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", u.Username, dash(u.DisplayName), u.Role, dash(u.ProviderID), status, u.CreatedAt.Format(time.RFC3339), u.ID)
+			rows = append(rows, []string{u.Username, dash(u.DisplayName), string(u.Role), dash(u.ProviderID), status, u.CreatedAt.Format(time.RFC3339), u.ID})
 		}
-		return tw.Flush()
+		return writeTable(stdout, rows)
 	})
 }
 
@@ -274,13 +275,13 @@ func dash(s string) string {
 	return s
 }
 
-func staffSetDisabled(cmd string, args []string, stderr io.Writer) int {
+func staffSetDisabled(cmd string, args []string, stdout, stderr io.Writer) int {
 	var username *string
-	data, db, ok := staffFlags(cmd, args, stderr, func(fs *flag.FlagSet) {
+	data, db, exit, ok := staffFlags(cmd, args, stdout, stderr, func(fs *flag.FlagSet) {
 		username = fs.String("user", "", "user name")
 	})
 	if !ok {
-		return 2
+		return exit
 	}
 	if *username == "" {
 		fmt.Fprintf(stderr, "staff %s: give --user NAME\n", cmd)
@@ -290,7 +291,7 @@ func staffSetDisabled(cmd string, args []string, stderr io.Writer) int {
 		if cmd == "enable" {
 			u, err := n.Auth.EnableStaff(ctx, actor, *username)
 			if err == nil {
-				fmt.Fprintf(stderr, "staff enable: %s (%s) can sign in again; sessions ended before stay ended\n", u.Username, u.Role)
+				fmt.Fprintf(stderr, "staff enable: %s (%s) can sign in again; sessions ended before stay ended (%s 可以重新登录；此前结束的会话仍保持结束)\n", u.Username, u.Role, u.Username)
 			}
 			return err
 		}
@@ -298,7 +299,8 @@ func staffSetDisabled(cmd string, args []string, stderr io.Writer) int {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "staff disable: %s (%s) is disabled and every session of theirs is revoked; running node processes stop accepting them within %v\n", u.Username, u.Role, n.Auth.CacheTTL)
+		fmt.Fprintf(stderr, "staff disable: %s (%s) is disabled and every session of theirs is revoked; running node processes stop accepting them within %v (%s 已停用，其所有会话均已撤销；运行中的节点进程在 %v 内不再接受这些会话)\n",
+			u.Username, u.Role, n.Auth.CacheTTL, u.Username, n.Auth.CacheTTL)
 		return nil
 	})
 }
@@ -306,12 +308,12 @@ func staffSetDisabled(cmd string, args []string, stderr io.Writer) int {
 func staffPassword(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var username *string
 	var pwStdin *bool
-	data, db, ok := staffFlags("password", args, stderr, func(fs *flag.FlagSet) {
+	data, db, exit, ok := staffFlags("password", args, stdout, stderr, func(fs *flag.FlagSet) {
 		username = fs.String("user", "", "user name")
 		pwStdin = fs.Bool("password-stdin", false, "read the new password from stdin instead of generating one")
 	})
 	if !ok {
-		return 2
+		return exit
 	}
 	if *username == "" {
 		fmt.Fprintln(stderr, "staff password: give --user NAME")
@@ -332,11 +334,13 @@ func staffPassword(args []string, stdin io.Reader, stdout, stderr io.Writer) int
 		if err != nil {
 			return err
 		}
-		disabled := ""
+		disabled, disabledZh := "", ""
 		if u.Disabled {
 			disabled = " (the user is disabled: yikatong staff enable --user " + u.Username + ")"
+			disabledZh = "；该用户已停用，启用请运行 yikatong staff enable --user " + u.Username
 		}
-		fmt.Fprintf(stderr, "staff password: new password for %s%s; their sessions are revoked and a sign-in lock cleared%s\n", u.Username, passwordNote(generated, u.Username), disabled)
+		fmt.Fprintf(stderr, "staff password: new password for %s%s; their sessions are revoked and a sign-in lock cleared%s (%s 的密码已重置，其会话均已撤销，登录锁定已解除%s)\n",
+			u.Username, passwordNote(generated, u.Username), disabled, u.Username, disabledZh)
 		return nil
 	})
 }

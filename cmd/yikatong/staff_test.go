@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
@@ -162,6 +164,7 @@ func TestCmdStaff(t *testing.T) {
 		if code != 0 || strings.Contains(out, "pbkdf2") || !strings.Contains(out, "运营 王") || !strings.Contains(out, prov.ID) || strings.Count(out, "\n") != 4 {
 			t.Fatalf("list: exit %d %q %s", code, out, msg)
 		}
+		checkColumnsAligned(t, out)
 		code, out, _ = staff("", "list", "--json")
 		var list []map[string]any
 		if err := json.Unmarshal([]byte(out), &list); code != 0 || err != nil || len(list) != 3 {
@@ -180,7 +183,7 @@ func TestCmdStaff(t *testing.T) {
 
 		// Disable: the live (cached) session ends, sign-in is refused.
 		n.Client(hrTok).JSON(t, "GET", "/v1/audit", nil, 200, nil) // cached now
-		if code, out, msg := staff("", "disable", "--user", "hr"); code != 0 || out != "" || !strings.Contains(msg, "disabled") {
+		if code, out, msg := staff("", "disable", "--user", "hr"); code != 0 || out != "" || !strings.Contains(msg, "disabled") || !strings.Contains(msg, "hr 已停用") {
 			t.Fatalf("disable: exit %d %q %s", code, out, msg)
 		}
 		revokedWithin(t, n, hrTok, "/v1/audit")
@@ -191,7 +194,7 @@ func TestCmdStaff(t *testing.T) {
 			t.Fatalf("another user's session ended: %v", err)
 		}
 		// Enable: sign-in works again; the old session stays ended.
-		if code, _, msg := staff("", "enable", "--user", "hr"); code != 0 {
+		if code, _, msg := staff("", "enable", "--user", "hr"); code != 0 || !strings.Contains(msg, "can sign in again") || !strings.Contains(msg, "hr 可以重新登录") {
 			t.Fatalf("enable: exit %d %s", code, msg)
 		}
 		hrTok2 := mustSignIn(t, n, "hr", hrPW)
@@ -205,7 +208,7 @@ func TestCmdStaff(t *testing.T) {
 		// Password reset: old password and session end, the new one works.
 		n.Client(opTok).JSON(t, "GET", "/v1/providers", nil, 200, nil)
 		code, out, msg = staff("", "password", "--user", "op")
-		if code != 0 || !generatedPassword.MatchString(out) || strings.TrimSpace(out) == opPW {
+		if code != 0 || !generatedPassword.MatchString(out) || strings.TrimSpace(out) == opPW || !strings.Contains(msg, "new password for op") || !strings.Contains(msg, "op 的密码已重置") {
 			t.Fatalf("password: exit %d %q %s", code, out, msg)
 		}
 		opPW2 := strings.TrimSpace(out)
@@ -282,4 +285,51 @@ func TestCmdStaffNeedsANode(t *testing.T) {
 	if code, out, _ := staffCmd(t, "", "help"); code != 0 || !strings.Contains(out, "--password-stdin") {
 		t.Fatalf("staff help: exit %d %q", code, out)
 	}
+}
+
+// checkColumnsAligned fails unless every column of a table (cells two or
+// more spaces apart) starts at the same terminal column on every line,
+// counting a Han character as two columns.
+func checkColumnsAligned(t *testing.T, table string) {
+	t.Helper()
+	cell := regexp.MustCompile(`\S+(?: \S+)*`)
+	cols := func(line string) []int {
+		var starts []int
+		for _, m := range cell.FindAllStringIndex(line, -1) {
+			w := 0
+			for _, r := range line[:m[0]] {
+				if unicode.Is(unicode.Han, r) {
+					w += 2
+				} else {
+					w++
+				}
+			}
+			starts = append(starts, w)
+		}
+		return starts
+	}
+	lines := strings.Split(strings.TrimRight(table, "\n"), "\n")
+	want := cols(lines[0])
+	for _, l := range lines[1:] {
+		if got := cols(l); !slices.Equal(got, want) {
+			t.Fatalf("columns out of line: %v, the header's %v:\n%s", got, want, table)
+		}
+	}
+}
+
+func TestDisplayWidthTable(t *testing.T) {
+	for s, want := range map[string]int{"": 0, "wang": 4, "王芳": 4, "运营 王": 7, "ＡＢ": 4, "é": 1, "e\u0301": 1} {
+		if got := displayWidth(s); got != want {
+			t.Errorf("displayWidth(%q) = %d, want %d", s, got, want)
+		}
+	}
+	var b strings.Builder
+	if err := writeTable(&b, [][]string{{"USER", "NAME", "ROLE"}, {"wang", "王芳芳", "finance"}, {"li", "-", "operator"}, {"x", "a\tb", "provider"}}); err != nil {
+		t.Fatal(err)
+	}
+	want := "USER  NAME    ROLE\nwang  王芳芳  finance\nli    -       operator\nx     a b     provider\n"
+	if b.String() != want {
+		t.Fatalf("table:\n%s\nwant:\n%s", b.String(), want)
+	}
+	checkColumnsAligned(t, b.String())
 }

@@ -112,7 +112,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		// create an empty city that signs codes with the real city's keys.
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, vault.KeyFile)); err == nil {
 			if _, err := os.Stat(dsn); errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("%s belongs to a node that has started before, but holds no SQLite database (yikatong.db): give the node's --db (postgres://… or its SQLite path)", cfg.DataDir)
+				return nil, fmt.Errorf("%s belongs to a node that has started before, but holds no SQLite database (yikatong.db): give the node's --db (postgres://… or its SQLite path) (%s 属于曾启动过的节点，但其中没有 SQLite 数据库（yikatong.db）：请给出该节点的 --db（postgres://… 或其 SQLite 文件路径）)", cfg.DataDir, cfg.DataDir)
 			}
 		}
 	}
@@ -172,7 +172,7 @@ func (n *Node) settleCity(ctx context.Context) (string, error) {
 	err := n.DB.R.QueryRowContext(ctx, `SELECT value FROM node_settings WHERE name = 'city'`).Scan(&have)
 	if err == nil {
 		if want != "" && want != have {
-			return "", fmt.Errorf("this data belongs to city %s, not %s", have, want)
+			return "", fmt.Errorf("this data belongs to city %s, not %s (此数据属于城市 %s，不是 %s；城市编号在首次启动时确定，不能更改)", have, want, have, want)
 		}
 		return have, nil
 	}

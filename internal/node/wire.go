@@ -147,14 +147,14 @@ func (n *Node) openVault(ctx context.Context) (*vault.Vault, error) {
 	}
 	keyFile := filepath.Join(dir, vault.KeyFile)
 	if _, statErr := os.Stat(keyFile); errors.Is(statErr, os.ErrNotExist) && want != "" {
-		return nil, fmt.Errorf("%s has no master key (%s), but the database has data sealed with one: put the city's master.key back from its custody (or restore the backup with it); a new key would make every resident's data unreadable", dir, vault.KeyFile)
+		return nil, fmt.Errorf("%s has no master key (%s), but the database has data sealed with one: put the city's master.key back from its custody (or restore the backup with it); a new key would make every resident's data unreadable (%s 中没有主密钥（%s），但数据库中有用主密钥加密的数据：请从保管处取回本市的 master.key，或连同密钥恢复备份；新生成的密钥会使所有居民的数据无法读取)", dir, vault.KeyFile, dir, vault.KeyFile)
 	}
 	v, err := vault.Open(dir)
 	if err != nil {
 		return nil, fmt.Errorf("opening the vault (master key) in %s: %w", dir, err)
 	}
 	have := v.LookupHash("vault_check", "yikatong")
-	wrongKey := fmt.Errorf("the master key in %s is not the key of this database: put the city's master.key back from its custody; with this key every resident's data would be unreadable", keyFile)
+	wrongKey := fmt.Errorf("the master key in %s is not the key of this database: put the city's master.key back from its custody; with this key every resident's data would be unreadable (%s 中的主密钥不是此数据库的密钥：请从保管处取回本市的 master.key；用这个密钥，所有居民的数据都将无法读取)", keyFile, keyFile)
 	if want != "" {
 		if want != have {
 			return nil, wrongKey

@@ -103,14 +103,14 @@ func readKey(path string) ([]byte, error) {
 		return nil, err
 	}
 	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("vault: %s is accessible by other users (mode %v); run chmod 600 on it", path, st.Mode().Perm())
+		return nil, fmt.Errorf("vault: %s is accessible by other users (mode %v); run chmod 600 on it (主密钥文件 %s 可被其他用户访问（权限 %v），请对其执行 chmod 600)", path, st.Mode().Perm(), path, st.Mode().Perm())
 	}
 	key, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("vault: reading master key: %w", err)
 	}
 	if len(key) != keySize {
-		return nil, fmt.Errorf("vault: %s holds %d bytes, expected a %d-byte key", path, len(key), keySize)
+		return nil, fmt.Errorf("vault: %s holds %d bytes, expected a %d-byte key (主密钥文件 %s 有 %d 字节，应为 %d 字节的密钥)", path, len(key), keySize, path, len(key), keySize)
 	}
 	return key, nil
 }
