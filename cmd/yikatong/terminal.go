@@ -32,13 +32,12 @@ A simulated scanning terminal. Each mode needs:
       online: posts the scan to /v1/scans and prints the node's decision
   yikatong terminal --offline --node URL --id ID --scenario S (--code CODE | --card NUMBER) [--amount-fen N] [--state FILE]
       offline: decides alone with the node-signed trust bundle (refreshed
-      from /v1/trust, with the scenario's rule from /v1/scenarios/S, when
-      older than --trust-refresh and the node answers; both are public, so
-      no token is needed; the bundle's signature is checked against the
-      node key pinned on first use or given with --node-key), refuses with
-      trust_expired once the bundle has expired, refuses a scenario that
-      may not run offline (forbidden) or is disabled (scenario_disabled),
-      and queues accepted scans in the --state file
+      from /v1/trust when older than --trust-refresh and the node answers;
+      it is public, so no token is needed; its signature is checked against
+      the node key pinned on first use or given with --node-key), refuses
+      with trust_expired once the bundle has expired, refuses a scenario the
+      bundle says may not run offline (forbidden) or is disabled
+      (scenario_disabled), and queues accepted scans in the --state file
   yikatong terminal --offline --sync --node URL --token T --id ID --batch-key K --scenario S (--code CODE | --card NUMBER)
       offline, then uploads the queue if the node answers (as upload)
   yikatong terminal upload --node URL --token T --id ID --batch-key K [--state FILE]
@@ -59,8 +58,8 @@ A simulated scanning terminal. Each mode needs:
   --amount-fen N      the amount, for scenarios whose terminal sends it
   --offline           decide alone (see above)
   --state FILE        offline state (default yikatong-terminal-ID.json)
-  --trust-refresh D   offline: refresh the trust bundle and the scenario's
-                      rule when older than D, if the node answers [1m]
+  --trust-refresh D   offline: refresh the trust bundle when older than D,
+                      if the node answers [1m]
   --node-key FILE     offline: the node's public key as a JWK file (what
                       GET /v1/trust/node-key answers), pinned instead of
                       trusting the first key fetched
@@ -120,7 +119,7 @@ func terminalNeeds(upload bool, f *terminalFlags) string {
 		// POST /v1/terminals/{id}/batches is authenticated.
 		needs = append(needs, need{"--token", *f.token}, need{"--id", *f.id}, need{"--batch-key", *f.batchKey})
 	case *f.offline:
-		// GET /v1/trust and /v1/scenarios/{id} are public: no token,
+		// GET /v1/trust is public: no token,
 		// unless the queue is uploaded at once.
 		needs = append(needs, need{"--id", *f.id}, need{"--scenario", *f.scenario})
 		if *f.sync {

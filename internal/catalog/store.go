@@ -37,6 +37,18 @@ type Catalog struct {
 	snap    atomic.Pointer[snapshot]
 	checked atomic.Int64 // UnixNano of the last generation check
 	mu      sync.Mutex   // serialises reloads
+
+	watchMu  sync.Mutex
+	watchers []func()
+}
+
+// OnChange registers f to run after every scenario change committed
+// through this catalogue (create, update, enable, disable). Changes made
+// by another process are seen by the catalogue's own refresh instead.
+func (c *Catalog) OnChange(f func()) {
+	c.watchMu.Lock()
+	c.watchers = append(c.watchers, f)
+	c.watchMu.Unlock()
 }
 
 type snapshot struct {
@@ -302,6 +314,12 @@ func (c *Catalog) invalidate() {
 	c.mu.Lock()
 	c.snap.Store(nil)
 	c.mu.Unlock()
+	c.watchMu.Lock()
+	ws := slices.Clone(c.watchers)
+	c.watchMu.Unlock()
+	for _, f := range ws {
+		f()
+	}
 }
 
 // Items returns the 13 service items in the regulation's order.

@@ -254,7 +254,11 @@ func (n *Node) buildTrust(ctx context.Context) (b []byte, changed bool, err erro
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	bundle, b, err := trust.Build(trust.BuildInput{Issuer: n.City, Keys: keys, Deny: deny, Peers: n.trustPeers(), IssuedAt: now, TTL: ttl}, n.Keys.NodeSigner())
+	scens, err := n.offlineRules(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	bundle, b, err := trust.Build(trust.BuildInput{Issuer: n.City, Keys: keys, Deny: deny, Peers: n.trustPeers(), Scenarios: scens, IssuedAt: now, TTL: ttl}, n.Keys.NodeSigner())
 	if err != nil {
 		return nil, false, apperr.Wrap(apperr.Internal, err)
 	}
@@ -266,6 +270,30 @@ func (n *Node) buildTrust(ctx context.Context) (b []byte, changed bool, err erro
 	changed = n.trust.hasOwn && digest != n.trust.own
 	n.trust.json, n.trust.built, n.trust.own, n.trust.hasOwn = b, now, digest, true
 	return b, changed, nil
+}
+
+// offlineRules are the city's scenarios as its trust bundle states them:
+// which a terminal may accept offline, which are online only, which are
+// disabled (trust.Bundle.CheckScenario). Signed with the rest, so nobody
+// between node and terminal can make a terminal accept what the node
+// will reject.
+func (n *Node) offlineRules(ctx context.Context) (map[string]string, error) {
+	list, err := n.Catalog.Scenarios(ctx, 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(list))
+	for _, s := range list {
+		switch {
+		case !s.Enabled:
+			out[s.ID] = trust.ScenarioDisabled
+		case s.OfflineAllowed:
+			out[s.ID] = trust.ScenarioOffline
+		default:
+			out[s.ID] = trust.ScenarioOnline
+		}
+	}
+	return out, nil
 }
 
 // afterCardChange refreshes what depends on card statuses (the deny list).

@@ -46,6 +46,8 @@ func (n *Node) wire(ctx context.Context) error {
 	if n.Catalog, err = catalog.Open(ctx, n.DB); err != nil {
 		return fmt.Errorf("opening the service catalogue: %w", err)
 	}
+	// The trust bundle tells terminals which scenarios may run offline.
+	n.Catalog.OnChange(n.invalidateTrust)
 	alg := ecode.AlgSM2
 	if n.Config.Alg != "" {
 		if alg, err = ecode.ParseAlg(n.Config.Alg); err != nil {

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -44,9 +43,6 @@ func newReviewBundles(t *testing.T) *reviewBundles {
 		t.Fatal(err)
 	}
 	rb.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if serveScenario(w, r) {
-			return
-		}
 		b := rb.serve.Load()
 		if b == nil {
 			http.Error(w, "no bundle", http.StatusServiceUnavailable)
@@ -57,18 +53,6 @@ func newReviewBundles(t *testing.T) *reviewBundles {
 	}))
 	t.Cleanup(rb.srv.Close)
 	return rb
-}
-
-// serveScenario answers GET /v1/scenarios/{id} as a node does for a
-// scenario that may run offline (true: answered).
-func serveScenario(w http.ResponseWriter, r *http.Request) bool {
-	id, ok := strings.CutPrefix(r.URL.Path, "/v1/scenarios/")
-	if !ok {
-		return false
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(map[string]any{"id": id, "offline_allowed": true, "enabled": true, "version": 1})
-	return true
 }
 
 func (rb *reviewBundles) build(t *testing.T, at time.Time, deny []trust.Revocation) []byte {

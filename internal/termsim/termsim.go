@@ -19,15 +19,12 @@
 //     issued_at (a reset clock) refuses with not_yet_valid: its deny list
 //     "as of now" would miss the cards lost since. A bundle older than the
 //     one held (also the one in the state file after a restart) is refused.
-//   - With the bundle it learns its scenario's rule (GET /v1/scenarios/{id},
-//     public like the bundle): a scenario that may not run offline
-//     (offline_allowed false: medical settlement, payouts, identification)
-//     is refused at the gate with forbidden, a disabled one with
-//     scenario_disabled, an unknown one with not_found — the node would
-//     reject or decline their records. The rule is kept in the state file,
-//     so it holds with the node down; a terminal that has not learnt it
-//     yet (a state file of an earlier version) refuses with trust_expired
-//     until it reaches the node.
+//   - The bundle also states, signed, which of the city's scenarios may
+//     run offline (trust.Bundle.CheckScenario): one that may not
+//     (offline_allowed false: medical settlement, payouts, fees) is refused
+//     at the gate with forbidden, a disabled one with scenario_disabled, an
+//     unknown one with not_found — the node would reject or decline their
+//     records. It holds with the node down, as the bundle does.
 //   - A code is checked with internal/trust (issuer key, signature, expiry,
 //     deny list as of the scan); a physical card against the bundle's card
 //     deny list. A code's cti is remembered until the code expires, so the
@@ -58,7 +55,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,25 +102,9 @@ type State struct {
 	// LastAt is the time of the terminal's latest record (the node's mark
 	// for it once uploaded): a record dated more than
 	// scan.OfflineClockBack before it would be rejected clock_back.
-	LastAt time.Time `json:"last_at"`
-	// Rule is the terminal's scenario as the node described it at the
-	// last refresh (nil: not learnt yet).
-	Rule  *ScenarioRule     `json:"scenario_rule,omitempty"`
-	Seen  map[string]int64  `json:"seen,omitempty"` // cti → expiry (Unix seconds)
-	Queue []terminal.Record `json:"queue"`
-}
-
-// ScenarioRule is what an offline terminal keeps of its scenario (GET
-// /v1/scenarios/{id}): whether the node takes its records made offline.
-type ScenarioRule struct {
-	ID string `json:"id"`
-	// NotFound: the node has no such scenario (its records would be
-	// rejected not_found).
-	NotFound       bool      `json:"not_found,omitempty"`
-	OfflineAllowed bool      `json:"offline_allowed"`
-	Enabled        bool      `json:"enabled"`
-	Version        int64     `json:"version,omitempty"`
-	FetchedAt      time.Time `json:"fetched_at"`
+	LastAt time.Time         `json:"last_at"`
+	Seen   map[string]int64  `json:"seen,omitempty"` // cti → expiry (Unix seconds)
+	Queue  []terminal.Record `json:"queue"`
 }
 
 // Terminal is a simulated terminal.
@@ -318,90 +298,18 @@ func (t *Terminal) ScanOnline(ctx context.Context, key, code, card string, amoun
 
 // RefreshTrust downloads the bundle if it is older than TrustRefresh (or
 // force), checking it against the pinned node key (pinning it first if
-// none is pinned), and with it the scenario's rule (also when only the
-// rule is missing, or is of another scenario). A failure to reach the
-// node is not an error when a bundle is already held: the terminal
-// carries on offline with it (and the rule it holds).
+// none is pinned). A failure to reach the node is not an error when a
+// bundle is already held: the terminal carries on offline with it.
 func (t *Terminal) RefreshTrust(ctx context.Context, force bool) error {
 	now := t.cfg.Now()
-	due := force || t.state.Bundle == nil || now.Sub(t.state.FetchedAt) >= t.cfg.TrustRefresh
-	var err error
-	if due {
-		err = t.download(ctx)
+	if !force && t.state.Bundle != nil && now.Sub(t.state.FetchedAt) < t.cfg.TrustRefresh {
+		return t.loadBundle()
 	}
-	if err == nil && (due || t.rule() == nil) {
-		err = t.fetchRule(ctx)
+	err := t.download(ctx)
+	if err != nil && apperr.CodeOf(err) == apperr.Unavailable && t.state.Bundle != nil {
+		return t.loadBundle()
 	}
-	if err != nil && (apperr.CodeOf(err) != apperr.Unavailable || t.state.Bundle == nil) {
-		return err
-	}
-	return t.loadBundle()
-}
-
-// rule returns the held rule of the terminal's scenario (nil if none is
-// held, or the one held is of another scenario).
-func (t *Terminal) rule() *ScenarioRule {
-	if r := t.state.Rule; r != nil && r.ID == t.cfg.Scenario {
-		return r
-	}
-	return nil
-}
-
-// fetchRule learns the scenario's rule from the node (GET
-// /v1/scenarios/{id}, public: no token needed).
-func (t *Terminal) fetchRule(ctx context.Context) error {
-	if t.cfg.Scenario == "" {
-		return nil
-	}
-	var s struct {
-		ID             string `json:"id"`
-		OfflineAllowed bool   `json:"offline_allowed"`
-		Enabled        bool   `json:"enabled"`
-		Version        int64  `json:"version"`
-	}
-	err := t.call(ctx, http.MethodGet, "/v1/scenarios/"+url.PathEscape(t.cfg.Scenario), nil, &s)
-	switch {
-	case apperr.CodeOf(err) == apperr.NotFound:
-		t.state.Rule = &ScenarioRule{ID: t.cfg.Scenario, NotFound: true, FetchedAt: t.cfg.Now()}
-		return nil
-	case err != nil:
-		return err
-	case s.ID != t.cfg.Scenario:
-		return apperr.Newf(apperr.Unavailable, fmt.Sprintf("asked for scenario %q, the node answered %q", t.cfg.Scenario, s.ID),
-			fmt.Sprintf("请求场景 %q，节点返回了 %q", t.cfg.Scenario, s.ID))
-	}
-	t.state.Rule = &ScenarioRule{ID: s.ID, OfflineAllowed: s.OfflineAllowed, Enabled: s.Enabled, Version: s.Version, FetchedAt: t.cfg.Now()}
-	return nil
-}
-
-// Rule returns the rule of the terminal's scenario it holds (nil: not
-// learnt yet).
-func (t *Terminal) Rule() *ScenarioRule { return t.rule() }
-
-// ruleRefusal says why the held rule refuses an offline scan (nil: it
-// does not).
-func (t *Terminal) ruleRefusal() error {
-	sc := t.cfg.Scenario
-	r := t.rule()
-	switch {
-	case r == nil:
-		return apperr.Newf(apperr.TrustExpired,
-			fmt.Sprintf("this terminal does not know yet whether scenario %s may run offline: connect to the node once", sc),
-			fmt.Sprintf("终端尚不知道场景 %s 是否允许脱机受理，请先联网一次", sc))
-	case r.NotFound:
-		return apperr.Newf(apperr.NotFound,
-			fmt.Sprintf("the node has no scenario %s", sc),
-			fmt.Sprintf("节点没有场景 %s", sc))
-	case !r.OfflineAllowed:
-		return apperr.Newf(apperr.Forbidden,
-			fmt.Sprintf("scenario %s may not run offline (offline_allowed is false): scan it online", sc),
-			fmt.Sprintf("场景 %s 不允许脱机受理，请联机扫码", sc))
-	case !r.Enabled:
-		return apperr.Newf(apperr.ScenarioDisabled,
-			fmt.Sprintf("scenario %s is disabled", sc),
-			fmt.Sprintf("场景 %s 已停用", sc))
-	}
-	return nil
+	return err
 }
 
 func (t *Terminal) download(ctx context.Context) error {
@@ -479,14 +387,14 @@ func (t *Terminal) DecideOffline(code, card string, amount int64) Decision {
 	if err := t.loadBundle(); err != nil {
 		return d.decline(err)
 	}
-	// A scenario the node takes no offline records of (or has disabled):
-	// refused at the gate, not accepted and then rejected on upload.
-	if err := t.ruleRefusal(); err != nil {
-		return d.decline(err)
-	}
 	b := t.bundle
 	if now.After(b.ExpiresAt) {
 		return d.decline(apperr.New(apperr.TrustExpired))
+	}
+	// A scenario the node takes no offline records of (or has disabled):
+	// refused at the gate, not accepted and then rejected on upload.
+	if err := b.CheckScenario(t.cfg.Scenario); err != nil {
+		return d.decline(err)
 	}
 	if now.Add(ecode.ClockSkew).Before(b.IssuedAt) {
 		// The terminal's clock is behind the bundle's issue time (a reset

@@ -53,13 +53,17 @@ const DefaultTTL = 24 * time.Hour
 // Bundle is a parsed or built trust bundle. Do not modify it after Build or
 // Parse: its look-up indexes are built once.
 type Bundle struct {
-	Issuer    string     `json:"issuer"`
-	IssuedAt  time.Time  `json:"issued_at"`
-	ExpiresAt time.Time  `json:"expires_at"`
-	Keys      []Key      `json:"keys"`
-	Deny      Deny       `json:"deny"`
-	Peers     []Peer     `json:"peers"`
-	Signature *Signature `json:"signature,omitempty"`
+	Issuer    string    `json:"issuer"`
+	IssuedAt  time.Time `json:"issued_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Keys      []Key     `json:"keys"`
+	Deny      Deny      `json:"deny"`
+	Peers     []Peer    `json:"peers"`
+	// Scenarios: the issuing city's scenarios by id, each "offline" (may
+	// be accepted offline), "online" (online only) or "disabled"
+	// (CheckScenario). Absent in bundles of nodes older than it.
+	Scenarios map[string]string `json:"scenarios,omitempty"`
+	Signature *Signature        `json:"signature,omitempty"`
 
 	keys    ecode.KeyMap
 	subs    map[string]map[string]time.Time // issuer → subject → revoked at
@@ -123,14 +127,45 @@ type PeerBundle struct {
 	Deny      []Revocation
 }
 
+// A scenario's state in a bundle (Bundle.Scenarios).
+const (
+	ScenarioOffline  = "offline"  // enabled; its scans may be accepted offline
+	ScenarioOnline   = "online"   // enabled; online only (its offline records are rejected)
+	ScenarioDisabled = "disabled" // switched off by the city
+)
+
+// CheckScenario says whether a terminal may accept a scan of scenario id
+// offline, as the bundle's issuer would take the record: nil if so;
+// forbidden for an online-only scenario, scenario_disabled, or not_found
+// for a scenario the city does not have. A bundle without scenarios (from
+// a node older than them) says nothing: nil.
+func (b *Bundle) CheckScenario(id string) error {
+	if b.Scenarios == nil {
+		return nil
+	}
+	switch b.Scenarios[id] {
+	case ScenarioOffline:
+		return nil
+	case ScenarioOnline:
+		return apperr.Newf(apperr.Forbidden, "scenario "+id+" may not run offline: scan it online",
+			"服务场景 "+id+" 不允许脱机受理，请联机扫码")
+	case ScenarioDisabled:
+		return apperr.Newf(apperr.ScenarioDisabled, "scenario "+id+" is disabled", "服务场景 "+id+" 已停用")
+	}
+	return apperr.Newf(apperr.NotFound, "the city has no scenario "+id, "本市没有服务场景 "+id)
+}
+
 // BuildInput is everything Build needs; no database access.
 type BuildInput struct {
-	Issuer   string
-	Keys     []ecode.PublicKey
-	Deny     []Revocation
-	Peers    []PeerBundle
-	IssuedAt time.Time     // default now
-	TTL      time.Duration // default DefaultTTL
+	Issuer string
+	Keys   []ecode.PublicKey
+	Deny   []Revocation
+	Peers  []PeerBundle
+	// Scenarios: scenario id → ScenarioOffline, ScenarioOnline or
+	// ScenarioDisabled.
+	Scenarios map[string]string
+	IssuedAt  time.Time     // default now
+	TTL       time.Duration // default DefaultTTL
 }
 
 // CardHash is how a physical card number appears on deny lists:
@@ -216,6 +251,15 @@ func Build(in BuildInput, node ecode.Signer) (*Bundle, []byte, error) {
 		Keys:      keysOut(in.Keys),
 		Deny:      denyOut(in.Deny),
 		Peers:     []Peer{},
+	}
+	for id, st := range in.Scenarios {
+		if st != ScenarioOffline && st != ScenarioOnline && st != ScenarioDisabled {
+			return nil, nil, apperr.Invalid("scenarios", "scenario "+id+": unknown state "+st, "服务场景 "+id+" 的状态未知："+st)
+		}
+		if b.Scenarios == nil {
+			b.Scenarios = map[string]string{}
+		}
+		b.Scenarios[id] = st
 	}
 	for _, p := range in.Peers {
 		b.Peers = append(b.Peers, Peer{Issuer: p.Issuer, ExpiresAt: utcSec(p.ExpiresAt), Keys: keysOut(p.Keys), Deny: denyOut(p.Deny)})

@@ -340,3 +340,58 @@ func TestCheckCard(t *testing.T) {
 	}
 	wantCode(t, b.CheckCard(ourCard, t0.Add(25*time.Hour)), apperr.TrustExpired)
 }
+
+// TestScenariosSigned: the bundle states which scenarios a terminal may
+// accept offline, signed with the rest: an online-only scenario turned
+// "offline" in transit does not verify. CheckScenario answers each state;
+// a bundle without the member (an older node's) says nothing.
+func TestScenariosSigned(t *testing.T) {
+	node := gen(t, ecode.AlgSM2)
+	nk := node.Public()
+	in := BuildInput{Issuer: "CN-410100", IssuedAt: t0, Scenarios: map[string]string{
+		"transit.bus": ScenarioOffline, "medical.outpatient": ScenarioOnline, "museum.entry": ScenarioDisabled}}
+	_, raw, err := Build(in, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Parse(raw, &nk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CheckScenario("transit.bus"); err != nil {
+		t.Fatalf("offline scenario: %v", err)
+	}
+	wantCode(t, b.CheckScenario("medical.outpatient"), apperr.Forbidden)
+	wantCode(t, b.CheckScenario("museum.entry"), apperr.ScenarioDisabled)
+	wantCode(t, b.CheckScenario("transit.nope"), apperr.NotFound)
+	if e := apperr.As(b.CheckScenario("medical.outpatient")); e.MessageZh == "" {
+		t.Fatal("no Chinese text")
+	}
+
+	tampered := bytes.Replace(raw, []byte(`"medical.outpatient":"online"`), []byte(`"medical.outpatient":"offline"`), 1)
+	if bytes.Equal(tampered, raw) {
+		t.Fatal("tampering did not change the bundle")
+	}
+	_, err = Parse(tampered, &nk)
+	wantCode(t, err, apperr.BadTrustBundle)
+
+	in.Scenarios["x"] = "sometimes"
+	if _, _, err := Build(in, node); apperr.CodeOf(err) != apperr.ValidationFailed {
+		t.Fatalf("unknown state built: %v", err)
+	}
+
+	_, old, err := Build(BuildInput{Issuer: "CN-410100", IssuedAt: t0}, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(old, []byte(`"scenarios"`)) {
+		t.Fatalf("a bundle without scenarios states them: %s", old)
+	}
+	ob, err := Parse(old, &nk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ob.CheckScenario("medical.outpatient"); err != nil {
+		t.Fatalf("a bundle without scenarios refused one: %v", err)
+	}
+}
