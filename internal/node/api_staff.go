@@ -34,6 +34,12 @@ func (req staffLoginRequest) name() (string, error) {
 		`"user" 与 "username" 给出的用户名不同；请只给一次用户名（"user"）`)
 }
 
+// passwordChange is the body of POST /v1/auth/staff/password.
+type passwordChange struct {
+	CurrentPassword string `json:"current_password"`
+	NewPassword     string `json:"new_password" doc:"at least 8 characters"`
+}
+
 type tokenResponse struct {
 	Token     string    `json:"token"`
 	ExpiresAt time.Time `json:"expires_at"`
@@ -61,6 +67,24 @@ func (n *Node) staffRoutes() {
 				return err
 			}
 			return httpapi.WriteJSON(w, http.StatusOK, tokenResponse{Token: tok, ExpiresAt: p.ExpiresAt, Role: string(p.Role)})
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "POST /v1/auth/staff/password", Summary: "A signed-in staff user changes their own password (the current one is asked; wrong ones count toward the sign-in lock); their other sessions end, this one goes on", Tag: "auth",
+		Roles: []auth.Role{auth.RoleHRAdmin, auth.RoleFinance, auth.RoleOperator, auth.RoleProvider}, Request: passwordChange{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			var req passwordChange
+			if err := httpapi.DecodeJSON(r, &req); err != nil {
+				return err
+			}
+			if err := httpapi.Required("current_password", req.CurrentPassword, "new_password", req.NewPassword); err != nil {
+				return err
+			}
+			if err := n.Auth.ChangeOwnPassword(r.Context(), p, httpapi.BearerToken(r), req.CurrentPassword, req.NewPassword); err != nil {
+				return err
+			}
+			w.WriteHeader(http.StatusNoContent)
+			return nil
 		},
 	})
 	n.API.Handle(httpapi.Route{

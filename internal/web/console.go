@@ -35,6 +35,8 @@ func (w *Web) consoleRoutes(mux *http.ServeMux) {
 		rq.endSession()
 		return redirect("/console/login?m=signedout")
 	}))
+	mux.HandleFunc("GET /console/password", staff(nil, w.consolePasswordForm))
+	mux.HandleFunc("POST /console/password", staff(nil, w.consolePassword))
 	mux.HandleFunc("GET /console/residents", staff(hrOnly, w.consoleSearch))
 	// The search form posts: an ID number in a URL would stay in the
 	// browser's history and in the logs of proxies in front of the node.
