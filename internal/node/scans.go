@@ -147,6 +147,13 @@ type terminalCreated struct {
 	Credentials terminal.Credentials `json:"credentials"`
 }
 
+// TerminalView is a terminal with its offline mark.
+type TerminalView struct {
+	terminal.Terminal
+	OfflineSeq int64     `json:"offline_seq" doc:"the sequence number of the latest offline record stored from this terminal (0: none)"`
+	OfflineAt  time.Time `json:"offline_at,omitzero" doc:"that record's time (left out: none yet)"`
+}
+
 // ReissuedTerminal answers a credentials reissue (shown once).
 type ReissuedTerminal struct {
 	Terminal    terminal.Terminal    `json:"terminal"`
@@ -333,6 +340,32 @@ func (n *Node) scanRoutes() {
 				return err
 			}
 			n.Auth.Audit(r.Context(), p, "disable_terminal", t.ID, "")
+			return httpapi.WriteJSON(w, http.StatusOK, out)
+		},
+	})
+	n.API.Handle(httpapi.Route{
+		Pattern: "GET /v1/terminals/{id}", Summary: "One terminal, with its offline mark (the operator, its provider's staff, or the terminal itself: a device that lost its state numbers its offline records after offline_seq)", Tag: "terminals",
+		Roles: []auth.Role{auth.RoleOperator, auth.RoleProvider, auth.RoleTerminal}, Response: TerminalView{},
+		Handle: func(w http.ResponseWriter, r *http.Request, p auth.Principal) error {
+			id := r.PathValue("id")
+			if p.Role == auth.RoleTerminal && p.Subject != id {
+				return apperr.Newf(apperr.Forbidden, "a terminal may read only itself", "终端只能查看自身")
+			}
+			t, err := ts.Terminal(r.Context(), id)
+			if err != nil {
+				return err
+			}
+			if err := ownProvider(p, t.ProviderID); err != nil {
+				return err
+			}
+			mark, err := ts.OfflineMark(r.Context(), t.ID)
+			if err != nil {
+				return err
+			}
+			out := TerminalView{Terminal: t, OfflineSeq: mark.Seq}
+			if mark.Set {
+				out.OfflineAt = mark.At
+			}
 			return httpapi.WriteJSON(w, http.StatusOK, out)
 		},
 	})

@@ -144,3 +144,62 @@ func TestReissueTerminalCredentials(t *testing.T) {
 		t.Fatalf("reissue_terminal audited %d times, want 2: %+v", n, log)
 	}
 }
+
+// GET /v1/terminals/{id}: the operator reads any terminal with its
+// offline mark, a provider's staff their own, a terminal only itself.
+func TestReadTerminalWithMark(t *testing.T) {
+	tn := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 5})
+	var bus, lib node.DemoTerminal
+	for _, tm := range tn.Demo.Terminals {
+		switch tm.Scenario {
+		case "transit.bus":
+			bus = tm
+		case "library.loan":
+			lib = tm
+		}
+	}
+	if bus.ID == "" || lib.ID == "" || bus.Provider == lib.Provider {
+		t.Fatalf("demo terminals: %+v %+v", bus, lib)
+	}
+	key, err := terminal.ParseBatchKey(bus.BatchKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(-time.Minute).UTC().Truncate(time.Millisecond)
+	rec := terminal.Record{ID: "mark-1", Seq: 7, At: at, Scenario: "transit.bus", CardNumber: tn.Demo.Residents[0].CardNumber}
+	if rep, err := termsim.UploadRecords(context.Background(), http.DefaultClient, tn.URL, bus.Token, bus.ID, key, []terminal.Record{rec}, time.Now()); err != nil || rep.Applied != 1 {
+		t.Fatalf("upload: %+v %v", rep, err)
+	}
+	var self node.TerminalView
+	tn.Client(bus.Token).JSON(t, "GET", "/v1/terminals/"+bus.ID, nil, 200, &self)
+	if self.ID != bus.ID || self.OfflineSeq != 7 || !self.OfflineAt.Equal(at) || self.ProviderID != bus.Provider {
+		t.Fatalf("the terminal reading itself: %+v", self)
+	}
+	var fresh map[string]any
+	tn.Client(tn.Demo.Staff["operator"].Token).JSON(t, "GET", "/v1/terminals/"+lib.ID, nil, 200, &fresh)
+	if fresh["offline_seq"] != float64(0) || fresh["offline_at"] != nil || fresh["id"] != lib.ID {
+		t.Fatalf("a terminal with no offline record: %v", fresh)
+	}
+	if r := tn.Client(bus.Token).Do(t, "GET", "/v1/terminals/"+lib.ID, nil); r.Status != 403 {
+		t.Fatalf("a terminal reading another: %d", r.Status)
+	}
+	if r := tn.Client(tn.Demo.Staff["hr_admin"].Token).Do(t, "GET", "/v1/terminals/"+bus.ID, nil); r.Status != 403 {
+		t.Fatalf("hr_admin reading a terminal: %d", r.Status)
+	}
+	if r := tn.Client(tn.Demo.Staff["operator"].Token).Do(t, "GET", "/v1/terminals/trm_nosuch", nil); r.Status != 404 {
+		t.Fatalf("unknown terminal: %d", r.Status)
+	}
+	var made struct {
+		Password string `json:"password"`
+	}
+	op := tn.Client(tn.Demo.Staff["operator"].Token)
+	op.JSON(t, "POST", "/v1/providers/"+lib.Provider+"/staff", map[string]string{"username": "lib_qian"}, 201, &made)
+	var signed struct {
+		Token string `json:"token"`
+	}
+	nodetest.NewClient(tn.URL, "").JSON(t, "POST", "/v1/auth/staff", map[string]string{"user": "lib_qian", "password": made.Password}, 200, &signed)
+	if r := tn.Client(signed.Token).Do(t, "GET", "/v1/terminals/"+bus.ID, nil); r.Status != 403 {
+		t.Fatalf("another provider's staff: %d", r.Status)
+	}
+	tn.Client(signed.Token).JSON(t, "GET", "/v1/terminals/"+lib.ID, nil, 200, nil)
+}

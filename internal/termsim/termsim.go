@@ -309,7 +309,33 @@ func (t *Terminal) RefreshTrust(ctx context.Context, force bool) error {
 	if err != nil && apperr.CodeOf(err) == apperr.Unavailable && t.state.Bundle != nil {
 		return t.loadBundle()
 	}
+	if err == nil {
+		t.resumeNumbering(ctx)
+	}
 	return err
+}
+
+// resumeNumbering: a terminal with no record of its own yet (a new state
+// file: a device whose storage was wiped, or replaced with the same
+// credentials) asks the node for its offline mark (GET
+// /v1/terminals/{id}) and numbers its next records after it; numbered
+// from 1, they would be rejected out_of_order. A failure is left for the
+// next refresh (the terminal is still new then).
+func (t *Terminal) resumeNumbering(ctx context.Context) {
+	if t.state.Seq != 0 || len(t.state.Queue) != 0 || t.cfg.Token == "" || t.state.Terminal == "" {
+		return
+	}
+	var v struct {
+		OfflineSeq int64     `json:"offline_seq"`
+		OfflineAt  time.Time `json:"offline_at"`
+	}
+	if err := t.call(ctx, http.MethodGet, "/v1/terminals/"+t.state.Terminal, nil, &v); err != nil || v.OfflineSeq <= 0 {
+		return
+	}
+	t.state.Seq = max(t.state.Seq, v.OfflineSeq)
+	if v.OfflineAt.After(t.state.LastAt) {
+		t.state.LastAt = v.OfflineAt
+	}
 }
 
 func (t *Terminal) download(ctx context.Context) error {

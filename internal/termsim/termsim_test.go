@@ -245,3 +245,43 @@ func TestReplacementDeviceContinuesNumbering(t *testing.T) {
 		t.Fatalf("restart: seq %d, %v", again.State().Seq, err)
 	}
 }
+
+// A validator's storage is wiped (its credentials kept): with a new state
+// file it asks the node for its offline mark at its first refresh and
+// numbers its records after it, so they are applied, not rejected
+// out_of_order.
+func TestWipedDeviceResumesNumbering(t *testing.T) {
+	n := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 10})
+	ctx := context.Background()
+	bus := demoTerminal(t, n.Demo, "transit.bus")
+	card := n.Demo.Residents[0].CardNumber
+	key, err := terminal.ParseBatchKey(bus.BatchKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	then := time.Now().Add(-20 * time.Minute).UTC()
+	var recs []terminal.Record
+	for i := range int64(5) {
+		recs = append(recs, terminal.Record{ID: fmt.Sprintf("before-%d", i+1), Seq: i + 1, At: then.Add(time.Duration(i) * time.Second), Scenario: "transit.bus", CardNumber: card})
+	}
+	if rep, err := termsim.UploadRecords(ctx, http.DefaultClient, n.URL, bus.Token, bus.ID, key, recs, then); err != nil || rep.Applied != 5 {
+		t.Fatalf("before the wipe: %+v %v", rep, err)
+	}
+	tm, err := termsim.New(termsim.Config{Node: n.URL, Token: bus.Token, ID: bus.ID, Scenario: "transit.bus", BatchKey: bus.BatchKey,
+		StatePath: filepath.Join(t.TempDir(), "wiped.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tm.RefreshTrust(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := tm.State(); st.Seq != 5 || !st.LastAt.Equal(recs[4].At.Truncate(time.Millisecond)) {
+		t.Fatalf("after the first refresh: seq %d, last %v (want 5, %v)", st.Seq, st.LastAt, recs[4].At)
+	}
+	if d := tm.DecideOffline("", card, 0); d.Decision != scan.Accepted {
+		t.Fatalf("offline after the wipe: %+v", d)
+	}
+	if rep, err := tm.Upload(ctx); err != nil || rep.Applied != 1 {
+		t.Fatalf("upload after the wipe: %+v %v", rep, err)
+	}
+}
