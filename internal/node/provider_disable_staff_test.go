@@ -96,15 +96,7 @@ func TestDisableProviderSignsOutItsStaff(t *testing.T) {
 	}
 
 	// The disable is audited, once, naming the provider.
-	var log []auth.AuditEntry
-	a.Client(a.Demo.Staff["hr_admin"].Token).JSON(t, "GET", "/v1/audit?subject="+doomed.ID, nil, 200, &log)
-	n := 0
-	for _, e := range log {
-		if e.Action == "disable_provider" {
-			n++
-		}
-	}
-	if n != 1 {
-		t.Fatalf("disable_provider audited %d times: %+v", n, log)
+	if rows := auditRows(t, a, "disable_provider", doomed.ID); len(rows) != 1 {
+		t.Fatalf("disable_provider audited %d times: %+v", len(rows), rows)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/node"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
 	"github.com/yikatong/yikatong/internal/terminal"
@@ -31,12 +30,9 @@ func TestEnableProvider(t *testing.T) {
 		return nodetest.NewClient(tn.URL, token).Do(t, "POST", "/v1/scans", map[string]any{
 			"idempotency_key": fmt.Sprintf("en-%d-%d", time.Now().UnixNano(), k), "scenario": "transit.bus", "card_number": card}).Status
 	}
-	var made struct {
-		Password string `json:"password"`
-	}
-	op.JSON(t, "POST", "/v1/providers/"+bus.Provider+"/staff", map[string]string{"username": "bus_sun"}, 201, &made)
+	password, oldSession := providerStaff(t, tn, bus.Provider, "bus_sun")
 	signIn := func() (int, string) {
-		r := nodetest.NewClient(tn.URL, "").Do(t, "POST", "/v1/auth/staff", map[string]string{"user": "bus_sun", "password": made.Password})
+		r := nodetest.NewClient(tn.URL, "").Do(t, "POST", "/v1/auth/staff", map[string]string{"user": "bus_sun", "password": password})
 		var tok struct {
 			Token string `json:"token"`
 		}
@@ -45,7 +41,6 @@ func TestEnableProvider(t *testing.T) {
 		}
 		return r.Status, tok.Token
 	}
-	_, oldSession := signIn()
 	takings := func(token string) int {
 		return tn.Client(token).Do(t, "GET", "/v1/providers/"+bus.Provider+"/takings", nil).Status
 	}
@@ -98,15 +93,7 @@ func TestEnableProvider(t *testing.T) {
 
 	// Enabling again changes nothing and is not audited again.
 	op.JSON(t, "POST", "/v1/providers/"+bus.Provider+"/enable", nil, 200, &p)
-	var log []auth.AuditEntry
-	tn.Client(tn.Demo.Staff["hr_admin"].Token).JSON(t, "GET", "/v1/audit?subject="+bus.Provider, nil, 200, &log)
-	n := 0
-	for _, e := range log {
-		if e.Action == "enable_provider" {
-			n++
-		}
-	}
-	if n != 1 {
-		t.Fatalf("enable_provider audited %d times, want 1: %+v", n, log)
+	if rows := auditRows(t, tn, "enable_provider", bus.Provider); len(rows) != 1 {
+		t.Fatalf("enable_provider audited %d times, want 1: %+v", len(rows), rows)
 	}
 }

@@ -65,19 +65,12 @@ func TestStaffChangesOwnPassword(t *testing.T) {
 		t.Fatalf("new password: %d", st)
 	}
 
-	var log []auth.AuditEntry
-	tn.Client(tn.Demo.Staff["hr_admin"].Token).JSON(t, "GET", "/v1/audit?limit=500", nil, 200, &log)
-	n := 0
-	for _, e := range log {
-		if e.Action == "change_own_password" {
-			n++
-			if strings.Contains(e.Detail, next) || strings.Contains(e.Detail, fin.Password) || e.ActorRole != auth.RoleFinance {
-				t.Fatalf("audit row %+v", e)
-			}
-		}
+	rows := auditRows(t, tn, "change_own_password", "")
+	if len(rows) != 1 {
+		t.Fatalf("change_own_password audited %d times", len(rows))
 	}
-	if n != 1 {
-		t.Fatalf("change_own_password audited %d times", n)
+	if e := rows[0]; strings.Contains(e.Detail, next) || strings.Contains(e.Detail, fin.Password) || e.ActorRole != auth.RoleFinance {
+		t.Fatalf("audit row %+v", e)
 	}
 
 	// Wrong current passwords count toward the name's lock: with those

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
-	"github.com/yikatong/yikatong/internal/auth"
 	"github.com/yikatong/yikatong/internal/node"
 	"github.com/yikatong/yikatong/internal/node/nodetest"
 	"github.com/yikatong/yikatong/internal/terminal"
@@ -103,15 +102,8 @@ func TestReissueTerminalCredentials(t *testing.T) {
 
 	// Who may: the operator only; a provider's staff may not hand out
 	// credentials, even for their own terminal.
-	var made struct {
-		Password string `json:"password"`
-	}
-	op.JSON(t, "POST", "/v1/providers/"+bus.Provider+"/staff", map[string]string{"username": "bus_wu"}, 201, &made)
-	var signed struct {
-		Token string `json:"token"`
-	}
-	nodetest.NewClient(tn.URL, "").JSON(t, "POST", "/v1/auth/staff", map[string]string{"user": "bus_wu", "password": made.Password}, 200, &signed)
-	if r := tn.Client(signed.Token).Do(t, "POST", "/v1/terminals/"+bus.ID+"/credentials", nil); r.Status != 403 {
+	_, busStaff := providerStaff(t, tn, bus.Provider, "bus_wu")
+	if r := tn.Client(busStaff).Do(t, "POST", "/v1/terminals/"+bus.ID+"/credentials", nil); r.Status != 403 {
 		t.Fatalf("provider staff reissued: %d %s", r.Status, r.Code())
 	}
 	if r := op.Do(t, "POST", "/v1/terminals/trm_nosuch/credentials", nil); r.Status != 404 || r.Code() != string(apperr.NotFound) {
@@ -132,16 +124,8 @@ func TestReissueTerminalCredentials(t *testing.T) {
 	}
 
 	// Each reissue is audited, naming the terminal.
-	var log []auth.AuditEntry
-	tn.Client(tn.Demo.Staff["hr_admin"].Token).JSON(t, "GET", "/v1/audit?subject="+bus.ID, nil, 200, &log)
-	n := 0
-	for _, e := range log {
-		if e.Action == "reissue_terminal" {
-			n++
-		}
-	}
-	if n != 2 {
-		t.Fatalf("reissue_terminal audited %d times, want 2: %+v", n, log)
+	if rows := auditRows(t, tn, "reissue_terminal", bus.ID); len(rows) != 2 {
+		t.Fatalf("reissue_terminal audited %d times, want 2: %+v", len(rows), rows)
 	}
 }
 
@@ -189,17 +173,9 @@ func TestReadTerminalWithMark(t *testing.T) {
 	if r := tn.Client(tn.Demo.Staff["operator"].Token).Do(t, "GET", "/v1/terminals/trm_nosuch", nil); r.Status != 404 {
 		t.Fatalf("unknown terminal: %d", r.Status)
 	}
-	var made struct {
-		Password string `json:"password"`
-	}
-	op := tn.Client(tn.Demo.Staff["operator"].Token)
-	op.JSON(t, "POST", "/v1/providers/"+lib.Provider+"/staff", map[string]string{"username": "lib_qian"}, 201, &made)
-	var signed struct {
-		Token string `json:"token"`
-	}
-	nodetest.NewClient(tn.URL, "").JSON(t, "POST", "/v1/auth/staff", map[string]string{"user": "lib_qian", "password": made.Password}, 200, &signed)
-	if r := tn.Client(signed.Token).Do(t, "GET", "/v1/terminals/"+bus.ID, nil); r.Status != 403 {
+	_, libStaff := providerStaff(t, tn, lib.Provider, "lib_qian")
+	if r := tn.Client(libStaff).Do(t, "GET", "/v1/terminals/"+bus.ID, nil); r.Status != 403 {
 		t.Fatalf("another provider's staff: %d", r.Status)
 	}
-	tn.Client(signed.Token).JSON(t, "GET", "/v1/terminals/"+lib.ID, nil, 200, nil)
+	tn.Client(libStaff).JSON(t, "GET", "/v1/terminals/"+lib.ID, nil, 200, nil)
 }
