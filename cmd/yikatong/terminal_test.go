@@ -16,17 +16,7 @@ func TestCmdTerminalAndLoad(t *testing.T) {
 	demo := filepath.Join(n.Dir, "demo.json")
 	card := n.Demo.Residents[0].CardNumber
 	state := filepath.Join(t.TempDir(), "gate.json")
-	runCmd := func(args ...string) (int, map[string]any, string) {
-		var out, errb bytes.Buffer
-		code := run(args, strings.NewReader(""), &out, &errb)
-		var v map[string]any
-		if line, _, _ := strings.Cut(out.String(), "\n"); line != "" {
-			if err := json.Unmarshal([]byte(line), &v); err != nil {
-				t.Fatalf("%v: output %q is not JSON", args, out.String())
-			}
-		}
-		return code, v, out.String() + errb.String()
-	}
+	runCmd := func(args ...string) (int, map[string]any, string) { return terminalRun(t, args...) }
 	// Online scan.
 	code, v, out := runCmd("terminal", "--demo", demo, "--scenario", "transit.metro_exit", "--card", card, "--amount-fen", "400")
 	if code != 0 || v["decision"] != "accepted" || v["charged_fen"] != 400.0 || v["mode"] != "online" {
