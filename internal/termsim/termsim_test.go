@@ -189,19 +189,7 @@ func TestReplacementDeviceContinuesNumbering(t *testing.T) {
 	bus := demoTerminal(t, n.Demo, "transit.bus")
 	card := n.Demo.Residents[0].CardNumber
 	dir := t.TempDir()
-	// The old device's last records, twenty minutes ago.
-	key, err := terminal.ParseBatchKey(bus.BatchKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	then := time.Now().Add(-20 * time.Minute).UTC()
-	var recs []terminal.Record
-	for i := range int64(3) {
-		recs = append(recs, terminal.Record{ID: fmt.Sprintf("old-%d", i+1), Seq: i + 1, At: then.Add(time.Duration(i) * time.Second), Scenario: "transit.bus", CardNumber: card})
-	}
-	if rep, err := termsim.UploadRecords(ctx, http.DefaultClient, n.URL, bus.Token, bus.ID, key, recs, then); err != nil || rep.Applied != 3 {
-		t.Fatalf("old device upload: %+v %v", rep, err)
-	}
+	uploadEarlier(t, n, bus, card, 3)
 
 	var re node.ReissuedTerminal
 	n.Client(n.Demo.Staff["operator"].Token).JSON(t, "POST", "/v1/terminals/"+bus.ID+"/credentials", nil, 200, &re)
@@ -223,8 +211,14 @@ func TestReplacementDeviceContinuesNumbering(t *testing.T) {
 		}
 		return tm
 	}
-	naive := device("naive.json", 0)
-	if rep, err := naive.Upload(ctx); err != nil || rep.Applied != 0 || rep.Items[0].Reason != apperr.OutOfOrder {
+	// Numbered from 1 again, a record dated after the old device's last
+	// is rejected: the numbering must go on.
+	key, err := terminal.ParseBatchKey(re.Credentials.BatchKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := terminal.Record{ID: "again-1", Seq: 1, At: time.Now().UTC(), Scenario: "transit.bus", CardNumber: card}
+	if rep, err := termsim.UploadRecords(ctx, http.DefaultClient, n.URL, re.Credentials.Token, bus.ID, key, []terminal.Record{one}, time.Now()); err != nil || rep.Applied != 0 || rep.Items[0].Reason != apperr.OutOfOrder {
 		t.Fatalf("a new device numbering from 1: %+v %v (want rejected out_of_order)", rep, err)
 	}
 	fresh := device("new.json", re.OfflineSeq)
@@ -244,6 +238,14 @@ func TestReplacementDeviceContinuesNumbering(t *testing.T) {
 	if err != nil || again.State().Seq != re.OfflineSeq+1 {
 		t.Fatalf("restart: seq %d, %v", again.State().Seq, err)
 	}
+	// Without --after-seq, a new state file asks the node for the mark.
+	asked := device("asked.json", 0)
+	if s := asked.State().Seq; s != re.OfflineSeq+2 {
+		t.Fatalf("a device that asked the node numbered %d, want %d", s, re.OfflineSeq+2)
+	}
+	if rep, err := asked.Upload(ctx); err != nil || rep.Applied != 1 {
+		t.Fatalf("upload of the device that asked: %+v %v", rep, err)
+	}
 }
 
 // A validator's storage is wiped (its credentials kept): with a new state
@@ -255,18 +257,7 @@ func TestWipedDeviceResumesNumbering(t *testing.T) {
 	ctx := context.Background()
 	bus := demoTerminal(t, n.Demo, "transit.bus")
 	card := n.Demo.Residents[0].CardNumber
-	key, err := terminal.ParseBatchKey(bus.BatchKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	then := time.Now().Add(-20 * time.Minute).UTC()
-	var recs []terminal.Record
-	for i := range int64(5) {
-		recs = append(recs, terminal.Record{ID: fmt.Sprintf("before-%d", i+1), Seq: i + 1, At: then.Add(time.Duration(i) * time.Second), Scenario: "transit.bus", CardNumber: card})
-	}
-	if rep, err := termsim.UploadRecords(ctx, http.DefaultClient, n.URL, bus.Token, bus.ID, key, recs, then); err != nil || rep.Applied != 5 {
-		t.Fatalf("before the wipe: %+v %v", rep, err)
-	}
+	recs := uploadEarlier(t, n, bus, card, 5)
 	tm, err := termsim.New(termsim.Config{Node: n.URL, Token: bus.Token, ID: bus.ID, Scenario: "transit.bus", BatchKey: bus.BatchKey,
 		StatePath: filepath.Join(t.TempDir(), "wiped.json")})
 	if err != nil {
@@ -284,4 +275,24 @@ func TestWipedDeviceResumesNumbering(t *testing.T) {
 	if rep, err := tm.Upload(ctx); err != nil || rep.Applied != 1 {
 		t.Fatalf("upload after the wipe: %+v %v", rep, err)
 	}
+}
+
+// uploadEarlier uploads count offline records of card from terminal bus,
+// numbered 1 to count and dated twenty minutes ago a second apart (a
+// device's last records before it was replaced or wiped), and returns them.
+func uploadEarlier(t *testing.T, n *nodetest.Node, bus node.DemoTerminal, card string, count int64) []terminal.Record {
+	t.Helper()
+	key, err := terminal.ParseBatchKey(bus.BatchKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	then := time.Now().Add(-20 * time.Minute).UTC()
+	var recs []terminal.Record
+	for i := range count {
+		recs = append(recs, terminal.Record{ID: fmt.Sprintf("earlier-%d", i+1), Seq: i + 1, At: then.Add(time.Duration(i) * time.Second), Scenario: "transit.bus", CardNumber: card})
+	}
+	if rep, err := termsim.UploadRecords(context.Background(), http.DefaultClient, n.URL, bus.Token, bus.ID, key, recs, then); err != nil || rep.Applied != int(count) {
+		t.Fatalf("the device's earlier records: %+v %v", rep, err)
+	}
+	return recs
 }
