@@ -146,7 +146,7 @@ var catalogue = map[Code]entry{
 	Conflict:            {409, "the request conflicts with the current state", "请求与当前状态冲突"},
 	AlreadyExists:       {409, "it already exists", "已存在"},
 	RateLimited:         {429, "too many requests; try again later", "请求过于频繁，请稍后再试"},
-	Unavailable:         {503, "the service is temporarily unavailable; retry with the same idempotency key", "服务暂时不可用，请使用相同幂等键重试"},
+	Unavailable:         {503, "the service is temporarily unavailable; retry (a request with an idempotency key: with the same key)", "服务暂时不可用，请重试（带幂等键的请求请使用相同的幂等键）"},
 	Internal:            {500, "internal error", "内部错误"},
 	IdempotencyConflict: {409, "the idempotency key was already used with different content", "幂等键已用于不同的请求内容"},
 
