@@ -48,6 +48,11 @@ func TestConsoleDisputesReadIsAudited(t *testing.T) {
 		if audited(actor) <= before {
 			t.Fatalf("%s saw resident %s's dispute (card %s) with no audit record", role, rid, res.CardNumber)
 		}
+		// Only finance refunds (a ledger reversal): hr_admin is not
+		// offered a button the server would refuse.
+		if offered := strings.Contains(body, "/refund\""); offered != (role == "finance") {
+			t.Fatalf("%s: refund offered %v", role, offered)
+		}
 	}
 }
 

@@ -75,6 +75,10 @@ func TestConsoleHolderFlags(t *testing.T) {
 		if r, err := tn.Residents.Get(ctx, rid); err != nil || r.FlagsSetBy != "hr_admin:"+rows[0].Actor {
 			t.Fatalf("flags set by %q, want hr_admin:%s (%v)", r.FlagsSetBy, rows[0].Actor, err)
 		}
+		// The page names the setter and the card's history its actors in
+		// words, as the audit page does (not role:id, not "enrolment").
+		mustContain(t, "the page after saving", body, "人社管理员 · "+rows[0].Actor, "建档")
+		mustNotContain(t, "the page after saving", body, "hr_admin:"+rows[0].Actor, ">enrolment<")
 		other := residentID(t, tn, tn.Demo.Residents[1].CardNumber)
 		if _, err := tn.SetResidentFlags(ctx, auth.Principal{Kind: auth.KindStaff, Subject: rows[0].Actor, Role: auth.RoleHRAdmin}, other, []string{"student", "disabled"}); err != nil {
 			t.Fatal(err)

@@ -374,6 +374,10 @@ func TestTerminals(t *testing.T) {
 		if _, _, err := tn.Auth.LoginStaff(ctx, "testbus", "correct horse battery", time.Hour); err == nil {
 			t.Fatal("staff of a disabled provider signed in")
 		}
+		// Its terminals cannot be reissued while it is disabled: no button.
+		if _, off, _ := op.do("GET", "/console/terminals", nil); strings.Contains(off, `/console/terminals/`+p.Subject+`/reissue"`) || !strings.Contains(off, `/console/providers/`+provID+`/enable"`) {
+			t.Fatalf("terminals page with the provider disabled: %.3000s", off)
+		}
 		if st, body, _ := op.do("POST", "/console/providers/"+provID+"/enable", url.Values{"csrf": {tok}}); st != http.StatusSeeOther {
 			t.Fatalf("enable provider: %d %.300s", st, body)
 		}

@@ -278,6 +278,8 @@ var messages = map[string][2]string{
 	"c.pstaff.password":           {"初始密码", "Password"},
 	"c.pstaff.provdisabled":       {"该服务商已停用，不能新建工作人员账号。", "The provider is disabled; no new staff users can be created."},
 	"c.confirm.disable":           {"确定停用该终端？它将立即无法扫码。", "Disable this terminal? It stops scanning at once."},
+	"c.confirm.staffdisable":      {"确定停用该工作人员账号？其登录会话将立即结束。", "Disable this staff user? Their sessions end at once."},
+	"c.subsidies.programme.eg":    {"2026年冬季取暖补贴", "2026 winter heating subsidy"},
 	"c.confirm.pdisable":          {"确定停用该服务商？其全部终端立即停用，工作人员立即退出登录。", "Disable this provider? All its terminals stop at once and its staff are signed out."},
 	"c.confirm.reissue":           {"确定重新签发该终端的凭据？旧令牌和旧批次密钥将立即作废；已停用的终端将重新启用。", "Reissue this terminal's credentials? The old token and batch key stop working at once; a disabled terminal is enabled again."},
 	"c.scenarios.title":           {"服务场景", "Service scenarios"},
@@ -355,14 +357,16 @@ var messages = map[string][2]string{
 	"kind.fed_loss":             {"异地拒付核销", "cross-city charge written off"},
 	"kind.transfer":             {"转账", "transfer"},
 
-	"role.hr_admin": {"人社管理员", "HR bureau administrator"},
-	"role.finance":  {"财政", "Finance"},
-	"role.operator": {"运营", "Operator"},
-	"role.provider": {"服务商", "Provider"},
-	"role.resident": {"居民", "Resident"},
-	"role.terminal": {"终端", "Terminal"},
-	"role.system":   {"系统", "System"},
-	"role.admin":    {"系统管理员（主机）", "Administrator (host)"},
+	"role.hr_admin":   {"人社管理员", "HR bureau administrator"},
+	"role.finance":    {"财政", "Finance"},
+	"role.operator":   {"运营", "Operator"},
+	"role.provider":   {"服务商", "Provider"},
+	"role.resident":   {"居民", "Resident"},
+	"role.terminal":   {"终端", "Terminal"},
+	"role.system":     {"系统", "System"},
+	"actor.enrolment": {"建档", "enrolment"},
+	"actor.system":    {"系统", "system"},
+	"role.admin":      {"系统管理员（主机）", "Administrator (host)"},
 
 	"sex.F": {"女", "female"},
 	"sex.M": {"男", "male"},
@@ -547,7 +551,7 @@ func tr(lang, key string) string {
 	if !ok {
 		if i := strings.IndexByte(key, '.'); i > 0 {
 			switch key[:i] {
-			case "kind", "status", "cat", "dispute", "payout", "role", "sex", "event", "scenariokind", "provkind", "audit", "view", "flag":
+			case "kind", "status", "cat", "dispute", "payout", "role", "sex", "event", "scenariokind", "provkind", "audit", "view", "flag", "actor":
 				return key[i+1:]
 			}
 		}

@@ -33,6 +33,18 @@ func (rq *req) Label(family string, value any) string {
 	return rq.T(family + "." + v)
 }
 
+// ActorName is how a record's actor reads (a card's history, holder
+// flags' setter): "role:subject" as the role's name and the subject, as
+// the audit page shows it; a word such as enrolment by its label.
+func (rq *req) ActorName(actor string) string {
+	if role, sub, ok := strings.Cut(actor, ":"); ok {
+		if _, known := messages["role."+role]; known {
+			return rq.RoleName(role) + " · " + sub
+		}
+	}
+	return rq.Label("actor", actor)
+}
+
 func toString(v any) string {
 	if s, ok := v.(string); ok {
 		return s

@@ -95,6 +95,10 @@ func TestConsoleProviderStaff(t *testing.T) {
 		if st, _, _ := op.do("POST", page+"/disable", url.Values{"csrf": {tok}, "username": {tn.Demo.Staff["hr_admin"].User}}); st != http.StatusNotFound {
 			t.Fatalf("disabling a city staff user from a provider's page: %d", st)
 		}
+		// The disable button asks about the staff user, not a terminal.
+		if _, list, _ := op.do("GET", page, nil); !strings.Contains(list, "确定停用该工作人员账号") || strings.Contains(list, "确定停用该终端") {
+			t.Fatal("the staff user's disable button does not ask about a staff user")
+		}
 		// Disabling from the console ends the token at once.
 		if st, body, h := op.do("POST", page+"/disable", url.Values{"csrf": {tok}, "username": {"busclerk"}}); st != http.StatusSeeOther || !strings.HasPrefix(h.Get("Location"), page) {
 			t.Fatalf("disable: %d %.300s", st, body)

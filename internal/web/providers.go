@@ -39,6 +39,9 @@ func (w *Web) providerNames(ctx context.Context) map[string]string {
 type terminalRow struct {
 	terminal.Terminal
 	ProviderName string
+	// ProviderDisabled: its provider is disabled (the terminal cannot be
+	// reissued until the provider is enabled again).
+	ProviderDisabled bool
 }
 
 // newTerminal is shown once after onboarding or a reissue.
@@ -91,9 +94,9 @@ func (w *Web) terminalsPage(rq *req, err error, d terminalsData) error {
 			return apperr.Newf(apperr.Forbidden, "your account belongs to no provider", "您的账号未关联服务商")
 		}
 	}
-	names := map[string]string{}
+	names, off := map[string]string{}, map[string]bool{}
 	for _, p := range ps {
-		names[p.ID] = p.Name
+		names[p.ID], off[p.ID] = p.Name, p.Disabled
 	}
 	ts, terr := w.d.TerminalsOf(ctx, own)
 	if terr != nil {
@@ -101,7 +104,7 @@ func (w *Web) terminalsPage(rq *req, err error, d terminalsData) error {
 	}
 	d.Providers, d.Kinds = ps, terminal.ProviderKinds
 	for _, t := range ts {
-		d.Terminals = append(d.Terminals, terminalRow{Terminal: t, ProviderName: names[t.ProviderID]})
+		d.Terminals = append(d.Terminals, terminalRow{Terminal: t, ProviderName: names[t.ProviderID], ProviderDisabled: off[t.ProviderID]})
 	}
 	if rq.S.P.Role == auth.RoleOperator {
 		if d.Scenarios, perr = w.d.Catalog.Scenarios(ctx, 0); perr != nil {
