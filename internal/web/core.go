@@ -88,7 +88,7 @@ func (rq *req) render(status int, name, title string, data any) error {
 	if !ok {
 		return fmt.Errorf("no template %s", name)
 	}
-	v := view{req: rq, Title: rq.T(title), Path: rq.r.URL.RequestURI(), Data: data}
+	v := view{req: rq, Title: rq.T(title), Path: rq.pagePath(), Data: data}
 	if rq.S != nil {
 		v.CSRF = rq.S.CSRF
 	}
@@ -102,6 +102,30 @@ func (rq *req) render(status int, name, title string, data any) error {
 	return t.ExecuteTemplate(rq.w, "layout", v)
 }
 
+// pagePath is where the language and display switches come back to: the
+// page itself for a GET; for the answer to a form (a POST-only path,
+// which a GET would not find), the page the form was on (the Referer:
+// same-origin by this site's Referrer-Policy), else the console's or the
+// resident's home.
+func (rq *req) pagePath() string {
+	r := rq.r
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return r.URL.RequestURI()
+	}
+	if ref, err := url.Parse(r.Referer()); err == nil && ref.Host == r.Host && ref.Path != "" {
+		if p := safeNext(ref.RequestURI()); p != "/" || ref.Path == "/" {
+			return p
+		}
+	}
+	switch {
+	case strings.HasPrefix(r.URL.Path, "/console/"):
+		return "/console/"
+	case strings.HasPrefix(r.URL.Path, "/r/"):
+		return "/r/"
+	}
+	return "/"
+}
+
 // renderErr renders a page with an error message above it.
 func (rq *req) renderWithError(err error, name, title string, data any) error {
 	e := apperr.As(err)
@@ -109,7 +133,7 @@ func (rq *req) renderWithError(err error, name, title string, data any) error {
 		rq.web.log.Error("web page error", "path", rq.r.URL.Path, "err", err)
 	}
 	t := rq.web.pages[name]
-	v := view{req: rq, Title: rq.T(title), Path: rq.r.URL.RequestURI(), Data: data, Error: rq.ErrText(e)}
+	v := view{req: rq, Title: rq.T(title), Path: rq.pagePath(), Data: data, Error: rq.ErrText(e)}
 	if rq.S != nil {
 		v.CSRF = rq.S.CSRF
 	}

@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -32,7 +33,7 @@ func TestStaffPasswordPage(t *testing.T) {
 		if st, body, _ := post(op.Password, "brand-new-password", "brand-new-passw0rd"); st == http.StatusSeeOther || !strings.Contains(body, "两次输入的新密码不一致") {
 			t.Fatalf("mismatch: %d %.400s", st, body)
 		}
-		if st, body, _ := post("not-the-password", "brand-new-password", "brand-new-password"); st == http.StatusSeeOther || !strings.Contains(body, "用户名或密码错误") {
+		if st, body, _ := post("not-the-password", "brand-new-password", "brand-new-password"); st == http.StatusSeeOther || !strings.Contains(body, "当前密码错误") {
 			t.Fatalf("wrong current password: %d %.400s", st, body)
 		}
 		st, _, h := post(op.Password, "brand-new-password", "brand-new-password")
@@ -53,6 +54,43 @@ func TestStaffPasswordPage(t *testing.T) {
 		}
 		if len(audited(t, tn, "change_own_password", "")) != 1 {
 			t.Fatal("change not audited once")
+		}
+	})
+}
+
+// TestLanguageSwitchAfterAForm: on the answer to a form (a POST-only
+// path) the language switch leads back to the page the form was on, not
+// to the POST path (which a GET would not find).
+func TestLanguageSwitchAfterAForm(t *testing.T) {
+	eachBackend(t, 1, func(t *testing.T, tn *nodetest.Node) {
+		b := newBrowser(t, tn.URL).staffAs(tn, "operator")
+		tok := b.csrf("/console/password")
+		post := func(referer string) string {
+			form := url.Values{"csrf": {tok}, "current_password": {"x"}, "new_password": {"y"}, "new_password2": {"z"}}
+			req, _ := http.NewRequest("POST", tn.URL+"/console/password", strings.NewReader(form.Encode()))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			if referer != "" {
+				req.Header.Set("Referer", referer)
+			}
+			resp, err := b.c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var sb strings.Builder
+			if _, err := io.Copy(&sb, resp.Body); err != nil {
+				t.Fatal(err)
+			}
+			return sb.String()
+		}
+		if page := post(tn.URL + "/console/password?from=menu"); !strings.Contains(page, `next=%2fconsole%2fpassword%3ffrom%3dmenu"`) {
+			t.Fatalf("with the form's page as referer: %.2000s", page)
+		}
+		if page := post(""); !strings.Contains(page, `next=%2fconsole%2f"`) {
+			t.Fatalf("without a referer: %.2000s", page)
+		}
+		if page := post("https://elsewhere.example/console/evil"); !strings.Contains(page, `next=%2fconsole%2f"`) {
+			t.Fatalf("another site's referer: %.2000s", page)
 		}
 	})
 }
