@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -53,11 +54,38 @@ func CheckStaffPassword(password string) error {
 		return apperr.Invalid("password", "the password must be valid UTF-8 text of at most "+strconv.Itoa(MaxStaffPassword)+" bytes",
 			"密码须为不超过"+strconv.Itoa(MaxStaffPassword)+"字节的有效 UTF-8 文本")
 	}
-	if utf8.RuneCountInString(password) < MinStaffPassword {
-		return apperr.Invalid("password", "password must have at least "+strconv.Itoa(MinStaffPassword)+" characters",
-			"密码至少"+strconv.Itoa(MinStaffPassword)+"个字符")
+	if utf8.RuneCountInString(strings.TrimSpace(password)) < MinStaffPassword {
+		return apperr.Invalid("password", "password must have at least "+strconv.Itoa(MinStaffPassword)+" characters (spaces at either end not counted)",
+			"密码至少"+strconv.Itoa(MinStaffPassword)+"个字符（首尾空格不计）")
+	}
+	if trivialPassword(password) {
+		return apperr.Invalid("password", "the password is too easy to guess (one character repeated, a straight run such as 12345678 or abcdefgh, or a well-known one); choose another",
+			"密码过于简单（同一字符重复、12345678 或 abcdefgh 这类连续序列，或常见密码），请换一个")
 	}
 	return nil
+}
+
+// commonPasswords are well-known passwords of the minimum length or more
+// that the other checks let through (lower case, as compared).
+var commonPasswords = []string{"password", "password1", "password123", "passw0rd", "qwertyui", "qwertyuiop", "iloveyou",
+	"12341234", "12344321", "11223344", "123123123", "1q2w3e4r", "1qaz2wsx", "asdfghjk", "zxcvbnm123", "admin123", "admin@123", "woaini1314"}
+
+// trivialPassword reports a password made of one character repeated, a
+// straight run up or down (12345678, abcdefgh, 87654321), or one of
+// commonPasswords.
+func trivialPassword(password string) bool {
+	p := strings.ToLower(strings.TrimSpace(password))
+	if slices.Contains(commonPasswords, p) {
+		return true
+	}
+	rs := []rune(p)
+	same, up, down := true, true, true
+	for i := 1; i < len(rs); i++ {
+		same = same && rs[i] == rs[0]
+		up = up && rs[i] == rs[i-1]+1
+		down = down && rs[i] == rs[i-1]-1
+	}
+	return same || up || down
 }
 
 // passwordAlphabet has no characters that are easily mistaken for one

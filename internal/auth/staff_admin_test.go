@@ -431,3 +431,19 @@ func TestDisableStaffRacesCacheFill(t *testing.T) {
 		t.Fatalf("a disabled user's session works after the race: %v", err)
 	}
 }
+
+// TestWeakStaffPasswords: spaces do not count toward the length, and
+// passwords anyone would try first are refused in both languages.
+func TestWeakStaffPasswords(t *testing.T) {
+	for _, pw := range []string{"        ", "  abc  de  ", "12345678", "87654321", "abcdefgh", "aaaaaaaaaa", "Password", "QWERTYUI", " 12341234 "} {
+		err := auth.CheckStaffPassword(pw)
+		if apperr.CodeOf(err) != apperr.ValidationFailed || apperr.As(err).MessageZh == "" {
+			t.Errorf("%q: %v, want validation_failed", pw, err)
+		}
+	}
+	for _, pw := range []string{"correct horse", "operator-pass", "12345679", "abcdefgi", "right password", "北京欢迎你一卡通好"} {
+		if err := auth.CheckStaffPassword(pw); err != nil {
+			t.Errorf("%q refused: %v", pw, err)
+		}
+	}
+}

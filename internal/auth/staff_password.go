@@ -12,11 +12,12 @@ import (
 // ChangeOwnPassword lets signed-in staff user p replace their password
 // (change_own_password): the one handed over by an administrator, say,
 // at the first sign-in. The current password is asked for, and a wrong
-// one counts toward the name's sign-in lock like a wrong sign-in (a
-// session left open on a counter must not let anyone take the account
-// over, nor guess the password freely). Every other session of the user
-// ends; the one presented (keep) goes on. A disabled user, or one whose
-// provider is disabled, is refused as at sign-in.
+// one (forbidden: the session itself is fine) counts toward the name's
+// sign-in lock like a wrong sign-in: a session left open on a counter
+// must not let anyone take the account over, nor guess the password
+// freely. Every other session of the user ends; the one presented (keep)
+// goes on. A disabled user, or one whose provider is disabled, is refused
+// as at sign-in.
 func (s *Service) ChangeOwnPassword(ctx context.Context, p Principal, keep, current, next string) error {
 	if p.Kind != KindStaff {
 		return errStaffOnly()
@@ -42,7 +43,14 @@ func (s *Service) ChangeOwnPassword(ctx context.Context, p Principal, keep, curr
 		return err
 	}
 	if u.ID != p.Subject || !CheckPassword(hash, current) || u.Disabled {
-		return s.signInFailed(ctx, key, username, &u, slot, lockouts, now)
+		err := s.signInFailed(ctx, key, username, &u, slot, lockouts, now)
+		if apperr.CodeOf(err) == apperr.Unauthorized {
+			// Said as what it is, and not as 401: the session is fine.
+			left := strconv.Itoa(MaxStaffFails - slot)
+			return apperr.Newf(apperr.Forbidden, "the current password is wrong (tries left before sign-in is locked for a while: "+left+")",
+				"当前密码错误，再错"+left+"次将暂时锁定登录")
+		}
+		return err
 	}
 	if err := s.signInSucceeded(ctx, key); err != nil {
 		return err
