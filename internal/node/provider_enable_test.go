@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,5 +96,21 @@ func TestEnableProvider(t *testing.T) {
 	op.JSON(t, "POST", "/v1/providers/"+bus.Provider+"/enable", nil, 200, &p)
 	if rows := auditRows(t, tn, "enable_provider", bus.Provider); len(rows) != 1 {
 		t.Fatalf("enable_provider audited %d times, want 1: %+v", len(rows), rows)
+	}
+}
+
+// Provider and terminal names are counted in characters, as the console's
+// forms count them: 100 Chinese characters (300 bytes) are a name, 101
+// are not.
+func TestNamesCountCharacters(t *testing.T) {
+	tn := nodetest.Start(t, nodetest.Options{Demo: true, DemoResidents: 1})
+	op := tn.Client(tn.Demo.Staff["operator"].Token)
+	long := strings.Repeat("郑", 100)
+	var p terminal.Provider
+	op.JSON(t, "POST", "/v1/providers", map[string]any{"name": long, "kind": "transit", "scenarios": []string{"transit.bus"}}, 201, &p)
+	op.JSON(t, "POST", "/v1/providers/"+p.ID+"/terminals", map[string]any{"name": long}, 201, nil)
+	r := op.Do(t, "POST", "/v1/providers", map[string]any{"name": long + "州", "kind": "transit", "scenarios": []string{"transit.bus"}})
+	if r.Status != 422 || !strings.Contains(r.Problem()["detail_zh"].(string), "100个字符") {
+		t.Fatalf("101 characters: %d %s", r.Status, r.Body)
 	}
 }

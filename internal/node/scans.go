@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
@@ -76,8 +77,20 @@ func (n *Node) CreateProvider(ctx context.Context, name, kind string, scenarios 
 	if err != nil {
 		return p, err
 	}
-	_, err = n.Ledger.CreateAccount(ctx, ledger.Account{ID: ledger.ReceivableID(p.ID), Kind: ledger.KindReceivable, Label: p.Name})
+	_, err = n.Ledger.CreateAccount(ctx, ledger.Account{ID: ledger.ReceivableID(p.ID), Kind: ledger.KindReceivable, Label: clip(p.Name, ledger.MaxMemoLen)})
 	return p, err
+}
+
+// clip cuts s to at most n bytes at a character boundary (a label is a
+// reminder; the provider's name itself is kept whole).
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // CreateTerminal onboards a terminal of a provider (scenarios: a subset of

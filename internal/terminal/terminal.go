@@ -38,9 +38,11 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
@@ -53,6 +55,10 @@ const TokenTTL = 5 * 365 * 24 * time.Hour
 
 // CacheTTL bounds how long a terminal row is trusted without the database.
 const CacheTTL = 2 * time.Second
+
+// MaxNameLen bounds provider and terminal names, in characters (the
+// console's forms say the same).
+const MaxNameLen = 100
 
 // Provider kinds (free text is refused so dashboards can group them).
 var ProviderKinds = []string{"transit", "hospital", "pharmacy", "library", "museum", "scenic", "school",
@@ -162,8 +168,8 @@ func (s *Service) checkScenarios(ctx context.Context, list []string) ([]string, 
 
 func checkName(name string) (string, error) {
 	name = strings.TrimSpace(name)
-	if name == "" || len(name) > 200 {
-		return "", apperr.Invalid("name", "the name must be 1-200 bytes", "名称须为1至200字节")
+	if name == "" || !utf8.ValidString(name) || utf8.RuneCountInString(name) > MaxNameLen {
+		return "", apperr.Invalid("name", "the name must be 1 to "+strconv.Itoa(MaxNameLen)+" characters", "名称须为1至"+strconv.Itoa(MaxNameLen)+"个字符")
 	}
 	return name, nil
 }
