@@ -383,6 +383,9 @@ func (w *Web) consoleAudit(rq *req) error {
 type disputesData struct {
 	Status   string
 	Disputes []Dispute
+	// After a refused refund or rejection: the dispute and what was
+	// typed for it (note or reason), put back in its form.
+	KeepID, KeepNote, KeepReason string
 }
 
 func (w *Web) consoleDisputes(rq *req) error {
@@ -422,19 +425,19 @@ func (w *Web) auditDisputes(rq *req, ds []Dispute) error {
 
 func (w *Web) consoleDisputeRefund(rq *req) error {
 	if _, err := w.RefundDispute(rq.r.Context(), rq.S.P, rq.r.PathValue("id"), rq.r.PostFormValue("note")); err != nil {
-		return w.disputesWithError(rq, err)
+		return w.disputesWithError(rq, err, disputesData{KeepID: rq.r.PathValue("id"), KeepNote: rq.r.PostFormValue("note")})
 	}
 	return redirect("/console/disputes?m=refunded")
 }
 
 func (w *Web) consoleDisputeReject(rq *req) error {
 	if _, err := w.RejectDispute(rq.r.Context(), rq.S.P, rq.r.PathValue("id"), rq.r.PostFormValue("reason")); err != nil {
-		return w.disputesWithError(rq, err)
+		return w.disputesWithError(rq, err, disputesData{KeepID: rq.r.PathValue("id"), KeepReason: rq.r.PostFormValue("reason")})
 	}
 	return redirect("/console/disputes?m=rejected")
 }
 
-func (w *Web) disputesWithError(rq *req, err error) error {
+func (w *Web) disputesWithError(rq *req, err error, keep disputesData) error {
 	ds, derr := w.Disputes(rq.r.Context(), "", DisputeOpen)
 	if derr != nil {
 		return err
@@ -442,5 +445,6 @@ func (w *Web) disputesWithError(rq *req, err error) error {
 	if derr := w.auditDisputes(rq, ds); derr != nil {
 		return err
 	}
-	return rq.renderWithError(err, "c_disputes.html", "c.disputes.title", disputesData{Disputes: ds})
+	keep.Disputes = ds
+	return rq.renderWithError(err, "c_disputes.html", "c.disputes.title", keep)
 }

@@ -2,6 +2,7 @@ package web_test
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -52,6 +53,19 @@ func TestConsoleDisputesReadIsAudited(t *testing.T) {
 		// offered a button the server would refuse.
 		if offered := strings.Contains(body, "/refund\""); offered != (role == "finance") {
 			t.Fatalf("%s: refund offered %v", role, offered)
+		}
+		// A rejection refused (its reason too long) keeps what was typed
+		// in that dispute's form.
+		if role == "hr_admin" {
+			var id string
+			if err := tn.DB.R.QueryRowContext(ctx, `SELECT id FROM disputes WHERE resident_id = $1`, rid).Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			long := strings.Repeat("票", 501)
+			st, page, _ := b.do("POST", "/console/disputes/"+id+"/reject", url.Values{"csrf": {b.csrf("/console/disputes")}, "reason": {long}})
+			if st == http.StatusSeeOther || !strings.Contains(page, `value="`+long+`"`) {
+				t.Fatalf("a refused rejection: %d, reason kept %v", st, strings.Contains(page, long))
+			}
 		}
 	}
 }

@@ -348,8 +348,17 @@ func (w *Web) residentDisputes(rq *req) error {
 	if err != nil {
 		return err
 	}
-	return rq.render(200, "r_disputes.html", "r.disputes.title", ds)
+	return rq.render(200, "r_disputes.html", "r.disputes.title", residentDisputes{List: ds})
 }
+
+// residentDisputes is the resident's disputes page: their disputes, and
+// after a refused one the form again with what they typed.
+type residentDisputes struct {
+	List  []Dispute
+	Retry *disputeRetry
+}
+
+type disputeRetry struct{ TransferID, Reason string }
 
 func (w *Web) residentDispute(rq *req) error {
 	rc, err := rq.resident()
@@ -361,7 +370,13 @@ func (w *Web) residentDispute(rq *req) error {
 		var e *apperr.Error
 		if errors.As(err, &e) {
 			ds, _ := w.Disputes(rq.r.Context(), rc.Resident.ID, "")
-			return rq.renderWithError(e, "r_disputes.html", "r.disputes.title", ds)
+			// A reason refused (empty, too long): the form again, with what
+			// was typed, to correct it here instead of finding the line again.
+			var retry *disputeRetry
+			if e.Code == apperr.ValidationFailed {
+				retry = &disputeRetry{TransferID: rq.r.PostFormValue("transfer_id"), Reason: rq.r.PostFormValue("reason")}
+			}
+			return rq.renderWithError(e, "r_disputes.html", "r.disputes.title", residentDisputes{List: ds, Retry: retry})
 		}
 		return err
 	}

@@ -92,6 +92,18 @@ func TestResidentPages(t *testing.T) {
 		}
 		_, body, _ = b.do("GET", "/r/statement?account=wallet", nil)
 		mustNotContain(t, "own statement", body, x.ID)
+		mustNotContain(t, "another's charge", body, `id="dispute-retry"`)
+
+		// The owner's reason refused (too long): the form comes back with
+		// what was typed, to shorten it there.
+		own := newBrowser(t, tn.URL)
+		own.residentLogin(r1.CardNumber, r1.PIN)
+		long := strings.Repeat("扣", 501)
+		st, body, _ = own.do("POST", "/r/disputes", url.Values{"csrf": {own.csrf("/r/disputes")}, "transfer_id": {x.ID}, "reason": {long}})
+		if st == http.StatusSeeOther {
+			t.Fatal("a 501-character reason was taken")
+		}
+		mustContain(t, "a refused reason", body, `id="dispute-retry"`, `value="`+x.ID+`"`, `value="`+long+`"`, "500")
 	})
 
 	t.Run("statement dates are China time; an empty range says so in both languages", func(t *testing.T) {
