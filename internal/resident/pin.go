@@ -122,6 +122,13 @@ func (st pinState) refusal() error {
 // Other errors: validation_failed (not 6 digits; not counted),
 // card_not_active, pin_not_set, and bad_pin for an unknown card number.
 func (s *Service) VerifyPIN(ctx context.Context, cardNumber, pin string) (Card, error) {
+	return s.verifyPIN(ctx, cardNumber, pin, false)
+}
+
+// verifyPIN is VerifyPIN; current says the PIN is the card's current one
+// asked for a change (a wrong one is said as such, the card number being
+// known).
+func (s *Service) verifyPIN(ctx context.Context, cardNumber, pin string, current bool) (Card, error) {
 	n, err := checkCardNumber(cardNumber)
 	if err != nil {
 		return Card{}, err
@@ -158,7 +165,7 @@ func (s *Service) VerifyPIN(ctx context.Context, cardNumber, pin string) (Card, 
 			return Card{}, apperr.Wrap(apperr.Internal, err)
 		}
 		if !ok {
-			return Card{}, s.wrongPIN(ctx, n, slot)
+			return Card{}, s.wrongPIN(ctx, n, slot, current)
 		}
 		newHash := st.pinHash
 		if iter < s.pinIter {
@@ -184,12 +191,16 @@ func (s *Service) VerifyPIN(ctx context.Context, cardNumber, pin string) (Card, 
 	}
 }
 
-func (s *Service) wrongPIN(ctx context.Context, number string, slot int) error {
+func (s *Service) wrongPIN(ctx context.Context, number string, slot int, current bool) error {
 	if slot < MaxPINFails {
 		left := strconv.Itoa(MaxPINFails - slot)
 		tries := " tries left"
 		if slot == MaxPINFails-1 {
 			tries = " try left"
+		}
+		if current {
+			return apperr.Newf(apperr.BadPIN, "the current PIN is wrong; "+left+tries+" before the card is locked",
+				"原密码错误，再错"+left+"次卡片将被锁定")
 		}
 		return apperr.Newf(apperr.BadPIN, "wrong card number or PIN; "+left+tries+" before the card is locked",
 			"卡号或密码错误，再错"+left+"次卡片将被锁定")
@@ -215,7 +226,7 @@ func (s *Service) ChangePIN(ctx context.Context, cardNumber, oldPIN, newPIN stri
 	if err := ValidatePIN(newPIN); err != nil {
 		return err
 	}
-	c, err := s.VerifyPIN(ctx, cardNumber, oldPIN)
+	c, err := s.verifyPIN(ctx, cardNumber, oldPIN, true)
 	if err != nil {
 		return err
 	}

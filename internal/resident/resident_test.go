@@ -651,7 +651,12 @@ func TestPINSetChangeAndRefusals(t *testing.T) {
 			t.Fatal("a malformed PIN was counted")
 		}
 		// Wrong old PIN counts.
-		wantCode(t, e.svc.ChangePIN(ctx, c.Number, "135791", "246813"), apperr.BadPIN)
+		err = e.svc.ChangePIN(ctx, c.Number, "135791", "246813")
+		wantCode(t, err, apperr.BadPIN)
+		// The card is the resident's own: the message names the PIN only.
+		if en, zh := apperr.As(err).Text(); !strings.Contains(en, "current PIN is wrong") || !strings.Contains(zh, "原密码错误") {
+			t.Fatalf("wrong current PIN said as %q / %q", en, zh)
+		}
 		if got, _ := e.svc.Card(ctx, c.Number); got.PINFails != 1 {
 			t.Fatalf("fails %d after wrong old PIN", got.PINFails)
 		}
