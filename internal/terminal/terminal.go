@@ -445,14 +445,9 @@ func (s *Service) DisableTerminal(ctx context.Context, id string) (Terminal, err
 // again while it is disabled. Calling it again (after an error part way)
 // finishes the job.
 func (s *Service) DisableProvider(ctx context.Context, id string) (Provider, error) {
-	res, err := s.db.W.ExecContext(ctx, `UPDATE providers SET disabled = 1 WHERE id = $1`, id)
-	if err != nil {
-		return Provider{}, storeErr(err)
+	if err := s.markProvider(ctx, id, true); err != nil {
+		return Provider{}, err
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return Provider{}, apperr.Newf(apperr.NotFound, "no such provider", "未找到该服务商")
-	}
-	s.forget("", id)
 	// After the mark: a sign-in that stores its token after this
 	// revocation sees the mark (auth.LoginStaff).
 	if err := s.auth.RevokeProviderStaff(ctx, id); err != nil {
@@ -476,15 +471,28 @@ func (s *Service) DisableProvider(ctx context.Context, id string) (Provider, err
 // disabled, their credentials revoked by the disable: each comes back
 // with new ones (Reissue). Enabling an enabled provider changes nothing.
 func (s *Service) EnableProvider(ctx context.Context, id string) (Provider, error) {
-	res, err := s.db.W.ExecContext(ctx, `UPDATE providers SET disabled = 0 WHERE id = $1`, id)
+	if err := s.markProvider(ctx, id, false); err != nil {
+		return Provider{}, err
+	}
+	return s.Provider(ctx, id)
+}
+
+// markProvider sets provider id's disabled mark and drops its terminals
+// from the cache (they carry the mark).
+func (s *Service) markProvider(ctx context.Context, id string, disabled bool) error {
+	mark := 0
+	if disabled {
+		mark = 1
+	}
+	res, err := s.db.W.ExecContext(ctx, `UPDATE providers SET disabled = $2 WHERE id = $1`, id, mark)
 	if err != nil {
-		return Provider{}, storeErr(err)
+		return storeErr(err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return Provider{}, apperr.Newf(apperr.NotFound, "no such provider", "未找到该服务商")
+		return apperr.Newf(apperr.NotFound, "no such provider", "未找到该服务商")
 	}
 	s.forget("", id)
-	return s.Provider(ctx, id)
+	return nil
 }
 
 // BatchPublicKey returns the key that checks terminal id's batches.
