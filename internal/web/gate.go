@@ -234,6 +234,8 @@ func normalizeAmount(s string) string {
 			return '.'
 		case r == '，':
 			return ','
+		case r == '－':
+			return '-'
 		case r == '　':
 			return ' '
 		}
@@ -343,6 +345,9 @@ func (rq *req) viewValue(key string, v any, scenario string) string {
 func parseYuan(s string) (int64, error) {
 	bad := apperr.Invalid("amount", "write the amount in yuan, e.g. 2.50", "金额请以元填写，例如 2.50")
 	s = normalizeAmount(s)
+	if strings.HasPrefix(s, "-") && len(s) > 1 {
+		return 0, apperr.Invalid("amount", "the amount cannot be below zero", "金额不能为负数")
+	}
 	whole, frac, _ := strings.Cut(s, ".")
 	if whole == "" || len(frac) > 2 || len(whole) > 9 || !allDigits(whole) || !allDigits(frac) {
 		return 0, bad // strconv would take a sign: "2.+5" is not 2.05

@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/text/encoding/simplifiedchinese"
+
+	"github.com/yikatong/yikatong/internal/apperr"
 )
 
 func TestMoneyFormats(t *testing.T) {
@@ -87,7 +89,18 @@ func TestParseYuanForms(t *testing.T) {
 			t.Errorf("%q: %d, want refused", in, g)
 		}
 	}
+	// Below zero is said as such, not as a format error.
+	for _, in := range []string{"-1", "－5", "¥-2.50", "-0.01元"} {
+		if _, err := parseYuan(in); err == nil || !strings.Contains(zhText(err), "金额不能为负数") {
+			t.Errorf("%q: %v, want 'cannot be below zero'", in, err)
+		}
+	}
 	if _, err := parseDay("11/01/2026", "from"); err == nil || !strings.Contains(err.Error(), "year-month-day") {
 		t.Fatalf("date error: %v", err)
 	}
+}
+
+func zhText(err error) string {
+	_, zh := apperr.As(err).Text()
+	return zh
 }

@@ -203,7 +203,8 @@ func scenarioFromForm(cur catalog.Scenario, f map[string][]string) (catalog.Scen
 		fen, e := parseYuan(v)
 		if e != nil {
 			l := fieldLabels[name+"_fen"]
-			setErr(apperr.Invalid(name, l[1]+": write the amount in yuan, e.g. 2.50", l[0]+"：金额请以元填写，例如 2.50"))
+			en, zh := apperr.As(e).Text()
+			setErr(apperr.Invalid(name, l[1]+": "+en, l[0]+"："+zh))
 		}
 		return fen
 	}
