@@ -347,15 +347,6 @@ func gatedStaff(t *testing.T) (db *store.DB, gated, plain *auth.Service, gate *s
 	return db, gated, plain, gate
 }
 
-func waitGate(t *testing.T, gate *storetest.Gate) {
-	t.Helper()
-	select {
-	case <-gate.Reached():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the read never reached the database")
-	}
-}
-
 // TestStaffChangeRacesSignIn: a sign-in that read the user (enabled, old
 // password) just before they were disabled or their password was reset,
 // and stores its token after the revocation, must not hand out a working
@@ -387,7 +378,7 @@ func TestStaffChangeRacesSignIn(t *testing.T) {
 				tok, _, err := gated.LoginStaff(ctx, "wang", "old password", time.Hour)
 				done <- result{tok, err}
 			}()
-			waitGate(t, gate) // the user has been read
+			gate.Wait(t) // the user has been read
 			if err := c.change(ctx, plain); err != nil {
 				t.Fatal(err)
 			}
@@ -419,7 +410,7 @@ func TestDisableStaffRacesCacheFill(t *testing.T) {
 	gate.Arm()
 	done := make(chan error, 1)
 	go func() { _, err := gated.Authenticate(ctx, tok); done <- err }()
-	waitGate(t, gate) // the token has been read, unrevoked
+	gate.Wait(t) // the token has been read, unrevoked
 	if _, err := gated.DisableStaff(ctx, admin, "wang"); err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/yikatong/yikatong/internal/apperr"
 	"github.com/yikatong/yikatong/internal/auth"
@@ -40,11 +39,7 @@ func TestDisableRacesCacheFill(t *testing.T) {
 	gate.Arm()
 	done := make(chan error, 1)
 	go func() { _, err := gsvc.Authorize(ctx, pr, "transit.bus"); done <- err }()
-	select {
-	case <-gate.Reached():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the look-up never reached the database")
-	}
+	gate.Wait(t)
 	// The row has been read (enabled); now the terminal is disabled.
 	if _, err := gsvc.DisableTerminal(ctx, tm.ID); err != nil {
 		t.Fatal(err)

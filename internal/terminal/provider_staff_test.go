@@ -50,15 +50,6 @@ func gatedAuth(t *testing.T, n *nodetest.Node) (*store.DB, *auth.Service, *store
 	return db, a, gate
 }
 
-func waitReached(t *testing.T, gate *storetest.Gate) {
-	t.Helper()
-	select {
-	case <-gate.Reached():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the look-up never reached the database")
-	}
-}
-
 // TestDisableProviderRevokesStaffSessions: DisableProvider ends the
 // sessions of the provider's staff at once (cached look-ups included);
 // they cannot sign in while the provider is disabled; another provider's
@@ -135,7 +126,7 @@ func TestDisableProviderRacesStaffSignIn(t *testing.T) {
 		tok, _, err := gauth.LoginStaff(ctx, "clerk", staffPassword, time.Hour)
 		done <- result{tok, err}
 	}()
-	waitReached(t, gate)
+	gate.Wait(t)
 	// The staff user has been read, its provider enabled; now the
 	// provider is disabled (by another process: svc uses n.Auth).
 	if _, err := svc.DisableProvider(ctx, p.ID); err != nil {
@@ -175,7 +166,7 @@ func TestDisableProviderRacesStaffCacheFill(t *testing.T) {
 	gate.Arm()
 	done := make(chan error, 1)
 	go func() { _, err := gauth.Authenticate(ctx, tok); done <- err }()
-	waitReached(t, gate)
+	gate.Wait(t)
 	// The token has been read (unrevoked); now the provider is disabled.
 	if _, err := gsvc.DisableProvider(ctx, p.ID); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Gate holds, while armed, the first row a query reads (its snapshot
@@ -44,6 +45,17 @@ func (g *Gate) Reached() <-chan struct{} {
 	g.d.mu.Lock()
 	defer g.d.mu.Unlock()
 	return g.d.reached
+}
+
+// Wait waits for the armed read to have read its row, failing the test
+// after 10 s.
+func (g *Gate) Wait(tb testing.TB) {
+	tb.Helper()
+	select {
+	case <-g.Reached():
+	case <-time.After(10 * time.Second):
+		tb.Fatal("the armed read never reached the database")
+	}
 }
 
 // Release lets the held read go on.
