@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/yikatong/yikatong/internal/ledger"
 	"github.com/yikatong/yikatong/internal/terminal"
 )
 
@@ -51,7 +50,7 @@ func (n *Node) demoTerminals(ctx context.Context, d *DemoFile, plan *demoPlan) e
 			if p, err = n.CreateProvider(ctx, dp.name, dp.kind, dp.scenarios); err != nil {
 				return fmt.Errorf("demo provider %s: %w", dp.name, err)
 			}
-		} else if _, err := n.Ledger.CreateAccount(ctx, ledger.Account{ID: ledger.ReceivableID(p.ID), Kind: ledger.KindReceivable, Label: p.Name}); err != nil {
+		} else if err := n.openProviderAccount(ctx, p); err != nil {
 			// (CreateProvider opens it after the provider: the start may have stopped in between.)
 			return fmt.Errorf("demo provider %s: %w", dp.name, err)
 		}

@@ -77,8 +77,14 @@ func (n *Node) CreateProvider(ctx context.Context, name, kind string, scenarios 
 	if err != nil {
 		return p, err
 	}
-	_, err = n.Ledger.CreateAccount(ctx, ledger.Account{ID: ledger.ReceivableID(p.ID), Kind: ledger.KindReceivable, Label: clip(p.Name, ledger.MaxMemoLen)})
-	return p, err
+	return p, n.openProviderAccount(ctx, p)
+}
+
+// openProviderAccount opens provider p's ledger account (idempotent: an
+// account already open the same way is no error).
+func (n *Node) openProviderAccount(ctx context.Context, p terminal.Provider) error {
+	_, err := n.Ledger.CreateAccount(ctx, ledger.Account{ID: ledger.ReceivableID(p.ID), Kind: ledger.KindReceivable, Label: clip(p.Name, ledger.MaxMemoLen)})
+	return err
 }
 
 // clip cuts s to at most n bytes at a character boundary (a label is a
