@@ -72,6 +72,7 @@ import (
 	"time"
 
 	"github.com/yikatong/yikatong/internal/ecode"
+	"github.com/yikatong/yikatong/internal/secretfile"
 	"github.com/yikatong/yikatong/internal/store"
 )
 
@@ -135,7 +136,7 @@ func Open(ctx context.Context, dataDir string, db *store.DB, alg ecode.Alg) (*Ma
 			m.openDirMode = fi.Mode().Perm()
 		}
 	}
-	removeStaleTemps(dir)
+	secretfile.RemoveStaleTemps(dir, tempPattern, oldTempPattern)
 	if err := m.ensureNodeKey(ctx); err != nil {
 		return nil, err
 	}
@@ -700,28 +701,6 @@ const (
 	tempPattern    = ".*.key.*.tmp"
 	oldTempPattern = "*.key.tmp-*"
 )
-
-// staleTempAge is how old a temporary key file must be before Open removes
-// it: far longer than writing one takes, so another process writing a key
-// at the same moment never loses its file.
-const staleTempAge = 5 * time.Minute
-
-// removeStaleTemps deletes temporary key files a crashed process left in
-// dir (each a full copy of a private key). Errors are ignored: a read-only
-// directory holds none this node could have left.
-func removeStaleTemps(dir string) {
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		a, _ := filepath.Match(tempPattern, e.Name())
-		b, _ := filepath.Match(oldTempPattern, e.Name())
-		if !(a || b) || !e.Type().IsRegular() {
-			continue
-		}
-		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > staleTempAge {
-			os.Remove(filepath.Join(dir, e.Name()))
-		}
-	}
-}
 
 // writeKeyFile writes data to path with mode 0600 without ever exposing a
 // partial file or replacing an existing one (os.ErrExist).

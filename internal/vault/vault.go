@@ -37,10 +37,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/emmansun/gmsm/sm3"
 	"github.com/emmansun/gmsm/sm4"
+
+	"github.com/yikatong/yikatong/internal/secretfile"
 )
 
 // KeyFile is the name of the master key file inside the data directory.
@@ -74,7 +75,7 @@ func Open(dataDir string) (*Vault, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("vault: creating data directory: %w", err)
 	}
-	removeStaleKeyTemps(dataDir)
+	secretfile.RemoveStaleTemps(dataDir, keyTempPattern, oldKeyTempPattern)
 	path := filepath.Join(dataDir, KeyFile)
 	key, err := readKey(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -128,28 +129,6 @@ const (
 	keyTempPattern    = ".master.key-*.tmp"
 	oldKeyTempPattern = ".master.key.tmp-*"
 )
-
-// staleTempAge is how old a temporary key file must be before Open removes
-// it: far longer than writing and linking 32 bytes takes, so a process
-// creating the key at the same moment never loses its file.
-const staleTempAge = 5 * time.Minute
-
-// removeStaleKeyTemps deletes temporary key files a crashed process left in
-// dir (each a full copy of a master key). Errors are ignored: a read-only
-// directory holds none we could have left.
-func removeStaleKeyTemps(dir string) {
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		a, _ := filepath.Match(keyTempPattern, e.Name())
-		b, _ := filepath.Match(oldKeyTempPattern, e.Name())
-		if !(a || b) || !e.Type().IsRegular() {
-			continue
-		}
-		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > staleTempAge {
-			os.Remove(filepath.Join(dir, e.Name()))
-		}
-	}
-}
 
 // createKey writes a new key to a temporary file and hard-links it into
 // place: readers never see a partial file, and of several processes racing
